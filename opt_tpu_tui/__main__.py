@@ -1,0 +1,3 @@
+from opt_tpu_tui.cli import main
+
+raise SystemExit(main())
