@@ -1,0 +1,123 @@
+"""Multi-turn chat on a base model, as a plain-text transcript.
+
+OPT has no chat template, so a conversation is written as a transcript the model
+continues. The format, exactly:
+
+    {preamble}
+
+    User: {first message}
+    Assistant: {first reply}
+    User: {second message}
+    Assistant:
+
+The reply is what the model writes after the last ``Assistant:``, up to the next
+``\\nUser:`` (the stop string), with surrounding white space trimmed. When the
+transcript would not leave room for the reply in the context, the oldest turns are
+left out of the prompt (they stay in the history); the preamble is always kept.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from opt_tpu_tui.backends.base import Backend
+from opt_tpu_tui.errors import UserError
+from opt_tpu_tui.generation import Generation, GenerationStats
+from opt_tpu_tui.sampling import SamplingSettings
+from opt_tpu_tui.tokenizer import Tokenizer
+
+DEFAULT_PREAMBLE = "A conversation between a curious user and a helpful, knowledgeable assistant."
+USER, ASSISTANT = "User:", "Assistant:"
+STOP_STRINGS = ("\n" + USER,)
+
+
+@dataclass
+class Turn:
+    user: str
+    assistant: str = ""
+    stopped: bool = False  # the reply was cut short by the user
+
+
+def transcript(preamble: str, turns: list[Turn], user: str) -> str:
+    """The prompt text for a new ``user`` message after ``turns``."""
+    lines = [preamble.strip(), ""] if preamble.strip() else []
+    for turn in turns:
+        lines += [f"{USER} {turn.user.strip()}", f"{ASSISTANT} {turn.assistant.strip()}"]
+    lines += [f"{USER} {user.strip()}", ASSISTANT]
+    return "\n".join(lines)
+
+
+@dataclass
+class Reply:
+    """One assistant reply being generated; iterate for text pieces, ``turn`` fills in as it streams."""
+
+    turn: Turn
+    generation: Generation
+    dropped_turns: int = 0  # oldest turns left out of the prompt for lack of context
+
+    @property
+    def stats(self) -> GenerationStats:
+        return self.generation.stats
+
+    def __iter__(self) -> Iterator[str]:
+        text = ""
+        for piece in self.generation:
+            if not text:
+                piece = piece.lstrip()
+            text += piece
+            self.turn.assistant = text
+            if piece:
+                yield piece
+        self.turn.assistant = text.rstrip()
+        self.turn.stopped = self.generation.stats.stop_reason == "cancelled"
+
+
+class ChatSession:
+    """A conversation: its turns, its preamble, and the backend that continues it."""
+
+    def __init__(
+        self, backend: Backend, tokenizer: Tokenizer, preamble: str = DEFAULT_PREAMBLE, turns: list[Turn] | None = None
+    ) -> None:
+        self.backend = backend
+        self.tokenizer = tokenizer
+        self.preamble = preamble
+        self.turns: list[Turn] = turns if turns is not None else []
+
+    def prompt_ids(self, user: str, reserve: int) -> tuple[list[int], int]:
+        """Token ids of the prompt for ``user``, dropping the oldest turns to leave ``reserve`` free.
+
+        Returns the ids and how many turns were dropped.
+        """
+        if not user.strip():
+            raise UserError("the message is empty")
+        context = self.backend.context_length
+        history = self.turns
+        for dropped in range(len(history) + 1):
+            ids = self.tokenizer.encode(transcript(self.preamble, history[dropped:], user))
+            if len(ids) + reserve <= context:
+                return ids, dropped
+        if len(ids) >= context:
+            raise UserError(f"the message is {len(ids)} tokens with the preamble, but the context holds {context}")
+        return ids, len(history)
+
+    def send(self, user: str, settings: SamplingSettings, cancel: threading.Event | None = None) -> Reply:
+        """Start a reply to ``user``; the new turn is appended now and completed as the reply streams."""
+        reserve = min(settings.max_new_tokens, self.backend.context_length // 2)
+        ids, dropped = self.prompt_ids(user, reserve)
+        turn = Turn(user=user)
+        self.turns.append(turn)
+        generation = Generation(self.backend, self.tokenizer, ids, settings, STOP_STRINGS, cancel)
+        return Reply(turn, generation, dropped)
+
+    def regenerate(self, settings: SamplingSettings, cancel: threading.Event | None = None) -> Reply:
+        """Drop the last reply and answer the last message again."""
+        if not self.turns:
+            raise UserError("there is no reply to regenerate")
+        last = self.turns.pop()
+        try:
+            return self.send(last.user, settings, cancel)
+        except UserError:
+            self.turns.append(last)
+            raise

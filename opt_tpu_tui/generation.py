@@ -1,0 +1,140 @@
+"""The decode loop: prefill, then sample and decode token by token until a stop.
+
+Backend-agnostic: a backend only supplies logits. The loop streams text pieces,
+holds back text that might be the start of a stop string, checks a cancel event
+between tokens, and keeps live timing for the UI's stats pane.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from opt_tpu_tui.backends.base import Backend
+from opt_tpu_tui.errors import UserError
+from opt_tpu_tui.sampling import Sampler, SamplingSettings
+from opt_tpu_tui.tokenizer import Tokenizer
+
+STOP_REASONS = ("eos", "max_new_tokens", "context", "stop_string", "cancelled")
+
+
+@dataclass
+class GenerationStats:
+    """Live figures of one generation, updated as tokens come out."""
+
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    prefill_seconds: float = 0.0
+    decode_steps: int = 0  # backend.decode calls
+    decode_seconds: float = 0.0  # wall time since prefill, sampling and detokenizing included
+    stop_reason: str | None = None
+    context_used: int = 0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.decode_steps / self.decode_seconds if self.decode_seconds > 0 else 0.0
+
+
+@dataclass
+class Generation:
+    """Iterate to run the generation and receive text pieces; ``stats`` and ``tokens`` fill in as it goes."""
+
+    backend: Backend
+    tokenizer: Tokenizer
+    prompt_ids: Sequence[int]
+    settings: SamplingSettings = field(default_factory=SamplingSettings)
+    stop_strings: Sequence[str] = ()
+    cancel: threading.Event | None = None
+    stats: GenerationStats = field(default_factory=GenerationStats)
+    tokens: list[int] = field(default_factory=list)
+
+    def __iter__(self) -> Iterator[str]:
+        return self._run()
+
+    def _run(self) -> Iterator[str]:
+        backend, stats = self.backend, self.stats
+        n_prompt = len(self.prompt_ids)
+        if n_prompt == 0:
+            raise UserError("the prompt is empty")
+        if n_prompt >= backend.context_length:
+            raise UserError(
+                f"the prompt is {n_prompt} tokens, but the context holds {backend.context_length}: shorten it"
+            )
+        stats.prompt_tokens = n_prompt
+        sample = Sampler(self.settings, vocab_limit=self.tokenizer.vocab_size)
+        seen = list(self.prompt_ids)
+        stream = self.tokenizer.stream()
+        stops = StopStringFilter(self.stop_strings)
+
+        started = time.perf_counter()
+        logits = backend.prefill(list(self.prompt_ids))
+        decode_start = time.perf_counter()
+        stats.prefill_seconds = decode_start - started
+        stats.context_used = backend.length
+        while True:
+            token = sample(logits, seen)
+            if token == self.tokenizer.eos_id:
+                stats.stop_reason = "eos"
+                break
+            self.tokens.append(token)
+            seen.append(token)
+            stats.new_tokens += 1
+            piece = stops.feed(stream.push(token))
+            if piece:
+                yield piece
+            if stops.stopped:
+                stats.stop_reason = "stop_string"
+                break
+            if stats.new_tokens >= self.settings.max_new_tokens:
+                stats.stop_reason = "max_new_tokens"
+                break
+            if backend.length >= backend.context_length:
+                stats.stop_reason = "context"
+                break
+            if self.cancel is not None and self.cancel.is_set():
+                stats.stop_reason = "cancelled"
+                break
+            logits = backend.decode(token)
+            stats.decode_steps += 1
+            stats.decode_seconds = time.perf_counter() - decode_start
+            stats.context_used = backend.length
+        if not stops.stopped:
+            tail = stops.feed(stream.flush()) + stops.finish()
+            if tail:
+                yield tail
+
+
+class StopStringFilter:
+    """Passes text through until a stop string appears, holding back any possible start of one."""
+
+    def __init__(self, stop_strings: Sequence[str]) -> None:
+        self.stop_strings = [s for s in stop_strings if s]
+        self.pending = ""
+        self.stopped = False
+
+    def feed(self, text: str) -> str:
+        if not self.stop_strings:
+            return text
+        self.pending += text
+        hits = [i for i in (self.pending.find(s) for s in self.stop_strings) if i >= 0]
+        if hits:
+            self.stopped = True
+            out, self.pending = self.pending[: min(hits)], ""
+            return out
+        keep = max((self._overlap(s) for s in self.stop_strings), default=0)
+        out = self.pending[: len(self.pending) - keep]
+        self.pending = self.pending[len(self.pending) - keep :]
+        return out
+
+    def finish(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+    def _overlap(self, stop: str) -> int:
+        """Length of the longest tail of ``pending`` that begins ``stop``."""
+        for size in range(min(len(stop) - 1, len(self.pending)), 0, -1):
+            if self.pending.endswith(stop[:size]):
+                return size
+        return 0

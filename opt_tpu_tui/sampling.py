@@ -1,0 +1,120 @@
+"""Next-token choice in numpy: repetition penalty, temperature, top-k, top-p, a seeded draw.
+
+The order and the semantics are transformers' (``RepetitionPenaltyLogitsProcessor``,
+then ``TemperatureLogitsWarper``, ``TopKLogitsWarper``, ``TopPLogitsWarper``), so
+settings mean what users of Hugging Face models expect. Temperature 0 is greedy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+from opt_tpu_tui.errors import UserError
+
+# field -> (lowest, highest, what the UI stepper adds per press)
+LIMITS: dict[str, tuple[float, float, float]] = {
+    "max_new_tokens": (1, 4096, 16),
+    "temperature": (0.0, 5.0, 0.05),
+    "top_k": (0, 100_000, 5),
+    "top_p": (0.01, 1.0, 0.05),
+    "repetition_penalty": (1.0, 2.0, 0.05),
+    "seed": (0, 2**32 - 1, 1),
+}
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    max_new_tokens: int = 128
+    temperature: float = 0.7  # 0 = greedy
+    top_k: int = 50  # 0 = off
+    top_p: float = 0.9  # 1 = off
+    repetition_penalty: float = 1.1  # 1 = off
+    seed: int | None = None  # None = a fresh draw each reply
+
+    def validate(self) -> SamplingSettings:
+        """Return self, or raise UserError naming the first field out of range."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None and f.name == "seed":
+                continue
+            integral = f.name in ("max_new_tokens", "top_k", "seed")
+            kind = (int,) if integral else (int, float)
+            if isinstance(value, bool) or not isinstance(value, kind):
+                raise UserError(f"{f.name} must be {'a whole number' if integral else 'a number'}, got {value!r}")
+            low, high, _ = LIMITS[f.name]
+            if not low <= value <= high:
+                raise UserError(f"{f.name} must be between {low:g} and {high:g}, got {value:g}")
+        return self
+
+    def to_dict(self) -> dict[str, float | int | None]:
+        return asdict(self)
+
+
+def apply_repetition_penalty(logits: np.ndarray, seen: Sequence[int], penalty: float) -> np.ndarray:
+    """Scores of tokens already seen: divided by the penalty if positive, multiplied if negative."""
+    ids = np.unique(np.asarray(seen, dtype=np.int64))
+    ids = ids[ids < logits.shape[-1]]
+    scores = logits[ids]
+    logits[ids] = np.where(scores > 0, scores / penalty, scores * penalty)
+    return logits
+
+
+def top_k_filter(logits: np.ndarray, k: int) -> np.ndarray:
+    """Keep the k highest scores (and any tied with the k-th), set the rest to -inf."""
+    if 0 < k < logits.shape[-1]:
+        kth = np.partition(logits, -k)[-k]
+        logits[logits < kth] = -np.inf
+    return logits
+
+
+def top_p_filter(logits: np.ndarray, p: float) -> np.ndarray:
+    """Keep the smallest set of top tokens whose probability reaches p (always at least one)."""
+    if p >= 1.0:
+        return logits
+    order = np.argsort(logits, kind="stable")  # ascending, as transformers sorts
+    probs = softmax(logits[order])
+    drop = np.cumsum(probs) <= 1.0 - p
+    drop[-1] = False
+    logits[order[drop]] = -np.inf
+    return logits
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+def warp(logits: np.ndarray, settings: SamplingSettings, seen: Sequence[int]) -> np.ndarray:
+    """The scores transformers would sample from, as a new array (``logits`` is not modified)."""
+    scores = np.array(logits, dtype=np.float32)
+    if settings.repetition_penalty != 1.0:
+        apply_repetition_penalty(scores, seen, settings.repetition_penalty)
+    if settings.temperature == 0:
+        return scores
+    scores /= np.float32(settings.temperature)
+    top_k_filter(scores, settings.top_k)
+    return top_p_filter(scores, settings.top_p)
+
+
+class Sampler:
+    """Picks tokens for one reply; seeded once, so a fixed seed repeats a reply exactly."""
+
+    def __init__(self, settings: SamplingSettings, vocab_limit: int | None = None) -> None:
+        self.settings = settings
+        self.vocab_limit = vocab_limit  # logits past the tokenizer's vocab are padding rows
+        self.rng = np.random.default_rng(settings.seed)
+
+    def __call__(self, logits: np.ndarray, seen: Sequence[int]) -> int:
+        logits = logits[: self.vocab_limit]
+        s = self.settings
+        if s.temperature == 0 and s.repetition_penalty == 1.0:
+            return int(np.argmax(logits))  # the common greedy case allocates nothing
+        scores = warp(logits, s, seen)
+        if s.temperature == 0:
+            return int(np.argmax(scores))
+        cumulative = np.cumsum(softmax(scores))
+        index = np.searchsorted(cumulative, self.rng.random() * cumulative[-1], side="right")
+        return int(min(index, len(cumulative) - 1))
