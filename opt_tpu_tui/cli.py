@@ -1,0 +1,176 @@
+"""Command line: the TUI by default, or headless one-shot (-p) and line-mode chat (-c).
+
+``opt-tpu-tui convert ...`` compiles a checkpoint for the TPU (see ``opt_tpu_tui.convert``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from opt_tpu_tui import __version__
+from opt_tpu_tui.backends import BACKENDS, Backend, open_backend
+from opt_tpu_tui.chat import DEFAULT_PREAMBLE, ChatSession
+from opt_tpu_tui.errors import UserError
+from opt_tpu_tui.generation import Generation, GenerationStats
+from opt_tpu_tui.sampling import SamplingSettings
+from opt_tpu_tui.tokenizer import Tokenizer
+
+DEMO_PROMPT = "What is Python, and why do people like it?"
+SAMPLING_FLAGS = {  # flag -> (SamplingSettings field, type, metavar, help)
+    "--max-new-tokens": ("max_new_tokens", int, "N", "most tokens in a reply"),
+    "--temperature": ("temperature", float, "T", "0 picks the likeliest token (greedy)"),
+    "--top-p": ("top_p", float, "P", "nucleus sampling mass; 1 turns it off"),
+    "--top-k": ("top_k", int, "K", "sample among the k likeliest tokens; 0 turns it off"),
+    "--repetition-penalty": ("repetition_penalty", float, "R", "above 1 discourages repeating tokens"),
+    "--seed": ("seed", int, "S", "seed of the sampler, for a repeatable reply"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="opt-tpu-tui",
+        description="Chat with Meta's OPT models on a Sophgo BM1684X TPU or the CPU.",
+        epilog=(
+            "With neither -p nor -c the terminal UI starts. "
+            "'opt-tpu-tui convert -h' explains compiling a checkpoint to a BM1684X bmodel."
+        ),
+    )
+    parser.add_argument("--model", metavar="DIR", type=Path, help="model directory (Hugging Face OPT or converted bmodel)")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto", help="inference backend (default: auto)")
+    parser.add_argument("--context", metavar="N", type=int, help="context length in tokens (default: the model's)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
+        "-p", "--prompt", nargs="?", const=DEMO_PROMPT, metavar="TEXT",
+        help="reply to TEXT on stdout and exit ('-' reads stdin; no TEXT uses a demonstration prompt)",
+    )  # fmt: skip
+    mode.add_argument("-c", "--chat", action="store_true", help="interactive chat in this terminal, line by line")
+    parser.add_argument("--raw", action="store_true", help="with -p: continue TEXT as plain text, not as a chat")
+    parser.add_argument("--preamble", metavar="TEXT", help="text that opens the chat transcript")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no statistics on stderr")
+    sampling = parser.add_argument_group("sampling")
+    for flag, (field, kind, metavar, help_text) in SAMPLING_FLAGS.items():
+        sampling.add_argument(flag, dest=field, type=kind, metavar=metavar, help=help_text)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+def sampling_settings(args: argparse.Namespace, base: SamplingSettings) -> SamplingSettings:
+    """``base`` with the sampling flags given on the command line applied, validated."""
+    fields = [spec[0] for spec in SAMPLING_FLAGS.values()]
+    given = {field: getattr(args, field) for field in fields if getattr(args, field) is not None}
+    return SamplingSettings(**{**base.to_dict(), **given}).validate()
+
+
+def format_stats(stats: GenerationStats) -> str:
+    return (
+        f"[{stats.prompt_tokens} prompt tokens in {stats.prefill_seconds:.2f} s, "
+        f"{stats.new_tokens} new at {stats.tokens_per_second:.1f} tok/s, stop: {stats.stop_reason}]"
+    )
+
+
+def stream_out(pieces: Iterable[str]) -> None:
+    for piece in pieces:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+
+def load(args: argparse.Namespace) -> tuple[Backend, Tokenizer]:
+    if args.model is None:
+        raise UserError("no model: pass --model DIR (a Hugging Face OPT directory or a converted bmodel directory)")
+    if not args.model.is_dir():
+        raise UserError(f"{args.model}: no such model directory")
+    if args.context is not None and args.context < 2:
+        raise UserError(f"--context must be at least 2 tokens, got {args.context}")
+    tokenizer = Tokenizer.from_dir(args.model)
+    return open_backend(args.model, args.backend, args.context), tokenizer
+
+
+def run_prompt(args: argparse.Namespace, settings: SamplingSettings) -> int:
+    text = sys.stdin.read() if args.prompt == "-" else args.prompt
+    if not text.strip():
+        raise UserError("the prompt is empty")
+    backend, tokenizer = load(args)
+    cancel = threading.Event()
+    if args.raw:
+        reply = Generation(backend, tokenizer, tokenizer.encode(text), settings, cancel=cancel)
+        stats = reply.stats
+    else:
+        reply = ChatSession(backend, tokenizer, args.preamble or DEFAULT_PREAMBLE).send(text, settings, cancel)
+        stats = reply.stats
+    try:
+        stream_out(reply)
+    except KeyboardInterrupt:
+        stats.stop_reason = "cancelled"
+    sys.stdout.write("\n")
+    if not args.quiet:
+        print(format_stats(stats), file=sys.stderr)
+    return 130 if stats.stop_reason == "cancelled" else 0
+
+
+def run_chat(args: argparse.Namespace, settings: SamplingSettings) -> int:
+    backend, tokenizer = load(args)
+    session = ChatSession(backend, tokenizer, args.preamble or DEFAULT_PREAMBLE)
+    print(
+        f"Chatting with {backend.model_name} on {backend.name} ({backend.context_length}-token context). "
+        "Commands: /new, /regen, /quit. Ctrl-C stops a reply, Ctrl-D quits."
+    )
+    while True:
+        try:
+            line = input("you> ")
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return 0
+        command = line.strip()
+        if not command:
+            continue
+        if command == "/quit":
+            return 0
+        if command == "/new":
+            session.turns.clear()
+            print("(new conversation)")
+            continue
+        try:
+            reply = session.regenerate(settings) if command == "/regen" else session.send(line, settings)
+        except UserError as error:
+            print(f"error: {error}", file=sys.stderr)
+            continue
+        sys.stdout.write("bot> ")
+        try:
+            stream_out(reply)
+        except KeyboardInterrupt:
+            reply.turn.stopped = True
+            sys.stdout.write(" [stopped]")
+        sys.stdout.write("\n")
+        if not args.quiet:
+            print(format_stats(reply.stats), file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv[:1] == ["convert"]:
+            from opt_tpu_tui.convert import main as convert_main
+
+            return convert_main(argv[1:])
+        args = build_parser().parse_args(argv)
+        if args.raw and args.prompt is None:
+            raise UserError("--raw goes with -p/--prompt")
+        settings = sampling_settings(args, SamplingSettings())
+        if args.prompt is not None:
+            return run_prompt(args, settings)
+        if args.chat:
+            return run_chat(args, settings)
+        from opt_tpu_tui.tui import run as run_tui
+
+        return run_tui(args.model, args.backend, args.context, demo=False)
+    except UserError as error:
+        print(f"opt-tpu-tui: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
