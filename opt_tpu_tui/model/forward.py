@@ -23,7 +23,7 @@ def layer_norm(x: Array, w: Array, b: Array, out: Array) -> Array:
     """[n, h] -> [n, h], normalised over h; ``out`` may be ``x``."""
     mean = x.mean(-1, keepdims=True)  # [n, 1]
     np.subtract(x, mean, out=out)  # [n, h]
-    var = np.einsum("ij,ij->i", out, out)[:, None]  # [n, 1], sum of squares
+    var = np.vecdot(out, out)[:, None]  # [n, 1], sum of squares
     var *= 1.0 / x.shape[-1]
     var += LAYER_NORM_EPS
     np.sqrt(var, out=var)
@@ -93,7 +93,7 @@ class Workspace:
         self.x = np.empty((rows, h), np.float32)  # the residual stream
         self.normed = np.empty((rows, h), np.float32)
         self.qkv = np.empty((rows, 3 * h), np.float32)
-        self.scores = np.empty((n_heads, rows, keys), np.float32)
+        self.scores = np.empty(n_heads * rows * keys, np.float32)  # viewed as [H, n, t] for each call
         self.attn = np.empty((rows, h), np.float32)
         self.proj = np.empty((rows, h), np.float32)
         self.ffn = np.empty((rows, config.ffn_dim), np.float32)
@@ -114,7 +114,8 @@ def block(x: Array, lw: PreparedLayer, k_cache: Array, v_cache: Array, start: in
     k_cache[:, start:t] = heads[1]
     v_cache[:, start:t] = heads[2]
     out = ws.attn[:n].reshape(n, n_heads, d).transpose(1, 0, 2)  # [H, n, d] view of [n, h]
-    attention(heads[0], k_cache[:, :t], v_cache[:, :t], causal_mask(n, start), ws.scores[:, :n, :t], out)
+    scores = ws.scores[: n_heads * n * t].reshape(n_heads, n, t)  # contiguous, so ufuncs need no buffering
+    attention(heads[0], k_cache[:, :t], v_cache[:, :t], causal_mask(n, start), scores, out)
     o = np.matmul(ws.attn[:n], lw.o_w.T, out=ws.proj[:n])  # [n, h] -> [n, h]
     o += lw.o_b
     x += o
@@ -173,10 +174,10 @@ class OPTModel:
             raise ValueError(f"token id out of range 0..{c.vocab_size - 1}")
         x = ws.x[:n]
         if c.has_projections:
-            np.take(self.w.embed_tokens, ids, axis=0, out=ws.embed[:n])  # [n, e]
+            np.take(self.w.embed_tokens, ids, axis=0, out=ws.embed[:n], mode="clip")  # [n, e]; ids are range-checked above
             np.matmul(ws.embed[:n], self.w.project_in.T, out=x)  # [n, e] -> [n, h]
         else:
-            np.take(self.w.embed_tokens, ids, axis=0, out=x)  # [n, h]
+            np.take(self.w.embed_tokens, ids, axis=0, out=x, mode="clip")  # [n, h]
         x += self.w.embed_positions[start + POSITION_OFFSET : start + n + POSITION_OFFSET]
         for i, lw in enumerate(self.layers):
             block(x, lw, self.k_cache[i], self.v_cache[i], start, c.do_layer_norm_before, ws)

@@ -1,0 +1,94 @@
+"""The numpy OPT against transformers' OPTForCausalLM on the same random weights."""
+
+from __future__ import annotations
+
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from tiny import make_model
+
+from opt_tpu_tui.model import load_weights
+from opt_tpu_tui.model.forward import OPTModel
+
+SHAPES = {
+    "pre-ln": {},
+    "post-ln-projections": dict(do_layer_norm_before=False, hidden_size=48, word_embed_proj_dim=32),
+    "no-bias-no-affine": dict(enable_bias=False, layer_norm_elementwise_affine=False),
+    "odd-heads": dict(hidden_size=60, num_attention_heads=5, num_hidden_layers=3, ffn_dim=96),
+    "untied-no-final-ln": dict(tie_word_embeddings=False, _remove_final_layer_norm=True),
+}
+PROMPT = [2, 17, 250, 31, 99, 5, 301, 44, 7]
+
+
+@pytest.fixture(scope="module", params=SHAPES, ids=list(SHAPES))
+def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    directory = make_model(tmp_path_factory.mktemp(request.param), tokenizer=False, **SHAPES[request.param])
+    reference = transformers.OPTForCausalLM.from_pretrained(directory).eval()
+    return OPTModel(load_weights(directory)), reference
+
+
+def reference_logits(reference, ids: list[int]) -> np.ndarray:
+    with torch.no_grad():
+        return reference(torch.tensor([ids])).logits[0].numpy()
+
+
+def test_greedy_64_tokens_equal_transformers_generate(pair) -> None:
+    model, reference = pair
+    with torch.no_grad():
+        out = reference.generate(torch.tensor([PROMPT]), max_new_tokens=64, min_new_tokens=64, do_sample=False)
+    expected = out[0, len(PROMPT) :].tolist()
+    tokens, logits = [], model.prefill(PROMPT)
+    for _ in range(64):
+        tokens.append(int(np.argmax(logits)))
+        logits = model.decode(tokens[-1])
+    assert tokens == expected
+
+
+def test_prefill_and_decode_logits_match_transformers(pair) -> None:
+    model, reference = pair
+    expected = reference_logits(reference, PROMPT)
+    np.testing.assert_allclose(model.prefill(PROMPT[:4]), expected[3], atol=1e-4, rtol=1e-4)
+    for position in range(4, len(PROMPT)):
+        np.testing.assert_allclose(model.decode(PROMPT[position]), expected[position], atol=1e-4, rtol=1e-4)
+
+
+def test_decode_after_prefill_equals_longer_prefill(pair) -> None:
+    model, _ = pair
+    model.prefill(PROMPT[:5])
+    for token in PROMPT[5:]:
+        stepped = model.decode(token).copy()
+    np.testing.assert_allclose(stepped, model.prefill(PROMPT), atol=1e-4, rtol=1e-5)
+
+
+def test_prefill_of_the_full_context_and_overflow(tmp_path: Path) -> None:
+    model = OPTModel(load_weights(make_model(tmp_path, tokenizer=False)), context=12)
+    model.prefill(list(range(3, 14)))
+    model.decode(5)
+    assert model.length == 12
+    with pytest.raises(Exception, match="context overflow"):
+        model.decode(5)
+
+
+def test_decode_step_allocates_no_arrays(tmp_path: Path) -> None:
+    """A token step writes into preallocated buffers; numpy's ufunc machinery may allocate a little."""
+    directory = make_model(
+        tmp_path, tokenizer=False, vocab_size=4000, hidden_size=2048, num_attention_heads=16, ffn_dim=2048,
+        num_hidden_layers=1,
+    )  # fmt: skip
+    model = OPTModel(load_weights(directory))
+    model.prefill(PROMPT)
+    model.decode(3)  # warm up
+    tracemalloc.start()
+    try:
+        for token in range(10, 40):
+            tracemalloc.reset_peak()
+            before = tracemalloc.get_traced_memory()[0]
+            model.decode(token)
+            peak = tracemalloc.get_traced_memory()[1] - before
+            assert peak < 6144, f"a decode step allocated {peak} bytes (one hidden row is 8 KiB)"
+    finally:
+        tracemalloc.stop()
