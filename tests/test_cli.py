@@ -1,0 +1,148 @@
+"""The command line: headless modes, help, and one clear line for every kind of bad input."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from opt_tpu_tui.chat import DEFAULT_PREAMBLE, transcript
+from opt_tpu_tui.cli import DEMO_PROMPT, main
+from opt_tpu_tui.tokenizer import Tokenizer
+
+GREEDY = ["--temperature", "0", "--max-new-tokens", "12"]
+
+
+@pytest.fixture
+def model_copy(tiny_model: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(tiny_model, tmp_path / "model"))
+
+
+def run_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("opt-tpu-tui: error: "), err
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_prompt_streams_a_reply_and_stats(capsys, tiny_model: Path) -> None:
+    code, out, err = run_cli(capsys, "--model", str(tiny_model), "-p", "Hello", *GREEDY)
+    assert code == 0 and out.endswith("\n") and out.strip()
+    assert "prompt tokens" in err and "tok/s" in err
+
+
+def test_prompt_without_text_uses_the_demonstration_prompt(capsys, tiny_model: Path) -> None:
+    code, _, err = run_cli(capsys, "--model", str(tiny_model), "-p", *GREEDY)
+    prompt_tokens = len(Tokenizer.from_dir(tiny_model).encode(transcript(DEFAULT_PREAMBLE, [], DEMO_PROMPT)))
+    assert code == 0 and f"[{prompt_tokens} prompt tokens" in err
+
+
+def test_raw_prompt_from_stdin_continues_the_text(capsys, monkeypatch, tiny_model: Path) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Once upon a time"))
+    code, out, err = run_cli(capsys, "--model", str(tiny_model), "-p", "-", "--raw", "-q", *GREEDY)
+    assert code == 0 and out.strip() and err == ""
+
+
+def test_line_chat_answers_each_line(capsys, monkeypatch, tiny_model: Path) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Hello\n\n/regen\n/new\nBye\n"))
+    code, out, _ = run_cli(capsys, "--model", str(tiny_model), "-c", "-q", *GREEDY)
+    assert code == 0
+    assert out.count("bot> ") == 3 and "(new conversation)" in out
+
+
+def test_help_from_the_console_script() -> None:
+    result = subprocess.run(["opt-tpu-tui", "-h"], capture_output=True, text=True, check=True)
+    for flag in ("--model", "--prompt", "--chat", "--max-new-tokens", "--temperature", "--top-p", "--top-k",
+                 "--repetition-penalty", "--seed", "--backend", "convert"):  # fmt: skip
+        assert flag in result.stdout
+
+
+def test_missing_directory(capsys, tmp_path: Path) -> None:
+    code, _, err = run_cli(capsys, "--model", str(tmp_path / "nope"), "-p", "Hi")
+    assert_one_line_error(code, err, "nope: no such model directory")
+
+
+def test_missing_and_corrupt_config(capsys, model_copy: Path) -> None:
+    (model_copy / "config.json").unlink()
+    assert_one_line_error(*run_cli(capsys, "--model", str(model_copy), "-p", "Hi")[::2], "config.json: not found")
+    (model_copy / "config.json").write_text('{"hidden_size": 64,')
+    assert_one_line_error(*run_cli(capsys, "--model", str(model_copy), "-p", "Hi")[::2], "config.json: not valid JSON")
+    (model_copy / "config.json").write_text('{"model_type": "opt", "hidden_size": 64}')
+    assert_one_line_error(*run_cli(capsys, "--model", str(model_copy), "-p", "Hi")[::2], "config.json: missing vocab_size")
+
+
+def test_corrupt_weights(capsys, model_copy: Path) -> None:
+    (model_copy / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage")
+    code, _, err = run_cli(capsys, "--model", str(model_copy), "-p", "Hi")
+    assert_one_line_error(code, err, "model.safetensors: not a readable safetensors file")
+
+
+def test_shapes_that_disagree_with_config(capsys, model_copy: Path) -> None:
+    config = json.loads((model_copy / "config.json").read_text())
+    config["ffn_dim"] = 96
+    (model_copy / "config.json").write_text(json.dumps(config))
+    code, _, err = run_cli(capsys, "--model", str(model_copy), "-p", "Hi")
+    assert_one_line_error(code, err, "fc1.weight has shape [128, 64], but config.json implies [96, 64]")
+
+
+def test_missing_tensor(capsys, model_copy: Path) -> None:
+    tensors = load_file(str(model_copy / "model.safetensors"))
+    del tensors["model.decoder.layers.1.fc2.weight"]
+    save_file(tensors, str(model_copy / "model.safetensors"))
+    code, _, err = run_cli(capsys, "--model", str(model_copy), "-p", "Hi")
+    assert_one_line_error(code, err, "decoder.layers.1.fc2.weight is missing from model.safetensors")
+
+
+def test_pytorch_bin_only_says_how_to_convert(capsys, model_copy: Path) -> None:
+    (model_copy / "model.safetensors").rename(model_copy / "pytorch_model.bin")
+    code, _, err = run_cli(capsys, "--model", str(model_copy), "-p", "Hi")
+    assert_one_line_error(code, err, "only pytorch_model.bin found", "save_pretrained", "safe_serialization=True")
+
+
+def test_sharded_checkpoint_loads(capsys, tiny_model: Path, tmp_path: Path) -> None:
+    import transformers
+
+    sharded = tmp_path / "sharded"
+    transformers.OPTForCausalLM.from_pretrained(tiny_model).save_pretrained(sharded, max_shard_size="100KB")
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(tiny_model / name, sharded / name)
+    assert (sharded / "model.safetensors.index.json").is_file()
+    _, plain, _ = run_cli(capsys, "--model", str(tiny_model), "-p", "Hi", *GREEDY)
+    code, out, _ = run_cli(capsys, "--model", str(sharded), "-p", "Hi", *GREEDY)
+    assert code == 0 and out == plain
+
+
+def test_missing_vocab(capsys, model_copy: Path) -> None:
+    (model_copy / "merges.txt").unlink()
+    code, _, err = run_cli(capsys, "--model", str(model_copy), "-p", "Hi")
+    assert_one_line_error(code, err, "merges.txt: not found")
+
+
+def test_empty_prompt(capsys, tiny_model: Path) -> None:
+    code, _, err = run_cli(capsys, "--model", str(tiny_model), "-p", "   ")
+    assert_one_line_error(code, err, "the prompt is empty")
+
+
+def test_prompt_longer_than_the_context(capsys, tiny_model: Path) -> None:
+    code, _, err = run_cli(capsys, "--model", str(tiny_model), "--context", "32", "-p", "word " * 100)
+    assert_one_line_error(code, err, "but the context holds 32")
+    code, _, err = run_cli(capsys, "--model", str(tiny_model), "--context", "4096", "-p", "Hi")
+    assert_one_line_error(code, err, "context 4096 is out of range: this model allows 1 to 128 tokens")
+
+
+def test_out_of_range_sampling_flag(capsys, tiny_model: Path) -> None:
+    code, _, err = run_cli(capsys, "--model", str(tiny_model), "-p", "Hi", "--top-p", "1.5")
+    assert_one_line_error(code, err, "top_p must be between 0.01 and 1, got 1.5")

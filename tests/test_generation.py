@@ -1,0 +1,156 @@
+"""The decode loop's stops, cancellation and timing, and the chat transcript around it."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+from scripted import ScriptedBackend
+
+from opt_tpu_tui.backends import open_backend
+from opt_tpu_tui.chat import ChatSession, Turn, transcript
+from opt_tpu_tui.errors import UserError
+from opt_tpu_tui.generation import Generation, StopStringFilter
+from opt_tpu_tui.sampling import SamplingSettings
+from opt_tpu_tui.tokenizer import Tokenizer
+
+GREEDY = SamplingSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=100)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model: Path) -> Tokenizer:
+    return Tokenizer.from_dir(tiny_model)
+
+
+def script_for(tokenizer: Tokenizer, text: str) -> list[int]:
+    return tokenizer.encode(text, add_bos=False)
+
+
+def run(backend, tokenizer, settings=GREEDY, stops=(), cancel=None, prompt=(2, 40, 41)) -> tuple[str, Generation]:
+    generation = Generation(backend, tokenizer, list(prompt), settings, stops, cancel)
+    return "".join(generation), generation
+
+
+def test_stops_at_eos_without_emitting_it(tokenizer: Tokenizer) -> None:
+    script = script_for(tokenizer, "Hello world") + [tokenizer.eos_id, 50]
+    text, generation = run(ScriptedBackend(script, tokenizer.vocab_size), tokenizer)
+    assert text == "Hello world"
+    assert generation.stats.stop_reason == "eos"
+    assert generation.tokens == script[:-2]
+
+
+def test_stops_at_max_new_tokens(tokenizer: Tokenizer) -> None:
+    script = script_for(tokenizer, "The quick brown fox jumps over the lazy dog")
+    settings = SamplingSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=3)
+    text, generation = run(ScriptedBackend(script, tokenizer.vocab_size), tokenizer, settings)
+    assert generation.tokens == script[:3] and text == tokenizer.decode(script[:3])
+    assert generation.stats.stop_reason == "max_new_tokens" and generation.stats.new_tokens == 3
+
+
+def test_stops_at_the_context_limit_without_decoding_past_it(tokenizer: Tokenizer) -> None:
+    backend = ScriptedBackend(script_for(tokenizer, "fox " * 40), tokenizer.vocab_size, context_length=10)
+    _, generation = run(backend, tokenizer)
+    assert generation.stats.stop_reason == "context"
+    assert backend.length == 10 and generation.stats.new_tokens == 10 - 3 + 1
+
+
+def test_prompt_that_fills_the_context_is_refused(tokenizer: Tokenizer) -> None:
+    backend = ScriptedBackend([5], tokenizer.vocab_size, context_length=3)
+    with pytest.raises(UserError, match="the prompt is 3 tokens, but the context holds 3"):
+        run(backend, tokenizer)
+    with pytest.raises(UserError, match="the prompt is empty"):
+        run(backend, tokenizer, prompt=())
+
+
+def test_stop_string_cuts_the_text_and_nothing_of_it_is_shown(tokenizer: Tokenizer) -> None:
+    script = script_for(tokenizer, "Paris is the capital.\nUser: and more")
+    backend = ScriptedBackend(script, tokenizer.vocab_size)
+    generation = Generation(backend, tokenizer, [2, 40], GREEDY, ("\nUser:",))
+    pieces = list(generation)
+    assert "".join(pieces) == "Paris is the capital."
+    assert generation.stats.stop_reason == "stop_string"
+
+
+def test_stop_string_filter_holds_back_only_a_possible_start() -> None:
+    f = StopStringFilter(["\nUser:"])
+    assert f.feed("Hi\nUs") == "Hi"
+    assert f.feed("ed to it") == "\nUsed to it"
+    assert f.feed("\n") == "" and f.finish() == "\n"
+    g = StopStringFilter(["\nUser:", "###"])
+    assert g.feed("a#") == "a" and g.feed("#") == "" and g.feed("#x") == "" and g.stopped
+
+
+def test_cancel_stops_between_tokens(tokenizer: Tokenizer) -> None:
+    cancel = threading.Event()
+    backend = ScriptedBackend(script_for(tokenizer, "one two three four five six"), tokenizer.vocab_size)
+    generation = Generation(backend, tokenizer, [2, 40], GREEDY, cancel=cancel)
+    pieces = []
+    for piece in generation:
+        pieces.append(piece)
+        cancel.set()
+    assert generation.stats.stop_reason == "cancelled"
+    assert generation.stats.new_tokens == 1 and backend.length == 2  # no decode after the cancel
+
+
+def test_stats_count_prefill_and_decode(tokenizer: Tokenizer) -> None:
+    backend = ScriptedBackend(script_for(tokenizer, "fox " * 10), tokenizer.vocab_size, delay=0.002)
+    settings = SamplingSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=6)
+    _, generation = run(backend, tokenizer, settings)
+    stats = generation.stats
+    assert stats.prompt_tokens == 3 and stats.new_tokens == 6 and stats.decode_steps == 5
+    assert stats.context_used == 8 and 0 < stats.tokens_per_second < 1 / 0.002
+
+
+def test_greedy_generation_on_the_cpu_backend_equals_transformers(tiny_model: Path, tokenizer: Tokenizer) -> None:
+    reference = transformers.OPTForCausalLM.from_pretrained(tiny_model).eval()
+    prompt = tokenizer.encode("Hello world, this is")
+    settings = SamplingSettings(temperature=0, repetition_penalty=1.3, max_new_tokens=40)
+    generation = Generation(open_backend(tiny_model, "cpu"), tokenizer, prompt, settings)
+    text = "".join(generation)
+    with torch.no_grad():
+        out = reference.generate(
+            torch.tensor([prompt]), max_new_tokens=40, do_sample=False, repetition_penalty=1.3,
+            eos_token_id=tokenizer.eos_id, pad_token_id=1, suppress_tokens=list(range(tokenizer.vocab_size, 408)),
+        )  # fmt: skip
+    expected = [t for t in out[0, len(prompt) :].tolist() if t != tokenizer.eos_id]
+    assert generation.tokens == expected[: len(generation.tokens)] and len(generation.tokens) == len(expected)
+    assert text == tokenizer.decode(expected)
+
+
+def test_transcript_format_is_exactly_as_documented() -> None:
+    turns = [Turn("What is 2+2?", " 4. "), Turn("And 3+3?", "6")]
+    assert transcript("Be brief.", turns, "Thanks!") == (
+        "Be brief.\n\nUser: What is 2+2?\nAssistant: 4.\nUser: And 3+3?\nAssistant: 6\nUser: Thanks!\nAssistant:"
+    )
+    assert transcript("", [], "Hi") == "User: Hi\nAssistant:"
+
+
+def test_chat_reply_is_trimmed_recorded_and_stops_at_the_next_user_turn(tokenizer: Tokenizer) -> None:
+    backend = ScriptedBackend(script_for(tokenizer, " Paris, of course.\nUser: next"), tokenizer.vocab_size, 128)
+    session = ChatSession(backend, tokenizer, preamble="Quiz.")
+    reply = session.send("Capital of France?", GREEDY)
+    assert "".join(reply) == "Paris, of course."
+    assert session.turns == [Turn("Capital of France?", "Paris, of course.", stopped=False)]
+    assert backend.prefills[-1] == tokenizer.encode("Quiz.\n\nUser: Capital of France?\nAssistant:")
+    again = session.regenerate(GREEDY)
+    assert "".join(again) == "Paris, of course." and len(session.turns) == 1
+
+
+def test_chat_drops_the_oldest_turns_to_fit_and_refuses_a_message_too_long(tokenizer: Tokenizer) -> None:
+    backend = ScriptedBackend([tokenizer.eos_id], tokenizer.vocab_size, context_length=100)
+    turns = [Turn(f"question number {i}", f"answer number {i}") for i in range(6)]
+    session = ChatSession(backend, tokenizer, preamble="P.", turns=turns)
+    settings = SamplingSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=8)
+    reply = session.send("last one", settings)
+    list(reply)
+    assert 0 < reply.dropped_turns < 6
+    prompt = tokenizer.decode(backend.prefills[-1])
+    assert prompt.startswith("P.\n\nUser: question number") and prompt.endswith("User: last one\nAssistant:")
+    assert "question number 0" not in prompt and len(backend.prefills[-1]) + 8 <= 100
+    with pytest.raises(UserError, match="but the context holds 100"):
+        session.send("word " * 80, settings)
+    with pytest.raises(UserError, match="the message is empty"):
+        session.send("   ", settings)
