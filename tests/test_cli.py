@@ -90,6 +90,27 @@ def test_corrupt_weights(capsys, model_copy: Path) -> None:
     assert_one_line_error(code, err, "model.safetensors: not a readable safetensors file")
 
 
+def test_bfloat16_weights_say_what_to_do(capsys, model_copy: Path) -> None:
+    import torch
+    from safetensors.torch import save_file as save_torch
+
+    tensors = {k: torch.from_numpy(v).to(torch.bfloat16) for k, v in load_file(str(model_copy / "model.safetensors")).items()}
+    save_torch(tensors, str(model_copy / "model.safetensors"))
+    code, _, err = run_cli(capsys, "--model", str(model_copy), "-p", "Hi")
+    assert_one_line_error(code, err, "bfloat16 tensors cannot be read", "float16")
+
+
+def test_float16_weights_are_upcast_once(capsys, tiny_model: Path, model_copy: Path) -> None:
+    tensors = {k: v.astype("float16") for k, v in load_file(str(model_copy / "model.safetensors")).items()}
+    save_file(tensors, str(model_copy / "model.safetensors"))
+    from opt_tpu_tui.model import load_weights
+
+    weights = load_weights(model_copy)
+    assert weights.embed_tokens.dtype == "float32" and weights.layers[0].fc1_w.dtype == "float32"
+    code, out, _ = run_cli(capsys, "--model", str(model_copy), "-p", "Hi", *GREEDY)
+    assert code == 0 and out.strip()
+
+
 def test_shapes_that_disagree_with_config(capsys, model_copy: Path) -> None:
     config = json.loads((model_copy / "config.json").read_text())
     config["ffn_dim"] = 96

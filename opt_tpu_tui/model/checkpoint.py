@@ -126,7 +126,14 @@ def read_tensors(path: Path) -> dict[str, Array]:
 
     try:
         raw = load_file(str(path))
-    except (SafetensorError, OSError, ValueError, TypeError) as error:
+    except TypeError as error:
+        if "bfloat16" in str(error):
+            raise UserError(
+                f"{path}: bfloat16 tensors cannot be read by numpy; save the checkpoint as float16 or float32 "
+                "(model.to(torch.float16).save_pretrained(...))"
+            ) from None
+        raise UserError(f"{path}: not a readable safetensors file ({error})") from None
+    except (SafetensorError, OSError, ValueError) as error:
         raise UserError(f"{path}: not a readable safetensors file ({error})") from None
     tensors = {}
     for name, value in raw.items():
