@@ -62,41 +62,47 @@ def apply_repetition_penalty(logits: np.ndarray, seen: Sequence[int], penalty: f
     return logits
 
 
-def top_k_filter(logits: np.ndarray, k: int) -> np.ndarray:
-    """Keep the k highest scores (and any tied with the k-th), set the rest to -inf."""
-    if 0 < k < logits.shape[-1]:
-        kth = np.partition(logits, -k)[-k]
-        logits[logits < kth] = -np.inf
-    return logits
-
-
-def top_p_filter(logits: np.ndarray, p: float) -> np.ndarray:
-    """Keep the smallest set of top tokens whose probability reaches p (always at least one)."""
-    if p >= 1.0:
-        return logits
-    order = np.argsort(logits, kind="stable")  # ascending, as transformers sorts
-    probs = softmax(logits[order])
-    drop = np.cumsum(probs) <= 1.0 - p
-    drop[-1] = False
-    logits[order[drop]] = -np.inf
-    return logits
-
-
 def softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max())
     return e / e.sum()
 
 
-def warp(logits: np.ndarray, settings: SamplingSettings, seen: Sequence[int]) -> np.ndarray:
-    """The scores transformers would sample from, as a new array (``logits`` is not modified)."""
+def candidates(logits: np.ndarray, settings: SamplingSettings, seen: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The token ids that may be drawn and their warped scores (``logits`` is not modified).
+
+    Top-k keeps the k highest scores and any tied with the k-th; top-p then keeps the
+    smallest set of the highest whose probability reaches p (always at least one).
+    Working on the candidates alone keeps top-p from sorting the whole vocabulary.
+    """
     scores = np.array(logits, dtype=np.float32)
     if settings.repetition_penalty != 1.0:
         apply_repetition_penalty(scores, seen, settings.repetition_penalty)
     if settings.temperature == 0:
-        return scores
+        best = np.argmax(scores)
+        return np.array([best]), scores[best : best + 1]
     scores /= np.float32(settings.temperature)
-    top_k_filter(scores, settings.top_k)
-    return top_p_filter(scores, settings.top_p)
+    ids = np.arange(len(scores))
+    if 0 < settings.top_k < len(scores):
+        kth = np.partition(scores, -settings.top_k)[-settings.top_k]
+        ids = np.flatnonzero(scores >= kth)
+    kept = scores[ids]
+    if settings.top_p < 1.0:
+        order = np.argsort(kept, kind="stable")  # ascending, as transformers sorts
+        drop = np.cumsum(softmax(kept[order])) <= 1.0 - settings.top_p
+        drop[-1] = False
+        ids, kept = ids[order[~drop]], kept[order[~drop]]
+    return ids, kept
+
+
+def warp(logits: np.ndarray, settings: SamplingSettings, seen: Sequence[int]) -> np.ndarray:
+    """The full score vector transformers would sample from: -inf for every filtered token."""
+    if settings.temperature == 0:
+        scores = np.array(logits, dtype=np.float32)
+        return apply_repetition_penalty(scores, seen, settings.repetition_penalty)
+    ids, kept = candidates(logits, settings, seen)
+    scores = np.full(len(logits), -np.inf, np.float32)
+    scores[ids] = kept
+    return scores
 
 
 class Sampler:
@@ -112,9 +118,7 @@ class Sampler:
         s = self.settings
         if s.temperature == 0 and s.repetition_penalty == 1.0:
             return int(np.argmax(logits))  # the common greedy case allocates nothing
-        scores = warp(logits, s, seen)
-        if s.temperature == 0:
-            return int(np.argmax(scores))
+        ids, scores = candidates(logits, s, seen)
         cumulative = np.cumsum(softmax(scores))
         index = np.searchsorted(cumulative, self.rng.random() * cumulative[-1], side="right")
-        return int(min(index, len(cumulative) - 1))
+        return int(ids[min(index, len(ids) - 1)])
