@@ -87,11 +87,27 @@ def candidates(logits: np.ndarray, settings: SamplingSettings, seen: Sequence[in
         ids = np.flatnonzero(scores >= kth)
     kept = scores[ids]
     if settings.top_p < 1.0:
-        order = np.argsort(kept, kind="stable")  # ascending, as transformers sorts
-        drop = np.cumsum(softmax(kept[order])) <= 1.0 - settings.top_p
-        drop[-1] = False
-        ids, kept = ids[order[~drop]], kept[order[~drop]]
+        ids, kept = top_p_filter(ids, kept, settings.top_p)
     return ids, kept
+
+
+def top_p_filter(ids: np.ndarray, scores: np.ndarray, p: float, head: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Drop the lowest tokens whose total probability stays within 1 - p (keeping at least one).
+
+    When the ``head`` highest tokens already hold mass p, every other token is dropped
+    for sure, so only the head is sorted rather than the whole vocabulary.
+    """
+    probs = softmax(scores)
+    left_out = 0.0  # probability of the tokens outside the head, all of them dropped
+    if len(scores) > head:
+        top = np.argpartition(scores, -head)[-head:]
+        if probs[top].sum() >= p:
+            left_out = 1.0 - probs[top].sum()
+            ids, scores, probs = ids[top], scores[top], probs[top]
+    order = np.argsort(scores, kind="stable")  # ascending, as transformers sorts
+    drop = left_out + np.cumsum(probs[order]) <= 1.0 - p
+    drop[-1] = False
+    return ids[order[~drop]], scores[order[~drop]]
 
 
 def warp(logits: np.ndarray, settings: SamplingSettings, seen: Sequence[int]) -> np.ndarray:

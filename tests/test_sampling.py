@@ -41,10 +41,12 @@ def reference_scores(logits: np.ndarray, settings: SamplingSettings, seen: list[
 
 @pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: f"T{s.temperature}-k{s.top_k}-p{s.top_p}-r{s.repetition_penalty}")
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_warped_scores_equal_transformers(settings: SamplingSettings, seed: int) -> None:
+@pytest.mark.parametrize("vocab, spread", [(VOCAB, 3.0), (50_265, 3.0), (50_265, 0.5)])
+def test_warped_scores_equal_transformers(settings: SamplingSettings, seed: int, vocab: int, spread: float) -> None:
+    """Small and OPT-sized vocabularies; a flat one makes top-p fall back to sorting everything."""
     rng = np.random.default_rng(seed)
-    logits = (rng.standard_normal(VOCAB) * 3).astype(np.float32)
-    seen = rng.integers(0, VOCAB, size=40).tolist()
+    logits = (rng.standard_normal(vocab) * spread).astype(np.float32)
+    seen = rng.integers(0, vocab, size=40).tolist()
     ours = warp(logits, settings, seen)
     expected = reference_scores(logits, settings, seen)
     np.testing.assert_array_equal(np.isinf(ours), np.isinf(expected))
