@@ -80,7 +80,7 @@ def bench_ctranslate2(model_dir: Path, prompt: list[int], tokens: int, runs: int
     import ctranslate2
     from ctranslate2.converters import TransformersConverter
 
-    out_dir = Path(tempfile.mkdtemp(prefix=f"ct2-{quantization}-"))
+    out_dir = model_dir.parent / f"ct2-{quantization}"
     TransformersConverter(str(model_dir)).convert(str(out_dir), quantization=quantization, force=True)
     generator = ctranslate2.Generator(str(out_dir), device="cpu", compute_type=quantization, intra_threads=os.cpu_count() or 1)
     prompt_tokens = [VOCAB[i] for i in prompt]  # CTranslate2 takes token strings
@@ -117,20 +117,20 @@ def main() -> None:
 
     torch.manual_seed(0)
     torch.set_num_threads(os.cpu_count() or 1)
-    model_dir = Path(tempfile.mkdtemp(prefix="opt125m-random-"))
-    model = transformers.OPTForCausalLM(transformers.OPTConfig(**OPT_125M))
-    model.save_pretrained(model_dir, safe_serialization=True)
-    del model
-    write_synthetic_tokenizer(model_dir)
     rng = np.random.default_rng(0)
     prompt = [2, *rng.integers(4, 50265, size=args.prompt - 1).tolist()]
-
-    rows = {
-        "numpy (this project)": bench_numpy(model_dir, prompt, args.tokens, args.runs),
-        "transformers fp32": bench_transformers(model_dir, prompt, args.tokens, args.runs),
-        "CTranslate2 float32": bench_ctranslate2(model_dir, prompt, args.tokens, args.runs, "float32"),
-        "CTranslate2 int8": bench_ctranslate2(model_dir, prompt, args.tokens, args.runs, "int8"),
-    }
+    with tempfile.TemporaryDirectory(prefix="bench-decode-cpu-") as scratch:
+        model_dir = Path(scratch) / "opt-125m-random"
+        model = transformers.OPTForCausalLM(transformers.OPTConfig(**OPT_125M))
+        model.save_pretrained(model_dir, safe_serialization=True)
+        del model
+        write_synthetic_tokenizer(model_dir)
+        rows = {
+            "numpy (this project)": bench_numpy(model_dir, prompt, args.tokens, args.runs),
+            "transformers fp32": bench_transformers(model_dir, prompt, args.tokens, args.runs),
+            "CTranslate2 float32": bench_ctranslate2(model_dir, prompt, args.tokens, args.runs, "float32"),
+            "CTranslate2 int8": bench_ctranslate2(model_dir, prompt, args.tokens, args.runs, "int8"),
+        }
     hf_prefill, hf_decode = rows["transformers fp32"]
     _, ct2_decode = rows["CTranslate2 float32"]
     print(f"OPT-125m shape, random fp32 weights, {os.cpu_count()} cores, prompt {args.prompt} tokens, "
