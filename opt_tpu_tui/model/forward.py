@@ -8,7 +8,7 @@ step allocates no arrays, while prefill uses a workspace sized to its prompt.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -147,8 +147,8 @@ class OPTModel:
             raise UserError(f"context {context} is out of range: this model allows 1 to {limit} tokens")
         self.config = config
         self.context = context
-        self.w = weights
         self.layers = [PreparedLayer.from_weights(lw, config.head_dim) for lw in weights.layers]
+        self.w = replace(weights, layers=[])  # the unfused q/k/v would double attention's memory
         shape = (config.num_hidden_layers, config.num_attention_heads, context, config.head_dim)
         self.k_cache = np.zeros(shape, np.float32)
         self.v_cache = np.zeros(shape, np.float32)
