@@ -1,0 +1,138 @@
+"""The settings pane: one stepper per sampling value, the preamble, and a theme hint.
+
+Up/Down in a number field steps it by ``sampling.LIMITS``' step (clamped to the
+range); Enter in a field or ctrl+s applies the whole form. The form is validated with
+``SamplingSettings.validate``: an out-of-range or unparsable value is refused with a
+message and nothing is applied. Applied values take effect from the next reply.
+"""
+
+from __future__ import annotations
+
+import math
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.message import Message
+from textual.widgets import Input, Label, Static, TextArea
+
+from opt_tpu_tui.errors import UserError
+from opt_tpu_tui.sampling import LIMITS, SamplingSettings
+
+FIELDS: dict[str, str] = {  # field -> label
+    "max_new_tokens": "Max new tokens",
+    "temperature": "Temperature",
+    "top_p": "Top-p",
+    "top_k": "Top-k",
+    "repetition_penalty": "Repetition pen.",
+    "seed": "Seed",
+}
+INTEGRAL = ("max_new_tokens", "top_k", "seed")
+
+
+def format_value(name: str, value: float | int | None) -> str:
+    if value is None:
+        return ""
+    if name in INTEGRAL:
+        return str(int(value))
+    decimals = max(0, -math.floor(math.log10(LIMITS[name][2])))
+    return f"{value:.{decimals}f}"
+
+
+def parse_value(name: str, text: str) -> float | int | None:
+    """The number typed in a field; raise UserError when it is not one."""
+    text = text.strip()
+    if name == "seed" and text in ("", "random"):
+        return None
+    try:
+        return int(text) if name in INTEGRAL else float(text)
+    except ValueError:
+        kind = "a whole number" if name in INTEGRAL else "a number"
+        raise UserError(f"{FIELDS[name].lower()} must be {kind}, got {text!r}") from None
+
+
+def step_value(name: str, value: float | int | None, direction: int) -> float | int:
+    low, high, step = LIMITS[name]
+    current = low if value is None else value
+    stepped = min(high, max(low, current + direction * step))
+    return int(stepped) if name in INTEGRAL else round(stepped, 6)
+
+
+class StepperInput(Input):
+    """A compact number field that steps with Up/Down."""
+
+    BINDINGS = [
+        Binding("up", "step(1)", "Step +", id="settings.step_up"),
+        Binding("down", "step(-1)", "Step −", id="settings.step_down"),
+    ]
+
+    def __init__(self, field_name: str, **kwargs: object) -> None:
+        super().__init__(compact=True, id=f"field-{field_name}", **kwargs)  # type: ignore[arg-type]
+        self.field_name = field_name
+
+    def action_step(self, direction: int) -> None:
+        try:
+            value = parse_value(self.field_name, self.value)
+        except UserError:
+            value = None
+        self.value = format_value(self.field_name, step_value(self.field_name, value, direction))
+        self.post_message(SettingsForm.ApplyRequested())
+
+
+class SettingsForm(VerticalScroll):
+    BINDINGS = [Binding("ctrl+s", "apply", "Apply", id="settings.apply")]
+
+    class ApplyRequested(Message):
+        """A stepper moved: apply the form."""
+
+    class Applied(Message):
+        def __init__(self, sampling: SamplingSettings, preamble: str) -> None:
+            super().__init__()
+            self.sampling = sampling
+            self.preamble = preamble
+
+    def compose(self) -> ComposeResult:
+        for name, label in FIELDS.items():
+            with Horizontal(classes="field"):
+                yield Label(label, classes="field-label")
+                yield StepperInput(name, placeholder="random" if name == "seed" else "")
+        yield Label("Preamble", classes="field-label")
+        yield TextArea(id="field-preamble", soft_wrap=True, tab_behavior="focus", compact=True)
+        yield Static("", id="settings-error", markup=False)
+        yield Static("↑/↓ step · enter or ctrl+s apply · from the next reply", id="settings-hint", markup=False)
+
+    def load(self, sampling: SamplingSettings, preamble: str) -> None:
+        """Show the settings now in effect (and clear any error)."""
+        for name in FIELDS:
+            self.query_one(f"#field-{name}", Input).value = format_value(name, getattr(sampling, name))
+        self.query_one("#field-preamble", TextArea).text = preamble
+        self.show_error(None)
+
+    def read(self) -> tuple[SamplingSettings, str]:
+        """The values in the form, validated; raise UserError naming the first bad one."""
+        values = {name: parse_value(name, self.query_one(f"#field-{name}", Input).value) for name in FIELDS}
+        sampling = SamplingSettings(**values).validate()  # type: ignore[arg-type]
+        return sampling, self.query_one("#field-preamble", TextArea).text
+
+    def show_error(self, message: str | None) -> None:
+        error = self.query_one("#settings-error", Static)
+        error.update(message or "")
+        error.display = message is not None
+
+    def action_apply(self) -> None:
+        try:
+            sampling, preamble = self.read()
+        except UserError as refusal:
+            self.show_error(f"Not applied: {refusal}")
+            self.app.notify(f"Setting refused: {refusal}", severity="error")
+            return
+        self.show_error(None)
+        self.post_message(self.Applied(sampling, preamble))
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        self.action_apply()
+
+    def on_settings_form_apply_requested(self, event: ApplyRequested) -> None:
+        event.stop()
+        self.action_apply()
