@@ -78,6 +78,7 @@ class MainScreen(Screen[None]):
         self._device: DeviceSample | None = None
         self._pane = "hidden"
         self._narrow = False
+        self.finished_replies = 0  # how many replies have ended (tests and the bench wait on it)
 
     @property
     def tui(self) -> OptTuiApp:
@@ -375,6 +376,7 @@ class MainScreen(Screen[None]):
             self.notify(job.error, title="Reply failed", severity="error", timeout=8)
         gc.enable()
         gc.collect()
+        self.finished_replies += 1
         self._update_status()
         self._show_stats()
 

@@ -63,6 +63,7 @@ class StatsPanel(Vertical):
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self._speeds: deque[float] = deque([0.0] * SPARK_POINTS, maxlen=SPARK_POINTS)
+        self.view = StatsView()
 
     def compose(self) -> ComposeResult:
         yield Static(id="stats-table")
@@ -70,6 +71,7 @@ class StatsPanel(Vertical):
         yield Sparkline(list(self._speeds), id="spark")
 
     def show(self, view: StatsView) -> None:
+        self.view = view
         table = Table.grid(padding=(0, 1))
         table.add_column(style="bold", no_wrap=True)
         table.add_column(overflow="ellipsis", no_wrap=True)

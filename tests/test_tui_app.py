@@ -1,0 +1,356 @@
+"""The real app driven by Pilot over a scripted backend: send, stream, stop, regenerate, settings,
+history, themes, layout and error handling."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from tiny import train_tokenizer
+from tui_support import REPLY, finish, make_app, ready, script_ids, send, wait_until
+
+from opt_tpu_tui import paths
+from opt_tpu_tui.config import Settings, load_settings
+from opt_tpu_tui.errors import UserError
+from opt_tpu_tui.history import HistoryStore
+from opt_tpu_tui.sampling import SamplingSettings
+from opt_tpu_tui.tokenizer import Tokenizer
+from opt_tpu_tui.tui.screens.help import HelpScreen
+from opt_tpu_tui.tui.widgets.conversation import AssistantMessage, Notice, UserMessage
+from opt_tpu_tui.tui.widgets.settings_form import SettingsForm
+from opt_tpu_tui.tui.widgets.stats import StatsPanel, rows
+
+pytestmark = pytest.mark.anyio
+
+GREEDY = Settings(sampling=SamplingSettings(temperature=0.0, repetition_penalty=1.0, max_new_tokens=200))
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # Textual runs on asyncio
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Tokenizer:
+    return Tokenizer.from_dir(train_tokenizer(tmp_path_factory.mktemp("tok")))
+
+
+def replies(app) -> list[AssistantMessage]:  # type: ignore[no-untyped-def]
+    return list(app.screen.query(AssistantMessage))
+
+
+async def test_send_streams_reply_and_saves_it(tokenizer: Tokenizer) -> None:
+    app, backend = make_app(tokenizer, settings=GREEDY, delay=0.04)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        prompt = app.screen.query_one("#prompt")
+        prompt.insert("Hi there")
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: app.screen.streaming)
+        # text shows up while the reply is still streaming
+        await wait_until(pilot, lambda: not app.screen.streaming or bool(replies(app)[-1].markdown.source))
+        assert app.screen.streaming, "the reply should still be streaming when its first text is on screen"
+        await finish(pilot, 1)
+        assert [m.render().plain for m in app.screen.query(UserMessage)] == ["Hi there"]
+        assert replies(app)[-1].markdown.source == REPLY
+        assert prompt.text == ""
+        assert backend.prefills[0][-3:] == tokenizer.encode("\nAssistant:", add_bos=False)[-3:]
+    conversations = app.store.list_conversations()
+    assert [c.turns for c in conversations] == [1]
+    assert app.store.load(conversations[0].id)[0].assistant == REPLY
+
+
+async def test_ctrl_j_inserts_newline_and_enter_sends_both_lines(tokenizer: Tokenizer) -> None:
+    app, _ = make_app(tokenizer, settings=GREEDY)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        await pilot.press("a", "ctrl+j", "b")
+        assert app.screen.query_one("#prompt").text == "a\nb"
+        await pilot.press("enter")
+        await finish(pilot, 1)
+        assert app.screen.turns[0].user == "a\nb"
+
+
+async def test_stop_keeps_partial_reply_marked_and_answers_within_a_token(tokenizer: Tokenizer) -> None:
+    long_script = script_ids(tokenizer, REPLY * 20, eos=False)
+    settings = Settings(sampling=SamplingSettings(temperature=0.0, repetition_penalty=1.0, max_new_tokens=1000))
+    app, backend = make_app(tokenizer, script=long_script, delay=0.01, settings=settings)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        app.screen.query_one("#prompt").insert("Tell me a long story")
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: app.screen.streaming)
+        backend.cancel = app.screen._job.cancel
+        await wait_until(pilot, lambda: len(replies(app)[-1].markdown.source) > 20)
+        await pilot.press("escape")
+        await finish(pilot, 1)
+        view = replies(app)[-1]
+        turn = app.screen.turns[-1]
+        assert turn.stopped and view.stopped
+        assert "stopped" in str(view.query_one(".reply-status").render())
+        assert 0 < len(turn.assistant) < len((REPLY * 20).strip())
+        assert view.markdown.source == turn.assistant
+        assert backend.decodes_after_cancel <= 1
+    saved = app.store.load(app.store.list_conversations()[0].id)[0]
+    assert saved.stopped and saved.assistant == turn.assistant
+
+
+async def test_regenerate_replaces_the_last_reply(tokenizer: Tokenizer) -> None:
+    app, backend = make_app(tokenizer, settings=GREEDY)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        await send(pilot, "Question one")
+        await pilot.press("ctrl+r")
+        await finish(pilot, 2)
+        assert backend.prefills[0] == backend.prefills[1]
+        assert len(replies(app)) == 1 and len(app.screen.query(UserMessage)) == 1
+        assert replies(app)[0].markdown.source == REPLY
+        assert len(app.screen.turns) == 1
+    conversation = app.store.list_conversations()[0]
+    assert conversation.turns == 1
+
+
+async def test_settings_change_applies_from_the_next_reply(tokenizer: Tokenizer) -> None:
+    app, backend = make_app(tokenizer, settings=GREEDY)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(pilot)
+        await send(pilot, "first")
+        first_tokens = len(backend.prefills)
+        assert app.screen.turns[-1].assistant == REPLY
+        await pilot.press("f2")
+        field = app.screen.query_one("#field-max_new_tokens")
+        assert app.focused is field
+        field.value = "3"
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.settings.sampling.max_new_tokens == 3
+        assert json.loads(paths.settings_file().read_text())["sampling"]["max_new_tokens"] == 3
+        await pilot.press("f2")  # back to the prompt
+        await send(pilot, "second")
+        assert len(backend.prefills) == first_tokens + 1
+        assert tokenizer.encode(" " + app.screen.turns[-1].assistant, add_bos=False) == script_ids(tokenizer)[:3]
+
+
+async def test_stepper_steps_and_clamps(tokenizer: Tokenizer) -> None:
+    app, _ = make_app(tokenizer, settings=GREEDY)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(pilot)
+        await pilot.press("f2")
+        app.screen.query_one("#field-top_k").focus()
+        await pilot.press("up", "up")
+        await pilot.pause()
+        assert app.settings.sampling.top_k == 60
+        app.screen.query_one("#field-temperature").focus()
+        await pilot.press("down")  # 0.0 is the lowest temperature: stays there
+        await pilot.pause()
+        assert app.settings.sampling.temperature == 0.0
+
+
+@pytest.mark.parametrize("field, value", [("temperature", "9"), ("top_p", "abc"), ("max_new_tokens", "0")])
+async def test_invalid_setting_is_refused(tokenizer: Tokenizer, field: str, value: str) -> None:
+    app, _ = make_app(tokenizer, settings=GREEDY)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(pilot)
+        await pilot.press("f2")
+        before = app.settings
+        app.screen.query_one(f"#field-{field}").value = value
+        app.screen.query_one(f"#field-{field}").focus()
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.settings == before
+        assert load_settings()[0].sampling == GREEDY.sampling  # nothing out of range reached the file
+        error = app.screen.query_one("#settings-error")
+        assert error.display and "Not applied" in str(error.render())
+        with pytest.raises(UserError):
+            app.screen.query_one(SettingsForm).read()
+
+
+async def test_history_survives_an_app_restart(tokenizer: Tokenizer) -> None:
+    app, _ = make_app(tokenizer, settings=GREEDY)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        await send(pilot, "Remember me")
+    app.store.close()
+
+    app, backend = make_app(tokenizer, settings=GREEDY)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        await pilot.press("ctrl+o")
+        await pilot.pause()
+        await pilot.press("enter")
+        await pilot.pause()
+        assert [m.render().plain for m in app.screen.query(UserMessage)] == ["Remember me"]
+        assert replies(app)[0].markdown.source == REPLY
+        await send(pilot, "And again")  # the reopened turns are part of the next prompt
+        assert "Remember me" in tokenizer.decode(backend.prefills[-1])
+        assert app.store.list_conversations()[0].turns == 2
+
+
+async def test_conversation_list_deletes(tokenizer: Tokenizer) -> None:
+    app, _ = make_app(tokenizer, settings=GREEDY)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        await send(pilot, "to be deleted")
+        await pilot.press("ctrl+o")
+        await pilot.pause()
+        await pilot.press("d")
+        await pilot.pause()
+        assert app.store.list_conversations() == []
+        await pilot.press("escape")
+        await pilot.pause()
+        assert not app.screen.query(UserMessage)  # the open conversation was the deleted one
+
+
+async def test_corrupt_history_is_set_aside_with_a_warning(tokenizer: Tokenizer) -> None:
+    history = paths.history_file()
+    history.parent.mkdir(parents=True)
+    history.write_bytes(b"this is not a database" * 100)
+    app, _ = make_app(tokenizer, settings=GREEDY)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        notices = [str(n.render()) for n in app.screen.query(Notice)]
+        assert any("moved it to history.sqlite3.corrupt-" in n for n in notices)
+        await send(pilot, "fresh start")
+    aside = list(history.parent.glob("history.sqlite3.corrupt-*"))
+    assert len(aside) == 1 and aside[0].read_bytes().startswith(b"this is not a database")
+    assert app.store.list_conversations()[0].turns == 1
+
+
+async def test_theme_switching_is_remembered(tokenizer: Tokenizer) -> None:
+    app, _ = make_app(tokenizer)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        assert app.theme == "dark"
+        await pilot.press("ctrl+t")
+        await pilot.pause()
+        assert app.theme == "high-contrast"
+        app.theme = "light"  # what the palette's "Change theme" does
+        await pilot.pause()
+    assert load_settings()[0].theme == "light"
+    app, _ = make_app(tokenizer, settings=load_settings()[0])
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        assert app.theme == "light"
+        assert app.current_theme.background.lower() == "#f6f7f9"
+
+
+async def test_80x24_layout_switches_panes_by_key(tokenizer: Tokenizer) -> None:
+    app, _ = make_app(tokenizer)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        chat, side = app.screen.query_one("#chat"), app.screen.query_one("#side")
+        assert chat.display and not side.display
+        assert chat.region.width == 80 and app.screen.query_one("#prompt").region.height >= 1
+        await pilot.press("f3")
+        await pilot.pause()
+        assert side.display and not chat.display and side.region.width == 80
+        await pilot.press("escape")  # nothing streams: escape brings the chat back
+        await pilot.pause()
+        assert chat.display and not side.display
+        await pilot.press("f2")
+        await pilot.pause()
+        assert side.display and app.focused is app.screen.query_one("#field-max_new_tokens")
+        assert app.screen.query_one("#field-seed").region.bottom <= 23  # the form fits above the footer
+        await pilot.press("f2")
+        await pilot.pause()
+        assert chat.display and app.focused is app.screen.query_one("#prompt")
+
+
+async def test_wide_layout_shows_stats_beside_the_chat(tokenizer: Tokenizer) -> None:
+    app, _ = make_app(tokenizer)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(pilot)
+        panel = app.screen.query_one(StatsPanel)
+        await wait_until(pilot, lambda: ("Host CPU", "12 %") in rows(panel.view))
+        chat, side = app.screen.query_one("#chat"), app.screen.query_one("#side")
+        assert chat.display and side.display and chat.region.width + side.region.width == 120
+        table = dict(rows(panel.view))
+        assert table["Backend"] == "scripted" and table["Context"] == "0 / 4096"
+        assert table["Host mem"] == "2.0 GiB / 8.0 GiB"
+
+
+async def test_model_load_error_is_shown_not_raised(tokenizer: Tokenizer) -> None:
+    def broken():  # type: ignore[no-untyped-def]
+        raise UserError("/models/x: config.json not found")
+
+    app, _ = make_app(tokenizer, loader=broken)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_until(pilot, lambda: app.screen.load_error is not None)
+        await pilot.pause()
+        assert any("config.json not found" in str(n.render()) for n in app.screen.query(Notice))
+        app.screen.query_one("#prompt").insert("hello")
+        await pilot.press("enter")
+        await pilot.pause()
+        assert not app.screen.turns and app.is_running
+
+
+async def test_backend_error_mid_reply_is_shown_and_the_partial_reply_kept(tokenizer: Tokenizer) -> None:
+    app, _ = make_app(tokenizer, settings=GREEDY, fail_at=5)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        await send(pilot, "boom")
+        view = replies(app)[-1]
+        assert view.error and "device lost" in view.error
+        assert app.screen.turns[-1].stopped and app.is_running
+    saved = app.store.load(app.store.list_conversations()[0].id)[0]
+    assert saved.stopped
+
+
+async def test_quitting_mid_reply_stops_and_saves(tokenizer: Tokenizer) -> None:
+    long_script = script_ids(tokenizer, REPLY * 50, eos=False)
+    settings = Settings(sampling=SamplingSettings(temperature=0.0, repetition_penalty=1.0, max_new_tokens=2000))
+    app, _ = make_app(tokenizer, script=long_script, delay=0.01, settings=settings)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        app.screen.query_one("#prompt").insert("long")
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: app.screen.streaming and len(app.screen.turns[-1].assistant) > 10)
+        job = app.screen._job
+        await pilot.press("ctrl+q")
+    assert job.done.is_set()
+    saved = app.store.load(app.store.list_conversations()[0].id)[0]
+    assert saved.stopped and saved.assistant
+
+
+async def test_demo_mode_says_so_and_is_not_remembered(tokenizer: Tokenizer) -> None:
+    app, _ = make_app(tokenizer, demo=True)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        text = " ".join(str(n.render()) for n in app.screen.query(Notice))
+        assert "Demo model" in text and "--model DIR" in text
+        assert "DEMO" in str(app.screen.query_one("#status").render())
+
+
+async def test_help_and_palette_list_every_action(tokenizer: Tokenizer) -> None:
+    app, _ = make_app(tokenizer)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        titles = {c.title for c in app.get_system_commands(app.screen)}
+        for title in ("Stop reply", "Regenerate", "New conversation", "Conversations", "Settings", "Device stats", "Help", "Next theme", "Theme", "Quit"):
+            assert title in titles, title
+        await pilot.press("f1")
+        await pilot.pause()
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+        await pilot.pause()
+        assert not isinstance(app.screen, HelpScreen)
+
+
+async def test_new_conversation_clears_the_transcript(tokenizer: Tokenizer) -> None:
+    app, _ = make_app(tokenizer, settings=GREEDY)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        await send(pilot, "one")
+        await pilot.press("ctrl+n")
+        await pilot.pause()
+        assert not replies(app) and not app.screen.turns
+        await send(pilot, "two")
+    assert [c.turns for c in app.store.list_conversations()] == [1, 1]
+
+
+def test_history_file_path_is_under_the_test_data_dir(tmp_path: Path) -> None:
+    assert str(paths.history_file()).startswith(str(tmp_path))
+    store, warning = HistoryStore.open()
+    assert warning is None and store.path == paths.history_file()
+    store.close()
