@@ -34,7 +34,7 @@ log = logging.getLogger("opt_tpu_tui.tui")
 class OptTuiApp(App[int]):
     TITLE = "opt-tpu-tui"
     BINDINGS = [
-        Binding("f1", "help", "Help", id="app.help"),
+        Binding("f1", "help", "Help", id="app.help", show=False),  # the status line always shows "f1 help"
         Binding("ctrl+t", "next_theme", "Theme", id="app.theme"),
     ]
 

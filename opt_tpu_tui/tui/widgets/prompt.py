@@ -25,7 +25,9 @@ class PromptInput(TextArea):
             self.text = text
 
     def __init__(self, **kwargs: object) -> None:
-        super().__init__(soft_wrap=True, show_line_numbers=False, tab_behavior="focus", compact=True, **kwargs)  # type: ignore[arg-type]
+        super().__init__(
+            placeholder="Message · enter sends · ctrl+j new line",
+            soft_wrap=True, show_line_numbers=False, tab_behavior="focus", compact=True, **kwargs)  # type: ignore[arg-type]
 
     def action_submit(self) -> None:
         if self.text.strip():
