@@ -49,11 +49,11 @@ async def test_send_streams_reply_and_saves_it(tokenizer: Tokenizer) -> None:
         await pilot.press("enter")
         await wait_until(pilot, lambda: app.screen.streaming)
         # text shows up while the reply is still streaming
-        await wait_until(pilot, lambda: not app.screen.streaming or bool(replies(app)[-1].markdown.source))
+        await wait_until(pilot, lambda: not app.screen.streaming or bool(replies(app)[-1].text))
         assert app.screen.streaming, "the reply should still be streaming when its first text is on screen"
         await finish(pilot, 1)
         assert [m.render().plain for m in app.screen.query(UserMessage)] == ["Hi there"]
-        assert replies(app)[-1].markdown.source == REPLY
+        assert replies(app)[-1].text == REPLY
         assert prompt.text == ""
         assert backend.prefills[0][-3:] == tokenizer.encode("\nAssistant:", add_bos=False)[-3:]
     conversations = app.store.list_conversations()
@@ -82,7 +82,7 @@ async def test_stop_keeps_partial_reply_marked_and_answers_within_a_token(tokeni
         await pilot.press("enter")
         await wait_until(pilot, lambda: app.screen.streaming)
         backend.cancel = app.screen._job.cancel
-        await wait_until(pilot, lambda: len(replies(app)[-1].markdown.source) > 20)
+        await wait_until(pilot, lambda: len(replies(app)[-1].text) > 20)
         await pilot.press("escape")
         await finish(pilot, 1)
         view = replies(app)[-1]
@@ -90,7 +90,7 @@ async def test_stop_keeps_partial_reply_marked_and_answers_within_a_token(tokeni
         assert turn.stopped and view.stopped
         assert "stopped" in str(view.query_one(".reply-status").render())
         assert 0 < len(turn.assistant) < len((REPLY * 20).strip())
-        assert view.markdown.source == turn.assistant
+        assert view.text == turn.assistant
         assert backend.decodes_after_cancel <= 1
     saved = app.store.load(app.store.list_conversations()[0].id)[0]
     assert saved.stopped and saved.assistant == turn.assistant
@@ -105,7 +105,7 @@ async def test_regenerate_replaces_the_last_reply(tokenizer: Tokenizer) -> None:
         await finish(pilot, 2)
         assert backend.prefills[0] == backend.prefills[1]
         assert len(replies(app)) == 1 and len(app.screen.query(UserMessage)) == 1
-        assert replies(app)[0].markdown.source == REPLY
+        assert replies(app)[0].text == REPLY
         assert len(app.screen.turns) == 1
     conversation = app.store.list_conversations()[0]
     assert conversation.turns == 1
@@ -181,7 +181,7 @@ async def test_history_survives_an_app_restart(tokenizer: Tokenizer) -> None:
         await pilot.press("enter")
         await pilot.pause()
         assert [m.render().plain for m in app.screen.query(UserMessage)] == ["Remember me"]
-        assert replies(app)[0].markdown.source == REPLY
+        assert replies(app)[0].text == REPLY
         await send(pilot, "And again")  # the reopened turns are part of the next prompt
         assert "Remember me" in tokenizer.decode(backend.prefills[-1])
         assert app.store.list_conversations()[0].turns == 2
@@ -354,3 +354,24 @@ def test_history_file_path_is_under_the_test_data_dir(tmp_path: Path) -> None:
     store, warning = HistoryStore.open()
     assert warning is None and store.path == paths.history_file()
     store.close()
+
+
+async def test_long_reply_streams_in_segments_that_join_to_the_reply(tokenizer: Tokenizer) -> None:
+    paragraph = "The quick brown fox jumps over the lazy dog.\n\n"
+    settings = Settings(sampling=SamplingSettings(temperature=0.0, repetition_penalty=1.0, max_new_tokens=4000))
+    app, _ = make_app(tokenizer, script=script_ids(tokenizer, paragraph * 60), delay=0.001, settings=settings)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        await send(pilot, "many paragraphs")
+        view = replies(app)[-1]
+        assert len(view.query(".reply-frozen")) >= 1  # finished segments became single widgets
+        assert view.text == app.screen.turns[-1].assistant == (paragraph * 60).strip()
+
+
+def test_split_point_respects_paragraphs_and_code_fences() -> None:
+    from opt_tpu_tui.tui.widgets.conversation import split_point
+
+    assert split_point("one\n\ntwo\n\nthree", 0) == len("one\n\ntwo\n\n")
+    assert split_point("no blank line here", 0) is None
+    assert split_point("```\ncode\n\nmore code", 0) is None  # inside an open fence
+    assert split_point("```\ncode\n```\n\nafter", 0) == len("```\ncode\n```\n\n")

@@ -21,7 +21,6 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import ContentSwitcher, Footer, Static
-from textual.widgets._markdown import MarkdownStream
 from textual.worker import get_current_worker
 
 from opt_tpu_tui.backends.base import Backend
@@ -31,7 +30,7 @@ from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.tui.messages import DeviceSampled, ModelFailed, ModelLoaded, ReplyFinished
 from opt_tpu_tui.tui.screens.conversations import ConversationsScreen
 from opt_tpu_tui.tui.streaming import ReplyJob
-from opt_tpu_tui.tui.widgets.conversation import AssistantMessage, Notice, Transcript, UserMessage
+from opt_tpu_tui.tui.widgets.conversation import AssistantMessage, Notice, ReplyStream, Transcript, UserMessage
 from opt_tpu_tui.tui.widgets.prompt import PromptInput
 from opt_tpu_tui.tui.widgets.settings_form import SettingsForm
 from opt_tpu_tui.tui.widgets.stats import StatsPanel, StatsView
@@ -68,7 +67,7 @@ class MainScreen(Screen[None]):
         self.backend: Backend | None = None
         self.load_error: str | None = None
         self._job: ReplyJob | None = None
-        self._stream: MarkdownStream | None = None
+        self._stream: ReplyStream | None = None
         self._reply_view: AssistantMessage | None = None
         self._flush_timer: Timer | None = None
         self._stats_stop = threading.Event()
