@@ -9,11 +9,14 @@ import argparse
 import sys
 import threading
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from opt_tpu_tui import __version__
-from opt_tpu_tui.backends import BACKENDS, Backend, open_backend
-from opt_tpu_tui.chat import DEFAULT_PREAMBLE, ChatSession
+from opt_tpu_tui.backends import BACKENDS, Backend, open_model
+from opt_tpu_tui.chat import ChatSession
+from opt_tpu_tui.config import Settings, load_settings, save_settings
+from opt_tpu_tui.demo import DEMO_MODEL_DIR, DEMO_NOTICE, is_demo_model
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.generation import Generation, GenerationStats
 from opt_tpu_tui.sampling import SamplingSettings
@@ -39,7 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
             "'opt-tpu-tui convert -h' explains compiling a checkpoint to a BM1684X bmodel."
         ),
     )
-    parser.add_argument("--model", metavar="DIR", type=Path, help="model directory (Hugging Face OPT or converted bmodel)")
+    parser.add_argument(
+        "--model", metavar="DIR", type=Path,
+        help="model directory: a Hugging Face OPT checkpoint or a converted bmodel (default: the last one used, "
+        "else the built-in demo model)",
+    )  # fmt: skip
     parser.add_argument("--backend", choices=BACKENDS, default="auto", help="inference backend (default: auto)")
     parser.add_argument("--context", metavar="N", type=int, help="context length in tokens (default: the model's)")
     mode = parser.add_mutually_exclusive_group()
@@ -49,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     mode.add_argument("-c", "--chat", action="store_true", help="interactive chat in this terminal, line by line")
     parser.add_argument("--raw", action="store_true", help="with -p: continue TEXT as plain text, not as a chat")
-    parser.add_argument("--preamble", metavar="TEXT", help="text that opens the chat transcript")
+    parser.add_argument("--preamble", metavar="TEXT", help="text that opens the chat transcript (default: the saved one)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no statistics on stderr")
     sampling = parser.add_argument_group("sampling")
     for flag, (field, kind, metavar, help_text) in SAMPLING_FLAGS.items():
@@ -78,28 +85,28 @@ def stream_out(pieces: Iterable[str]) -> None:
         sys.stdout.flush()
 
 
-def load(args: argparse.Namespace) -> tuple[Backend, Tokenizer]:
-    if args.model is None:
-        raise UserError("no model: pass --model DIR (a Hugging Face OPT directory or a converted bmodel directory)")
-    if not args.model.is_dir():
-        raise UserError(f"{args.model}: no such model directory")
-    if args.context is not None and args.context < 2:
-        raise UserError(f"--context must be at least 2 tokens, got {args.context}")
-    tokenizer = Tokenizer.from_dir(args.model)
-    return open_backend(args.model, args.backend, args.context), tokenizer
+def resolve_model(args: argparse.Namespace, settings: Settings) -> tuple[Path, str, bool]:
+    """The model directory, backend and whether it is the demo: --model, else the last model used, else the demo."""
+    if args.model is not None:
+        return args.model, args.backend, is_demo_model(args.model)
+    if settings.last_model:
+        last = Path(settings.last_model)
+        if last.is_dir():
+            return last, settings.backend if args.backend == "auto" else args.backend, False
+        print(f"opt-tpu-tui: the last model used, {last}, is gone; using the demo model", file=sys.stderr)
+    return DEMO_MODEL_DIR, args.backend, True
 
 
-def run_prompt(args: argparse.Namespace, settings: SamplingSettings) -> int:
+def run_prompt(args: argparse.Namespace, backend: Backend, tokenizer: Tokenizer, settings: SamplingSettings) -> int:
     text = sys.stdin.read() if args.prompt == "-" else args.prompt
     if not text.strip():
         raise UserError("the prompt is empty")
-    backend, tokenizer = load(args)
     cancel = threading.Event()
     if args.raw:
         reply = Generation(backend, tokenizer, tokenizer.encode(text), settings, cancel=cancel)
         stats = reply.stats
     else:
-        reply = ChatSession(backend, tokenizer, args.preamble or DEFAULT_PREAMBLE).send(text, settings, cancel)
+        reply = ChatSession(backend, tokenizer, args.preamble).send(text, settings, cancel)
         stats = reply.stats
     try:
         stream_out(reply)
@@ -111,9 +118,8 @@ def run_prompt(args: argparse.Namespace, settings: SamplingSettings) -> int:
     return 130 if stats.stop_reason == "cancelled" else 0
 
 
-def run_chat(args: argparse.Namespace, settings: SamplingSettings) -> int:
-    backend, tokenizer = load(args)
-    session = ChatSession(backend, tokenizer, args.preamble or DEFAULT_PREAMBLE)
+def run_chat(args: argparse.Namespace, backend: Backend, tokenizer: Tokenizer, settings: SamplingSettings) -> int:
+    session = ChatSession(backend, tokenizer, args.preamble)
     print(
         f"Chatting with {backend.model_name} on {backend.name} ({backend.context_length}-token context). "
         "Commands: /new, /regen, /quit. Ctrl-C stops a reply, Ctrl-D quits."
@@ -159,14 +165,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.raw and args.prompt is None:
             raise UserError("--raw goes with -p/--prompt")
-        settings = sampling_settings(args, SamplingSettings())
-        if args.prompt is not None:
-            return run_prompt(args, settings)
-        if args.chat:
-            return run_chat(args, settings)
-        from opt_tpu_tui.tui import run as run_tui
+        saved, warning = load_settings()
+        model_dir, backend_kind, demo = resolve_model(args, saved)
+        if args.prompt is None and not args.chat:
+            from opt_tpu_tui.tui import run as run_tui
 
-        return run_tui(args.model, args.backend, args.context, demo=False)
+            return run_tui(model_dir, backend_kind, args.context, demo, saved, [warning] if warning else [])
+        if warning:
+            print(f"opt-tpu-tui: warning: {warning}", file=sys.stderr)
+        settings = sampling_settings(args, saved.sampling)
+        args.preamble = saved.preamble if args.preamble is None else args.preamble
+        if demo and not args.quiet:
+            print(DEMO_NOTICE, file=sys.stderr)
+        backend, tokenizer = open_model(model_dir, backend_kind, args.context)
+        if not demo:
+            save_settings(replace(saved, last_model=str(model_dir.resolve()), backend=backend_kind))
+        if args.prompt is not None:
+            return run_prompt(args, backend, tokenizer, settings)
+        return run_chat(args, backend, tokenizer, settings)
     except UserError as error:
         print(f"opt-tpu-tui: error: {error}", file=sys.stderr)
         return 2

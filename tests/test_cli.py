@@ -167,3 +167,43 @@ def test_prompt_longer_than_the_context(capsys, tiny_model: Path) -> None:
 def test_out_of_range_sampling_flag(capsys, tiny_model: Path) -> None:
     code, _, err = run_cli(capsys, "--model", str(tiny_model), "-p", "Hi", "--top-p", "1.5")
     assert_one_line_error(code, err, "top_p must be between 0.01 and 1, got 1.5")
+
+
+def test_default_model_is_the_last_one_used_then_the_demo(capsys, monkeypatch, tiny_model: Path, model_copy: Path) -> None:
+    import opt_tpu_tui.cli as cli
+    from opt_tpu_tui.config import load_settings
+
+    monkeypatch.setattr(cli, "DEMO_MODEL_DIR", tiny_model)
+    code, _, err = run_cli(capsys, "-p", "Hi", *GREEDY)
+    assert code == 0 and "built-in demo model" in err and "--model DIR" in err
+    assert load_settings()[0].last_model is None  # the demo is never remembered
+
+    assert run_cli(capsys, "--model", str(model_copy), "-p", "Hi", *GREEDY)[0] == 0
+    assert load_settings()[0].last_model == str(model_copy.resolve())
+    code, _, err = run_cli(capsys, "-p", "Hi", *GREEDY)
+    assert code == 0 and "demo" not in err
+
+    shutil.rmtree(model_copy)
+    code, _, err = run_cli(capsys, "-p", "Hi", *GREEDY)
+    assert code == 0 and f"the last model used, {model_copy.resolve()}, is gone" in err and "built-in demo" in err
+
+
+def test_saved_sampling_settings_are_the_defaults_and_flags_override_them(capsys, tiny_model: Path) -> None:
+    from opt_tpu_tui.config import Settings, save_settings
+    from opt_tpu_tui.sampling import SamplingSettings
+
+    save_settings(Settings(sampling=SamplingSettings(max_new_tokens=3, temperature=0)))
+    code, _, err = run_cli(capsys, "--model", str(tiny_model), "-p", "Hi")
+    assert code == 0 and " 3 new at" in err
+    code, _, err = run_cli(capsys, "--model", str(tiny_model), "-p", "Hi", "--max-new-tokens", "5")
+    assert code == 0 and " 5 new at" in err
+
+
+def test_corrupt_settings_file_is_set_aside_with_a_warning(capsys, tiny_model: Path) -> None:
+    from opt_tpu_tui import paths
+
+    paths.settings_file().parent.mkdir(parents=True)
+    paths.settings_file().write_text("{broken")
+    code, _, err = run_cli(capsys, "--model", str(tiny_model), "-p", "Hi", *GREEDY)
+    assert code == 0 and "warning" in err and "not valid JSON" in err
+    assert list(paths.settings_file().parent.glob("settings.json.corrupt-*"))

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from opt_tpu_tui.backends.base import Backend
 from opt_tpu_tui.errors import UserError
+from opt_tpu_tui.tokenizer import Tokenizer
 
 BACKENDS = ("auto", "cpu", "bmrt", "sail")
 
@@ -21,4 +22,18 @@ def open_backend(model_dir: Path, kind: str = "auto", context: int | None = None
     raise UserError(f"backend {kind!r} is not available yet")
 
 
-__all__ = ["BACKENDS", "Backend", "open_backend"]
+def open_model(model_dir: Path, kind: str = "auto", context: int | None = None) -> tuple[Backend, Tokenizer]:
+    """The tokenizer and a backend for ``model_dir``: what every front end needs to chat.
+
+    The tokenizer is read first, as it is cheap and its absence is the commonest mistake.
+    """
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise UserError(f"{model_dir}: no such model directory")
+    if context is not None and context < 2:
+        raise UserError(f"--context must be at least 2 tokens, got {context}")
+    tokenizer = Tokenizer.from_dir(model_dir)
+    return open_backend(model_dir, kind, context), tokenizer
+
+
+__all__ = ["BACKENDS", "Backend", "open_backend", "open_model"]
