@@ -1,0 +1,80 @@
+"""The shipped demo model: it loads, matches transformers, writes words, and installs with the wheel."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from opt_tpu_tui.backends import open_model
+from opt_tpu_tui.chat import ChatSession
+from opt_tpu_tui.demo import DEMO_MODEL_DIR
+from opt_tpu_tui.sampling import SamplingSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from perplexity import perplexity, read_heldout  # noqa: E402
+
+# The shipped model scores 64.7 on the first 12 held-out transcripts (all 65: see README); with margin.
+PERPLEXITY_CEILING = 80.0
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return open_model(DEMO_MODEL_DIR, "cpu")
+
+
+def test_logits_equal_transformers(demo) -> None:
+    backend, tokenizer = demo
+    ids = tokenizer.encode("User: How do I read a file?\nAssistant:")
+    reference = transformers.OPTForCausalLM.from_pretrained(DEMO_MODEL_DIR, dtype=torch.float32).eval()
+    with torch.no_grad():
+        expected = reference(torch.tensor([ids])).logits[0].numpy()
+    np.testing.assert_allclose(backend.prefill(ids), expected[-1], atol=1e-3, rtol=1e-4)
+
+
+@pytest.mark.parametrize("settings", [SamplingSettings(temperature=0), SamplingSettings(seed=1)], ids=["greedy", "sampled"])
+def test_replies_are_made_of_english_words(demo, settings: SamplingSettings) -> None:
+    backend, tokenizer = demo
+    words = re.findall(r"\S+", "".join(ChatSession(backend, tokenizer).send("Hello", settings)))
+    assert len(words) >= 3
+    alphabetic = [w for w in words if re.fullmatch(r"[A-Za-z][a-z]*[.,:;!?']?s?", w)]
+    assert len(alphabetic) >= 0.7 * len(words), words
+
+
+def test_heldout_perplexity_is_low() -> None:
+    texts = read_heldout(ROOT / "scripts" / "demo_heldout.txt")[:12]
+    assert 1.0 < perplexity(DEMO_MODEL_DIR, texts) < PERPLEXITY_CEILING
+
+
+def test_wheel_ships_the_model_and_themes_and_runs_outside_the_tree(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(ROOT)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    wheel = next(tmp_path.glob("opt_tpu_tui-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    for part in ("config.json", "model.safetensors", "vocab.json", "merges.txt"):
+        assert f"opt_tpu_tui/demo_model/{part}" in names
+    assert any(n.endswith("share/opt-tpu-tui/themes/high-contrast.tcss") for n in names)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--no-deps", "--force-reinstall", "-q", str(wheel)]
+    subprocess.run(pip, check=True, capture_output=True)
+    where = [str(venv / "bin" / "python"), "-c", "from opt_tpu_tui.demo import DEMO_MODEL_DIR as d; print(d)"]
+    assert subprocess.run(where, cwd=tmp_path, capture_output=True, text=True, check=True).stdout.startswith(str(venv))
+    result = subprocess.run(
+        [str(venv / "bin" / "opt-tpu-tui"), "-p", "Hello", "--temperature", "0", "--max-new-tokens", "24"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "built-in demo model" in result.stderr
+    assert len(re.findall(r"[A-Za-z]{2,}", result.stdout)) >= 3, result.stdout
