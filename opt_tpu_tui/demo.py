@@ -11,8 +11,9 @@ from pathlib import Path
 
 DEMO_MODEL_DIR = Path(__file__).resolve().parent / "demo_model"
 DEMO_NOTICE = (
-    "Using the built-in demo model (a tiny OPT trained on the Python docs, for trying the app out); "
-    "pass --model DIR to chat with a real OPT checkpoint."
+    "Using the built-in demo model: a tiny OPT trained on the Python docs, for trying the app out; it writes "
+    "Python-flavoured English, not reliable answers. Pass --model DIR to chat with a real OPT checkpoint "
+    "(a Hugging Face OPT directory or a converted bmodel directory)."
 )
 
 

@@ -318,7 +318,7 @@ async def test_demo_mode_says_so_and_is_not_remembered(tokenizer: Tokenizer) -> 
     async with app.run_test(size=(80, 24)) as pilot:
         await ready(pilot)
         text = " ".join(str(n.render()) for n in app.screen.query(Notice))
-        assert "Demo model" in text and "--model DIR" in text
+        assert "built-in demo model" in text and "--model DIR" in text
         assert "DEMO" in str(app.screen.query_one("#status").render())
 
 

@@ -25,6 +25,7 @@ from textual.worker import get_current_worker
 
 from opt_tpu_tui.backends.base import Backend
 from opt_tpu_tui.chat import ChatSession, Turn
+from opt_tpu_tui.demo import DEMO_NOTICE
 from opt_tpu_tui.devices import DeviceSample
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.tui.messages import DeviceSampled, ModelFailed, ModelLoaded, ReplyFinished
@@ -109,12 +110,7 @@ class MainScreen(Screen[None]):
         transcript = self.query_one(Transcript)
         if app.demo:
             transcript.mount(
-                Notice(
-                    "Demo model: a tiny built-in OPT that writes nonsense, to try the app. For real replies "
-                    "start with a real OPT: opt-tpu-tui --model DIR (a Hugging Face OPT checkpoint or a converted "
-                    "bmodel directory).",
-                    "demo",
-                )
+                Notice(DEMO_NOTICE, "demo")
             )
         for warning in app.startup_warnings:
             transcript.mount(Notice(f"Warning: {warning}", "warning"))
