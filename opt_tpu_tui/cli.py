@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -101,13 +100,11 @@ def run_prompt(args: argparse.Namespace, backend: Backend, tokenizer: Tokenizer,
     text = sys.stdin.read() if args.prompt == "-" else args.prompt
     if not text.strip():
         raise UserError("the prompt is empty")
-    cancel = threading.Event()
     if args.raw:
-        reply = Generation(backend, tokenizer, tokenizer.encode(text), settings, cancel=cancel)
-        stats = reply.stats
+        reply: Iterable[str] = Generation(backend, tokenizer, tokenizer.encode(text), settings)
     else:
-        reply = ChatSession(backend, tokenizer, args.preamble).send(text, settings, cancel)
-        stats = reply.stats
+        reply = ChatSession(backend, tokenizer, args.preamble).send(text, settings)
+    stats = reply.stats
     try:
         stream_out(reply)
     except KeyboardInterrupt:
