@@ -13,7 +13,7 @@ from pathlib import Path
 
 from opt_tpu_tui import __version__
 from opt_tpu_tui.backends import BACKENDS, Backend, open_model
-from opt_tpu_tui.chat import ChatSession
+from opt_tpu_tui.chat import ChatSession, Reply
 from opt_tpu_tui.config import Settings, load_settings, save_settings
 from opt_tpu_tui.demo import DEMO_MODEL_DIR, DEMO_NOTICE, is_demo_model
 from opt_tpu_tui.errors import UserError
@@ -101,7 +101,7 @@ def run_prompt(args: argparse.Namespace, backend: Backend, tokenizer: Tokenizer,
     if not text.strip():
         raise UserError("the prompt is empty")
     if args.raw:
-        reply: Iterable[str] = Generation(backend, tokenizer, tokenizer.encode(text), settings)
+        reply: Generation | Reply = Generation(backend, tokenizer, tokenizer.encode(text), settings)
     else:
         reply = ChatSession(backend, tokenizer, args.preamble).send(text, settings)
     stats = reply.stats
