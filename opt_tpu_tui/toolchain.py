@@ -1,0 +1,143 @@
+"""TPU-MLIR's compiler and runtime libraries, fetched on first use into the user cache.
+
+TPU-MLIR ships on PyPI only as a Python 3.10 wheel, but what this project needs from
+it is native: ``tpuc-opt`` and ``model_tool`` to compile Top-dialect MLIR into a
+BM1684X bmodel, and ``libbmrt`` + the cmodel simulator to run bmodels on x86. So the
+wheel is downloaded with pip for Python 3.10 and only those parts are unpacked.
+``OPT_TPU_TUI_TPU_MLIR`` may name an already unpacked ``tpu_mlir`` folder instead.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from opt_tpu_tui import paths
+from opt_tpu_tui.errors import UserError
+
+VERSION = "1.30.2"
+ROOT_ENV = "OPT_TPU_TUI_TPU_MLIR"
+NEEDED = ("tpu_mlir/bin/tpuc-opt", "tpu_mlir/bin/model_tool", "tpu_mlir/lib/", "tpu_mlir/cross_toolchains/ppl_compile/")
+# The wheel's own libc (Ubuntu 22.04's) crashes under this loader: system libraries go first.
+SYSTEM_LIBS = ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu")
+
+
+def root() -> Path:
+    """The unpacked ``tpu_mlir`` folder, fetching and unpacking the wheel the first time."""
+    override = os.environ.get(ROOT_ENV)
+    if override:
+        folder = Path(override)
+        if not (folder / "bin" / "tpuc-opt").is_file():
+            raise UserError(f"{ROOT_ENV}={folder}: no bin/tpuc-opt there (it should name an unpacked tpu_mlir folder)")
+        return folder
+    base = paths.cache_dir() / f"tpu-mlir-{VERSION}"
+    folder = base / "tpu_mlir"
+    if not (base / ".complete").is_file():
+        unpack(download(paths.cache_dir() / "downloads"), base)
+    return folder
+
+
+def download(into: Path) -> Path:
+    """The tpu-mlir wheel, fetched with pip (progress shown on stderr) unless already there."""
+    into.mkdir(parents=True, exist_ok=True)
+    found = sorted(into.glob(f"tpu_mlir-{VERSION}-*.whl"))
+    if found:
+        return found[0]
+    print(f"Fetching tpu-mlir {VERSION} (about 310 MB, once) into {into} ...", file=sys.stderr)
+    command = [
+        sys.executable, "-m", "pip", "download", f"tpu-mlir=={VERSION}", "--no-deps",
+        "--python-version", "3.10", "--only-binary=:all:", "-d", str(into),
+    ]  # fmt: skip
+    if subprocess.run(command, stdout=sys.stderr).returncode != 0:
+        raise UserError(f"could not download tpu-mlir {VERSION} with pip; check the network or set {ROOT_ENV}")
+    found = sorted(into.glob(f"tpu_mlir-{VERSION}-*.whl"))
+    if not found:
+        raise UserError(f"pip reported success but no tpu-mlir wheel is in {into}")
+    return found[0]
+
+
+def unpack(wheel: Path, base: Path) -> None:
+    """Extract the compiler, libraries and kernel JIT from ``wheel`` into ``base``; mark it complete last."""
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            for member in archive.infolist():
+                if member.filename.startswith(NEEDED) and not member.is_dir():
+                    target = archive.extract(member, base)
+                    mode = (member.external_attr >> 16) & 0o777
+                    os.chmod(target, mode or 0o644)
+    except (zipfile.BadZipFile, OSError) as error:
+        raise UserError(f"{wheel}: could not unpack the tpu-mlir wheel ({error}); delete it to fetch it again") from None
+    for tool in ("tpuc-opt", "model_tool"):
+        (base / "tpu_mlir" / "bin" / tool).chmod(0o755)
+    (base / ".complete").write_text(VERSION)
+
+
+def environment(folder: Path, scratch: Path) -> dict[str, str]:
+    """Variables for tpuc-opt and model_tool: library order, TPUC_ROOT and private PPL dirs.
+
+    The PPL kernel JIT segfaults with its variables unset and caches failures, so it gets
+    fresh folders under ``scratch``.
+    """
+    ppl = folder / "cross_toolchains" / "ppl_compile"
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = os.pathsep.join([*SYSTEM_LIBS, str(folder / "lib"), str(folder / "lib" / "third_party")])
+    env["TPUC_ROOT"] = str(folder)
+    env["PATH"] = os.pathsep.join([str(ppl / "bin"), str(folder / "bin"), env.get("PATH", "")])
+    env["PPL_PROJECT_ROOT"] = str(ppl)
+    env["PPL_RUNTIME_PATH"] = str(ppl / "deps")
+    for name in ("BUILD", "CACHE", "WORK"):
+        path = scratch / f"ppl-{name.lower()}"
+        path.mkdir(parents=True, exist_ok=True)
+        env[f"PPL_{name}_PATH"] = str(path)
+    return env
+
+
+MODES = ("F16", "BF16", "W8F16", "W8BF16", "W4F16", "W4BF16")
+
+
+def compile_top(top_mlir: Path, mode: str, group_size: int = 0, scratch: Path | None = None) -> Path:
+    """Compile a Top-dialect module to ``<name>.bmodel`` beside it, as model_deploy.py would for BM1684X.
+
+    ``top_mlir``'s module names its weights .npz (``module.weight_file``), resolved from
+    its folder, where every intermediate file lands too. A failure raises UserError
+    naming the module and the log kept beside it.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode {mode!r} is not one of {MODES}")
+    if mode.startswith("W") != (group_size > 0):
+        raise ValueError("weight-only modes need a quantisation group size > 0 (tpuc-opt crashes on 0); others take 0")
+    folder, name = top_mlir.parent, top_mlir.stem
+    tool = root()
+    opt = str(tool / "bin" / "tpuc-opt")
+    steps = [
+        [opt, top_mlir.name,
+         f"--processor-assign=chip=bm1684x mode={mode} num_device=1 num_core=1 addr_mode=basic high_precision=True",
+         "--processor-top-optimize",
+         f"--convert-top-to-tpu=weightFileName={name}_tpu_weights.npz asymmetric=False doWinograd=False "
+         f"q_group_size={group_size} q_symmetric=False matmul_perchannel=False gelu_mode=normal",
+         "--canonicalize", "--weight-fold", "-o", f"{name}_tpu.mlir"],
+        [opt, f"{name}_tpu.mlir", "--mlir-disable-threading",
+         "--strip-io-quant=quant_input=True quant_output=True quant_input_list= quant_output_list= "
+         "quant_output_bf16=False quant_input_int8=False quant_output_int8=False ",
+         "--processor-tpu-optimize", "--dev-parallel", "--weight-reorder", "--subnet-divide=dynamic=False",
+         "--op-reorder", "--topo-sort",
+         "--layer-group=opt=2 group_by_cores=auto compress_mode=none debugger=0 disable_group_overlap=false "
+         "lgcache=true config_filename= enable_lghash=false lghash_dir=",
+         "--core-parallel", "--after-layergroup-weight-reorder", "--address-assign",
+         "-o", f"{name}_final.mlir", "--debug_cmd="],
+        [opt, f"{name}_final.mlir",
+         f"--codegen=model_file={name}.bmodel embed_debug_info=False model_version= bmodel_only=False "
+         "gdma_check=False rvti=False", "-o", "/dev/null"],
+    ]  # fmt: skip
+    env = environment(tool, scratch or folder / "scratch")
+    log = folder / f"{name}.compile.log"
+    with log.open("w") as out:
+        for step in steps:
+            out.write("$ " + " ".join(step) + "\n")
+            out.flush()
+            if subprocess.run(step, cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
+                raise UserError(f"compiling graph {name} ({mode}) failed; the log is {log}")
+    return folder / f"{name}.bmodel"
