@@ -19,7 +19,7 @@ def open_backend(model_dir: Path, kind: str = "auto", context: int | None = None
         from opt_tpu_tui.backends.cpu import CPUBackend
 
         return CPUBackend(Path(model_dir), context)
-    raise UserError(f"backend {kind!r} is not available yet")
+    raise UserError(f"backend {kind!r} is not available yet (the TPU conversion is still being built); use --backend cpu")
 
 
 def open_model(model_dir: Path, kind: str = "auto", context: int | None = None) -> tuple[Backend, Tokenizer]:
