@@ -40,6 +40,26 @@ def library_dir() -> Path:
     return toolchain.root() / "lib"
 
 
+class NetInfo(ctypes.Structure):
+    """The leading fields of bmruntime's ``bm_net_info_t`` (all that is read here)."""
+
+    _fields_ = [
+        ("name", ctypes.c_char_p),
+        ("is_dynamic", ctypes.c_bool),
+        ("input_num", ctypes.c_int),
+        ("input_names", ctypes.POINTER(ctypes.c_char_p)),
+        ("input_dtypes", ctypes.POINTER(ctypes.c_int)),
+        ("input_scales", ctypes.POINTER(ctypes.c_float)),
+        ("output_num", ctypes.c_int),
+        ("output_names", ctypes.POINTER(ctypes.c_char_p)),
+        ("output_dtypes", ctypes.POINTER(ctypes.c_int)),
+    ]
+
+
+# bm_data_type_t -> numpy; a graph's IO is float16 except where an op keeps float32 (LayerNorm's input, say)
+DTYPES = {0: np.dtype(np.float32), 1: np.dtype(np.float16), 6: np.dtype(np.int32)}
+
+
 class Runtime:
     """One device handle and one bmrt instance with bmodels loaded into it."""
 
@@ -67,16 +87,41 @@ class Runtime:
         rt.bmrt_launch_data.argtypes = [vp, ctypes.c_char_p, vp, vp, ctypes.c_int, vp, vp, ctypes.c_int, ctypes.c_bool]
         rt.bmrt_launch_data.restype = ctypes.c_bool
         rt.bmrt_destroy.argtypes = [vp]
+        rt.bmrt_get_network_info.argtypes = [vp, ctypes.c_char_p]
+        rt.bmrt_get_network_info.restype = ctypes.POINTER(NetInfo)
         self.bmlib.bm_thread_sync.argtypes = [vp]
         self.bmlib.bm_dev_free.argtypes = [vp]
 
     def load(self, bmodel: Path) -> None:
+        """Add the nets of ``bmodel``; a name already loaded keeps its first net, so names must differ."""
         if not self.bmrt.bmrt_load_bmodel(self.p, str(bmodel).encode()):
             raise UserError(f"{bmodel}: bmrt could not load it (not a bmodel, or one for another chip)")
 
+    def io_dtypes(self, net: str) -> tuple[list[np.dtype], list[np.dtype]]:
+        """The numpy dtypes of ``net``'s inputs and outputs, in order."""
+        info = self.bmrt.bmrt_get_network_info(self.p, net.encode())
+        if not info:
+            raise UserError(f"the loaded bmodels have no net named {net!r}")
+        i = info.contents
+        try:
+            return (
+                [DTYPES[i.input_dtypes[k]] for k in range(i.input_num)],
+                [DTYPES[i.output_dtypes[k]] for k in range(i.output_num)],
+            )
+        except KeyError as error:
+            raise UserError(f"net {net!r} uses bm_data_type_t {error}, which this runtime does not handle") from None
+
     def launch(self, net: str, inputs: list[np.ndarray], outputs: list[np.ndarray]) -> None:
-        """Run ``net`` on host arrays (dtypes as the bmodel declares them), filling ``outputs``; waits for it."""
-        ins = [np.ascontiguousarray(a) for a in inputs]
+        """Run ``net`` on host arrays, filling ``outputs``; waits for it.
+
+        Inputs are cast to the dtypes the bmodel declares; outputs must already have them,
+        since the runtime writes as many bytes as it declares.
+        """
+        in_types, out_types = self.io_dtypes(net)
+        wrong = [k for k, (a, t) in enumerate(zip(outputs, out_types)) if a.dtype != t or not a.flags.c_contiguous]
+        if len(outputs) != len(out_types) or wrong:
+            raise ValueError(f"{net}: outputs must be C-contiguous arrays of {[str(t) for t in out_types]}")
+        ins = [np.ascontiguousarray(a, dtype=t) for a, t in zip(inputs, in_types)]
         in_ptrs = (ctypes.c_void_p * len(ins))(*[a.ctypes.data for a in ins])
         out_ptrs = (ctypes.c_void_p * len(outputs))(*[a.ctypes.data for a in outputs])
         in_shapes = (Shape * len(ins))(*[Shape.of(a.shape) for a in ins])

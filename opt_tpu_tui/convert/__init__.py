@@ -1,0 +1,1 @@
+"""OPT checkpoint -> Top-dialect MLIR graphs -> BM1684X bmodel (work in progress: see README)."""

@@ -1,0 +1,68 @@
+"""OPT's graphs for the TPU, written as Top-dialect MLIR with numpy weights.
+
+A prefill block runs one decoder layer over the whole static context C at once: the
+hidden states [1, C, h] and an additive mask [1, 1, C, C] (causal, and closed past the
+prompt) go in; the new hidden states and the layer's K and V as [1, C, H, d] come out,
+for the runtime to keep in device memory. The math is that of
+``opt_tpu_tui.model.forward.block``, from the same ``PreparedLayer`` (q/k/v with the
+1/sqrt(d) scale folded into q), so the numpy model is the reference.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from opt_tpu_tui.convert.mlir import Graph
+from opt_tpu_tui.model.config import LAYER_NORM_EPS, OPTConfig
+from opt_tpu_tui.model.forward import PreparedLayer
+
+
+def prefill_block(name: str, lw: PreparedLayer, config: OPTConfig, context: int) -> tuple[Graph, list[str]]:
+    """The graph of one layer over ``context`` positions, and its outputs: hidden, K, V."""
+    c, h, n_heads, d, f = context, config.hidden_size, config.num_attention_heads, config.head_dim, config.ffn_dim
+    g = Graph(name)
+    x = g.input("hidden", (1, c, h))
+    mask = g.input("mask", (1, 1, c, c))
+
+    def layer_norm(v: str, w: np.ndarray, b: np.ndarray, tag: str) -> str:
+        operands = [v, g.weight(f"{tag}.weight", w), g.weight(f"{tag}.bias", b)]
+        return g.op("LayerNorm", tag, operands, (1, c, h), normalized_shape=[h], axis=(2, "si32"), eps=LAYER_NORM_EPS)
+
+    def linear(v: str, w: np.ndarray, b: np.ndarray, tag: str) -> str:  # w is [out, in] as in torch
+        operands = [v, g.weight(f"{tag}.weight", w.T), g.weight(f"{tag}.bias", b.reshape(1, 1, -1))]
+        return g.op("MatMul", tag, operands, (1, c, w.shape[0]), do_relu=False)  # ReLU stays a separate op
+
+    def heads(v: str, tag: str) -> str:
+        return g.op("Reshape", tag, [v], (1, c, n_heads, d), shape=[1, c, n_heads, d])
+
+    pre_ln = config.do_layer_norm_before
+    a = layer_norm(x, lw.ln1_w, lw.ln1_b, "ln1") if pre_ln else x
+    q = heads(linear(a, lw.qkv_w[:h], lw.qkv_b[:h], "q_proj"), "q")  # [1, C, H, d]
+    k = heads(linear(a, lw.qkv_w[h : 2 * h], lw.qkv_b[h : 2 * h], "k_proj"), "k")
+    v = heads(linear(a, lw.qkv_w[2 * h :], lw.qkv_b[2 * h :], "v_proj"), "v")
+    q_t = g.op("Permute", "q_t", [q], (1, n_heads, c, d), order=[0, 2, 1, 3])
+    k_t = g.op("Permute", "k_t", [k], (1, n_heads, d, c), order=[0, 2, 3, 1])
+    v_t = g.op("Permute", "v_t", [v], (1, n_heads, c, d), order=[0, 2, 1, 3])
+    scores = g.op("MatMul", "scores", [q_t, k_t, None], (1, n_heads, c, c), do_relu=False)
+    scores = g.op("Add", "masked", [scores, mask], (1, n_heads, c, c))
+    probs = g.op("Softmax", "probs", [scores], (1, n_heads, c, c), axis=(3, "si32"))
+    attn = g.op("MatMul", "attn", [probs, v_t, None], (1, n_heads, c, d), do_relu=False)
+    attn = g.op("Permute", "attn_t", [attn], (1, c, n_heads, d), order=[0, 2, 1, 3])
+    attn = g.op("Reshape", "attn_flat", [attn], (1, c, h), shape=[1, c, h])
+    x = g.op("Add", "residual1", [x, linear(attn, lw.o_w, lw.o_b, "out_proj")], (1, c, h))
+    if not pre_ln:
+        x = layer_norm(x, lw.ln1_w, lw.ln1_b, "ln1")
+    a = layer_norm(x, lw.ln2_w, lw.ln2_b, "ln2") if pre_ln else x
+    ffn = g.op("Relu", "relu", [linear(a, lw.fc1_w, lw.fc1_b, "fc1")], (1, c, f))
+    x = g.op("Add", "residual2", [x, linear(ffn, lw.fc2_w, lw.fc2_b, "fc2")], (1, c, h))
+    if not pre_ln:
+        x = layer_norm(x, lw.ln2_w, lw.ln2_b, "ln2")
+    return g, [x, k, v]
+
+
+def prefill_mask(context: int, prompt: int) -> np.ndarray:
+    """[1, 1, C, C] additive mask: causal, and no key past the prompt (the padding)."""
+    mask = np.full((context, context), -1e4, np.float32)  # -1e4, not -inf: it must survive float16
+    mask[np.tril_indices(context)] = 0
+    mask[:, prompt:] = -1e4
+    return mask[None, None]
