@@ -16,6 +16,22 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_model(tmp_path_factory.mktemp("tiny") / "tiny-opt")
 
 
+@pytest.fixture(scope="session")
+def tpu_runtime():  # noqa: ANN201 - a bmrt_lib.Runtime on the BM1684X simulator
+    """libbmrt on the simulator, shared by the TPU tests (nets loaded into it need distinct names)."""
+    from opt_tpu_tui import toolchain
+    from opt_tpu_tui.backends.bmrt_lib import Runtime
+    from opt_tpu_tui.errors import UserError
+
+    try:
+        toolchain.root()
+    except UserError as error:
+        pytest.skip(f"the tpu-mlir toolchain cannot be obtained here: {error}")
+    runtime = Runtime()
+    yield runtime
+    runtime.close()
+
+
 @pytest.fixture(autouse=True)
 def _private_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep every test's settings, history and caches out of the real user directories."""

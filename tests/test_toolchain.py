@@ -33,20 +33,9 @@ module.state = "TOP_F32", module.chip = "ALL", module.top_run_mode = "STATIC"}} 
 """
 
 
-@pytest.fixture(scope="module")
-def runtime() -> Runtime:
-    try:
-        toolchain.root()
-    except UserError as error:
-        pytest.skip(f"the tpu-mlir toolchain cannot be obtained here: {error}")
-    rt = Runtime()
-    yield rt
-    rt.close()
-
-
 @pytest.mark.parametrize("mode, group, tolerance", [("F16", 0, 3e-3), ("W8F16", 64, 3e-2), ("W4F16", 64, 2e-1)])
 def test_matmul_relu_compiles_and_matches_numpy_in_the_simulator(
-    runtime: Runtime, tmp_path: Path, mode: str, group: int, tolerance: float
+    tpu_runtime: Runtime, tmp_path: Path, mode: str, group: int, tolerance: float
 ) -> None:
     """Tolerances relative to the largest output, against fp32 weights (so they include weight quantisation)."""
     rng = np.random.default_rng(0)
@@ -56,24 +45,24 @@ def test_matmul_relu_compiles_and_matches_numpy_in_the_simulator(
     np.savez(tmp_path / f"{name}_top_weights.npz", **{"fc.weight": weight, "fc.bias": bias})
     (tmp_path / f"{name}.mlir").write_text(MODULE.format(name=name))
     bmodel = toolchain.compile_top(tmp_path / f"{name}.mlir", mode, group)
-    runtime.load(bmodel)
+    tpu_runtime.load(bmodel)
     x = rng.standard_normal((1, 16, 64)).astype(np.float32)
     y = np.empty((1, 16, 64), np.float16)  # strip-io-quant makes the graph's inputs and outputs float16
-    runtime.launch(name, [x.astype(np.float16)], [y])
+    tpu_runtime.launch(name, [x.astype(np.float16)], [y])
     expected = np.maximum(x @ weight + bias, 0)
     error = np.abs(y.astype(np.float32) - expected).max() / np.abs(expected).max()
     assert error < tolerance, error
     assert (y >= 0).all()  # the ReLU was kept (about half the pre-activations are negative)
 
 
-def test_a_file_that_is_not_a_bmodel_is_refused(runtime: Runtime, tmp_path: Path) -> None:
+def test_a_file_that_is_not_a_bmodel_is_refused(tpu_runtime: Runtime, tmp_path: Path) -> None:
     bogus = tmp_path / "bogus.bmodel"
     bogus.write_bytes(b"not a bmodel" * 100)
     with pytest.raises(UserError, match="bogus.bmodel: bmrt could not load it"):
-        runtime.load(bogus)
+        tpu_runtime.load(bogus)
 
 
-def test_a_failed_compile_names_the_graph_and_keeps_the_log(runtime: Runtime, tmp_path: Path) -> None:
+def test_a_failed_compile_names_the_graph_and_keeps_the_log(tpu_runtime: Runtime, tmp_path: Path) -> None:
     (tmp_path / "broken.mlir").write_text("module @broken { this is not MLIR }")
     with pytest.raises(UserError, match="compiling graph broken .F16. failed; the log is .*broken.compile.log"):
         toolchain.compile_top(tmp_path / "broken.mlir", "F16")

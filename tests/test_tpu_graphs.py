@@ -11,38 +11,26 @@ from tiny import make_model
 from opt_tpu_tui import toolchain
 from opt_tpu_tui.backends.bmrt_lib import Runtime
 from opt_tpu_tui.convert.graphs import prefill_block, prefill_mask
-from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.model import load_weights
 from opt_tpu_tui.model.forward import PreparedLayer, Workspace, block
 
 CONTEXT, PROMPT = 32, 11
 
 
-@pytest.fixture(scope="module")
-def runtime() -> Runtime:
-    try:
-        toolchain.root()
-    except UserError as error:
-        pytest.skip(f"the tpu-mlir toolchain cannot be obtained here: {error}")
-    rt = Runtime()
-    yield rt
-    rt.close()
-
-
 @pytest.mark.parametrize("variant", [{}, {"do_layer_norm_before": False}], ids=["pre-ln", "post-ln"])
-def test_f16_prefill_block_matches_the_numpy_layer(runtime: Runtime, tmp_path: Path, variant: dict) -> None:
+def test_f16_prefill_block_matches_the_numpy_layer(tpu_runtime: Runtime, tmp_path: Path, variant: dict) -> None:
     weights = load_weights(make_model(tmp_path / "model", tokenizer=False, **variant))
     config = weights.config
     layer = PreparedLayer.from_weights(weights.layers[0], config.head_dim)
     name = f"block_0_{'pre' if config.do_layer_norm_before else 'post'}"  # one runtime: net names must differ
     graph, outputs = prefill_block(name, layer, config, CONTEXT)
-    runtime.load(toolchain.compile_top(graph.write(tmp_path / name, outputs), "F16"))
+    tpu_runtime.load(toolchain.compile_top(graph.write(tmp_path / name, outputs), "F16"))
 
     x = np.random.default_rng(0).standard_normal((1, CONTEXT, config.hidden_size)).astype(np.float32)
-    out_types = runtime.io_dtypes(name)[1]
+    out_types = tpu_runtime.io_dtypes(name)[1]
     kv_shape = (1, CONTEXT, config.num_attention_heads, config.head_dim)
     hidden, k, v = (np.empty(s, t) for s, t in zip([x.shape, kv_shape, kv_shape], out_types))
-    runtime.launch(name, [x, prefill_mask(CONTEXT, PROMPT)], [hidden, k, v])
+    tpu_runtime.launch(name, [x, prefill_mask(CONTEXT, PROMPT)], [hidden, k, v])
 
     shape = (config.num_attention_heads, CONTEXT, config.head_dim)
     k_ref, v_ref, h_ref = np.zeros(shape, np.float32), np.zeros(shape, np.float32), x[0, :PROMPT].copy()
