@@ -1,6 +1,6 @@
 """OPT's graphs for the TPU, written as Top-dialect MLIR with numpy weights.
 
-A prefill block runs one decoder layer over the whole static context C at once: the
+A prefill block (``block``) runs one decoder layer over the whole static context C at once: the
 hidden states [1, C, h] and an additive mask [1, 1, C, C] (causal, and closed past the
 prompt) go in; the new hidden states and the layer's K and V as [1, C, H, d] come out,
 for the runtime to keep in device memory. The math is that of
@@ -18,43 +18,64 @@ from opt_tpu_tui.model.forward import PreparedLayer
 
 
 def prefill_block(name: str, lw: PreparedLayer, config: OPTConfig, context: int) -> tuple[Graph, list[str]]:
-    """The graph of one layer over ``context`` positions, and its outputs: hidden, K, V."""
+    """One layer over all ``context`` positions; outputs hidden [1, C, h], K and V [1, C, H, d]."""
+    return block_graph(name, lw, config, context, decode=False)
+
+
+def decode_block(name: str, lw: PreparedLayer, config: OPTConfig, context: int) -> tuple[Graph, list[str]]:
+    """One layer for one new token attending over the cached K/V [1, C, H, d] and itself.
+
+    Inputs: hidden [1, 1, h], mask [1, 1, 1, C + 1] (open for the cached positions in
+    use and the new one), cached K, cached V. Outputs: hidden, and the new token's K and
+    V [1, 1, H, d], which the runtime writes into their slot of the cache.
+    """
+    return block_graph(name, lw, config, context, decode=True)
+
+
+def block_graph(name: str, lw: PreparedLayer, config: OPTConfig, context: int, decode: bool) -> tuple[Graph, list[str]]:
     c, h, n_heads, d, f = context, config.hidden_size, config.num_attention_heads, config.head_dim, config.ffn_dim
+    n = 1 if decode else c  # query rows
+    t = c + 1 if decode else c  # keys attended over
     g = Graph(name)
-    x = g.input("hidden", (1, c, h))
-    mask = g.input("mask", (1, 1, c, c))
+    x = g.input("hidden", (1, n, h))
+    mask = g.input("mask", (1, 1, n, t))
+    past = (g.input("past_k", (1, c, n_heads, d)), g.input("past_v", (1, c, n_heads, d))) if decode else None
 
     def layer_norm(v: str, w: np.ndarray, b: np.ndarray, tag: str) -> str:
         operands = [v, g.weight(f"{tag}.weight", w), g.weight(f"{tag}.bias", b)]
-        return g.op("LayerNorm", tag, operands, (1, c, h), normalized_shape=[h], axis=(2, "si32"), eps=LAYER_NORM_EPS)
+        return g.op("LayerNorm", tag, operands, (1, n, h), normalized_shape=[h], axis=(2, "si32"), eps=LAYER_NORM_EPS)
 
     def linear(v: str, w: np.ndarray, b: np.ndarray, tag: str) -> str:  # w is [out, in] as in torch
         operands = [v, g.weight(f"{tag}.weight", w.T), g.weight(f"{tag}.bias", b.reshape(1, 1, -1))]
-        return g.op("MatMul", tag, operands, (1, c, w.shape[0]), do_relu=False)  # ReLU stays a separate op
+        return g.op("MatMul", tag, operands, (1, n, w.shape[0]), do_relu=False)  # ReLU stays a separate op
 
     def heads(v: str, tag: str) -> str:
-        return g.op("Reshape", tag, [v], (1, c, n_heads, d), shape=[1, c, n_heads, d])
+        return g.op("Reshape", tag, [v], (1, n, n_heads, d), shape=[1, n, n_heads, d])
 
     pre_ln = config.do_layer_norm_before
     a = layer_norm(x, lw.ln1_w, lw.ln1_b, "ln1") if pre_ln else x
-    q = heads(linear(a, lw.qkv_w[:h], lw.qkv_b[:h], "q_proj"), "q")  # [1, C, H, d]
+    q = heads(linear(a, lw.qkv_w[:h], lw.qkv_b[:h], "q_proj"), "q")  # [1, n, H, d]
     k = heads(linear(a, lw.qkv_w[h : 2 * h], lw.qkv_b[h : 2 * h], "k_proj"), "k")
     v = heads(linear(a, lw.qkv_w[2 * h :], lw.qkv_b[2 * h :], "v_proj"), "v")
-    q_t = g.op("Permute", "q_t", [q], (1, n_heads, c, d), order=[0, 2, 1, 3])
-    k_t = g.op("Permute", "k_t", [k], (1, n_heads, d, c), order=[0, 2, 3, 1])
-    v_t = g.op("Permute", "v_t", [v], (1, n_heads, c, d), order=[0, 2, 1, 3])
-    scores = g.op("MatMul", "scores", [q_t, k_t, None], (1, n_heads, c, c), do_relu=False)
-    scores = g.op("Add", "masked", [scores, mask], (1, n_heads, c, c))
-    probs = g.op("Softmax", "probs", [scores], (1, n_heads, c, c), axis=(3, "si32"))
-    attn = g.op("MatMul", "attn", [probs, v_t, None], (1, n_heads, c, d), do_relu=False)
-    attn = g.op("Permute", "attn_t", [attn], (1, c, n_heads, d), order=[0, 2, 1, 3])
-    attn = g.op("Reshape", "attn_flat", [attn], (1, c, h), shape=[1, c, h])
-    x = g.op("Add", "residual1", [x, linear(attn, lw.o_w, lw.o_b, "out_proj")], (1, c, h))
+    k_all, v_all = k, v
+    if past is not None:  # the new position goes last: [1, C + 1, H, d]
+        k_all = g.op("Concat", "k_all", [past[0], k], (1, t, n_heads, d), axis=(1, "si32"))
+        v_all = g.op("Concat", "v_all", [past[1], v], (1, t, n_heads, d), axis=(1, "si32"))
+    q_t = g.op("Permute", "q_t", [q], (1, n_heads, n, d), order=[0, 2, 1, 3])
+    k_t = g.op("Permute", "k_t", [k_all], (1, n_heads, d, t), order=[0, 2, 3, 1])
+    v_t = g.op("Permute", "v_t", [v_all], (1, n_heads, t, d), order=[0, 2, 1, 3])
+    scores = g.op("MatMul", "scores", [q_t, k_t, None], (1, n_heads, n, t), do_relu=False)
+    scores = g.op("Add", "masked", [scores, mask], (1, n_heads, n, t))
+    probs = g.op("Softmax", "probs", [scores], (1, n_heads, n, t), axis=(3, "si32"))
+    attn = g.op("MatMul", "attn", [probs, v_t, None], (1, n_heads, n, d), do_relu=False)
+    attn = g.op("Permute", "attn_t", [attn], (1, n, n_heads, d), order=[0, 2, 1, 3])
+    attn = g.op("Reshape", "attn_flat", [attn], (1, n, h), shape=[1, n, h])
+    x = g.op("Add", "residual1", [x, linear(attn, lw.o_w, lw.o_b, "out_proj")], (1, n, h))
     if not pre_ln:
         x = layer_norm(x, lw.ln1_w, lw.ln1_b, "ln1")
     a = layer_norm(x, lw.ln2_w, lw.ln2_b, "ln2") if pre_ln else x
-    ffn = g.op("Relu", "relu", [linear(a, lw.fc1_w, lw.fc1_b, "fc1")], (1, c, f))
-    x = g.op("Add", "residual2", [x, linear(ffn, lw.fc2_w, lw.fc2_b, "fc2")], (1, c, h))
+    ffn = g.op("Relu", "relu", [linear(a, lw.fc1_w, lw.fc1_b, "fc1")], (1, n, f))
+    x = g.op("Add", "residual2", [x, linear(ffn, lw.fc2_w, lw.fc2_b, "fc2")], (1, n, h))
     if not pre_ln:
         x = layer_norm(x, lw.ln2_w, lw.ln2_b, "ln2")
     return g, [x, k, v]
@@ -66,3 +87,11 @@ def prefill_mask(context: int, prompt: int) -> np.ndarray:
     mask[np.tril_indices(context)] = 0
     mask[:, prompt:] = -1e4
     return mask[None, None]
+
+
+def decode_mask(context: int, cached: int) -> np.ndarray:
+    """[1, 1, 1, C + 1] additive mask: the ``cached`` positions in use and the new token (last)."""
+    mask = np.full(context + 1, -1e4, np.float32)
+    mask[:cached] = 0
+    mask[context] = 0
+    return mask[None, None, None]
