@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import pytest
 from textual.pilot import Pilot
+from textual.widgets import TextArea
 from tiny import train_tokenizer
 from tui_support import make_app, ready, wait_until
 
 from opt_tpu_tui.config import Settings
 from opt_tpu_tui.history import HistoryStore
 from opt_tpu_tui.tokenizer import Tokenizer
+from opt_tpu_tui.tui.screens.main import NARROW
 from opt_tpu_tui.tui.widgets.stats import StatsPanel, rows
 
 TURNS = [
@@ -28,7 +30,7 @@ def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Tokenizer:
     return Tokenizer.from_dir(train_tokenizer(tmp_path_factory.mktemp("tok")))
 
 
-def app_with_history(tokenizer: Tokenizer):  # type: ignore[no-untyped-def]
+def app_with_history(tokenizer: Tokenizer, width: int):  # type: ignore[no-untyped-def]
     store, _ = HistoryStore.open()
     cid = store.create_conversation(TURNS[0][0])
     for user, assistant, stopped in TURNS:
@@ -41,6 +43,10 @@ def app_with_history(tokenizer: Tokenizer):  # type: ignore[no-untyped-def]
         app.screen.open_conversation(cid)
         panel = app.screen.query_one(StatsPanel)
         await wait_until(pilot, lambda: ("Host CPU", "12 %") in rows(panel.view))
+        # under load the terminal's size may reach the screen late: wait for the layout it implies
+        await wait_until(pilot, lambda: app.screen.has_class("-narrow") == (width < NARROW))
+        for area in app.screen.query(TextArea):
+            area.cursor_blink = False  # a blinking cursor would make the picture depend on timing
         await pilot.pause()
 
     return app, before
@@ -48,10 +54,10 @@ def app_with_history(tokenizer: Tokenizer):  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("size", [(80, 24), (120, 40)])
 def test_main_screen(snap_compare, tokenizer: Tokenizer, size: tuple[int, int]) -> None:  # type: ignore[no-untyped-def]
-    app, before = app_with_history(tokenizer)
+    app, before = app_with_history(tokenizer, size[0])
     assert snap_compare(app, terminal_size=size, run_before=before)
 
 
 def test_settings_pane_at_80x24(snap_compare, tokenizer: Tokenizer) -> None:  # type: ignore[no-untyped-def]
-    app, before = app_with_history(tokenizer)
+    app, before = app_with_history(tokenizer, 80)
     assert snap_compare(app, terminal_size=(80, 24), run_before=before, press=["f2"])

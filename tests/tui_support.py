@@ -93,7 +93,7 @@ def make_app(
     return app, backend
 
 
-async def wait_until(pilot: Pilot, condition: Callable[[], bool], timeout: float = 10.0) -> None:
+async def wait_until(pilot: Pilot, condition: Callable[[], bool], timeout: float = 30.0) -> None:
     """Let the app run until ``condition()`` holds (fails the test after ``timeout`` seconds)."""
     import time
 
