@@ -16,9 +16,12 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_model(tmp_path_factory.mktemp("tiny") / "tiny-opt")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def tpu_runtime():  # noqa: ANN201 - a bmrt_lib.Runtime on the BM1684X simulator
-    """libbmrt on the simulator, shared by the TPU tests (nets loaded into it need distinct names)."""
+    """libbmrt on the simulator, shared by one module's tests (nets loaded into it need distinct names).
+
+    Closed after the module: an open simulator keeps about one core busy even when idle.
+    """
     from opt_tpu_tui import toolchain
     from opt_tpu_tui.backends.bmrt_lib import Runtime
     from opt_tpu_tui.errors import UserError

@@ -133,6 +133,7 @@ class Runtime:
             raise RuntimeError(f"bmrt launch of {net} failed")
 
     def close(self) -> None:
+        """Free the device; on x86 this also stops the simulator, whose threads spin while it is open."""
         if self.p:
             self.bmrt.bmrt_destroy(self.p)
             self.bmlib.bm_dev_free(self.handle)
