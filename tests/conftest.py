@@ -16,11 +16,12 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_model(tmp_path_factory.mktemp("tiny") / "tiny-opt")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tpu_runtime():  # noqa: ANN201 - a bmrt_lib.Runtime on the BM1684X simulator
-    """libbmrt on the simulator, shared by one module's tests (nets loaded into it need distinct names).
+    """libbmrt on the simulator, one per test run (nets loaded into it need distinct names).
 
-    Closed after the module: an open simulator keeps about one core busy even when idle.
+    One only: the cmodel does not start again cleanly in the same process once freed.
+    Its threads keep about a core busy while it is open, so these tests run last.
     """
     from opt_tpu_tui import toolchain
     from opt_tpu_tui.backends.bmrt_lib import Runtime
@@ -33,6 +34,11 @@ def tpu_runtime():  # noqa: ANN201 - a bmrt_lib.Runtime on the BM1684X simulator
     runtime = Runtime()
     yield runtime
     runtime.close()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Simulator tests last: once the simulator is open it slows every test after it."""
+    items.sort(key=lambda item: "tpu_runtime" in getattr(item, "fixturenames", ()))
 
 
 @pytest.fixture(autouse=True)
