@@ -23,6 +23,12 @@ from opt_tpu_tui.tui.widgets.stats import StatsPanel, rows
 
 pytestmark = pytest.mark.anyio
 
+def long_reply_app(tokenizer: Tokenizer, repeats: int):  # type: ignore[no-untyped-def]
+    """An app whose greedy reply is REPLY ``repeats`` times, at 100 tokens/s: long enough to stop or quit mid-way."""
+    settings = Settings(sampling=SamplingSettings(temperature=0.0, repetition_penalty=1.0, max_new_tokens=4096))
+    return make_app(tokenizer, script=script_ids(tokenizer, REPLY * repeats, eos=False), delay=0.01, settings=settings)
+
+
 GREEDY = Settings(sampling=SamplingSettings(temperature=0.0, repetition_penalty=1.0, max_new_tokens=200))
 
 
@@ -73,9 +79,7 @@ async def test_ctrl_j_inserts_newline_and_enter_sends_both_lines(tokenizer: Toke
 
 
 async def test_stop_keeps_partial_reply_marked_and_answers_within_a_token(tokenizer: Tokenizer) -> None:
-    long_script = script_ids(tokenizer, REPLY * 20, eos=False)
-    settings = Settings(sampling=SamplingSettings(temperature=0.0, repetition_penalty=1.0, max_new_tokens=1000))
-    app, backend = make_app(tokenizer, script=long_script, delay=0.01, settings=settings)
+    app, backend = long_reply_app(tokenizer, 20)
     async with app.run_test(size=(100, 30)) as pilot:
         await ready(pilot)
         app.screen.query_one("#prompt").insert("Tell me a long story")
@@ -298,9 +302,7 @@ async def test_backend_error_mid_reply_is_shown_and_the_partial_reply_kept(token
 
 
 async def test_quitting_mid_reply_stops_and_saves(tokenizer: Tokenizer) -> None:
-    long_script = script_ids(tokenizer, REPLY * 50, eos=False)
-    settings = Settings(sampling=SamplingSettings(temperature=0.0, repetition_penalty=1.0, max_new_tokens=2000))
-    app, _ = make_app(tokenizer, script=long_script, delay=0.01, settings=settings)
+    app, _ = long_reply_app(tokenizer, 50)
     async with app.run_test(size=(100, 30)) as pilot:
         await ready(pilot)
         app.screen.query_one("#prompt").insert("long")
