@@ -1,7 +1,4 @@
-"""Command line: the TUI by default, or headless one-shot (-p) and line-mode chat (-c).
-
-``opt-tpu-tui convert ...`` compiles a checkpoint for the TPU (see ``opt_tpu_tui.convert``).
-"""
+"""Command line: the TUI by default, or headless one-shot (-p) and line-mode chat (-c)."""
 
 from __future__ import annotations
 
@@ -36,10 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="opt-tpu-tui",
         description="Chat with Meta's OPT models on a Sophgo BM1684X TPU or the CPU.",
-        epilog=(
-            "With neither -p nor -c the terminal UI starts. "
-            "'opt-tpu-tui convert -h' explains compiling a checkpoint to a BM1684X bmodel."
-        ),
+        epilog="With neither -p nor -c the terminal UI starts.",
     )
     parser.add_argument(
         "--model", metavar="DIR", type=Path,
@@ -155,10 +149,6 @@ def run_chat(args: argparse.Namespace, backend: Backend, tokenizer: Tokenizer, s
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        if argv[:1] == ["convert"]:
-            from opt_tpu_tui.convert import main as convert_main
-
-            return convert_main(argv[1:])
         args = build_parser().parse_args(argv)
         if args.raw and args.prompt is None:
             raise UserError("--raw goes with -p/--prompt")
