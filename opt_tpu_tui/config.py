@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from opt_tpu_tui import paths
 from opt_tpu_tui.atomic import atomic_write, move_aside
+from opt_tpu_tui.backends import BACKENDS
 from opt_tpu_tui.chat import DEFAULT_PREAMBLE
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.sampling import SamplingSettings
@@ -38,7 +39,6 @@ from opt_tpu_tui.sampling import SamplingSettings
 VERSION = 1
 DEFAULT_THEME = "dark"
 SIDE_PANES = ("stats", "settings", "hidden")
-BACKEND_CHOICES = ("auto", "cpu", "bmrt", "sail")
 
 
 @dataclass(frozen=True)
@@ -62,8 +62,8 @@ class Settings:
             raise UserError("theme must not be empty")
         if self.last_model is not None and not isinstance(self.last_model, str):
             raise UserError(f"last_model must be a path or null, got {self.last_model!r}")
-        if self.backend not in BACKEND_CHOICES:
-            raise UserError(f"backend must be one of {', '.join(BACKEND_CHOICES)}, got {self.backend!r}")
+        if self.backend not in BACKENDS:
+            raise UserError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.side_pane not in SIDE_PANES:
             raise UserError(f"side_pane must be one of {', '.join(SIDE_PANES)}, got {self.side_pane!r}")
         return self
@@ -95,9 +95,6 @@ class Settings:
         defaults = cls()
         values = {f.name: data.get(f.name, getattr(defaults, f.name)) for f in fields(cls) if f.name != "sampling"}
         return cls(sampling=sampling, **values).validate()
-
-    def with_sampling(self, sampling: SamplingSettings) -> Settings:
-        return replace(self, sampling=sampling.validate())
 
 
 def load_settings(path: Path | None = None) -> tuple[Settings, str | None]:

@@ -17,9 +17,6 @@ from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.sampling import Sampler, SamplingSettings
 from opt_tpu_tui.tokenizer import Tokenizer
 
-STOP_REASONS = ("eos", "max_new_tokens", "context", "stop_string", "cancelled")
-
-
 @dataclass
 class GenerationStats:
     """Live figures of one generation, updated as tokens come out."""
@@ -29,7 +26,7 @@ class GenerationStats:
     prefill_seconds: float = 0.0
     decode_steps: int = 0  # backend.decode calls
     decode_seconds: float = 0.0  # wall time since prefill, sampling and detokenizing included
-    stop_reason: str | None = None
+    stop_reason: str | None = None  # "eos", "max_new_tokens", "context", "stop_string" or "cancelled"
     context_used: int = 0
 
     @property
