@@ -5,10 +5,15 @@ wheel run bmodels in the cmodel simulator, which libbmlib loads as ``libcmodel.s
 Loading that file first with RTLD_GLOBAL lets libbmlib find it without
 LD_LIBRARY_PATH, so Python 3.11 can drive the simulator in-process.
 ``OPT_TPU_TUI_BMRT_LIB`` names another library folder.
+
+The device handle is opened once per process and freed at exit: the simulator does not
+start again cleanly in a process that freed it. Each ``Runtime`` is a bmrt instance of
+its own on that handle, so two models' nets of the same name do not collide.
 """
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import os
 from pathlib import Path
@@ -22,22 +27,44 @@ LIBSOPHON = Path("/opt/sophon/libsophon-current/lib")
 
 
 class Shape(ctypes.Structure):
+    """bm_shape_t."""
+
     _fields_ = [("num_dims", ctypes.c_int), ("dims", ctypes.c_int * 8)]
 
     @classmethod
     def of(cls, shape: tuple[int, ...]) -> Shape:
         return cls(len(shape), (ctypes.c_int * 8)(*shape))
 
+    def tuple(self) -> tuple[int, ...]:
+        return tuple(self.dims[: self.num_dims])
 
-def library_dir() -> Path:
-    """libsophon on a box, else the simulator libraries of the tpu-mlir wheel (fetched on first use)."""
-    if os.environ.get(LIB_ENV):
-        return Path(os.environ[LIB_ENV])
-    if (LIBSOPHON / "libbmrt.so").exists():
-        return LIBSOPHON
-    from opt_tpu_tui import toolchain
 
-    return toolchain.root() / "lib"
+class DeviceMemory(ctypes.Structure):
+    """bm_device_mem_t: a device address and a size; a copy with another address is a view."""
+
+    _fields_ = [
+        ("addr", ctypes.c_ulonglong),
+        ("reserved", ctypes.c_uint),
+        ("dmabuf_fd", ctypes.c_int),
+        ("flags", ctypes.c_uint),
+        ("size", ctypes.c_uint),
+    ]
+
+    def view(self, offset: int, size: int) -> DeviceMemory:
+        """``size`` bytes from ``offset`` of this block, sharing its memory."""
+        if offset < 0 or offset + size > self.size:
+            raise ValueError(f"view [{offset}, {offset + size}) is outside a block of {self.size} bytes")
+        return DeviceMemory(self.addr + offset, self.reserved, self.dmabuf_fd, self.flags, size)
+
+
+class Tensor(ctypes.Structure):
+    """bm_tensor_t: dtype, shape and the device memory holding it."""
+
+    _fields_ = [("dtype", ctypes.c_int), ("shape", Shape), ("mem", DeviceMemory), ("st_mode", ctypes.c_int)]
+
+
+class StageInfo(ctypes.Structure):
+    _fields_ = [("input_shapes", ctypes.POINTER(Shape)), ("output_shapes", ctypes.POINTER(Shape))]
 
 
 class NetInfo(ctypes.Structure):
@@ -53,18 +80,56 @@ class NetInfo(ctypes.Structure):
         ("output_num", ctypes.c_int),
         ("output_names", ctypes.POINTER(ctypes.c_char_p)),
         ("output_dtypes", ctypes.POINTER(ctypes.c_int)),
+        ("output_scales", ctypes.POINTER(ctypes.c_float)),
+        ("stage_num", ctypes.c_int),
+        ("stages", ctypes.POINTER(StageInfo)),
     ]
 
 
-# bm_data_type_t -> numpy; a graph's IO is float16 except where an op keeps float32 (LayerNorm's input, say)
-DTYPES = {0: np.dtype(np.float32), 1: np.dtype(np.float16), 6: np.dtype(np.int32)}
+# bm_data_type_t codes by name, and the numpy dtype that holds each on the host (bfloat16 as its raw bits)
+CODES = {"float32": 0, "float16": 1, "int32": 6, "bfloat16": 8}
+NAMES = {code: name for name, code in CODES.items()}
+HOST = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16), "int32": np.dtype(np.int32),
+        "bfloat16": np.dtype(np.uint16)}  # fmt: skip
 
 
-class Runtime:
-    """One device handle and one bmrt instance with bmodels loaded into it."""
+class Net:
+    """What a loaded net takes and gives: names, dtype names and the shapes of its first stage."""
 
-    def __init__(self, device: int = 0, lib_dir: Path | None = None) -> None:
-        folder = lib_dir or library_dir()
+    def __init__(self, info: NetInfo) -> None:
+        self.name = info.name.decode()
+        try:
+            self.input_dtypes = [NAMES[info.input_dtypes[k]] for k in range(info.input_num)]
+            self.output_dtypes = [NAMES[info.output_dtypes[k]] for k in range(info.output_num)]
+        except KeyError as error:
+            raise UserError(f"net {self.name!r} uses bm_data_type_t {error}, which this runtime does not handle") from None
+        self.input_names = [info.input_names[k].decode() for k in range(info.input_num)]
+        self.output_names = [info.output_names[k].decode() for k in range(info.output_num)]
+        stage = info.stages[0]
+        self.input_shapes = [stage.input_shapes[k].tuple() for k in range(info.input_num)]
+        self.output_shapes = [stage.output_shapes[k].tuple() for k in range(info.output_num)]
+
+
+def library_dir() -> Path:
+    """libsophon on a box, else the simulator libraries of the tpu-mlir wheel (fetched on first use)."""
+    if os.environ.get(LIB_ENV):
+        return Path(os.environ[LIB_ENV])
+    if (LIBSOPHON / "libbmrt.so").exists():
+        return LIBSOPHON
+    from opt_tpu_tui import toolchain
+
+    return toolchain.root() / "lib"
+
+
+def on_device() -> bool:
+    """Whether a real TPU runtime is installed (or named by the override), as opposed to the simulator."""
+    return bool(os.environ.get(LIB_ENV)) or (LIBSOPHON / "libbmrt.so").exists()
+
+
+class _Libraries:
+    """libbmlib and libbmrt with their argument types, and the process's device handles."""
+
+    def __init__(self, folder: Path) -> None:
         try:
             if (folder / "libcmodel.so").exists():
                 ctypes.CDLL(str(folder / "libcmodel.so"), mode=ctypes.RTLD_GLOBAL)
@@ -72,44 +137,89 @@ class Runtime:
             self.bmrt = ctypes.CDLL(str(folder / "libbmrt.so"), mode=ctypes.RTLD_GLOBAL)
         except OSError as error:
             raise UserError(f"{folder}: cannot load the bmrt runtime libraries ({error}); set {LIB_ENV}") from None
-        self._declare()
-        self.handle = ctypes.c_void_p()
-        if self.bmlib.bm_dev_request(ctypes.byref(self.handle), device) != 0:
-            raise UserError(f"cannot open TPU device {device}")
-        self.p = self.bmrt.bmrt_create(self.handle)
+        vp, mem, size = ctypes.c_void_p, DeviceMemory, ctypes.c_size_t
+        tensors = ctypes.POINTER(Tensor)
+        for name, args, result in [
+            ("bmrt_create", [vp], vp),
+            ("bmrt_destroy", [vp], None),
+            ("bmrt_load_bmodel", [vp, ctypes.c_char_p], ctypes.c_bool),
+            ("bmrt_get_network_info", [vp, ctypes.c_char_p], ctypes.POINTER(NetInfo)),
+            ("bmrt_launch_data", [vp, ctypes.c_char_p, vp, vp, ctypes.c_int, vp, vp, ctypes.c_int, ctypes.c_bool],
+             ctypes.c_bool),
+            ("bmrt_launch_tensor_ex", [vp, ctypes.c_char_p, tensors, ctypes.c_int, tensors, ctypes.c_int,
+                                       ctypes.c_bool, ctypes.c_bool], ctypes.c_bool),
+        ]:  # fmt: skip
+            function = getattr(self.bmrt, name)
+            function.argtypes, function.restype = args, result
+        for name, args in [
+            ("bm_dev_request", [ctypes.POINTER(vp), ctypes.c_int]),
+            ("bm_dev_free", [vp]),
+            ("bm_thread_sync", [vp]),
+            ("bm_malloc_device_byte", [vp, ctypes.POINTER(mem), ctypes.c_uint]),
+            ("bm_free_device", [vp, mem]),
+            ("bm_memcpy_s2d_partial", [vp, mem, vp, ctypes.c_uint]),
+            ("bm_memcpy_d2s_partial", [vp, vp, mem, ctypes.c_uint]),
+            ("bm_memcpy_d2d_byte", [vp, mem, size, mem, size, size]),
+        ]:
+            function = getattr(self.bmlib, name)
+            function.argtypes, function.restype = args, ctypes.c_int
+        self.handles: dict[int, ctypes.c_void_p] = {}
+        atexit.register(self._free_handles)
 
-    def _declare(self) -> None:
-        rt, vp = self.bmrt, ctypes.c_void_p
-        rt.bmrt_create.restype = vp
-        rt.bmrt_create.argtypes = [vp]
-        rt.bmrt_load_bmodel.argtypes = [vp, ctypes.c_char_p]
-        rt.bmrt_load_bmodel.restype = ctypes.c_bool
-        rt.bmrt_launch_data.argtypes = [vp, ctypes.c_char_p, vp, vp, ctypes.c_int, vp, vp, ctypes.c_int, ctypes.c_bool]
-        rt.bmrt_launch_data.restype = ctypes.c_bool
-        rt.bmrt_destroy.argtypes = [vp]
-        rt.bmrt_get_network_info.argtypes = [vp, ctypes.c_char_p]
-        rt.bmrt_get_network_info.restype = ctypes.POINTER(NetInfo)
-        self.bmlib.bm_thread_sync.argtypes = [vp]
-        self.bmlib.bm_dev_free.argtypes = [vp]
+    def handle(self, device: int) -> ctypes.c_void_p:
+        if device not in self.handles:
+            handle = ctypes.c_void_p()
+            if self.bmlib.bm_dev_request(ctypes.byref(handle), device) != 0:
+                raise UserError(f"cannot open TPU device {device}")
+            self.handles[device] = handle
+        return self.handles[device]
+
+    def _free_handles(self) -> None:
+        for handle in self.handles.values():
+            self.bmlib.bm_dev_free(handle)
+        self.handles.clear()
+
+
+_loaded: dict[Path, _Libraries] = {}
+
+
+def libraries(folder: Path | None = None) -> _Libraries:
+    folder = folder or library_dir()
+    if folder not in _loaded:
+        _loaded[folder] = _Libraries(folder)
+    return _loaded[folder]
+
+
+class Runtime:
+    """A bmrt instance on a device, the bmodels loaded into it, and the device memory it allocated."""
+
+    def __init__(self, device: int = 0, lib_dir: Path | None = None) -> None:
+        libs = libraries(lib_dir)
+        self.bmlib, self.bmrt = libs.bmlib, libs.bmrt
+        self.handle = libs.handle(device)
+        self.p = self.bmrt.bmrt_create(self.handle)
+        if not self.p:
+            raise UserError(f"bmrt could not start on TPU device {device}")
+        self.blocks: list[DeviceMemory] = []
+        self._nets: dict[str, Net] = {}
 
     def load(self, bmodel: Path) -> None:
         """Add the nets of ``bmodel``; a name already loaded keeps its first net, so names must differ."""
         if not self.bmrt.bmrt_load_bmodel(self.p, str(bmodel).encode()):
             raise UserError(f"{bmodel}: bmrt could not load it (not a bmodel, or one for another chip)")
 
+    def net(self, name: str) -> Net:
+        if name not in self._nets:
+            info = self.bmrt.bmrt_get_network_info(self.p, name.encode())
+            if not info:
+                raise UserError(f"the loaded bmodel has no net named {name!r}")
+            self._nets[name] = Net(info.contents)
+        return self._nets[name]
+
     def io_dtypes(self, net: str) -> tuple[list[np.dtype], list[np.dtype]]:
-        """The numpy dtypes of ``net``'s inputs and outputs, in order."""
-        info = self.bmrt.bmrt_get_network_info(self.p, net.encode())
-        if not info:
-            raise UserError(f"the loaded bmodels have no net named {net!r}")
-        i = info.contents
-        try:
-            return (
-                [DTYPES[i.input_dtypes[k]] for k in range(i.input_num)],
-                [DTYPES[i.output_dtypes[k]] for k in range(i.output_num)],
-            )
-        except KeyError as error:
-            raise UserError(f"net {net!r} uses bm_data_type_t {error}, which this runtime does not handle") from None
+        """The host numpy dtypes of ``net``'s inputs and outputs, in order (bfloat16 as uint16 bits)."""
+        found = self.net(net)
+        return [HOST[t] for t in found.input_dtypes], [HOST[t] for t in found.output_dtypes]
 
     def launch(self, net: str, inputs: list[np.ndarray], outputs: list[np.ndarray]) -> None:
         """Run ``net`` on host arrays, filling ``outputs``; waits for it.
@@ -132,9 +242,48 @@ class Runtime:
         if not ok or self.bmlib.bm_thread_sync(self.handle) != 0:
             raise RuntimeError(f"bmrt launch of {net} failed")
 
+    # -- device memory and the tensor API: what keeps the KV cache on the device --
+
+    def malloc(self, nbytes: int) -> DeviceMemory:
+        """``nbytes`` of device memory, freed by ``close``."""
+        block = DeviceMemory()
+        if self.bmlib.bm_malloc_device_byte(self.handle, ctypes.byref(block), nbytes) != 0:
+            raise UserError(f"out of TPU device memory allocating {nbytes / 2**20:.1f} MiB")
+        self.blocks.append(block)
+        return block
+
+    def tensor(self, mem: DeviceMemory, shape: tuple[int, ...], dtype: str) -> Tensor:
+        """A bm_tensor_t of dtype name ``dtype`` over ``mem``."""
+        if int(np.prod(shape)) * HOST[dtype].itemsize > mem.size:
+            raise ValueError(f"a {shape} {dtype} tensor does not fit in {mem.size} bytes")
+        return Tensor(CODES[dtype], Shape.of(shape), mem, 0)
+
+    def upload(self, mem: DeviceMemory, array: np.ndarray) -> None:
+        """Copy a C-contiguous host array to the start of ``mem``."""
+        if array.nbytes > mem.size or not array.flags.c_contiguous:
+            raise ValueError(f"cannot copy {array.nbytes} bytes into a block of {mem.size}")
+        if self.bmlib.bm_memcpy_s2d_partial(self.handle, mem, array.ctypes.data, array.nbytes) != 0:
+            raise RuntimeError("host to device copy failed")
+
+    def download(self, mem: DeviceMemory, array: np.ndarray) -> np.ndarray:
+        """Fill a C-contiguous host array from the start of ``mem``."""
+        if array.nbytes > mem.size or not array.flags.c_contiguous:
+            raise ValueError(f"cannot copy {mem.size} bytes into a host array of {array.nbytes}")
+        if self.bmlib.bm_memcpy_d2s_partial(self.handle, array.ctypes.data, mem, array.nbytes) != 0:
+            raise RuntimeError("device to host copy failed")
+        return array
+
+    def launch_tensors(self, net: bytes, inputs: ctypes.Array, outputs: ctypes.Array) -> None:
+        """Run ``net`` on device tensors; outputs land in the memory their tensors name. Waits for it."""
+        ok = self.bmrt.bmrt_launch_tensor_ex(self.p, net, inputs, len(inputs), outputs, len(outputs), True, False)
+        if not ok or self.bmlib.bm_thread_sync(self.handle) != 0:
+            raise RuntimeError(f"bmrt launch of {net.decode()} failed")
+
     def close(self) -> None:
-        """Free the device; on x86 this also stops the simulator, whose threads spin while it is open."""
+        """Free this instance's device memory and nets; the device stays open for the process."""
         if self.p:
+            for block in self.blocks:
+                self.bmlib.bm_free_device(self.handle, block)
+            self.blocks.clear()
             self.bmrt.bmrt_destroy(self.p)
-            self.bmlib.bm_dev_free(self.handle)
             self.p = None

@@ -5,7 +5,12 @@ hidden states [1, C, h] and an additive mask [1, 1, C, C] (causal, and closed pa
 prompt) go in; the new hidden states and the layer's K and V as [1, C, H, d] come out,
 for the runtime to keep in device memory. The math is that of
 ``opt_tpu_tui.model.forward.block``, from the same ``PreparedLayer`` (q/k/v with the
-1/sqrt(d) scale folded into q), so the numpy model is the reference.
+1/sqrt(d) scale folded into q), so the numpy model is the reference. ``lm_head`` turns
+one position's hidden state into logits.
+
+The token and position embeddings stay on the host (see ``backends.tpu``): a lookup of
+one row there costs microseconds and one small copy, where a graph would cost a launch
+and the table's room in device memory (412 MB in float16 for OPT-6.7B).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import numpy as np
 
 from opt_tpu_tui.convert.mlir import Graph
 from opt_tpu_tui.model.config import LAYER_NORM_EPS, OPTConfig
+from opt_tpu_tui.model.checkpoint import OPTWeights
 from opt_tpu_tui.model.forward import PreparedLayer
 
 
@@ -79,6 +85,21 @@ def block_graph(name: str, lw: PreparedLayer, config: OPTConfig, context: int, d
     if not pre_ln:
         x = layer_norm(x, lw.ln2_w, lw.ln2_b, "ln2")
     return g, [x, k, v]
+
+
+def lm_head(name: str, w: OPTWeights) -> tuple[Graph, list[str]]:
+    """hidden [1, 1, h] -> logits [1, 1, vocab]: final LayerNorm, project_out, then the head."""
+    config = w.config
+    h, e, vocab = config.hidden_size, config.word_embed_proj_dim, config.vocab_size
+    g = Graph(name)
+    x = g.input("hidden", (1, 1, h))
+    if w.final_ln_w is not None:
+        operands = [x, g.weight("final_ln.weight", w.final_ln_w), g.weight("final_ln.bias", w.final_ln_b)]
+        x = g.op("LayerNorm", "final_ln", operands, (1, 1, h), normalized_shape=[h], axis=(2, "si32"), eps=LAYER_NORM_EPS)
+    if w.project_out is not None:
+        x = g.op("MatMul", "project_out", [x, g.weight("project_out.weight", w.project_out.T), None], (1, 1, e), do_relu=False)
+    logits = g.op("MatMul", "logits", [x, g.weight("lm_head.weight", w.lm_head.T), None], (1, 1, vocab), do_relu=False)
+    return g, [logits]
 
 
 def prefill_mask(context: int, prompt: int) -> np.ndarray:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from opt_tpu_tui.errors import UserError
+from opt_tpu_tui.errors import UserError, read_json_object
 
 LAYER_NORM_EPS = 1e-5  # OPT hard-codes it; config.json has no field for it
 POSITION_OFFSET = 2  # learned position table rows 0 and 1 are never used
@@ -77,14 +76,7 @@ class OPTConfig:
 
     @classmethod
     def load(cls, path: Path) -> OPTConfig:
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise UserError(f"{path}: not found (an OPT model directory needs config.json)") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise UserError(f"{path}: not valid JSON ({error})") from None
-        if not isinstance(raw, dict):
-            raise UserError(f"{path}: expected a JSON object")
+        raw = read_json_object(path, "an OPT model directory needs config.json")
         try:
             return cls.from_dict(raw, source=str(path))
         except TypeError as error:

@@ -1,0 +1,56 @@
+"""``--backend bmrt``: the TPU backend driven through libbmrt's C API with ctypes.
+
+The same code runs on a box (libsophon) and on x86 in the cmodel simulator; see
+``bmrt_lib`` for how the libraries are found.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from opt_tpu_tui.backends import bmrt_lib
+from opt_tpu_tui.backends.bmrt_lib import Runtime, Shape, Tensor
+from opt_tpu_tui.backends.tpu import TPUBackend
+
+
+class BmrtDriver:
+    """``tpu.Driver`` on a bmrt instance: buffers are bm_tensor_t structs, views repoint their memory."""
+
+    def __init__(self, bmodel: Path, device: int = 0) -> None:
+        self.runtime = Runtime(device)
+        try:
+            self.runtime.load(bmodel)
+        except BaseException:
+            self.runtime.close()
+            raise
+
+    def io(self, net: str) -> tuple[list[tuple[tuple[int, ...], str]], list[tuple[tuple[int, ...], str]]]:
+        found = self.runtime.net(net)
+        return list(zip(found.input_shapes, found.input_dtypes)), list(zip(found.output_shapes, found.output_dtypes))
+
+    def alloc(self, shape: tuple[int, ...], dtype: str) -> Tensor:
+        nbytes = int(np.prod(shape)) * bmrt_lib.HOST[dtype].itemsize
+        return self.runtime.tensor(self.runtime.malloc(nbytes), shape, dtype)
+
+    def view(self, buffer: Tensor, offset: int, shape: tuple[int, ...]) -> Tensor:
+        itemsize = bmrt_lib.HOST[bmrt_lib.NAMES[buffer.dtype]].itemsize
+        mem = buffer.mem.view(offset * itemsize, int(np.prod(shape)) * itemsize)
+        return Tensor(buffer.dtype, Shape.of(shape), mem, 0)
+
+    def upload(self, buffer: Tensor, array: np.ndarray) -> None:
+        self.runtime.upload(buffer.mem, array)
+
+    def download(self, buffer: Tensor, array: np.ndarray) -> None:
+        self.runtime.download(buffer.mem, array)
+
+    def launch(self, net: str, inputs: list[Tensor], outputs: list[Tensor]) -> None:
+        self.runtime.launch_tensors(net.encode(), (Tensor * len(inputs))(*inputs), (Tensor * len(outputs))(*outputs))
+
+    def close(self) -> None:
+        self.runtime.close()
+
+
+def open_bmrt(model_dir: Path, context: int | None = None, device: int = 0) -> TPUBackend:
+    return TPUBackend("bmrt", model_dir, lambda bmodel: BmrtDriver(bmodel, device), context)

@@ -1,0 +1,117 @@
+"""``opt-tpu-tui convert``: a Hugging Face OPT checkpoint -> a converted model directory.
+
+Each graph (a prefill and a cached-decode block per layer, and the lm_head) is written
+as Top-dialect MLIR with its weights, compiled to its own bmodel by tpuc-opt (as many
+at once as there are cores), and the bmodels are combined into one. The directory's
+manifest is written last; the build folder is removed on success and kept on failure,
+with each graph's compile log.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from opt_tpu_tui import toolchain
+from opt_tpu_tui.atomic import atomic_write
+from opt_tpu_tui.converted import (
+    ACTIVATIONS, BMODEL, LM_HEAD, MANIFEST, MODES, HostEmbedding, Manifest, decode_net, is_converted, prefill_net,
+    quantization,
+)  # fmt: skip
+from opt_tpu_tui.convert import graphs
+from opt_tpu_tui.convert.mlir import Graph
+from opt_tpu_tui.errors import UserError
+from opt_tpu_tui.model import load_weights
+from opt_tpu_tui.model.checkpoint import OPTWeights
+from opt_tpu_tui.model.config import POSITION_OFFSET
+from opt_tpu_tui.model.forward import PreparedLayer
+
+TOKENIZER_FILES = ("vocab.json", "merges.txt")
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def graph_builders(w: OPTWeights, context: int) -> dict[str, Callable[[], tuple[Graph, list[str]]]]:
+    """Every net of the model by name, each built only when its compile starts (a 6.7B layer is 800 MB in f32)."""
+    config = w.config
+    builders: dict[str, Callable[[], tuple[Graph, list[str]]]] = {}
+    for i, layer in enumerate(w.layers):
+
+        def prepared(layer=layer) -> PreparedLayer:  # noqa: ANN001 - binds the loop's layer
+            return PreparedLayer.from_weights(layer, config.head_dim)
+
+        builders[prefill_net(i)] = lambda i=i, p=prepared: graphs.prefill_block(prefill_net(i), p(), config, context)
+        builders[decode_net(i)] = lambda i=i, p=prepared: graphs.decode_block(decode_net(i), p(), config, context)
+    builders[LM_HEAD] = lambda: graphs.lm_head(LM_HEAD, w)
+    return builders
+
+
+def check_output_dir(out: Path) -> None:
+    """``out`` must be new, empty, or an earlier conversion (which is replaced): nothing else is overwritten."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_converted(out))):
+        raise UserError(f"{out}: exists and is not an empty folder or a converted model; choose another --out")
+
+
+def convert(
+    model_dir: Path, out: Path, mode: str = "int4", group_size: int = 64, context: int = 512,
+    activations: str = "f16", jobs: int | None = None, log: Callable[[str], None] = say,
+) -> Path:  # fmt: skip
+    """Convert ``model_dir`` into the model directory ``out`` and return it."""
+    if mode not in MODES:
+        raise UserError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if activations not in ACTIVATIONS:
+        raise UserError(f"--activations must be one of {', '.join(ACTIVATIONS)}, got {activations!r}")
+    group_size = group_size if mode != "f16" else 0
+    model_dir, out = Path(model_dir), Path(out)
+    for name in TOKENIZER_FILES:
+        if not (model_dir / name).is_file():
+            raise UserError(f"{model_dir / name}: not found (the converted directory needs the tokenizer too)")
+    check_output_dir(out)
+    w = load_weights(model_dir)
+    config = w.config
+    if not 2 <= context <= config.max_position_embeddings:
+        raise UserError(f"--context {context} is out of range: this model allows 2 to {config.max_position_embeddings}")
+    if mode != "f16" and (group_size <= 0 or config.hidden_size % group_size):
+        raise UserError(f"--group-size must divide the hidden size {config.hidden_size}, got {group_size}")
+
+    build = out / "build"
+    shutil.rmtree(build, ignore_errors=True)
+    (out / MANIFEST).unlink(missing_ok=True)  # the directory is incomplete until the new manifest is written
+    builders = graph_builders(w, context)
+    precision = quantization(mode, activations)
+    done: list[str] = []
+
+    def compile_one(name: str) -> Path:
+        graph, outputs = builders[name]()
+        bmodel = toolchain.compile_top(graph.write(build / name, outputs), precision, group_size)
+        done.append(name)
+        log(f"compiled {name} ({len(done)}/{len(builders)})")
+        return bmodel
+
+    toolchain.root()  # fetch the toolchain once, before the workers start
+    log(f"converting {model_dir} to {out} ({precision}, group {group_size}, context {context}): {len(builders)} graphs")
+    with ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:
+        futures = [pool.submit(compile_one, name) for name in builders]
+        try:
+            bmodels = [future.result() for future in futures]  # the first failure names its graph
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise
+    log(f"combining {len(bmodels)} bmodels")
+    toolchain.combine(bmodels, out / BMODEL, build / "scratch")
+    positions = w.embed_positions[: context + POSITION_OFFSET]
+    HostEmbedding.write(out, w.embed_tokens, positions, w.project_in)
+    for name in TOKENIZER_FILES:
+        shutil.copyfile(model_dir / name, out / name)
+    manifest = Manifest(config, mode, activations, group_size, context, source=model_dir.resolve().name)
+    atomic_write(out / MANIFEST, manifest.to_json(), mode=0o644)
+    shutil.rmtree(build)
+    size = (out / BMODEL).stat().st_size
+    log(f"done: {out / BMODEL} is {size / 2**20:.1f} MiB")
+    return out

@@ -1,0 +1,148 @@
+"""A converted model directory: what ``opt-tpu-tui convert`` writes and the TPU backends read.
+
+It holds ``model.bmodel`` (every net of the model, for BM1684X), ``manifest.json`` (the
+OPT config, context, precision and net names the bmodel was built with), the token and
+position embeddings as ``.npy`` files for the host-side lookup, and the tokenizer's
+``vocab.json`` + ``merges.txt``. The manifest is written last, so its presence marks a
+complete conversion.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from opt_tpu_tui.errors import UserError, read_json_object
+from opt_tpu_tui.model.config import POSITION_OFFSET, OPTConfig
+
+MANIFEST = "manifest.json"
+BMODEL = "model.bmodel"
+FORMAT = 1
+CHIP = "BM1684X"
+MODES = {"f16": "", "int8": "W8", "int4": "W4"}  # weight precision -> TPU-MLIR's weight-only prefix
+ACTIVATIONS = ("f16", "bf16")
+
+
+def quantization(mode: str, activations: str) -> str:
+    """TPU-MLIR's mode name: weights then activations, "W4F16" for int4 weights with float16 activations."""
+    return MODES[mode] + activations.upper()
+
+
+def prefill_net(layer: int) -> str:
+    return f"block_{layer}"
+
+
+def decode_net(layer: int) -> str:
+    return f"block_cache_{layer}"
+
+
+LM_HEAD = "lm_head"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    config: OPTConfig
+    mode: str  # f16, int8, int4: the weights
+    activations: str  # f16, bf16
+    group_size: int  # quantisation group along K; 0 for f16
+    context: int  # the static sequence length every net was compiled for
+    source: str  # the Hugging Face directory's name, shown as the model's name
+    format: int = FORMAT
+    chip: str = CHIP
+
+    def to_json(self) -> str:
+        raw = asdict(self)
+        raw["config"] = self.config.to_dict()
+        raw["quantization"] = quantization(self.mode, self.activations)
+        raw["nets"] = {
+            "prefill": [prefill_net(i) for i in range(self.config.num_hidden_layers)],
+            "decode": [decode_net(i) for i in range(self.config.num_hidden_layers)],
+            "lm_head": LM_HEAD,
+        }
+        return json.dumps(raw, indent=2) + "\n"
+
+    @classmethod
+    def load(cls, model_dir: Path) -> Manifest:
+        path = Path(model_dir) / MANIFEST
+        raw = read_json_object(path, "convert the model with `opt-tpu-tui convert`")
+        try:
+            if raw["format"] != FORMAT:
+                raise UserError(f"{path}: format {raw['format']!r}, this version reads {FORMAT}; convert the model again")
+            manifest = cls(
+                config=OPTConfig.from_dict(raw["config"], source=f"{path} config"),
+                mode=raw["mode"], activations=raw["activations"], group_size=raw["group_size"],
+                context=raw["context"], source=raw["source"], chip=raw["chip"],
+            )  # fmt: skip
+        except (KeyError, TypeError) as error:
+            raise UserError(f"{path}: not a manifest written by `opt-tpu-tui convert` ({error!r} is wrong)") from None
+        if manifest.mode not in MODES or manifest.activations not in ACTIVATIONS:
+            raise UserError(f"{path}: unknown precision {manifest.mode!r} / {manifest.activations!r}")
+        if not isinstance(manifest.context, int) or not 2 <= manifest.context <= manifest.config.max_position_embeddings:
+            raise UserError(f"{path}: context {manifest.context!r} is out of range for this model")
+        return manifest
+
+
+def is_converted(model_dir: Path) -> bool:
+    """Whether ``model_dir`` is a (complete) converted model directory."""
+    return (Path(model_dir) / MANIFEST).is_file()
+
+
+def bmodel_chip(path: Path) -> str | None:
+    """The chip a bmodel was compiled for, read from its header, or None if it cannot be told.
+
+    A bmodel starts with a 16-byte header (magic 0xFF55AAEE, header size, flatbuffer size)
+    whose flatbuffer holds the chip's name as a length-prefixed string.
+    """
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+            if len(head) < 16 or int.from_bytes(head[:4], "little") != 0xFF55AAEE:
+                return None
+            size, flat = int.from_bytes(head[4:8], "little"), int.from_bytes(head[8:12], "little")
+            handle.seek(size)
+            data = handle.read(min(flat, 1 << 20))
+    except OSError:
+        return None
+    found = re.search(rb"[\x04-\x0c]\x00\x00\x00((?:BM|CV|SG|MARS|SGTPU)[0-9A-Z]{1,8})\x00", data)
+    return found.group(1).decode() if found else None
+
+
+class HostEmbedding:
+    """Token and position embeddings looked up on the host (memory-mapped float16 tables)."""
+
+    TOKENS, POSITIONS, PROJECT_IN = "embed_tokens.npy", "embed_positions.npy", "project_in.npy"
+
+    def __init__(self, model_dir: Path, config: OPTConfig, context: int) -> None:
+        h, e = config.hidden_size, config.word_embed_proj_dim
+        self.tokens = self._table(model_dir / self.TOKENS, (config.vocab_size, e))
+        self.positions = self._table(model_dir / self.POSITIONS, (context + POSITION_OFFSET, h))
+        self.project_in = self._table(model_dir / self.PROJECT_IN, (h, e)) if config.has_projections else None
+
+    @staticmethod
+    def _table(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+        try:
+            table = np.load(path, mmap_mode="r")
+        except (OSError, ValueError) as error:
+            raise UserError(f"{path}: missing or unreadable ({error}); convert the model again") from None
+        if table.shape != shape:
+            raise UserError(f"{path}: shape {list(table.shape)}, but manifest.json implies {list(shape)}")
+        return table
+
+    def __call__(self, ids: list[int], start: int) -> np.ndarray:
+        """float32 [n, h]: the embeddings of ``ids`` at positions start..start+n-1."""
+        x = self.tokens[ids].astype(np.float32)
+        if self.project_in is not None:
+            x = x @ self.project_in.T.astype(np.float32)
+        x += self.positions[start + POSITION_OFFSET : start + POSITION_OFFSET + len(ids)]
+        return x
+
+    @classmethod
+    def write(cls, folder: Path, tokens: np.ndarray, positions: np.ndarray, project_in: np.ndarray | None) -> None:
+        np.save(folder / cls.TOKENS, tokens.astype(np.float16))
+        np.save(folder / cls.POSITIONS, positions.astype(np.float16))
+        if project_in is not None:
+            np.save(folder / cls.PROJECT_IN, project_in.astype(np.float16))
