@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="opt-tpu-tui",
         description="Chat with Meta's OPT models on a Sophgo BM1684X TPU or the CPU.",
-        epilog="With neither -p nor -c the terminal UI starts.",
+        epilog="With neither -p nor -c the terminal UI starts. "
+        "`opt-tpu-tui convert -h` tells how to compile a checkpoint for the TPU.",
     )
     parser.add_argument(
         "--model", metavar="DIR", type=Path,
@@ -56,6 +57,36 @@ def build_parser() -> argparse.ArgumentParser:
         sampling.add_argument(flag, dest=field, type=kind, metavar=metavar, help=help_text)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
+
+
+def build_convert_parser() -> argparse.ArgumentParser:
+    from opt_tpu_tui.converted import ACTIVATIONS, MODES
+
+    parser = argparse.ArgumentParser(
+        prog="opt-tpu-tui convert",
+        description="Compile a Hugging Face OPT checkpoint into a BM1684X model directory (bmodel, manifest, "
+        "tokenizer) with TPU-MLIR, which is fetched with pip into the user cache on first use.",
+    )
+    parser.add_argument("--model", metavar="DIR", type=Path, required=True, help="the Hugging Face OPT checkpoint")
+    parser.add_argument("--out", metavar="DIR", type=Path, required=True, help="the model directory to write")
+    parser.add_argument("--mode", choices=MODES, default="int4", help="weight precision (default: int4)")
+    parser.add_argument(
+        "--group-size", metavar="G", type=int, default=64, help="int8/int4 quantisation group along K (default: 64)"
+    )
+    parser.add_argument("--context", metavar="N", type=int, default=512, help="static context length (default: 512)")
+    parser.add_argument(
+        "--activations", choices=ACTIVATIONS, default="f16", help="16-bit activation type (default: f16, see README)"
+    )
+    parser.add_argument("--jobs", metavar="N", type=int, help="graphs compiled at once (default: one per core)")
+    return parser
+
+
+def run_convert(argv: list[str]) -> int:
+    from opt_tpu_tui.convert.build import convert
+
+    args = build_convert_parser().parse_args(argv)
+    convert(args.model, args.out, args.mode, args.group_size, args.context, args.activations, args.jobs)
+    return 0
 
 
 def sampling_settings(args: argparse.Namespace, base: SamplingSettings) -> SamplingSettings:
@@ -149,6 +180,8 @@ def run_chat(args: argparse.Namespace, backend: Backend, tokenizer: Tokenizer, s
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        if argv[:1] == ["convert"]:
+            return run_convert(argv[1:])
         args = build_parser().parse_args(argv)
         if args.raw and args.prompt is None:
             raise UserError("--raw goes with -p/--prompt")
@@ -167,9 +200,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         backend, tokenizer = open_model(model_dir, backend_kind, args.context)
         if not demo:
             save_settings(replace(saved, last_model=str(model_dir.resolve()), backend=backend_kind))
-        if args.prompt is not None:
-            return run_prompt(args, backend, tokenizer, settings)
-        return run_chat(args, backend, tokenizer, settings)
+        try:
+            if args.prompt is not None:
+                return run_prompt(args, backend, tokenizer, settings)
+            return run_chat(args, backend, tokenizer, settings)
+        finally:
+            backend.close()
     except UserError as error:
         print(f"opt-tpu-tui: error: {error}", file=sys.stderr)
         return 2

@@ -17,20 +17,27 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tpu_runtime():  # noqa: ANN201 - a bmrt_lib.Runtime on the BM1684X simulator
-    """libbmrt on the simulator, one per test run (nets loaded into it need distinct names).
+def simulator() -> None:
+    """The BM1684X simulator (tpu-mlir's libraries and compiler), or a skip where they cannot be fetched.
 
-    One only: the cmodel does not start again cleanly in the same process once freed.
-    Its threads keep about a core busy while it is open, so these tests run last.
+    The device it opens stays open for the test run: the cmodel does not start again
+    cleanly in a process that freed it. Its threads keep about a core busy while it is
+    open, so the tests that use it run last.
     """
     from opt_tpu_tui import toolchain
-    from opt_tpu_tui.backends.bmrt_lib import Runtime
     from opt_tpu_tui.errors import UserError
 
     try:
         toolchain.root()
     except UserError as error:
         pytest.skip(f"the tpu-mlir toolchain cannot be obtained here: {error}")
+
+
+@pytest.fixture(scope="session")
+def tpu_runtime(simulator: None):  # noqa: ANN201 - a bmrt_lib.Runtime on the BM1684X simulator
+    """One bmrt instance for the graph tests (nets loaded into it need distinct names)."""
+    from opt_tpu_tui.backends.bmrt_lib import Runtime
+
     runtime = Runtime()
     yield runtime
     runtime.close()
@@ -38,7 +45,7 @@ def tpu_runtime():  # noqa: ANN201 - a bmrt_lib.Runtime on the BM1684X simulator
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Simulator tests last: once the simulator is open it slows every test after it."""
-    items.sort(key=lambda item: "tpu_runtime" in getattr(item, "fixturenames", ()))
+    items.sort(key=lambda item: "simulator" in getattr(item, "fixturenames", ()))
 
 
 @pytest.fixture(autouse=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from opt_tpu_tui import converted
 from opt_tpu_tui.backends.base import Backend
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.tokenizer import Tokenizer
@@ -11,15 +12,46 @@ from opt_tpu_tui.tokenizer import Tokenizer
 BACKENDS = ("auto", "cpu", "bmrt", "sail")
 
 
+def pick_backend(model_dir: Path) -> str:
+    """What "auto" means for ``model_dir``: a converted bmodel runs on sail, else bmrt on a box; a checkpoint on the cpu.
+
+    The simulator is never picked by itself: it checks correctness at seconds per token.
+    """
+    if not converted.is_converted(model_dir):
+        return "cpu"
+    from opt_tpu_tui.backends.bmrt_lib import on_device
+    from opt_tpu_tui.backends.sail import sail_available
+
+    if sail_available():
+        return "sail"
+    if on_device():
+        return "bmrt"
+    raise UserError(
+        f"{model_dir} holds a BM1684X bmodel, but neither sophon-sail nor libsophon is installed here; "
+        "`--backend bmrt` runs it in the simulator (slowly), or point --model at a Hugging Face checkpoint"
+    )
+
+
 def open_backend(model_dir: Path, kind: str = "auto", context: int | None = None) -> Backend:
-    """Build the backend ``kind`` for ``model_dir``; "auto" picks what the directory holds."""
+    """Build the backend ``kind`` for ``model_dir``; "auto" picks by what the directory holds (``pick_backend``)."""
     if kind not in BACKENDS:
         raise UserError(f"unknown backend {kind!r}: choose one of {', '.join(BACKENDS)}")
-    if kind in ("auto", "cpu"):
-        from opt_tpu_tui.backends.cpu import CPUBackend
+    model_dir = Path(model_dir)
+    if kind == "auto":
+        kind = pick_backend(model_dir)
+    if kind == "bmrt":
+        from opt_tpu_tui.backends.bmrt import open_bmrt
 
-        return CPUBackend(Path(model_dir), context)
-    raise UserError(f"backend {kind!r} is not available yet (the TPU conversion is still being built); use --backend cpu")
+        return open_bmrt(model_dir, context)
+    if kind == "sail":
+        from opt_tpu_tui.backends.sail import open_sail
+
+        return open_sail(model_dir, context)
+    if converted.is_converted(model_dir):
+        raise UserError(f"{model_dir} is converted for the TPU; the cpu backend needs the Hugging Face checkpoint")
+    from opt_tpu_tui.backends.cpu import CPUBackend
+
+    return CPUBackend(model_dir, context)
 
 
 def open_model(model_dir: Path, kind: str = "auto", context: int | None = None) -> tuple[Backend, Tokenizer]:

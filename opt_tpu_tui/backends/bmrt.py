@@ -30,7 +30,7 @@ class BmrtDriver:
         found = self.runtime.net(net)
         return list(zip(found.input_shapes, found.input_dtypes)), list(zip(found.output_shapes, found.output_dtypes))
 
-    def alloc(self, shape: tuple[int, ...], dtype: str) -> Tensor:
+    def alloc(self, shape: tuple[int, ...], dtype: str, host: bool = False) -> Tensor:
         nbytes = int(np.prod(shape)) * bmrt_lib.HOST[dtype].itemsize
         return self.runtime.tensor(self.runtime.malloc(nbytes), shape, dtype)
 

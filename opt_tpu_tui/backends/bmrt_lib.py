@@ -144,6 +144,8 @@ class _Libraries:
             ("bmrt_destroy", [vp], None),
             ("bmrt_load_bmodel", [vp, ctypes.c_char_p], ctypes.c_bool),
             ("bmrt_get_network_info", [vp, ctypes.c_char_p], ctypes.POINTER(NetInfo)),
+            ("bmrt_get_network_number", [vp], ctypes.c_int),
+            ("bmrt_get_network_names", [vp, ctypes.POINTER(ctypes.POINTER(ctypes.c_char_p))], None),
             ("bmrt_launch_data", [vp, ctypes.c_char_p, vp, vp, ctypes.c_int, vp, vp, ctypes.c_int, ctypes.c_bool],
              ctypes.c_bool),
             ("bmrt_launch_tensor_ex", [vp, ctypes.c_char_p, tensors, ctypes.c_int, tensors, ctypes.c_int,
@@ -207,6 +209,15 @@ class Runtime:
         """Add the nets of ``bmodel``; a name already loaded keeps its first net, so names must differ."""
         if not self.bmrt.bmrt_load_bmodel(self.p, str(bmodel).encode()):
             raise UserError(f"{bmodel}: bmrt could not load it (not a bmodel, or one for another chip)")
+
+    def net_names(self) -> list[str]:
+        """The names of every loaded net."""
+        names = ctypes.POINTER(ctypes.c_char_p)()
+        count = self.bmrt.bmrt_get_network_number(self.p)
+        self.bmrt.bmrt_get_network_names(self.p, ctypes.byref(names))
+        found = [names[k].decode() for k in range(count)]
+        ctypes.CDLL(None).free(names)  # bmrt allocates the array with malloc; the strings are its own
+        return found
 
     def net(self, name: str) -> Net:
         if name not in self._nets:

@@ -36,15 +36,21 @@ class Driver(Protocol):
         """(shape, dtype name) of each input and output of ``net``; UserError if the bmodel has no such net."""
         ...
 
-    def alloc(self, shape: Shape, dtype: str) -> Any: ...
+    def alloc(self, shape: Shape, dtype: str, host: bool = False) -> Any:
+        """Device memory for a whole tensor; ``host``: the host downloads it (sail keeps a host copy)."""
+        ...
 
     def view(self, buffer: Any, offset: int, shape: Shape) -> Any:
         """A buffer sharing ``buffer``'s memory from element ``offset``."""
         ...
 
-    def upload(self, buffer: Any, array: np.ndarray) -> None: ...
+    def upload(self, buffer: Any, array: np.ndarray) -> None:
+        """Copy a host array of ``buffer``'s size into it (an allocated buffer, not a view)."""
+        ...
 
-    def download(self, buffer: Any, array: np.ndarray) -> None: ...
+    def download(self, buffer: Any, array: np.ndarray) -> None:
+        """Copy a ``host=True`` buffer into a host array of its size."""
+        ...
 
     def launch(self, net: str, inputs: list[Any], outputs: list[Any]) -> None:
         """Run ``net``; its outputs land in the memory of ``outputs``. Returns when done."""
@@ -137,9 +143,10 @@ class TPUBackend:
         self.v = [d.alloc(kv, self.dtype) for _ in range(cfg.num_hidden_layers)]
         self.hidden = [d.alloc((1, c, h), self.dtype) for _ in range(2)]  # ping-pong between layers
         self.step = [d.view(b, 0, (1, 1, h)) for b in self.hidden]  # their first row, for decode
+        self.token = d.alloc((1, 1, h), self.dtype)  # the new token's embedding, decode's first input
         self.prefill_mask = d.alloc((1, 1, c, c), self.dtype)
         self.decode_mask = d.alloc((1, 1, 1, c + 1), self.dtype)
-        self.logits_device = d.alloc((1, 1, cfg.vocab_size), self.dtype)
+        self.logits_device = d.alloc((1, 1, cfg.vocab_size), self.dtype, host=True)
         self.logits_host = np.empty(cfg.vocab_size, host_dtype(self.dtype))
         self.logits = np.empty(cfg.vocab_size, np.float32)
         self.slot = cfg.num_attention_heads * cfg.head_dim  # elements of one position in a K/V cache
@@ -172,17 +179,17 @@ class TPUBackend:
         """Run one token at the next position; each layer writes its K/V into the cache slot itself."""
         pos, d = self.length, self.driver
         self._check([token], pos)
-        d.upload(self.step[0], to_device(self.embedding([token], pos), self.dtype))
+        d.upload(self.token, to_device(self.embedding([token], pos), self.dtype))
         d.upload(self.decode_mask, to_device(decode_mask(self.manifest.context, pos), self.dtype))
-        a, b = self.step
-        offset = pos * self.slot
+        x, offset = self.token, pos * self.slot
         for i in range(self.config.num_hidden_layers):
+            out = self.step[i % 2]
             k_slot = d.view(self.k[i], offset, self.slot_shape)
             v_slot = d.view(self.v[i], offset, self.slot_shape)
-            d.launch(decode_net(i), [a, self.decode_mask, self.k[i], self.v[i]], [b, k_slot, v_slot])
-            a, b = b, a
+            d.launch(decode_net(i), [x, self.decode_mask, self.k[i], self.v[i]], [out, k_slot, v_slot])
+            x = out
         self.length = pos + 1
-        return self._logits(a)
+        return self._logits(x)
 
     def _logits(self, hidden: Any) -> np.ndarray:
         self.driver.launch(LM_HEAD, [hidden], [self.logits_device])
@@ -190,4 +197,7 @@ class TPUBackend:
         return from_device(self.logits_host, self.dtype, self.logits)
 
     def close(self) -> None:
+        """Free the device memory (the KV cache first of all) and the nets."""
+        self.k, self.v, self.hidden, self.step = [], [], [], []
+        self.token = self.prefill_mask = self.decode_mask = self.logits_device = None
         self.driver.close()

@@ -1,0 +1,202 @@
+"""The TPU path end to end in the BM1684X simulator: convert a tiny OPT, run it through bmrt and sail.
+
+The reference is the numpy backend on the same checkpoint (for int8/int4, on the same
+group-quantised weights). sail runs through ``fake_sail``, a sail-compatible adapter on
+the bmrt runtime, so the sail backend's own code is what is tested.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from quantized import quantized_weights
+from tiny import make_model
+
+from opt_tpu_tui import converted as converted_dir
+from opt_tpu_tui.backends import Backend, open_backend, open_model, pick_backend
+from opt_tpu_tui.backends.cpu import CPUBackend
+from opt_tpu_tui.convert.build import convert
+from opt_tpu_tui.errors import UserError
+from opt_tpu_tui.generation import Generation
+from opt_tpu_tui.model import load_weights
+from opt_tpu_tui.model.forward import OPTModel
+from opt_tpu_tui.sampling import SamplingSettings
+from opt_tpu_tui.tokenizer import Tokenizer
+
+CONTEXT, GROUP = 32, 32
+VARIANTS = {"pre-ln": {}, "post-ln": {"do_layer_norm_before": False}}
+PROMPT = "Hello world, this is"
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("checkpoints")
+    return {name: make_model(base / name, **config) for name, config in VARIANTS.items()}
+
+
+@pytest.fixture(scope="session")
+def converted(
+    simulator: None, checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[str, str], Path]:
+    """converted(variant, mode): the tiny checkpoint converted at that precision, once per test run."""
+    done: dict[tuple[str, str], Path] = {}
+
+    def get(variant: str, mode: str) -> Path:
+        if (variant, mode) not in done:
+            out = tmp_path_factory.mktemp("converted") / f"{variant}-{mode}"
+            done[variant, mode] = convert(checkpoints[variant], out, mode, GROUP, CONTEXT, log=lambda _: None)
+        return done[variant, mode]
+
+    return get
+
+
+@pytest.fixture
+def fake_sail(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Install the bmrt-backed sail adapter as ``sophon.sail``."""
+    import fake_sail as adapter
+
+    sail = adapter.module()
+    sophon = type(sys)("sophon")
+    sophon.sail = sail
+    monkeypatch.setitem(sys.modules, "sophon", sophon)
+    monkeypatch.setitem(sys.modules, "sophon.sail", sail)
+
+
+@pytest.fixture(params=["bmrt", "sail"])
+def tpu_kind(request: pytest.FixtureRequest) -> str:
+    if request.param == "sail":
+        request.getfixturevalue("fake_sail")
+    return request.param
+
+
+def greedy(backend: Backend, ids: list[int], steps: int) -> list[int]:
+    logits, tokens = backend.prefill(ids), []
+    for _ in range(steps):
+        tokens.append(int(np.argmax(logits)))
+        logits = backend.decode(tokens[-1])
+    return tokens
+
+
+def prompt_ids(model_dir: Path) -> list[int]:
+    return Tokenizer.from_dir(model_dir).encode(PROMPT)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_f16_greedy_tokens_equal_the_numpy_backend(converted, checkpoints, tpu_kind: str, variant: str) -> None:
+    tpu = open_backend(converted(variant, "f16"), tpu_kind)
+    try:
+        ids = prompt_ids(checkpoints[variant])
+        assert greedy(tpu, ids, 16) == greedy(CPUBackend(checkpoints[variant], CONTEXT), ids, 16)
+        assert tpu.length == len(ids) + 16
+    finally:
+        tpu.close()
+
+
+TOLERANCE = 0.01  # of the logits' largest magnitude: float16 activations (measured 0.3-0.5 %)
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_quantised_logits_match_numpy_on_the_same_quantised_weights(
+    converted, checkpoints, tpu_kind: str, variant: str, mode: str
+) -> None:
+    bits = 8 if mode == "int8" else 4
+    reference = OPTModel(quantized_weights(load_weights(checkpoints[variant]), bits, GROUP), CONTEXT)
+    unquantised = OPTModel(load_weights(checkpoints[variant]), CONTEXT)
+    tpu = open_backend(converted(variant, mode), tpu_kind)
+    try:
+        ids = prompt_ids(checkpoints[variant])
+        pairs = [(tpu.prefill(ids).copy(), reference.prefill(ids).copy(), unquantised.prefill(ids).copy())]
+        for token in (40, 41, 42, 43):
+            pairs.append((tpu.decode(token).copy(), reference.decode(token).copy(), unquantised.decode(token).copy()))
+    finally:
+        tpu.close()
+    for got, want, plain in pairs:
+        scale = np.abs(want).max()
+        assert np.abs(got - want).max() < TOLERANCE * scale
+        # and the reference is the quantised model: the unquantised one is further away
+        assert np.abs(got - want).max() < np.abs(got - plain).max()
+
+
+def test_decode_after_prefill_gives_the_logits_of_a_longer_prefill(converted, checkpoints, tpu_kind: str) -> None:
+    tpu = open_backend(converted("pre-ln", "f16"), tpu_kind)
+    try:
+        ids = prompt_ids(checkpoints["pre-ln"]) + [40, 41, 42]
+        whole = tpu.prefill(ids).copy()
+        tpu.prefill(ids[:-3])
+        for token in ids[-3:]:
+            stepped = tpu.decode(token)
+    finally:
+        tpu.close()
+    assert np.abs(stepped - whole).max() < TOLERANCE * np.abs(whole).max()
+    assert np.argmax(stepped) == np.argmax(whole)
+
+
+def test_generation_stops_at_eos_and_at_the_context_length(converted, checkpoints) -> None:
+    model_dir = converted("pre-ln", "f16")
+    tpu, tokenizer = open_model(model_dir, "bmrt")
+    try:
+        ids = prompt_ids(model_dir)
+        settings = SamplingSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=64)
+        greedy_tokens = greedy(CPUBackend(checkpoints["pre-ln"], CONTEXT), ids, 8)
+        stop = next(k for k, t in enumerate(greedy_tokens) if k >= 3 and t not in greedy_tokens[:k])
+        tokenizer.eos_id = greedy_tokens[stop]  # the stop token: made the EOS of this run
+        generation = Generation(tpu, tokenizer, ids, settings)
+        list(generation)
+        assert (generation.stats.stop_reason, generation.stats.new_tokens) == ("eos", stop)
+
+        tokenizer.eos_id = -1  # never produced: only the context can stop it
+        generation = Generation(tpu, tokenizer, ids, settings)
+        list(generation)
+        assert generation.stats.stop_reason == "context"
+        assert tpu.length == CONTEXT
+    finally:
+        tpu.close()
+
+
+def test_a_prompt_longer_than_the_context_is_one_clear_error(converted) -> None:
+    tpu = open_backend(converted("pre-ln", "f16"), "bmrt")
+    try:
+        with pytest.raises(UserError, match="context overflow: 33 tokens do not fit in a context of 32"):
+            tpu.prefill([2] * 33)
+    finally:
+        tpu.close()
+
+
+def damaged_copy(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target)
+    return target
+
+
+def test_a_bmodel_for_another_chip_is_refused(converted, tmp_path: Path) -> None:
+    model_dir = damaged_copy(converted("pre-ln", "f16"), tmp_path / "other-chip")
+    bmodel = model_dir / converted_dir.BMODEL
+    data = bmodel.read_bytes()  # rename the chip in the flatbuffer: length 7 "BM1684X" -> length 6 "BM1688"
+    assert data.count(b"\x07\x00\x00\x00BM1684X\x00") == 1
+    bmodel.write_bytes(data.replace(b"\x07\x00\x00\x00BM1684X\x00", b"\x06\x00\x00\x00BM1688\x00\x00"))
+    with pytest.raises(UserError, match="compiled for BM1688, but this runtime runs BM1684X bmodels"):
+        open_backend(model_dir, "bmrt")
+
+
+def test_a_bmodel_that_does_not_match_its_manifest_is_refused(converted, tmp_path: Path) -> None:
+    model_dir = damaged_copy(converted("pre-ln", "f16"), tmp_path / "mismatch")
+    manifest = model_dir / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"num_hidden_layers": 2', '"num_hidden_layers": 3'))
+    with pytest.raises(UserError, match="has no net block_2, so it does not match manifest.json"):
+        open_backend(model_dir, "bmrt")
+
+
+def test_a_missing_vocab_and_a_missing_manifest_are_named(converted, tmp_path: Path) -> None:
+    model_dir = damaged_copy(converted("pre-ln", "f16"), tmp_path / "no-vocab")
+    (model_dir / "vocab.json").unlink()
+    with pytest.raises(UserError, match="vocab.json: not found"):
+        open_model(model_dir, "bmrt")
+    (model_dir / "manifest.json").unlink()
+    (model_dir / "model.bmodel").unlink()
+    with pytest.raises(UserError, match="manifest.json: not found"):
+        open_backend(model_dir, "bmrt")
