@@ -78,3 +78,21 @@ def test_wheel_ships_the_model_and_themes_and_runs_outside_the_tree(tmp_path: Pa
     assert result.returncode == 0, result.stderr
     assert "built-in demo model" in result.stderr
     assert len(re.findall(r"[A-Za-z]{2,}", result.stdout)) >= 3, result.stdout
+
+
+def test_the_demo_model_converts_to_f16_and_chats_the_same_in_the_simulator(simulator: None, tmp_path: Path) -> None:
+    """The shipped model as a realistic conversion: greedy replies on the simulator equal the numpy backend's."""
+    from opt_tpu_tui.convert.build import convert
+
+    converted = convert(DEMO_MODEL_DIR, tmp_path / "demo-f16", "f16", context=64, log=lambda _: None)
+    settings = SamplingSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=8)
+    replies = []
+    for model_dir, kind in ((converted, "bmrt"), (DEMO_MODEL_DIR, "cpu")):
+        backend, tokenizer = open_model(model_dir, kind, context=64)
+        try:
+            reply = ChatSession(backend, tokenizer).send("What is a list?", settings)
+            replies.append(("".join(reply), reply.stats.new_tokens))
+        finally:
+            backend.close()
+    assert replies[0] == replies[1]
+    assert replies[0][1] > 0

@@ -200,3 +200,67 @@ def test_a_missing_vocab_and_a_missing_manifest_are_named(converted, tmp_path: P
     (model_dir / "model.bmodel").unlink()
     with pytest.raises(UserError, match="manifest.json: not found"):
         open_backend(model_dir, "bmrt")
+
+
+def test_auto_runs_a_checkpoint_on_the_cpu(checkpoints) -> None:
+    assert pick_backend(checkpoints["pre-ln"]) == "cpu"
+
+
+def test_auto_prefers_sail_for_a_converted_model(converted, fake_sail) -> None:
+    backend = open_backend(converted("pre-ln", "f16"), "auto")
+    try:
+        assert backend.name == "sail"
+    finally:
+        backend.close()
+
+
+def test_auto_takes_bmrt_where_libsophon_is_and_says_what_is_missing_elsewhere(
+    converted, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from opt_tpu_tui.backends import bmrt_lib
+
+    model_dir = converted("pre-ln", "f16")
+    monkeypatch.setitem(sys.modules, "sophon.sail", None)  # importing it fails, as where sail is not installed
+    monkeypatch.setattr(bmrt_lib, "LIBSOPHON", Path("/nonexistent"))
+    monkeypatch.delenv(bmrt_lib.LIB_ENV, raising=False)
+    with pytest.raises(UserError, match="neither sophon-sail nor libsophon is installed here"):
+        pick_backend(model_dir)
+    with pytest.raises(UserError, match="sophon-sail is not installed"):
+        open_backend(model_dir, "sail")
+    with pytest.raises(UserError, match="the cpu backend needs the Hugging Face checkpoint"):
+        open_backend(model_dir, "cpu")
+    monkeypatch.setenv(bmrt_lib.LIB_ENV, str(bmrt_lib.library_dir()))
+    assert pick_backend(model_dir) == "bmrt"
+
+
+def test_convert_refuses_to_write_into_a_folder_that_is_not_a_conversion(checkpoints, tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not an empty folder or a converted model"):
+        convert(checkpoints["pre-ln"], tmp_path / "out", "f16", context=CONTEXT)
+    assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
+
+
+def test_the_cli_converts_a_checkpoint_and_chats_with_it_on_bmrt(
+    simulator: None, checkpoints, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from opt_tpu_tui.cli import main
+
+    out = tmp_path / "tiny-f16"
+    args = ["convert", "--model", str(checkpoints["pre-ln"]), "--out", str(out), "--mode", "f16", "--context", "32"]
+    assert main(args) == 0
+    assert {p.name for p in out.iterdir()} == {
+        "model.bmodel", "manifest.json", "vocab.json", "merges.txt", "embed_tokens.npy", "embed_positions.npy",
+    }  # fmt: skip
+    assert "compiled lm_head" in capsys.readouterr().err
+
+    chat = ["--model", str(out), "--backend", "bmrt", "--raw", "--temperature", "0", "--max-new-tokens", "6"]
+    assert main([*chat, "-p", PROMPT]) == 0
+    captured = capsys.readouterr()
+    tokenizer = Tokenizer.from_dir(out)
+    expected = greedy(CPUBackend(checkpoints["pre-ln"], CONTEXT), tokenizer.encode(PROMPT), 6)
+    assert captured.out == tokenizer.decode(expected) + "\n"
+
+    assert main([*chat, "-p", "word " * 40]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "context" in error and len(error.splitlines()) == 1

@@ -73,7 +73,7 @@ def convert(
         if not (model_dir / name).is_file():
             raise UserError(f"{model_dir / name}: not found (the converted directory needs the tokenizer too)")
     check_output_dir(out)
-    w = load_weights(model_dir)
+    w = load_weights(model_dir, upcast=False)
     config = w.config
     if not 2 <= context <= config.max_position_embeddings:
         raise UserError(f"--context {context} is out of range: this model allows 2 to {config.max_position_embeddings}")

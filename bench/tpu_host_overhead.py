@@ -1,0 +1,121 @@
+"""Host work per decoded token on the TPU path, and the device traffic the graphs imply.
+
+    python bench/tpu_host_overhead.py [--layers 32] [--tokens 16] [--context 64]
+
+Converts a small 32-layer OPT (hidden 64, int4) and decodes with the bmrt backend in
+the BM1684X simulator, timing each token and, separately, the time spent inside bmrt's
+launches (launch + sync), which on the simulator is all simulation. What is left is
+the host's own work per token: embedding lookup, mask and uploads, 33 launches' worth
+of ctypes structs, the logits download. The goal is under 1 ms, so that the Python
+loop stays under 2% of an OPT-6.7B int4 token, whose time is set by memory traffic.
+
+The second table is that traffic, computed from the graphs: every weight once, plus
+the whole K/V cache (the static decode graph attends over all C slots), divided by
+the ~68 GB/s of the BM1684X's LPDDR4x. Weight bytes per parameter are those measured
+on tpu-mlir's W8/W4 MatMuls: bits / 8, plus 3 bytes (float16 scale, uint8 zero point)
+per group of 64. Needs the [dev] extra (to make the checkpoint) and the tpu-mlir
+download.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from tiny import make_model  # noqa: E402
+
+from opt_tpu_tui.backends.bmrt import open_bmrt  # noqa: E402
+from opt_tpu_tui.convert.build import convert  # noqa: E402
+
+BANDWIDTH = 68e9  # bytes/s, BM1684X LPDDR4x (../shared/notes/bm1684x.md)
+VOCAB = 50272
+OPT_SIZES = {  # name: hidden, layers, ffn
+    "OPT-125m": (768, 12, 3072),
+    "OPT-1.3b": (2048, 24, 8192),
+    "OPT-2.7b": (2560, 32, 10240),
+    "OPT-6.7b": (4096, 32, 16384),
+}
+
+
+def weight_bytes(params: float, mode: str, group: int = 64) -> float:
+    return params * {"f16": 2.0, "int8": 1 + 3 / group, "int4": 0.5 + 3 / group}[mode]
+
+
+def traffic(hidden: int, layers: int, ffn: int, mode: str, context: int) -> tuple[float, float, float]:
+    """(weight bytes, KV cache bytes, bytes read per decoded token) for an OPT shape."""
+    block = layers * (4 * hidden * hidden + 2 * hidden * ffn)
+    weights = weight_bytes(block + VOCAB * hidden, mode)
+    kv = 2 * layers * context * hidden * 2  # float16 K and V
+    return weights, kv, weights + kv
+
+
+def host_overhead(layers: int, tokens: int, context: int) -> tuple[list[float], list[float]]:
+    """Per token: (wall ms, ms inside bmrt launches) for a decode loop of ``tokens`` tokens."""
+    with tempfile.TemporaryDirectory(prefix="bench-tpu-") as scratch:
+        checkpoint = make_model(Path(scratch) / "hf", num_hidden_layers=layers, vocab_size=512, ffn_dim=256,
+                                max_position_embeddings=context)  # fmt: skip
+        start = time.perf_counter()
+        model_dir = convert(checkpoint, Path(scratch) / "int4", "int4", 64, context, log=lambda _: None)
+        print(f"converted {2 * layers + 1} graphs in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+        backend = open_bmrt(model_dir)
+        runtime = backend.driver.runtime
+        inside = [0.0]
+        launch = runtime.launch_tensors
+
+        def timed(*args: object) -> None:
+            t = time.perf_counter()
+            launch(*args)
+            inside[0] += time.perf_counter() - t
+
+        runtime.launch_tensors = timed
+        try:
+            backend.prefill([2, 100, 200, 300])
+            walls, launches = [], []
+            for k in range(tokens):
+                inside[0] = 0.0
+                t = time.perf_counter()
+                backend.decode(10 + k)
+                walls.append((time.perf_counter() - t) * 1e3)
+                launches.append(inside[0] * 1e3)
+        finally:
+            backend.close()
+    return walls, launches
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", type=int, default=32)
+    parser.add_argument("--tokens", type=int, default=16)
+    parser.add_argument("--context", type=int, default=64)
+    args = parser.parse_args()
+
+    walls, launches = host_overhead(args.layers, args.tokens, args.context)
+    host = [w - i for w, i in zip(walls, launches)]
+    _, _, per_token = traffic(*OPT_SIZES["OPT-6.7b"], "int4", 512)
+    device_ms = per_token / BANDWIDTH * 1e3
+    print(f"\n{args.layers}-layer decode on the simulator, {args.tokens} tokens (medians)")
+    print("| host work per token | inside launches (simulated) | OPT-6.7b int4 token at the bandwidth ceiling | host share |")
+    print("|---|---|---|---|")
+    median = statistics.median(host)
+    print(f"| {median:.3f} ms (max {max(host):.3f}) | {statistics.median(launches):.0f} ms | {device_ms:.1f} ms | "
+          f"{median / (device_ms + median):.2%} |")  # fmt: skip
+
+    print("\nDevice memory traffic per decoded token at context 512, and the ceiling it sets")
+    print("| model | precision | weights on device | KV cache | read per token | ceiling tok/s |")
+    print("|---|---|---|---|---|---|")
+    for name, shape in OPT_SIZES.items():
+        for mode in ("int8", "int4"):
+            weights, kv, total = traffic(*shape, mode, 512)
+            print(f"| {name} | {mode} | {weights / 1e9:.2f} GB | {kv / 1e9:.2f} GB | {total / 1e9:.2f} GB | "
+                  f"{BANDWIDTH / total:.1f} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
