@@ -6,6 +6,7 @@ The same code runs on a box (libsophon) and on x86 in the cmodel simulator; see
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,9 @@ import numpy as np
 from opt_tpu_tui.backends import bmrt_lib
 from opt_tpu_tui.backends.bmrt_lib import Runtime, Shape, Tensor
 from opt_tpu_tui.backends.tpu import TPUBackend
+
+
+ITEMSIZE = {code: bmrt_lib.HOST[name].itemsize for name, code in bmrt_lib.CODES.items()}
 
 
 class BmrtDriver:
@@ -31,13 +35,12 @@ class BmrtDriver:
         return list(zip(found.input_shapes, found.input_dtypes)), list(zip(found.output_shapes, found.output_dtypes))
 
     def alloc(self, shape: tuple[int, ...], dtype: str, host: bool = False) -> Tensor:
-        nbytes = int(np.prod(shape)) * bmrt_lib.HOST[dtype].itemsize
+        nbytes = math.prod(shape) * bmrt_lib.HOST[dtype].itemsize
         return self.runtime.tensor(self.runtime.malloc(nbytes), shape, dtype)
 
     def view(self, buffer: Tensor, offset: int, shape: tuple[int, ...]) -> Tensor:
-        itemsize = bmrt_lib.HOST[bmrt_lib.NAMES[buffer.dtype]].itemsize
-        mem = buffer.mem.view(offset * itemsize, int(np.prod(shape)) * itemsize)
-        return Tensor(buffer.dtype, Shape.of(shape), mem, 0)
+        itemsize = ITEMSIZE[buffer.dtype]
+        return Tensor(buffer.dtype, Shape.of(shape), buffer.mem.view(offset * itemsize, math.prod(shape) * itemsize), 0)
 
     def upload(self, buffer: Tensor, array: np.ndarray) -> None:
         self.runtime.upload(buffer.mem, array)

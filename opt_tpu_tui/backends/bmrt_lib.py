@@ -16,6 +16,7 @@ from __future__ import annotations
 import atexit
 import ctypes
 import os
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -166,6 +167,7 @@ class _Libraries:
             function = getattr(self.bmlib, name)
             function.argtypes, function.restype = args, ctypes.c_int
         self.handles: dict[int, ctypes.c_void_p] = {}
+        self.runtimes: weakref.WeakSet[Runtime] = weakref.WeakSet()
         atexit.register(self._free_handles)
 
     def handle(self, device: int) -> ctypes.c_void_p:
@@ -177,6 +179,9 @@ class _Libraries:
         return self.handles[device]
 
     def _free_handles(self) -> None:
+        """At exit: close what is still open (bmlib asserts on device memory left allocated), then the devices."""
+        for runtime in list(self.runtimes):
+            runtime.close()
         for handle in self.handles.values():
             self.bmlib.bm_dev_free(handle)
         self.handles.clear()
@@ -200,6 +205,7 @@ class Runtime:
         self.bmlib, self.bmrt = libs.bmlib, libs.bmrt
         self.handle = libs.handle(device)
         self.p = self.bmrt.bmrt_create(self.handle)
+        libs.runtimes.add(self)
         if not self.p:
             raise UserError(f"bmrt could not start on TPU device {device}")
         self.blocks: list[DeviceMemory] = []
