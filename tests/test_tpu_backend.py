@@ -137,9 +137,9 @@ def test_decode_after_prefill_gives_the_logits_of_a_longer_prefill(converted, ch
     assert np.argmax(stepped) == np.argmax(whole)
 
 
-def test_generation_stops_at_eos_and_at_the_context_length(converted, checkpoints) -> None:
+def test_generation_stops_at_eos_and_at_the_context_length(converted, checkpoints, tpu_kind: str) -> None:
     model_dir = converted("pre-ln", "f16")
-    tpu, tokenizer = open_model(model_dir, "bmrt")
+    tpu, tokenizer = open_model(model_dir, tpu_kind)
     try:
         ids = prompt_ids(model_dir)
         settings = SamplingSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=64)
