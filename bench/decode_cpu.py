@@ -38,16 +38,17 @@ def median_time(fn: Callable[[], object], runs: int) -> float:
 
 
 def bench_numpy(model_dir: Path, prompt: list[int], tokens: int, runs: int) -> tuple[float, float]:
-    from opt_tpu_tui.backends.cpu import CPUBackend
+    from opt_tpu_tui.model import load_weights
+    from opt_tpu_tui.model.forward import OPTModel
 
-    backend = CPUBackend(model_dir)
-    prefill = median_time(lambda: backend.prefill(prompt), runs)
+    model = OPTModel(load_weights(model_dir))  # the model itself: each prefill runs the whole prompt
+    prefill = median_time(lambda: model.prefill(prompt), runs)
 
     def decode() -> None:
-        token = int(np.argmax(backend.prefill(prompt)))
+        token = int(np.argmax(model.prefill(prompt)))
         start = time.perf_counter()
         for _ in range(tokens):
-            token = int(np.argmax(backend.decode(token)))
+            token = int(np.argmax(model.decode(token)))
         decode_times.append(time.perf_counter() - start)
 
     decode_times: list[float] = []

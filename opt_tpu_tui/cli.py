@@ -98,7 +98,7 @@ def sampling_settings(args: argparse.Namespace, base: SamplingSettings) -> Sampl
 
 def format_stats(stats: GenerationStats) -> str:
     return (
-        f"[{stats.prompt_tokens} prompt tokens in {stats.prefill_seconds:.2f} s, "
+        f"[{stats.prompt_tokens} prompt tokens ({stats.cached_tokens} cached) in {stats.prefill_seconds:.2f} s, "
         f"{stats.new_tokens} new at {stats.tokens_per_second:.1f} tok/s, stop: {stats.stop_reason}]"
     )
 

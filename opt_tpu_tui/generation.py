@@ -22,6 +22,7 @@ class GenerationStats:
     """Live figures of one generation, updated as tokens come out."""
 
     prompt_tokens: int = 0
+    cached_tokens: int = 0  # of the prompt, found in the backend's cache and not run again
     new_tokens: int = 0
     prefill_seconds: float = 0.0
     decode_steps: int = 0  # backend.decode calls
@@ -69,6 +70,7 @@ class Generation:
         logits = backend.prefill(list(self.prompt_ids))
         decode_start = time.perf_counter()
         stats.prefill_seconds = decode_start - started
+        stats.cached_tokens = backend.reused
         stats.context_used = backend.length
         while True:
             token = sample(logits, seen)

@@ -6,12 +6,15 @@ import time
 
 import numpy as np
 
+from opt_tpu_tui.backends.base import reusable_prefix
+
 
 class ScriptedBackend:
     """Satisfies the Backend protocol; logits put all mass on the next scripted token.
 
     After the script runs out it repeats its last token. ``delay`` seconds are spent
-    in each decode, to mimic a real model's pace.
+    in each decode, to mimic a real model's pace. It counts reused prompt tokens as a
+    real backend does.
     """
 
     name = "scripted"
@@ -22,7 +25,8 @@ class ScriptedBackend:
         self.vocab_size = vocab_size
         self.context_length = context_length
         self.delay = delay
-        self.length = 0
+        self.ids: list[int] = []
+        self.reused = 0
         self.prefills: list[list[int]] = []
         self._logits = np.zeros(vocab_size, np.float32)
         self._step = 0
@@ -35,15 +39,20 @@ class ScriptedBackend:
 
     def prefill(self, ids: list[int]) -> np.ndarray:
         self.prefills.append(list(ids))
-        self.length, self._step = len(ids), 0
+        self.reused = reusable_prefix(self.ids, ids)
+        self.ids, self._step = list(ids), 0
         return self._next()
 
     def decode(self, token: int) -> np.ndarray:
         if self.length >= self.context_length:
             raise RuntimeError("decode past the context")
         time.sleep(self.delay)
-        self.length += 1
+        self.ids.append(token)
         return self._next()
+
+    @property
+    def length(self) -> int:
+        return len(self.ids)
 
     def close(self) -> None:
         pass

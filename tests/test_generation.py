@@ -10,8 +10,9 @@ import torch
 import transformers
 from scripted import ScriptedBackend
 
-from opt_tpu_tui.backends import open_backend
-from opt_tpu_tui.chat import ChatSession, Turn, transcript
+from opt_tpu_tui.backends import open_backend, open_model
+from opt_tpu_tui.chat import STOP_STRINGS, ChatSession, Turn, transcript
+from opt_tpu_tui.demo import DEMO_MODEL_DIR
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.generation import Generation, StopStringFilter
 from opt_tpu_tui.sampling import SamplingSettings
@@ -118,6 +119,24 @@ def test_greedy_generation_on_the_cpu_backend_equals_transformers(tiny_model: Pa
     expected = [t for t in out[0, len(prompt) :].tolist() if t != tokenizer.eos_id]
     assert generation.tokens == expected[: len(generation.tokens)] and len(generation.tokens) == len(expected)
     assert text == tokenizer.decode(expected)
+
+
+def test_the_next_chat_turn_runs_only_its_new_tokens_and_replies_as_from_scratch() -> None:
+    backend, tokenizer = open_model(DEMO_MODEL_DIR, "cpu")
+    settings = SamplingSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=24)
+    session = ChatSession(backend, tokenizer)
+    first = session.send("What is a list?", settings)
+    list(first)
+    assert first.stats.cached_tokens == 0
+    second = session.send("And a tuple?", settings)
+    text = "".join(second)
+    assert second.dropped_turns == 0
+    prompt = tokenizer.encode(transcript(session.preamble, session.turns[:1], "And a tuple?"))
+    # the cache kept the first turn's prompt at least; only the rest ran
+    assert len(first.generation.prompt_ids) <= second.stats.cached_tokens < len(prompt)
+    fresh = Generation(open_backend(DEMO_MODEL_DIR, "cpu"), tokenizer, prompt, settings, STOP_STRINGS)
+    assert "".join(fresh).strip() == text.strip() and fresh.tokens == second.generation.tokens
+    assert fresh.stats.cached_tokens == 0
 
 
 def test_transcript_format_is_exactly_as_documented() -> None:

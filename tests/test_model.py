@@ -64,6 +64,16 @@ def test_decode_after_prefill_equals_longer_prefill(pair) -> None:
     np.testing.assert_allclose(stepped, model.prefill(PROMPT), atol=1e-4, rtol=1e-5)
 
 
+def test_prefill_after_a_kept_start_matches_transformers(pair) -> None:
+    model, reference = pair
+    expected = reference_logits(reference, PROMPT)
+    model.prefill([*PROMPT[:4], 1, 1, 1])  # the cache's positions 4..6 hold other tokens
+    np.testing.assert_allclose(model.prefill(PROMPT[4:], start=4), expected[-1], atol=1e-4, rtol=1e-4)
+    assert model.length == len(PROMPT)
+    with pytest.raises(ValueError, match="cannot keep 10 positions"):
+        model.prefill(PROMPT[:1], start=10)
+
+
 def test_prefill_of_the_full_context_and_overflow(tmp_path: Path) -> None:
     model = OPTModel(load_weights(make_model(tmp_path, tokenizer=False)), context=12)
     model.prefill(list(range(3, 14)))

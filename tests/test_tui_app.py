@@ -67,6 +67,19 @@ async def test_send_streams_reply_and_saves_it(tokenizer: Tokenizer) -> None:
     assert app.store.load(conversations[0].id)[0].assistant == REPLY
 
 
+async def test_stats_show_the_prompt_tokens_the_next_turn_kept_in_the_cache(tokenizer: Tokenizer) -> None:
+    app, backend = make_app(tokenizer, settings=GREEDY)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(pilot)
+        panel = app.screen.query_one(StatsPanel)
+        await send(pilot, "Hi there")
+        assert dict(rows(panel.view))["Prefill"].endswith(" ms")
+        await send(pilot, "And again")
+        first, second = backend.prefills
+        assert second[: len(first)] == first and backend.reused > len(first)  # the prompt and part of the reply
+        assert dict(rows(panel.view))["Prefill"].endswith(f" ms ({backend.reused} cached)")
+
+
 async def test_ctrl_j_inserts_newline_and_enter_sends_both_lines(tokenizer: Tokenizer) -> None:
     app, _ = make_app(tokenizer, settings=GREEDY)
     async with app.run_test(size=(100, 30)) as pilot:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -11,16 +12,19 @@ import numpy as np
 class Backend(Protocol):
     """Something that turns token ids into next-token logits, keeping its own KV cache.
 
-    A backend knows nothing of text, sampling or chat. ``prefill`` forgets the cache
-    and runs a whole prompt at positions 0..n-1; ``decode`` appends one token at the
-    next position. Both return float32 logits over ``vocab_size`` rows for the last
-    position; the array may be a view into a buffer that the next call overwrites.
+    A backend knows nothing of text, sampling or chat. ``prefill`` runs a whole prompt
+    at positions 0..n-1, taking from the cache the K/V of the longest start of the prompt
+    that it already holds (see ``reusable_prefix``), so the next turn of a chat runs only
+    its new tokens; ``decode`` appends one token at the next position. Both return float32
+    logits over ``vocab_size`` rows for the last position; the array may be a view into a
+    buffer that the next call overwrites.
     """
 
     name: str  # "cpu", "bmrt", "sail": shown in the UI
     model_name: str  # the model directory's name
     context_length: int  # the most tokens the cache holds
     vocab_size: int  # rows of the logits (OPT pads the embedding past the tokenizer)
+    reused: int  # prompt tokens the last prefill found in the cache
 
     @property
     def length(self) -> int:
@@ -34,3 +38,16 @@ class Backend(Protocol):
     def close(self) -> None:
         """Free device memory or other resources; the backend is unusable afterwards."""
         ...
+
+
+def reusable_prefix(cached: Sequence[int], ids: Sequence[int]) -> int:
+    """How many leading ``ids`` a cache holding ``cached`` can keep: their common start.
+
+    At most all but the last id, which must run again because its logits are needed. The
+    K/V of a position depend only on the tokens up to it, so keeping them is exact.
+    """
+    limit = min(len(cached), len(ids) - 1)
+    n = 0
+    while n < limit and cached[n] == ids[n]:
+        n += 1
+    return n

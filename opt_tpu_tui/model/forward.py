@@ -155,10 +155,13 @@ class OPTModel:
         self.length = 0  # tokens in the cache
         self._step = Workspace(config, rows=1, keys=context)
 
-    def prefill(self, ids: list[int] | Array) -> Array:
-        """Forget the cache, run the whole prompt in one pass, return the last position's logits."""
-        self.length = 0
-        return self._forward(np.asarray(ids, dtype=np.int64), Workspace(self.config, len(ids), len(ids)))
+    def prefill(self, ids: list[int] | Array, start: int = 0) -> Array:
+        """Run ``ids`` in one pass at positions start.., keeping only the first ``start``
+        cached positions (0: forget the cache); return the last position's logits."""
+        if not 0 <= start <= self.length:
+            raise ValueError(f"cannot keep {start} positions of a cache holding {self.length}")
+        self.length = start
+        return self._forward(np.asarray(ids, dtype=np.int64), Workspace(self.config, len(ids), start + len(ids)))
 
     def decode(self, token: int) -> Array:
         """Append one token at the next position and return its logits."""

@@ -73,6 +73,7 @@ class MainScreen(Screen[None]):
         self._flush_timer: Timer | None = None
         self._stats_stop = threading.Event()
         self._last_prefill: float | None = None
+        self._last_cached = 0  # prompt tokens the last prefill took from the cache
         self._last_speed: float | None = None
         self._last_context = 0
         self._device: DeviceSample | None = None
@@ -201,7 +202,7 @@ class MainScreen(Screen[None]):
             stats = self._job.reply.stats
             self._last_context = stats.context_used or self._last_context
             if stats.prefill_seconds:
-                self._last_prefill = stats.prefill_seconds
+                self._last_prefill, self._last_cached = stats.prefill_seconds, stats.cached_tokens
             self._last_speed = stats.tokens_per_second
             self.query_one(StatsPanel).add_speed(stats.tokens_per_second)
             self._update_status()
@@ -215,6 +216,7 @@ class MainScreen(Screen[None]):
             context_used=self._last_context,
             context_size=backend.context_length if backend else 0,
             prefill_seconds=self._last_prefill,
+            cached_tokens=self._last_cached,
             tokens_per_second=self._last_speed,
             device=self._device,
         )
@@ -362,7 +364,8 @@ class MainScreen(Screen[None]):
         self._job, self._reply_view = None, None
         self.conversation_id = job.conversation_id
         stats = job.reply.stats
-        self._last_prefill = stats.prefill_seconds or self._last_prefill
+        if stats.prefill_seconds:
+            self._last_prefill, self._last_cached = stats.prefill_seconds, stats.cached_tokens
         self._last_speed = stats.tokens_per_second
         self._last_context = stats.context_used or self._last_context
         if view is not None:

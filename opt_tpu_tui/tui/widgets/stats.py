@@ -24,6 +24,7 @@ class StatsView:
     context_used: int = 0
     context_size: int = 0
     prefill_seconds: float | None = None
+    cached_tokens: int = 0  # of the last prompt, kept from the previous turn's cache
     tokens_per_second: float | None = None
     device: DeviceSample | None = None
 
@@ -38,12 +39,19 @@ def _mem(used: int | None, total: int | None) -> str:
     return f"{human_bytes(used)} / {human_bytes(total)}"
 
 
+def prefill(view: StatsView) -> str:
+    if view.prefill_seconds is None:
+        return "—"
+    cached = f" ({view.cached_tokens} cached)" if view.cached_tokens else ""
+    return f"{view.prefill_seconds * 1000:.0f} ms{cached}"
+
+
 def rows(view: StatsView) -> list[tuple[str, str]]:
     out = [
         ("Backend", view.backend),
         ("Model", view.model),
         ("Context", f"{view.context_used} / {view.context_size}" if view.context_size else "—"),
-        ("Prefill", "—" if view.prefill_seconds is None else f"{view.prefill_seconds * 1000:.0f} ms"),
+        ("Prefill", prefill(view)),
         ("Decode", "—" if view.tokens_per_second is None else f"{view.tokens_per_second:.1f} tok/s"),
     ]
     device = view.device
