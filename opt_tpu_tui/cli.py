@@ -75,6 +75,9 @@ def build_convert_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--context", metavar="N", type=int, default=512, help="static context length (default: 512)")
     parser.add_argument(
+        "--chunk", metavar="T", type=int, default=64, help="prompt tokens one prefill launch runs (default: 64)"
+    )
+    parser.add_argument(
         "--activations", choices=ACTIVATIONS, default="f16", help="16-bit activation type (default: f16, see README)"
     )
     parser.add_argument("--jobs", metavar="N", type=int, help="graphs compiled at once (default: one per core)")
@@ -85,7 +88,7 @@ def run_convert(argv: list[str]) -> int:
     from opt_tpu_tui.convert.build import convert
 
     args = build_convert_parser().parse_args(argv)
-    convert(args.model, args.out, args.mode, args.group_size, args.context, args.activations, args.jobs)
+    convert(args.model, args.out, args.mode, args.group_size, args.context, args.activations, args.jobs, chunk=args.chunk)
     return 0
 
 

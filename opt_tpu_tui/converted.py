@@ -21,7 +21,7 @@ from opt_tpu_tui.model.config import POSITION_OFFSET, OPTConfig
 
 MANIFEST = "manifest.json"
 BMODEL = "model.bmodel"
-FORMAT = 1
+FORMAT = 2  # 2: prefill runs in chunks over the cache
 CHIP = "BM1684X"
 MODES = {"f16": "", "int8": "W8", "int4": "W4"}  # weight precision -> TPU-MLIR's weight-only prefix
 ACTIVATIONS = ("f16", "bf16")
@@ -50,6 +50,7 @@ class Manifest:
     activations: str  # f16, bf16
     group_size: int  # quantisation group along K; 0 for f16
     context: int  # the static sequence length every net was compiled for
+    chunk: int  # prompt tokens one prefill launch runs
     source: str  # the Hugging Face directory's name, shown as the model's name
     format: int = FORMAT
     chip: str = CHIP
@@ -75,7 +76,7 @@ class Manifest:
             manifest = cls(
                 config=OPTConfig.from_dict(raw["config"], source=f"{path} config"),
                 mode=raw["mode"], activations=raw["activations"], group_size=raw["group_size"],
-                context=raw["context"], source=raw["source"], chip=raw["chip"],
+                context=raw["context"], chunk=raw["chunk"], source=raw["source"], chip=raw["chip"],
             )  # fmt: skip
         except (KeyError, TypeError) as error:
             raise UserError(f"{path}: not a manifest written by `opt-tpu-tui convert` ({error!r} is wrong)") from None
@@ -83,6 +84,8 @@ class Manifest:
             raise UserError(f"{path}: unknown precision {manifest.mode!r} / {manifest.activations!r}")
         if not isinstance(manifest.context, int) or not 2 <= manifest.context <= manifest.config.max_position_embeddings:
             raise UserError(f"{path}: context {manifest.context!r} is out of range for this model")
+        if not isinstance(manifest.chunk, int) or not 1 <= manifest.chunk <= manifest.context:
+            raise UserError(f"{path}: chunk {manifest.chunk!r} is out of range for context {manifest.context}")
         return manifest
 
 

@@ -28,7 +28,7 @@ from opt_tpu_tui.model.forward import OPTModel
 from opt_tpu_tui.sampling import SamplingSettings
 from opt_tpu_tui.tokenizer import Tokenizer
 
-CONTEXT, GROUP = 32, 32
+CONTEXT, GROUP, CHUNK = 32, 32, 8
 VARIANTS = {"pre-ln": {}, "post-ln": {"do_layer_norm_before": False}}
 PROMPT = "Hello world, this is"
 
@@ -49,7 +49,7 @@ def converted(
     def get(variant: str, mode: str) -> Path:
         if (variant, mode) not in done:
             out = tmp_path_factory.mktemp("converted") / f"{variant}-{mode}"
-            done[variant, mode] = convert(checkpoints[variant], out, mode, GROUP, CONTEXT, log=lambda _: None)
+            done[variant, mode] = convert(checkpoints[variant], out, mode, GROUP, CONTEXT, log=lambda _: None, chunk=CHUNK)
         return done[variant, mode]
 
     return get
@@ -135,6 +135,30 @@ def test_decode_after_prefill_gives_the_logits_of_a_longer_prefill(converted, ch
         tpu.close()
     assert np.abs(stepped - whole).max() < TOLERANCE * np.abs(whole).max()
     assert np.argmax(stepped) == np.argmax(whole)
+
+
+def test_prefill_runs_in_chunks_after_the_start_the_cache_holds(converted, checkpoints, tpu_kind: str) -> None:
+    reference = CPUBackend(checkpoints["pre-ln"], CONTEXT)
+    tpu = open_backend(converted("pre-ln", "f16"), tpu_kind)
+    ids = (prompt_ids(checkpoints["pre-ln"]) + list(range(40, 80)))[:27]
+    prompts = [
+        (ids, 0),  # chunks at 0, 8, 16 and 24, the last one mostly padding
+        (ids + [50, 51, 52], 27),  # the next turn: its chunk must end with the cache, so it starts at 24
+        (ids[:10] + [60] + ids[11:], 10),  # a token changed at 10: the cache is kept up to there
+        (ids[:10] + [60] + ids[11:], 26),  # the same prompt again: its last token runs as a decode step
+        (ids[:3], 2),
+    ]
+    try:
+        for prompt, kept in prompts:
+            got, want = tpu.prefill(prompt).copy(), reference.prefill(prompt)
+            assert (tpu.reused, reference.reused, tpu.length) == (kept, kept, len(prompt))
+            assert np.abs(got - want).max() < TOLERANCE * np.abs(want).max()
+            assert np.argmax(got) == np.argmax(want)
+        for token in (70, 71):
+            got, want = tpu.decode(token).copy(), reference.decode(token)
+            assert np.abs(got - want).max() < TOLERANCE * np.abs(want).max()
+    finally:
+        tpu.close()
 
 
 def test_generation_stops_at_eos_and_at_the_context_length(converted, checkpoints, tpu_kind: str) -> None:

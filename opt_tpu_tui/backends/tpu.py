@@ -1,12 +1,13 @@
 """The TPU backend's logic, shared by the bmrt and sail drivers: a converted model on a BM1684X.
 
 Per layer the KV cache is two device buffers [1, C, H, d] that stay on the device for the
-whole conversation. Prefill runs each layer's ``block_i`` over the padded prompt, and
-its K/V outputs are written straight into that layer's cache. Decode runs
-``block_cache_i`` with the cache as input, and its new K/V outputs are device views of
-the cache slot of the new position, so the runtime writes them in place: no extra
-launch and no host copy per layer. The hidden state moves between two device buffers;
-per token the host uploads one embedding row and one mask, and downloads the logits.
+whole conversation. Every block net reads the cache and gives the K/V of its new tokens
+as outputs that are device views of their slots in the cache, so the runtime writes them
+in place: no extra launch and no host copy per layer. Prefill runs the prompt in chunks
+of T tokens through each layer's ``block_i``, after the start of the prompt that the cache
+already holds (a chat's earlier turns); decode runs one token through ``block_cache_i``.
+The hidden state moves between two device buffers; per chunk or token the host uploads
+the embedding rows and a mask, and downloads the logits.
 
 A driver supplies the few device primitives (``Driver``); everything else is here.
 """
@@ -22,7 +23,8 @@ import numpy as np
 from opt_tpu_tui.converted import (
     BMODEL, CHIP, LM_HEAD, HostEmbedding, Manifest, bmodel_chip, decode_net, prefill_net,
 )  # fmt: skip
-from opt_tpu_tui.convert.graphs import decode_mask, prefill_mask
+from opt_tpu_tui.backends.base import reusable_prefix
+from opt_tpu_tui.convert.graphs import block_mask
 from opt_tpu_tui.errors import UserError
 
 Shape = tuple[int, ...]
@@ -99,7 +101,8 @@ class TPUBackend:
         self.manifest, self.config = manifest, config
         self.context_length = context or manifest.context
         self.vocab_size = config.vocab_size
-        self.length = 0
+        self.ids: list[int] = []  # the tokens whose K/V the cache holds
+        self.reused = 0
         self.embedding = HostEmbedding(model_dir, config, manifest.context)
         self.dtype = ACTIVATION_DTYPES[manifest.activations]
         self.driver = open_driver(bmodel)
@@ -112,11 +115,15 @@ class TPUBackend:
 
     def _expected_io(self) -> dict[str, tuple[list[Shape], list[Shape]]]:
         c, h, cfg = self.manifest.context, self.config.hidden_size, self.config
-        kv, slot = (1, c, cfg.num_attention_heads, cfg.head_dim), (1, 1, cfg.num_attention_heads, cfg.head_dim)
+        kv = (1, c, cfg.num_attention_heads, cfg.head_dim)
+
+        def block(rows: int) -> tuple[list[Shape], list[Shape]]:
+            new = (1, rows, cfg.num_attention_heads, cfg.head_dim)
+            return [(1, rows, h), (1, 1, rows, c + rows), kv, kv], [(1, rows, h), new, new]
+
         nets = {LM_HEAD: ([(1, 1, h)], [(1, 1, cfg.vocab_size)])}
         for i in range(cfg.num_hidden_layers):
-            nets[prefill_net(i)] = ([(1, c, h), (1, 1, c, c)], [(1, c, h), kv, kv])
-            nets[decode_net(i)] = ([(1, 1, h), (1, 1, 1, c + 1), kv, kv], [(1, 1, h), slot, slot])
+            nets[prefill_net(i)], nets[decode_net(i)] = block(self.manifest.chunk), block(1)
         return nets
 
     def _check_nets(self, bmodel: Path) -> None:
@@ -137,20 +144,26 @@ class TPUBackend:
                 raise UserError(f"{bmodel}: net {net} has {sorted(dtypes)} IO, but manifest.json says {self.dtype}")
 
     def _allocate(self) -> None:
-        cfg, c, d = self.config, self.manifest.context, self.driver
+        cfg, c, t, d = self.config, self.manifest.context, self.manifest.chunk, self.driver
         h, kv = cfg.hidden_size, (1, c, cfg.num_attention_heads, cfg.head_dim)
         self.k = [d.alloc(kv, self.dtype) for _ in range(cfg.num_hidden_layers)]
         self.v = [d.alloc(kv, self.dtype) for _ in range(cfg.num_hidden_layers)]
-        self.hidden = [d.alloc((1, c, h), self.dtype) for _ in range(2)]  # ping-pong between layers
+        zeros = np.zeros(kv, host_dtype(self.dtype))
+        for buffer in self.k + self.v:  # the nets read every slot, masked or not: no NaN bits may be left there
+            d.upload(buffer, zeros)
+        self.hidden = [d.alloc((1, t, h), self.dtype) for _ in range(2)]  # ping-pong between layers
         self.step = [d.view(b, 0, (1, 1, h)) for b in self.hidden]  # their first row, for decode
         self.token = d.alloc((1, 1, h), self.dtype)  # the new token's embedding, decode's first input
-        self.prefill_mask = d.alloc((1, 1, c, c), self.dtype)
+        self.chunk_mask = d.alloc((1, 1, t, c + t), self.dtype)
         self.decode_mask = d.alloc((1, 1, 1, c + 1), self.dtype)
         self.logits_device = d.alloc((1, 1, cfg.vocab_size), self.dtype, host=True)
         self.logits_host = np.empty(cfg.vocab_size, host_dtype(self.dtype))
         self.logits = np.empty(cfg.vocab_size, np.float32)
         self.slot = cfg.num_attention_heads * cfg.head_dim  # elements of one position in a K/V cache
-        self.slot_shape = (1, 1, cfg.num_attention_heads, cfg.head_dim)
+
+    @property
+    def length(self) -> int:
+        return len(self.ids)
 
     def _check(self, ids: list[int], start: int) -> None:
         if start + len(ids) > self.context_length:
@@ -159,37 +172,58 @@ class TPUBackend:
             raise ValueError(f"token id out of range 0..{self.vocab_size - 1}")
 
     def prefill(self, ids: list[int]) -> np.ndarray:
-        """Forget the cache and run the prompt, padded to the compiled context, through every layer."""
-        n, c, d = len(ids), self.manifest.context, self.driver
+        """Run the prompt after the start the cache already holds, in chunks of T tokens."""
+        n, c, t, h, d = len(ids), self.manifest.context, self.manifest.chunk, self.config.hidden_size, self.driver
         if n == 0:
             raise ValueError("no tokens to run")
         self._check(ids, 0)
-        x = np.zeros((c, self.config.hidden_size), np.float32)
-        x[:n] = self.embedding(ids, 0)
-        d.upload(self.hidden[0], to_device(x, self.dtype))
-        d.upload(self.prefill_mask, to_device(prefill_mask(c, n), self.dtype))
-        a, b = self.hidden
-        for i in range(self.config.num_hidden_layers):
-            d.launch(prefill_net(i), [a, self.prefill_mask], [b, self.k[i], self.v[i]])
-            a, b = b, a
-        self.length = n
-        return self._logits(d.view(a, (n - 1) * self.config.hidden_size, (1, 1, self.config.hidden_size)))
+        keep = reusable_prefix(self.ids, ids)
+        del self.ids[keep:]  # what a failed run leaves past here is not to be trusted
+        if n - keep == 1:  # one new token (a regenerated reply, a one-token prompt): a decode step is cheaper
+            logits = self.decode(ids[-1])
+        else:
+            pos, x = keep, np.zeros((t, h), np.float32)
+            while pos < n:
+                # A chunk's K/V slots must lie inside the cache, so one near its end starts
+                # earlier and runs some cached tokens again; rows past the prompt are padding.
+                start = min(pos, c - t)
+                rows = ids[start : start + t]
+                x[: len(rows)] = self.embedding(rows, start)
+                x[len(rows) :] = 0
+                d.upload(self.hidden[0], to_device(x, self.dtype))
+                d.upload(self.chunk_mask, to_device(block_mask(c, start, t), self.dtype))
+                out = self._layers(prefill_net, self.hidden[0], self.hidden[::-1], self.chunk_mask, start, t)
+                pos = start + len(rows)
+            self.ids = list(ids)
+            logits = self._logits(d.view(out, (n - 1 - start) * h, (1, 1, h)))
+        self.reused = keep
+        return logits
 
     def decode(self, token: int) -> np.ndarray:
-        """Run one token at the next position; each layer writes its K/V into the cache slot itself."""
+        """Run one token at the next position."""
         pos, d = self.length, self.driver
         self._check([token], pos)
         d.upload(self.token, to_device(self.embedding([token], pos), self.dtype))
-        d.upload(self.decode_mask, to_device(decode_mask(self.manifest.context, pos), self.dtype))
-        x, offset = self.token, pos * self.slot
-        for i in range(self.config.num_hidden_layers):
-            out = self.step[i % 2]
-            k_slot = d.view(self.k[i], offset, self.slot_shape)
-            v_slot = d.view(self.v[i], offset, self.slot_shape)
-            d.launch(decode_net(i), [x, self.decode_mask, self.k[i], self.v[i]], [out, k_slot, v_slot])
+        d.upload(self.decode_mask, to_device(block_mask(self.manifest.context, pos, 1), self.dtype))
+        out = self._layers(decode_net, self.token, self.step, self.decode_mask, pos, 1)
+        self.ids.append(token)
+        return self._logits(out)
+
+    def _layers(self, net: Callable[[int], str], x: Any, outputs: list[Any], mask: Any, start: int, rows: int) -> Any:
+        """Run ``rows`` tokens at ``start`` through every layer, each writing its K/V into the cache slots itself.
+
+        Layer i reads ``x`` or the previous layer's output and writes ``outputs[i % 2]``;
+        returns the last layer's.
+        """
+        d, cfg = self.driver, self.config
+        new = (1, rows, cfg.num_attention_heads, cfg.head_dim)
+        offset = start * self.slot
+        for i in range(cfg.num_hidden_layers):
+            out = outputs[i % 2]
+            k_slots, v_slots = d.view(self.k[i], offset, new), d.view(self.v[i], offset, new)
+            d.launch(net(i), [x, mask, self.k[i], self.v[i]], [out, k_slots, v_slots])
             x = out
-        self.length = pos + 1
-        return self._logits(x)
+        return x
 
     def _logits(self, hidden: Any) -> np.ndarray:
         self.driver.launch(LM_HEAD, [hidden], [self.logits_device])
@@ -199,5 +233,5 @@ class TPUBackend:
     def close(self) -> None:
         """Free the device memory (the KV cache first of all) and the nets."""
         self.k, self.v, self.hidden, self.step = [], [], [], []
-        self.token = self.prefill_mask = self.decode_mask = self.logits_device = None
+        self.token = self.chunk_mask = self.decode_mask = self.logits_device = None
         self.driver.close()

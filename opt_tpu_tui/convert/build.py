@@ -1,6 +1,6 @@
 """``opt-tpu-tui convert``: a Hugging Face OPT checkpoint -> a converted model directory.
 
-Each graph (a prefill and a cached-decode block per layer, and the lm_head) is written
+Each graph (a prefill-chunk and a decode block per layer, and the lm_head) is written
 as Top-dialect MLIR with its weights, compiled to its own bmodel by tpuc-opt (as many
 at once as there are cores), and the bmodels are combined into one. The directory's
 manifest is written last; the build folder is removed on success and kept on failure,
@@ -37,7 +37,7 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def graph_builders(w: OPTWeights, context: int) -> dict[str, Callable[[], tuple[Graph, list[str]]]]:
+def graph_builders(w: OPTWeights, context: int, chunk: int) -> dict[str, Callable[[], tuple[Graph, list[str]]]]:
     """Every net of the model by name, each built only when its compile starts (a 6.7B layer is 800 MB in f32)."""
     config = w.config
     builders: dict[str, Callable[[], tuple[Graph, list[str]]]] = {}
@@ -46,8 +46,8 @@ def graph_builders(w: OPTWeights, context: int) -> dict[str, Callable[[], tuple[
         def prepared(layer=layer) -> PreparedLayer:  # noqa: ANN001 - binds the loop's layer
             return PreparedLayer.from_weights(layer, config.head_dim)
 
-        builders[prefill_net(i)] = lambda i=i, p=prepared: graphs.prefill_block(prefill_net(i), p(), config, context)
-        builders[decode_net(i)] = lambda i=i, p=prepared: graphs.decode_block(decode_net(i), p(), config, context)
+        builders[prefill_net(i)] = lambda i=i, p=prepared: graphs.block(prefill_net(i), p(), config, context, chunk)
+        builders[decode_net(i)] = lambda i=i, p=prepared: graphs.block(decode_net(i), p(), config, context, 1)
     builders[LM_HEAD] = lambda: graphs.lm_head(LM_HEAD, w)
     return builders
 
@@ -60,7 +60,7 @@ def check_output_dir(out: Path) -> None:
 
 def convert(
     model_dir: Path, out: Path, mode: str = "int4", group_size: int = 64, context: int = 512,
-    activations: str = "f16", jobs: int | None = None, log: Callable[[str], None] = say,
+    activations: str = "f16", jobs: int | None = None, log: Callable[[str], None] = say, chunk: int = 64,
 ) -> Path:  # fmt: skip
     """Convert ``model_dir`` into the model directory ``out`` and return it."""
     if mode not in MODES:
@@ -77,13 +77,16 @@ def convert(
     config = w.config
     if not 2 <= context <= config.max_position_embeddings:
         raise UserError(f"--context {context} is out of range: this model allows 2 to {config.max_position_embeddings}")
+    chunk = min(chunk, context)
+    if chunk < 1:
+        raise UserError(f"--chunk must be at least 1, got {chunk}")
     if mode != "f16" and (group_size <= 0 or config.hidden_size % group_size):
         raise UserError(f"--group-size must divide the hidden size {config.hidden_size}, got {group_size}")
 
     build = out / "build"
     shutil.rmtree(build, ignore_errors=True)
     (out / MANIFEST).unlink(missing_ok=True)  # the directory is incomplete until the new manifest is written
-    builders = graph_builders(w, context)
+    builders = graph_builders(w, context, chunk)
     precision = quantization(mode, activations)
     done: list[str] = []
 
@@ -95,7 +98,8 @@ def convert(
         return bmodel
 
     toolchain.root()  # fetch the toolchain once, before the workers start
-    log(f"converting {model_dir} to {out} ({precision}, group {group_size}, context {context}): {len(builders)} graphs")
+    log(f"converting {model_dir} to {out} ({precision}, group {group_size}, context {context}, chunk {chunk}): "
+        f"{len(builders)} graphs")
     with ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:
         futures = [pool.submit(compile_one, name) for name in builders]
         try:
@@ -109,7 +113,7 @@ def convert(
     HostEmbedding.write(out, w.embed_tokens, positions, w.project_in)
     for name in TOKENIZER_FILES:
         shutil.copyfile(model_dir / name, out / name)
-    manifest = Manifest(config, mode, activations, group_size, context, source=model_dir.resolve().name)
+    manifest = Manifest(config, mode, activations, group_size, context, chunk, source=model_dir.resolve().name)
     atomic_write(out / MANIFEST, manifest.to_json(), mode=0o644)
     shutil.rmtree(build)
     size = (out / BMODEL).stat().st_size

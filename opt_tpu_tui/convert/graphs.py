@@ -1,12 +1,15 @@
 """OPT's graphs for the TPU, written as Top-dialect MLIR with numpy weights.
 
-A prefill block (``block``) runs one decoder layer over the whole static context C at once: the
-hidden states [1, C, h] and an additive mask [1, 1, C, C] (causal, and closed past the
-prompt) go in; the new hidden states and the layer's K and V as [1, C, H, d] come out,
-for the runtime to keep in device memory. The math is that of
-``opt_tpu_tui.model.forward.block``, from the same ``PreparedLayer`` (q/k/v with the
-1/sqrt(d) scale folded into q), so the numpy model is the reference. ``lm_head`` turns
-one position's hidden state into logits.
+One graph shape serves prefill and decode: ``block`` runs one decoder layer for T new
+tokens that attend over the K/V cache of the static context C and over themselves. The
+hidden states [1, T, h], an additive mask [1, 1, T, C + T] (open for the cached positions
+in use, causal among the new ones), the cached K and V [1, C, H, d] go in; the new hidden
+states and the new tokens' K and V [1, T, H, d] come out, for the runtime to write into
+their slots of the cache. Decode is T = 1; prefill runs the prompt in chunks of T, so a
+short prompt costs one chunk instead of a pass over the whole context, and a chat's next
+turn runs only its new tokens. The math is that of ``opt_tpu_tui.model.forward.block``,
+from the same ``PreparedLayer`` (q/k/v with the 1/sqrt(d) scale folded into q), so the
+numpy model is the reference. ``lm_head`` turns one position's hidden state into logits.
 
 The token and position embeddings stay on the host (see ``backends.tpu``): a lookup of
 one row there costs microseconds and one small copy, where a graph would cost a launch
@@ -22,30 +25,17 @@ from opt_tpu_tui.model.config import LAYER_NORM_EPS, OPTConfig
 from opt_tpu_tui.model.checkpoint import OPTWeights
 from opt_tpu_tui.model.forward import PreparedLayer
 
-
-def prefill_block(name: str, lw: PreparedLayer, config: OPTConfig, context: int) -> tuple[Graph, list[str]]:
-    """One layer over all ``context`` positions; outputs hidden [1, C, h], K and V [1, C, H, d]."""
-    return block_graph(name, lw, config, context, decode=False)
+MASKED = -1e4  # not -inf: it must survive float16, and exp(-1e4) is 0 all the same
 
 
-def decode_block(name: str, lw: PreparedLayer, config: OPTConfig, context: int) -> tuple[Graph, list[str]]:
-    """One layer for one new token attending over the cached K/V [1, C, H, d] and itself.
-
-    Inputs: hidden [1, 1, h], mask [1, 1, 1, C + 1] (open for the cached positions in
-    use and the new one), cached K, cached V. Outputs: hidden, and the new token's K and
-    V [1, 1, H, d], which the runtime writes into their slot of the cache.
-    """
-    return block_graph(name, lw, config, context, decode=True)
-
-
-def block_graph(name: str, lw: PreparedLayer, config: OPTConfig, context: int, decode: bool) -> tuple[Graph, list[str]]:
+def block(name: str, lw: PreparedLayer, config: OPTConfig, context: int, rows: int) -> tuple[Graph, list[str]]:
+    """One layer for ``rows`` new tokens over the cache; outputs hidden [1, T, h], new K and V [1, T, H, d]."""
     c, h, n_heads, d, f = context, config.hidden_size, config.num_attention_heads, config.head_dim, config.ffn_dim
-    n = 1 if decode else c  # query rows
-    t = c + 1 if decode else c  # keys attended over
+    n, t = rows, context + rows  # query rows, keys attended over (the cache, then the new tokens)
     g = Graph(name)
     x = g.input("hidden", (1, n, h))
     mask = g.input("mask", (1, 1, n, t))
-    past = (g.input("past_k", (1, c, n_heads, d)), g.input("past_v", (1, c, n_heads, d))) if decode else None
+    past_k, past_v = g.input("past_k", (1, c, n_heads, d)), g.input("past_v", (1, c, n_heads, d))
 
     def layer_norm(v: str, w: np.ndarray, b: np.ndarray, tag: str) -> str:
         operands = [v, g.weight(f"{tag}.weight", w), g.weight(f"{tag}.bias", b)]
@@ -63,10 +53,8 @@ def block_graph(name: str, lw: PreparedLayer, config: OPTConfig, context: int, d
     q = heads(linear(a, lw.qkv_w[:h], lw.qkv_b[:h], "q_proj"), "q")  # [1, n, H, d]
     k = heads(linear(a, lw.qkv_w[h : 2 * h], lw.qkv_b[h : 2 * h], "k_proj"), "k")
     v = heads(linear(a, lw.qkv_w[2 * h :], lw.qkv_b[2 * h :], "v_proj"), "v")
-    k_all, v_all = k, v
-    if past is not None:  # the new position goes last: [1, C + 1, H, d]
-        k_all = g.op("Concat", "k_all", [past[0], k], (1, t, n_heads, d), axis=(1, "si32"))
-        v_all = g.op("Concat", "v_all", [past[1], v], (1, t, n_heads, d), axis=(1, "si32"))
+    k_all = g.op("Concat", "k_all", [past_k, k], (1, t, n_heads, d), axis=(1, "si32"))  # the new ones last
+    v_all = g.op("Concat", "v_all", [past_v, v], (1, t, n_heads, d), axis=(1, "si32"))
     q_t = g.op("Permute", "q_t", [q], (1, n_heads, n, d), order=[0, 2, 1, 3])
     k_t = g.op("Permute", "k_t", [k_all], (1, n_heads, d, t), order=[0, 2, 3, 1])
     v_t = g.op("Permute", "v_t", [v_all], (1, n_heads, t, d), order=[0, 2, 1, 3])
@@ -102,17 +90,11 @@ def lm_head(name: str, w: OPTWeights) -> tuple[Graph, list[str]]:
     return g, [logits]
 
 
-def prefill_mask(context: int, prompt: int) -> np.ndarray:
-    """[1, 1, C, C] additive mask: causal, and no key past the prompt (the padding)."""
-    mask = np.full((context, context), -1e4, np.float32)  # -1e4, not -inf: it must survive float16
-    mask[np.tril_indices(context)] = 0
-    mask[:, prompt:] = -1e4
+def block_mask(context: int, cached: int, rows: int) -> np.ndarray:
+    """[1, 1, T, C + T] additive mask for ``block``: each new row sees the first ``cached``
+    positions of the cache and the new rows up to itself."""
+    mask = np.full((rows, context + rows), MASKED, np.float32)
+    mask[:, :cached] = 0
+    new = mask[:, context:]
+    new[np.tril_indices(rows)] = 0
     return mask[None, None]
-
-
-def decode_mask(context: int, cached: int) -> np.ndarray:
-    """[1, 1, 1, C + 1] additive mask: the ``cached`` positions in use and the new token (last)."""
-    mask = np.full(context + 1, -1e4, np.float32)
-    mask[:cached] = 0
-    mask[context] = 0
-    return mask[None, None, None]
