@@ -41,3 +41,8 @@ def history_file() -> Path:
 def user_themes_dir() -> Path:
     """Extra ``*.tcss`` themes a user drops in; they override shipped ones of the same name."""
     return config_dir() / "themes"
+
+
+def native_output_log() -> Path:
+    """What C libraries (the TPU runtime, the simulator) print to stdout while the UI is on screen."""
+    return cache_dir() / "native-output.log"

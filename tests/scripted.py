@@ -27,6 +27,7 @@ class ScriptedBackend:
         self.delay = delay
         self.ids: list[int] = []
         self.reused = 0
+        self.closed = False
         self.prefills: list[list[int]] = []
         self._logits = np.zeros(vocab_size, np.float32)
         self._step = 0
@@ -55,4 +56,4 @@ class ScriptedBackend:
         return len(self.ids)
 
     def close(self) -> None:
-        pass
+        self.closed = True

@@ -4,6 +4,7 @@ history, themes, layout and error handling."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.history import HistoryStore
 from opt_tpu_tui.sampling import SamplingSettings
 from opt_tpu_tui.tokenizer import Tokenizer
+from opt_tpu_tui.tui import native_stdout_to
 from opt_tpu_tui.tui.screens.help import HelpScreen
 from opt_tpu_tui.tui.widgets.conversation import AssistantMessage, Notice, UserMessage
 from opt_tpu_tui.tui.widgets.settings_form import SettingsForm
@@ -314,8 +316,8 @@ async def test_backend_error_mid_reply_is_shown_and_the_partial_reply_kept(token
     assert saved.stopped
 
 
-async def test_quitting_mid_reply_stops_and_saves(tokenizer: Tokenizer) -> None:
-    app, _ = long_reply_app(tokenizer, 50)
+async def test_quitting_mid_reply_stops_saves_and_frees_the_backend(tokenizer: Tokenizer) -> None:
+    app, backend = long_reply_app(tokenizer, 50)
     async with app.run_test(size=(100, 30)) as pilot:
         await ready(pilot)
         app.screen.query_one("#prompt").insert("long")
@@ -323,7 +325,7 @@ async def test_quitting_mid_reply_stops_and_saves(tokenizer: Tokenizer) -> None:
         await wait_until(pilot, lambda: app.screen.streaming and len(app.screen.turns[-1].assistant) > 10)
         job = app.screen._job
         await pilot.press("ctrl+q")
-    assert job.done.is_set()
+    assert job.done.is_set() and backend.closed
     saved = app.store.load(app.store.list_conversations()[0].id)[0]
     assert saved.stopped and saved.assistant
 
@@ -390,3 +392,16 @@ def test_split_point_respects_paragraphs_and_code_fences() -> None:
     assert split_point("no blank line here", 0) is None
     assert split_point("```\ncode\n\nmore code", 0) is None  # inside an open fence
     assert split_point("```\ncode\n```\n\nafter", 0) == len("```\ncode\n```\n\n")
+
+
+def test_native_stdout_goes_to_the_log_while_the_ui_runs(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """C libraries write straight to file descriptor 1: inside the block that lands in the log, not on screen."""
+    log = tmp_path / "cache" / "native.log"
+    with native_stdout_to(log):
+        os.write(1, b"[0] do_allreduce: 0.\n")
+    os.write(1, b"after\n")
+    assert capfd.readouterr().out == "after\n"
+    assert log.read_text() == "[0] do_allreduce: 0.\n"
+    with native_stdout_to(tmp_path / "cache" / "native.log" / "not-a-folder"):  # unwritable: left alone
+        os.write(1, b"shown\n")
+    assert capfd.readouterr().out == "shown\n"

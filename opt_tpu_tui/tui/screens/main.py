@@ -444,12 +444,18 @@ class MainScreen(Screen[None]):
     # shutdown
 
     def on_unmount(self) -> None:
-        """Quitting mid-reply: stop the decode within one token and let it save what it has."""
+        """Quitting mid-reply: stop the decode within one token and let it save what it has.
+
+        Then free the backend (a TPU's device memory, an idle simulator's busy core),
+        unless a decode step is still running after 5 s: process exit frees it then.
+        """
         self._stats_stop.set()
         job = self._job
         if job is not None:
             job.cancel.set()
             job.done.wait(timeout=5)
+        if self.backend is not None and (job is None or job.done.is_set()):
+            self.backend.close()
         if not gc.isenabled():
             gc.enable()
 
