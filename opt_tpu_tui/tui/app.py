@@ -35,7 +35,7 @@ class OptTuiApp(App[int]):
     TITLE = "opt-tpu-tui"
     BINDINGS = [
         Binding("f1", "help", "Help", id="app.help", show=False),  # the status line always shows "f1 help"
-        Binding("ctrl+t", "next_theme", "Theme", id="app.theme"),
+        Binding("ctrl+t", "next_theme", "Theme", id="app.theme", show=False),  # help and palette list it: the footer must fit 80 columns
     ]
 
     def __init__(

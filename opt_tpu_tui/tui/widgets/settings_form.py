@@ -62,8 +62,8 @@ class StepperInput(Input):
     """A compact number field that steps with Up/Down."""
 
     BINDINGS = [
-        Binding("up", "step(1)", "Step +", id="settings.step_up"),
-        Binding("down", "step(-1)", "Step −", id="settings.step_down"),
+        Binding("up", "step(1)", "Step", key_display="↑↓", id="settings.step_up"),  # one footer entry for both
+        Binding("down", "step(-1)", "Step −", id="settings.step_down", show=False),
     ]
 
     def __init__(self, field_name: str, **kwargs: object) -> None:
