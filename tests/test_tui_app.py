@@ -408,3 +408,19 @@ def test_native_stdout_goes_to_the_log_while_the_ui_runs(tmp_path: Path, capfd: 
     with native_stdout_to(tmp_path / "cache" / "native.log" / "not-a-folder"):  # unwritable: left alone
         os.write(1, b"shown\n")
     assert capfd.readouterr().out == "shown\n"
+
+
+async def test_a_reopened_chat_sits_where_it_sat_after_its_reply(tokenizer: Tokenizer) -> None:
+    app, _ = make_app(tokenizer, settings=GREEDY)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        await send(pilot, "Hi there")
+        after_reply = app.screen.query_one(UserMessage).region
+        conversation = app.screen.conversation_id
+    app, _ = make_app(tokenizer, settings=GREEDY)  # the next session, as from the conversation list
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        app.screen.open_conversation(conversation)
+        await wait_until(pilot, lambda: bool(app.screen.query(UserMessage)))
+        await pilot.pause()
+        assert app.screen.query_one(UserMessage).region == after_reply

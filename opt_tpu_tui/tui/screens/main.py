@@ -432,7 +432,7 @@ class MainScreen(Screen[None]):
         for turn in turns:
             widgets += [UserMessage(turn.user), AssistantMessage(turn.assistant, label=label, stopped=turn.stopped)]
         transcript.mount_all(widgets)
-        transcript.scroll_end(animate=False)
+        transcript.anchor()  # as after a reply: the newest message at the bottom, however short the chat
         self.query_one(PromptInput).focus()
 
     # settings
