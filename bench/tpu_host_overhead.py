@@ -12,7 +12,8 @@ The second table is that traffic, computed from the graphs: every weight once, p
 the whole K/V cache (the static decode graph attends over all C slots), divided by
 the ~68 GB/s of the BM1684X's LPDDR4x. Weight bytes per parameter are those measured
 on tpu-mlir's W8/W4 MatMuls: bits / 8, plus 3 bytes (float16 scale, uint8 zero point)
-per group of 64. Needs the [dev] extra (to make the checkpoint) and the tpu-mlir
+per group of 64. The third table bounds the first token's wait the same way (compute at
+the float16 peak, reads at the bandwidth): ceilings, not measurements. Needs the [dev] extra (to make the checkpoint) and the tpu-mlir
 download.
 """
 
@@ -35,6 +36,7 @@ from opt_tpu_tui.backends.tpu import TPUBackend  # noqa: E402
 from opt_tpu_tui.convert.build import convert  # noqa: E402
 
 BANDWIDTH = 68e9  # bytes/s, BM1684X LPDDR4x (../shared/notes/bm1684x.md)
+FLOPS = 16e12  # float16 peak of the BM1684X (the notes); W4F16/W8F16 MatMuls compute in float16
 VOCAB = 50272
 OPT_SIZES = {  # name: hidden, layers, ffn
     "OPT-125m": (768, 12, 3072),
@@ -46,6 +48,20 @@ OPT_SIZES = {  # name: hidden, layers, ffn
 
 def weight_bytes(params: float, mode: str, group: int = 64) -> float:
     return params * {"f16": 2.0, "int8": 1 + 3 / group, "int4": 0.5 + 3 / group}[mode]
+
+
+def prefill_ceiling_ms(hidden: int, layers: int, ffn: int, mode: str, context: int, prompt: int, chunk: int) -> float:
+    """Lower bound on the device time of a prompt: per launch set the larger of its
+    compute at FLOPS and its reads at BANDWIDTH. ``chunk`` = ``context`` with no cache is
+    the old single pass over the whole padded context."""
+    block = layers * (4 * hidden * hidden + 2 * hidden * ffn)
+    weights, kv, _ = traffic(hidden, layers, ffn, mode, context)
+    one_pass = chunk == context
+    keys = context if one_pass else context + chunk
+    flops = 2 * block * chunk + 4 * layers * chunk * keys * hidden  # matmuls, then QK^T and PV
+    reads = weights + (0 if one_pass else kv)
+    launches = 1 if one_pass else -(-prompt // chunk)
+    return launches * max(flops / FLOPS, reads / BANDWIDTH) * 1e3
 
 
 def traffic(hidden: int, layers: int, ffn: int, mode: str, context: int) -> tuple[float, float, float]:
@@ -117,6 +133,15 @@ def main() -> None:
             weights, kv, total = traffic(*shape, mode, 512)
             print(f"| {name} | {mode} | {weights / 1e9:.2f} GB | {kv / 1e9:.2f} GB | {total / 1e9:.2f} GB | "
                   f"{BANDWIDTH / total:.1f} |")  # fmt: skip
+
+    shape, prompts = OPT_SIZES["OPT-6.7b"], (16, 64, 200, 500)
+    print("\nFirst-token ceilings, OPT-6.7b int4 at context 512: the prompt's device time at best (roofline:")
+    print("16 TFLOPS, 68 GB/s), in chunks of 64 over the cache against one pass over the padded context")
+    print("| prompt tokens | " + " | ".join(map(str, prompts)) + " |")
+    print("|---|" + "---|" * len(prompts))
+    for label, chunk in (("chunks of 64 (now)", 64), ("one pass of 512", 512)):
+        cells = [f"{prefill_ceiling_ms(*shape, 'int4', 512, n, chunk):.0f} ms" for n in prompts]
+        print(f"| {label} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from opt_tpu_tui import paths
-
 from opt_tpu_tui.backends import Backend, open_model
 from opt_tpu_tui.config import Settings
 from opt_tpu_tui.tokenizer import Tokenizer
