@@ -73,6 +73,8 @@ class Manifest:
         try:
             if raw["format"] != FORMAT:
                 raise UserError(f"{path}: format {raw['format']!r}, this version reads {FORMAT}; convert the model again")
+            if not isinstance(raw["config"], dict):
+                raise KeyError("config")
             manifest = cls(
                 config=OPTConfig.from_dict(raw["config"], source=f"{path} config"),
                 mode=raw["mode"], activations=raw["activations"], group_size=raw["group_size"],
