@@ -36,8 +36,22 @@ def prefill_net(layer: int) -> str:
     return f"block_{layer}"
 
 
-def decode_net(layer: int) -> str:
-    return f"block_cache_{layer}"
+def decode_net(layer: int, window: int) -> str:
+    return f"block_cache_{layer}_{window}"
+
+
+def decode_windows(context: int, most: int = 4, smallest: int = 128) -> list[int]:
+    """The cache sizes decode nets are compiled for: C, C/2, C/4, ... (at most ``most``, none under ``smallest``).
+
+    A decode step reads every slot its net attends over, so at position p it runs the
+    net of the smallest window holding p slots: at 6.7B int4 with C = 2048, a short
+    chat reads 0.13 GB of K/V per token instead of 1.07 GB, on top of 3.6 GB of weights.
+    The windows share their weights in the bmodel; they cost compile time.
+    """
+    windows = [context]
+    while len(windows) < most and windows[0] % 2 == 0 and windows[0] // 2 >= smallest:
+        windows.insert(0, windows[0] // 2)
+    return windows
 
 
 LM_HEAD = "lm_head"
@@ -51,6 +65,7 @@ class Manifest:
     group_size: int  # quantisation group along K; 0 for f16
     context: int  # the static sequence length every net was compiled for
     chunk: int  # prompt tokens one prefill launch runs
+    windows: tuple[int, ...]  # the cache sizes of the decode nets, ascending, the last one the context
     source: str  # the Hugging Face directory's name, shown as the model's name
     format: int = FORMAT
     chip: str = CHIP
@@ -61,7 +76,7 @@ class Manifest:
         raw["quantization"] = quantization(self.mode, self.activations)
         raw["nets"] = {
             "prefill": [prefill_net(i) for i in range(self.config.num_hidden_layers)],
-            "decode": [decode_net(i) for i in range(self.config.num_hidden_layers)],
+            "decode": [decode_net(i, w) for i in range(self.config.num_hidden_layers) for w in self.windows],
             "lm_head": LM_HEAD,
         }
         return json.dumps(raw, indent=2) + "\n"
@@ -78,7 +93,8 @@ class Manifest:
             manifest = cls(
                 config=OPTConfig.from_dict(raw["config"], source=f"{path} config"),
                 mode=raw["mode"], activations=raw["activations"], group_size=raw["group_size"],
-                context=raw["context"], chunk=raw["chunk"], source=raw["source"], chip=raw["chip"],
+                context=raw["context"], chunk=raw["chunk"], windows=tuple(raw["windows"]), source=raw["source"],
+                chip=raw["chip"],
             )  # fmt: skip
         except (KeyError, TypeError) as error:
             raise UserError(f"{path}: not a manifest written by `opt-tpu-tui convert` ({error!r} is wrong)") from None
@@ -88,6 +104,11 @@ class Manifest:
             raise UserError(f"{path}: context {manifest.context!r} is out of range for this model")
         if not isinstance(manifest.chunk, int) or not 1 <= manifest.chunk <= manifest.context:
             raise UserError(f"{path}: chunk {manifest.chunk!r} is out of range for context {manifest.context}")
+        windows = manifest.windows
+        if not all(isinstance(w, int) and 0 < w for w in windows) or list(windows) != sorted(set(windows)) or (
+            windows[-1:] != (manifest.context,)
+        ):
+            raise UserError(f"{path}: decode windows {list(windows)} must rise to the context {manifest.context}")
         return manifest
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from tiny import make_model
 
-from opt_tpu_tui.converted import MANIFEST, Manifest
+from opt_tpu_tui.converted import MANIFEST, Manifest, decode_windows
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.model import load_weights
 
@@ -17,7 +17,7 @@ from opt_tpu_tui.model import load_weights
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory: pytest.TempPathFactory) -> Manifest:
     config = load_weights(make_model(tmp_path_factory.mktemp("hf"), tokenizer=False)).config
-    return Manifest(config, "int4", "f16", 32, context=32, chunk=8, source="tiny-opt")
+    return Manifest(config, "int4", "f16", 32, context=32, chunk=8, windows=(16, 32), source="tiny-opt")
 
 
 def write(folder: Path, raw: dict) -> Path:
@@ -30,6 +30,7 @@ def test_a_manifest_reads_back_as_written(manifest: Manifest, tmp_path: Path) ->
     assert Manifest.load(tmp_path) == manifest
     raw = json.loads(manifest.to_json())
     assert raw["quantization"] == "W4F16" and raw["nets"]["prefill"] == ["block_0", "block_1"]
+    assert raw["nets"]["decode"] == ["block_cache_0_16", "block_cache_0_32", "block_cache_1_16", "block_cache_1_32"]
 
 
 @pytest.mark.parametrize(
@@ -40,6 +41,8 @@ def test_a_manifest_reads_back_as_written(manifest: Manifest, tmp_path: Path) ->
         ({"chunk": 64}, "chunk 64 is out of range for context 32"),
         ({"context": 10**6}, "context 1000000 is out of range"),
         ({"mode": "int3"}, "unknown precision 'int3'"),
+        ({"windows": [32, 16]}, "decode windows [32, 16] must rise to the context 32"),
+        ({"windows": [16]}, "decode windows [16] must rise to the context 32"),
         ({"config": "opt"}, "not a manifest written by `opt-tpu-tui convert`"),
     ],
 )
@@ -63,3 +66,10 @@ def test_a_manifest_that_is_not_json_names_the_file(tmp_path: Path) -> None:
     (tmp_path / MANIFEST).write_text("{ half")
     with pytest.raises(UserError, match="manifest.json: not valid JSON"):
         Manifest.load(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "context, windows", [(512, [128, 256, 512]), (2048, [256, 512, 1024, 2048]), (64, [64]), (300, [150, 300])]
+)
+def test_decode_windows_halve_from_the_context(context: int, windows: list[int]) -> None:
+    assert decode_windows(context) == windows

@@ -28,7 +28,7 @@ from opt_tpu_tui.model.forward import OPTModel
 from opt_tpu_tui.sampling import SamplingSettings
 from opt_tpu_tui.tokenizer import Tokenizer
 
-CONTEXT, GROUP, CHUNK = 32, 32, 8
+CONTEXT, GROUP, CHUNK, WINDOWS = 32, 32, 8, (16, 32)
 VARIANTS = {"pre-ln": {}, "post-ln": {"do_layer_norm_before": False}}
 PROMPT = "Hello world, this is"
 
@@ -49,7 +49,9 @@ def converted(
     def get(variant: str, mode: str) -> Path:
         if (variant, mode) not in done:
             out = tmp_path_factory.mktemp("converted") / f"{variant}-{mode}"
-            done[variant, mode] = convert(checkpoints[variant], out, mode, GROUP, CONTEXT, log=lambda _: None, chunk=CHUNK)
+            done[variant, mode] = convert(
+                checkpoints[variant], out, mode, GROUP, CONTEXT, log=lambda _: None, chunk=CHUNK, windows=WINDOWS
+            )
         return done[variant, mode]
 
     return get
@@ -159,6 +161,21 @@ def test_prefill_runs_in_chunks_after_the_start_the_cache_holds(converted, check
             assert np.abs(got - want).max() < TOLERANCE * np.abs(want).max()
     finally:
         tpu.close()
+
+
+def test_decode_runs_the_nets_of_the_smallest_window_holding_the_cache_in_use(converted, checkpoints) -> None:
+    tpu = open_backend(converted("pre-ln", "f16"), "bmrt")
+    launched: list[str] = []
+    launch = tpu.driver.launch
+    tpu.driver.launch = lambda net, inputs, outputs: (launched.append(net), launch(net, inputs, outputs))[1]
+    try:
+        tpu.prefill(list(range(40, 55)))  # 15 tokens: decode at 15 and 16 fits in 16 slots, at 17 it does not
+        for token in (60, 61, 62):
+            tpu.decode(token)
+    finally:
+        tpu.close()
+    decodes = [net for net in launched if net.startswith("block_cache_0_")]
+    assert decodes == ["block_cache_0_16", "block_cache_0_16", "block_cache_0_32"]
 
 
 def test_generation_stops_at_eos_and_at_the_context_length(converted, checkpoints, tpu_kind: str) -> None:

@@ -5,7 +5,9 @@ whole conversation. Every block net reads the cache and gives the K/V of its new
 as outputs that are device views of their slots in the cache, so the runtime writes them
 in place: no extra launch and no host copy per layer. Prefill runs the prompt in chunks
 of T tokens through each layer's ``block_i``, after the start of the prompt that the cache
-already holds (a chat's earlier turns); decode runs one token through ``block_cache_i``.
+already holds (a chat's earlier turns); decode runs one token through ``block_cache_i_w``,
+the net of the smallest window w (cache size) holding the positions in use, which reads
+the first w slots of the cache only.
 The hidden state moves between two device buffers; per chunk or token the host uploads
 the embedding rows and a mask, and downloads the logits.
 
@@ -114,16 +116,18 @@ class TPUBackend:
             raise
 
     def _expected_io(self) -> dict[str, tuple[list[Shape], list[Shape]]]:
-        c, h, cfg = self.manifest.context, self.config.hidden_size, self.config
-        kv = (1, c, cfg.num_attention_heads, cfg.head_dim)
+        h, cfg = self.config.hidden_size, self.config
 
-        def block(rows: int) -> tuple[list[Shape], list[Shape]]:
-            new = (1, rows, cfg.num_attention_heads, cfg.head_dim)
-            return [(1, rows, h), (1, 1, rows, c + rows), kv, kv], [(1, rows, h), new, new]
+        def block(rows: int, cache: int) -> tuple[list[Shape], list[Shape]]:
+            heads = (cfg.num_attention_heads, cfg.head_dim)
+            kv, new = (1, cache, *heads), (1, rows, *heads)
+            return [(1, rows, h), (1, 1, rows, cache + rows), kv, kv], [(1, rows, h), new, new]
 
         nets = {LM_HEAD: ([(1, 1, h)], [(1, 1, cfg.vocab_size)])}
         for i in range(cfg.num_hidden_layers):
-            nets[prefill_net(i)], nets[decode_net(i)] = block(self.manifest.chunk), block(1)
+            nets[prefill_net(i)] = block(self.manifest.chunk, self.manifest.context)
+            for window in self.manifest.windows:
+                nets[decode_net(i, window)] = block(1, window)
         return nets
 
     def _check_nets(self, bmodel: Path) -> None:
@@ -155,7 +159,11 @@ class TPUBackend:
         self.step = [d.view(b, 0, (1, 1, h)) for b in self.hidden]  # their first row, for decode
         self.token = d.alloc((1, 1, h), self.dtype)  # the new token's embedding, decode's first input
         self.chunk_mask = d.alloc((1, 1, t, c + t), self.dtype)
-        self.decode_mask = d.alloc((1, 1, 1, c + 1), self.dtype)
+        self.decode_masks = {w: d.alloc((1, 1, 1, w + 1), self.dtype) for w in self.manifest.windows}
+        self.windows = {  # each decode window's view of the caches: their first w slots
+            w: ([d.view(k, 0, (1, w, *kv[2:])) for k in self.k], [d.view(v, 0, (1, w, *kv[2:])) for v in self.v])
+            for w in self.manifest.windows
+        }
         self.logits_device = d.alloc((1, 1, cfg.vocab_size), self.dtype, host=True)
         self.logits_host = np.empty(cfg.vocab_size, host_dtype(self.dtype))
         self.logits = np.empty(cfg.vocab_size, np.float32)
@@ -192,7 +200,8 @@ class TPUBackend:
                 x[len(rows) :] = 0
                 d.upload(self.hidden[0], to_device(x, self.dtype))
                 d.upload(self.chunk_mask, to_device(block_mask(c, start, t), self.dtype))
-                out = self._layers(prefill_net, self.hidden[0], self.hidden[::-1], self.chunk_mask, start, t)
+                past = (self.k, self.v)
+                out = self._layers(prefill_net, self.hidden[0], self.hidden[::-1], self.chunk_mask, past, start, t)
                 pos = start + len(rows)
             self.ids = list(ids)
             logits = self._logits(d.view(out, (n - 1 - start) * h, (1, 1, h)))
@@ -200,20 +209,26 @@ class TPUBackend:
         return logits
 
     def decode(self, token: int) -> np.ndarray:
-        """Run one token at the next position."""
+        """Run one token at the next position, through the nets of the smallest window holding the cache in use."""
         pos, d = self.length, self.driver
         self._check([token], pos)
+        window = next(w for w in self.manifest.windows if w >= pos)
+        mask = self.decode_masks[window]
         d.upload(self.token, to_device(self.embedding([token], pos), self.dtype))
-        d.upload(self.decode_mask, to_device(block_mask(self.manifest.context, pos, 1), self.dtype))
-        out = self._layers(decode_net, self.token, self.step, self.decode_mask, pos, 1)
+        d.upload(mask, to_device(block_mask(window, pos, 1), self.dtype))
+        out = self._layers(lambda i: decode_net(i, window), self.token, self.step, mask, self.windows[window], pos, 1)
         self.ids.append(token)
         return self._logits(out)
 
-    def _layers(self, net: Callable[[int], str], x: Any, outputs: list[Any], mask: Any, start: int, rows: int) -> Any:
+    def _layers(
+        self, net: Callable[[int], str], x: Any, outputs: list[Any], mask: Any, past: tuple[list[Any], list[Any]],
+        start: int, rows: int,
+    ) -> Any:  # fmt: skip
         """Run ``rows`` tokens at ``start`` through every layer, each writing its K/V into the cache slots itself.
 
-        Layer i reads ``x`` or the previous layer's output and writes ``outputs[i % 2]``;
-        returns the last layer's.
+        Layer i reads ``x`` or the previous layer's output, and the cache as ``past`` (the
+        whole buffers, or a decode window's views of them); it writes ``outputs[i % 2]``.
+        Returns the last layer's output.
         """
         d, cfg = self.driver, self.config
         new = (1, rows, cfg.num_attention_heads, cfg.head_dim)
@@ -221,7 +236,7 @@ class TPUBackend:
         for i in range(cfg.num_hidden_layers):
             out = outputs[i % 2]
             k_slots, v_slots = d.view(self.k[i], offset, new), d.view(self.v[i], offset, new)
-            d.launch(net(i), [x, mask, self.k[i], self.v[i]], [out, k_slots, v_slots])
+            d.launch(net(i), [x, mask, past[0][i], past[1][i]], [out, k_slots, v_slots])
             x = out
         return x
 
@@ -233,5 +248,6 @@ class TPUBackend:
     def close(self) -> None:
         """Free the device memory (the KV cache first of all) and the nets."""
         self.k, self.v, self.hidden, self.step = [], [], [], []
-        self.token = self.chunk_mask = self.decode_mask = self.logits_device = None
+        self.windows, self.decode_masks = {}, {}
+        self.token = self.chunk_mask = self.logits_device = None
         self.driver.close()

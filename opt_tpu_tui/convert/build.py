@@ -12,15 +12,15 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from opt_tpu_tui import toolchain
 from opt_tpu_tui.atomic import atomic_write
 from opt_tpu_tui.converted import (
-    ACTIVATIONS, BMODEL, LM_HEAD, MANIFEST, MODES, HostEmbedding, Manifest, decode_net, is_converted, prefill_net,
-    quantization,
+    ACTIVATIONS, BMODEL, LM_HEAD, MANIFEST, MODES, HostEmbedding, Manifest, decode_net, decode_windows, is_converted,
+    prefill_net, quantization,
 )  # fmt: skip
 from opt_tpu_tui.convert import graphs
 from opt_tpu_tui.convert.mlir import Graph
@@ -37,7 +37,9 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def graph_builders(w: OPTWeights, context: int, chunk: int) -> dict[str, Callable[[], tuple[Graph, list[str]]]]:
+def graph_builders(
+    w: OPTWeights, context: int, chunk: int, windows: Sequence[int]
+) -> dict[str, Callable[[], tuple[Graph, list[str]]]]:
     """Every net of the model by name, each built only when its compile starts (a 6.7B layer is 800 MB in f32)."""
     config = w.config
     builders: dict[str, Callable[[], tuple[Graph, list[str]]]] = {}
@@ -47,7 +49,10 @@ def graph_builders(w: OPTWeights, context: int, chunk: int) -> dict[str, Callabl
             return PreparedLayer.from_weights(layer, config.head_dim)
 
         builders[prefill_net(i)] = lambda i=i, p=prepared: graphs.block(prefill_net(i), p(), config, context, chunk)
-        builders[decode_net(i)] = lambda i=i, p=prepared: graphs.block(decode_net(i), p(), config, context, 1)
+        for window in windows:
+            builders[decode_net(i, window)] = lambda i=i, p=prepared, w=window: graphs.block(
+                decode_net(i, w), p(), config, w, 1
+            )
     builders[LM_HEAD] = lambda: graphs.lm_head(LM_HEAD, w)
     return builders
 
@@ -61,8 +66,12 @@ def check_output_dir(out: Path) -> None:
 def convert(
     model_dir: Path, out: Path, mode: str = "int4", group_size: int = 64, context: int = 512,
     activations: str = "f16", jobs: int | None = None, log: Callable[[str], None] = say, chunk: int = 64,
+    windows: Sequence[int] | None = None,
 ) -> Path:  # fmt: skip
-    """Convert ``model_dir`` into the model directory ``out`` and return it."""
+    """Convert ``model_dir`` into the model directory ``out`` and return it.
+
+    ``windows``: the cache sizes of the decode nets (default ``decode_windows(context)``).
+    """
     if mode not in MODES:
         raise UserError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
     if activations not in ACTIVATIONS:
@@ -80,13 +89,16 @@ def convert(
     chunk = min(chunk, context)
     if chunk < 1:
         raise UserError(f"--chunk must be at least 1, got {chunk}")
+    windows = sorted(set(windows or decode_windows(context)))
+    if windows[0] < 1 or windows[-1] != context:
+        raise ValueError(f"decode windows {windows} must be positive and end at the context {context}")
     if mode != "f16" and (group_size <= 0 or config.hidden_size % group_size):
         raise UserError(f"--group-size must divide the hidden size {config.hidden_size}, got {group_size}")
 
     build = out / "build"
     shutil.rmtree(build, ignore_errors=True)
     (out / MANIFEST).unlink(missing_ok=True)  # the directory is incomplete until the new manifest is written
-    builders = graph_builders(w, context, chunk)
+    builders = graph_builders(w, context, chunk, windows)
     precision = quantization(mode, activations)
     done: list[str] = []
 
@@ -113,7 +125,7 @@ def convert(
     HostEmbedding.write(out, w.embed_tokens, positions, w.project_in)
     for name in TOKENIZER_FILES:
         shutil.copyfile(model_dir / name, out / name)
-    manifest = Manifest(config, mode, activations, group_size, context, chunk, source=model_dir.resolve().name)
+    manifest = Manifest(config, mode, activations, group_size, context, chunk, tuple(windows), model_dir.resolve().name)
     atomic_write(out / MANIFEST, manifest.to_json(), mode=0o644)
     shutil.rmtree(build)
     size = (out / BMODEL).stat().st_size

@@ -5,7 +5,8 @@ tokens that attend over the K/V cache of the static context C and over themselve
 hidden states [1, T, h], an additive mask [1, 1, T, C + T] (open for the cached positions
 in use, causal among the new ones), the cached K and V [1, C, H, d] go in; the new hidden
 states and the new tokens' K and V [1, T, H, d] come out, for the runtime to write into
-their slots of the cache. Decode is T = 1; prefill runs the prompt in chunks of T, so a
+their slots of the cache. Decode is T = 1, compiled for a few cache sizes C (see
+``converted.decode_windows``); prefill runs the prompt in chunks of T, so a
 short prompt costs one chunk instead of a pass over the whole context, and a chat's next
 turn runs only its new tokens. The math is that of ``opt_tpu_tui.model.forward.block``,
 from the same ``PreparedLayer`` (q/k/v with the 1/sqrt(d) scale folded into q), so the
