@@ -5,16 +5,18 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Iterable, Sequence
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
-from opt_tpu_tui import __version__
+from opt_tpu_tui import __version__, paths
 from opt_tpu_tui.backends import BACKENDS, Backend, open_model
 from opt_tpu_tui.chat import ChatSession, Reply
 from opt_tpu_tui.config import Settings, load_settings, save_settings
 from opt_tpu_tui.demo import DEMO_MODEL_DIR, DEMO_NOTICE, is_demo_model
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.generation import Generation, GenerationStats
+from opt_tpu_tui.native_output import native_stdout_to
 from opt_tpu_tui.sampling import SamplingSettings
 from opt_tpu_tui.tokenizer import Tokenizer
 
@@ -200,15 +202,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.preamble = saved.preamble if args.preamble is None else args.preamble
         if demo and not args.quiet:
             print(DEMO_NOTICE, file=sys.stderr)
-        backend, tokenizer = open_model(model_dir, backend_kind, args.context)
-        if not demo:
-            save_settings(replace(saved, last_model=str(model_dir.resolve()), backend=backend_kind))
-        try:
-            if args.prompt is not None:
-                return run_prompt(args, backend, tokenizer, settings)
-            return run_chat(args, backend, tokenizer, settings)
-        finally:
-            backend.close()
+        # -p output may go to a file or a pipe: what the TPU runtime prints goes to a log instead
+        # (-c keeps the terminal's own stdout, for line editing)
+        native = native_stdout_to(paths.native_output_log()) if args.prompt is not None else nullcontext()
+        with native:
+            backend, tokenizer = open_model(model_dir, backend_kind, args.context)
+            if not demo:
+                save_settings(replace(saved, last_model=str(model_dir.resolve()), backend=backend_kind))
+            try:
+                if args.prompt is not None:
+                    return run_prompt(args, backend, tokenizer, settings)
+                return run_chat(args, backend, tokenizer, settings)
+            finally:
+                backend.close()
     except UserError as error:
         print(f"opt-tpu-tui: error: {error}", file=sys.stderr)
         return 2

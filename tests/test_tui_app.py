@@ -4,7 +4,6 @@ history, themes, layout and error handling."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,6 @@ from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.history import HistoryStore
 from opt_tpu_tui.sampling import SamplingSettings
 from opt_tpu_tui.tokenizer import Tokenizer
-from opt_tpu_tui.tui import native_stdout_to
 from opt_tpu_tui.tui.screens.help import HelpScreen
 from opt_tpu_tui.tui.widgets.conversation import AssistantMessage, Notice, UserMessage
 from opt_tpu_tui.tui.widgets.settings_form import SettingsForm
@@ -395,19 +393,6 @@ def test_split_point_respects_paragraphs_and_code_fences() -> None:
     assert split_point("no blank line here", 0) is None
     assert split_point("```\ncode\n\nmore code", 0) is None  # inside an open fence
     assert split_point("```\ncode\n```\n\nafter", 0) == len("```\ncode\n```\n\n")
-
-
-def test_native_stdout_goes_to_the_log_while_the_ui_runs(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
-    """C libraries write straight to file descriptor 1: inside the block that lands in the log, not on screen."""
-    log = tmp_path / "cache" / "native.log"
-    with native_stdout_to(log):
-        os.write(1, b"[0] do_allreduce: 0.\n")
-    os.write(1, b"after\n")
-    assert capfd.readouterr().out == "after\n"
-    assert log.read_text() == "[0] do_allreduce: 0.\n"
-    with native_stdout_to(tmp_path / "cache" / "native.log" / "not-a-folder"):  # unwritable: left alone
-        os.write(1, b"shown\n")
-    assert capfd.readouterr().out == "shown\n"
 
 
 async def test_a_reopened_chat_sits_where_it_sat_after_its_reply(tokenizer: Tokenizer) -> None:

@@ -2,47 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 from opt_tpu_tui import paths
 from opt_tpu_tui.backends import Backend, open_model
 from opt_tpu_tui.config import Settings
+from opt_tpu_tui.native_output import native_stdout_to
 from opt_tpu_tui.tokenizer import Tokenizer
 
 
 def model_loader(model_dir: Path, backend: str, context: int | None) -> Callable[[], tuple[Backend, Tokenizer]]:
     """A loader for the app's load worker, which calls it off the UI thread."""
     return lambda: open_model(model_dir, backend, context)
-
-
-@contextmanager
-def native_stdout_to(path: Path) -> Iterator[None]:
-    """Point file descriptor 1 at ``path`` for the block, then back.
-
-    Textual draws on stderr, but the TPU runtime's C libraries print to stdout (the
-    simulator on every launch, bmrt when it loads a model), which would land in the
-    middle of the screen. Where ``path`` cannot be written, nothing changes.
-    """
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    except OSError:
-        yield
-        return
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(log, 1)
-    os.close(log)
-    try:
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
 
 
 def run(model_dir: Path, backend: str, context: int | None, demo: bool, settings: Settings, warnings: list[str]) -> int:

@@ -1,0 +1,50 @@
+"""Keeping what C libraries print to stdout out of the app's own output.
+
+The TPU runtime's libraries print to file descriptor 1: bmrt when it loads a model, the
+simulator on every launch. In the UI that text would land in the middle of the screen,
+and with ``-p`` in the middle of the reply (``opt-tpu-tui -p … > reply.txt``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def native_stdout_to(path: Path) -> Iterator[None]:
+    """Point file descriptor 1 at ``path`` for the block, then back.
+
+    Python's ``sys.stdout``, if it wrote to descriptor 1, keeps writing where that went
+    (the terminal, a pipe). Where ``path`` cannot be written, nothing changes.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    except OSError:
+        yield
+        return
+    python_stdout = sys.stdout
+    python_stdout.flush()
+    saved = os.dup(1)
+    os.dup2(log, 1)
+    os.close(log)
+    if _descriptor(python_stdout) == 1:
+        sys.stdout = open(saved, "w", encoding=python_stdout.encoding, errors=python_stdout.errors, closefd=False)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stdout = python_stdout
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _descriptor(stream: object) -> int | None:
+    try:
+        return stream.fileno()  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):
+        return None

@@ -1,0 +1,43 @@
+"""What C libraries print to file descriptor 1 goes to a log; the app's own output does not."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from opt_tpu_tui.native_output import native_stdout_to
+
+CHILD = """
+import os, sys
+from pathlib import Path
+from opt_tpu_tui.native_output import native_stdout_to
+with native_stdout_to(Path(sys.argv[1])):
+    os.write(1, b"[0] do_allreduce: 0.\\n")  # as the simulator's C code does
+    print("the reply")  # the app's own output, through sys.stdout
+    sys.stdout.flush()
+print("after")
+"""
+
+
+def test_c_output_goes_to_the_log_and_the_apps_to_stdout(tmp_path: Path) -> None:
+    log = tmp_path / "cache" / "native.log"
+    child = subprocess.run([sys.executable, "-c", CHILD, str(log)], capture_output=True, text=True, check=True)
+    assert child.stdout == "the reply\nafter\n"
+    assert log.read_text() == "[0] do_allreduce: 0.\n"
+
+
+def test_descriptor_1_is_back_after_the_block_and_left_alone_where_the_log_cannot_be_written(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    log = tmp_path / "native.log"
+    with native_stdout_to(log):
+        os.write(1, b"inside\n")
+    os.write(1, b"after\n")
+    assert capfd.readouterr().out == "after\n" and log.read_text() == "inside\n"
+    with native_stdout_to(log / "not-a-folder" / "x.log"):
+        os.write(1, b"shown\n")
+    assert capfd.readouterr().out == "shown\n"
