@@ -80,17 +80,32 @@ def build_convert_parser() -> argparse.ArgumentParser:
         "--chunk", metavar="T", type=int, default=64, help="prompt tokens one prefill launch runs (default: 64)"
     )
     parser.add_argument(
+        "--decode-windows", metavar="N,N", type=window_list,
+        help="cache sizes the decode graphs are compiled for; each token runs the smallest that holds the cache "
+        "(default: the context, its half, quarter... down to 128, at most 4)",
+    )  # fmt: skip
+    parser.add_argument(
         "--activations", choices=ACTIVATIONS, default="f16", help="16-bit activation type (default: f16, see README)"
     )
     parser.add_argument("--jobs", metavar="N", type=int, help="graphs compiled at once (default: one per core)")
     return parser
 
 
+def window_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes like 128,256,512, got {text!r}") from None
+
+
 def run_convert(argv: list[str]) -> int:
     from opt_tpu_tui.convert.build import convert
 
     args = build_convert_parser().parse_args(argv)
-    convert(args.model, args.out, args.mode, args.group_size, args.context, args.activations, args.jobs, chunk=args.chunk)
+    convert(
+        args.model, args.out, args.mode, args.group_size, args.context, args.activations, args.jobs,
+        chunk=args.chunk, windows=args.decode_windows,
+    )  # fmt: skip
     return 0
 
 

@@ -280,6 +280,9 @@ def test_convert_refuses_to_write_into_a_folder_that_is_not_a_conversion(checkpo
     with pytest.raises(UserError, match="not an empty folder or a converted model"):
         convert(checkpoints["pre-ln"], tmp_path / "out", "f16", context=CONTEXT)
     assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
+    with pytest.raises(UserError, match="--decode-windows 16,32,64: each must be 1 to the context 32"):
+        convert(checkpoints["pre-ln"], tmp_path / "new", "f16", context=CONTEXT, windows=[16, 64])
+    assert not (tmp_path / "new").exists()
 
 
 def test_the_cli_converts_a_checkpoint_and_chats_with_it_on_bmrt(
@@ -288,8 +291,10 @@ def test_the_cli_converts_a_checkpoint_and_chats_with_it_on_bmrt(
     from opt_tpu_tui.cli import main
 
     out = tmp_path / "tiny-f16"
-    args = ["convert", "--model", str(checkpoints["pre-ln"]), "--out", str(out), "--mode", "f16", "--context", "32"]
+    args = ["convert", "--model", str(checkpoints["pre-ln"]), "--out", str(out), "--mode", "f16", "--context", "32",
+            "--decode-windows", "16"]  # fmt: skip
     assert main(args) == 0
+    assert converted_dir.Manifest.load(out).windows == (16, 32)
     assert {p.name for p in out.iterdir()} == {
         "model.bmodel", "manifest.json", "vocab.json", "merges.txt", "embed_tokens.npy", "embed_positions.npy",
     }  # fmt: skip

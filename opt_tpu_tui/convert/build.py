@@ -70,7 +70,8 @@ def convert(
 ) -> Path:  # fmt: skip
     """Convert ``model_dir`` into the model directory ``out`` and return it.
 
-    ``windows``: the cache sizes of the decode nets (default ``decode_windows(context)``).
+    ``windows``: the cache sizes of the decode nets (default ``decode_windows(context)``);
+    the context is always one of them.
     """
     if mode not in MODES:
         raise UserError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -89,9 +90,9 @@ def convert(
     chunk = min(chunk, context)
     if chunk < 1:
         raise UserError(f"--chunk must be at least 1, got {chunk}")
-    windows = sorted(set(windows or decode_windows(context)))
+    windows = sorted({*(windows or decode_windows(context)), context})  # the last window is the whole cache
     if windows[0] < 1 or windows[-1] != context:
-        raise ValueError(f"decode windows {windows} must be positive and end at the context {context}")
+        raise UserError(f"--decode-windows {','.join(map(str, windows))}: each must be 1 to the context {context}")
     if mode != "f16" and (group_size <= 0 or config.hidden_size % group_size):
         raise UserError(f"--group-size must divide the hidden size {config.hidden_size}, got {group_size}")
 
