@@ -13,7 +13,9 @@ continues. The format, exactly:
 The reply is what the model writes after the last ``Assistant:``, up to the next
 ``\\nUser:`` (the stop string), with surrounding white space trimmed. When the
 transcript would not leave room for the reply in the context, the oldest turns are
-left out of the prompt (they stay in the history); the preamble is always kept.
+left out of the prompt (they stay in the history), with a quarter of the context's
+worth more than needed, so that the next turns keep their start; the preamble is always
+kept.
 """
 
 from __future__ import annotations
@@ -84,20 +86,29 @@ class ChatSession:
         self.tokenizer = tokenizer
         self.preamble = preamble
         self.turns: list[Turn] = turns if turns is not None else []
+        self._first_kept: Turn | None = None  # the oldest turn in the last prompt
 
     def prompt_ids(self, user: str, reserve: int) -> tuple[list[int], int]:
         """Token ids of the prompt for ``user``, dropping the oldest turns to leave ``reserve`` free.
 
-        Returns the ids and how many turns were dropped.
+        A dropped turn changes the start of the prompt, so the backend runs all of it
+        again. So turns once left out stay out, and when more must go, enough go to free
+        another quarter of the context: the next turns then find their start in the cache
+        again, instead of each paying for a whole prompt. Returns the ids and how many
+        turns were dropped.
         """
         if not user.strip():
             raise UserError("the message is empty")
         context = self.backend.context_length
         history = self.turns
-        for dropped in range(len(history) + 1):
+        first = next((i for i, turn in enumerate(history) if turn is self._first_kept), 0)
+        room = context
+        for dropped in range(first, len(history) + 1):
             ids = self.tokenizer.encode(transcript(self.preamble, history[dropped:], user))
-            if len(ids) + reserve <= context:
+            if len(ids) + reserve <= room:
+                self._first_kept = history[dropped] if dropped < len(history) else None
                 return ids, dropped
+            room = context - context // 4  # from the first drop on
         if len(ids) >= context:
             raise UserError(f"the message is {len(ids)} tokens with the preamble, but the context holds {context}")
         return ids, len(history)

@@ -121,6 +121,24 @@ def test_greedy_generation_on_the_cpu_backend_equals_transformers(tiny_model: Pa
     assert text == tokenizer.decode(expected)
 
 
+def test_turns_are_dropped_in_batches_so_the_next_turns_keep_their_start_in_the_cache(tokenizer: Tokenizer) -> None:
+    backend = ScriptedBackend(script_for(tokenizer, " fine thanks") + [tokenizer.eos_id], tokenizer.vocab_size, 200)
+    session = ChatSession(backend, tokenizer, preamble="P.")
+    settings = SamplingSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=8)
+    dropped, reused = [], []
+    for i in range(14):
+        reply = session.send(f"question number {i}", settings)
+        list(reply)
+        dropped.append(reply.dropped_turns)
+        reused.append(backend.reused)
+        assert len(backend.prefills[-1]) + 8 <= 200
+    drops = [i for i in range(1, 14) if dropped[i] > dropped[i - 1]]
+    assert len(drops) >= 2  # the chat outgrew the context more than once
+    for i in drops[:-1]:  # after each drop, the next turn keeps the whole previous prompt and its reply
+        assert dropped[i + 1] == dropped[i] and reused[i + 1] > len(backend.prefills[i])
+    assert len(drops) <= 5  # not one turn at a time: 14 turns of ~32 tokens each in a 200-token context
+
+
 def test_the_next_chat_turn_runs_only_its_new_tokens_and_replies_as_from_scratch() -> None:
     backend, tokenizer = open_model(DEMO_MODEL_DIR, "cpu")
     settings = SamplingSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=24)
