@@ -32,13 +32,16 @@ def native_stdout_to(path: Path) -> Iterator[None]:
     saved = os.dup(1)
     os.dup2(log, 1)
     os.close(log)
+    stand_in = None
     if _descriptor(python_stdout) == 1:
-        sys.stdout = open(saved, "w", encoding=python_stdout.encoding, errors=python_stdout.errors, closefd=False)
+        stand_in = open(saved, "w", encoding=python_stdout.encoding, errors=python_stdout.errors, closefd=False)
+        sys.stdout = stand_in
     try:
         yield
     finally:
-        sys.stdout.flush()
-        sys.stdout = python_stdout
+        if stand_in is not None:
+            stand_in.close()  # flushes; the descriptor stays open (closefd=False)
+            sys.stdout = python_stdout
         os.dup2(saved, 1)
         os.close(saved)
 
