@@ -409,3 +409,6 @@ async def test_a_reopened_chat_sits_where_it_sat_after_its_reply(tokenizer: Toke
         await wait_until(pilot, lambda: bool(app.screen.query(UserMessage)))
         await pilot.pause()
         assert app.screen.query_one(UserMessage).region == after_reply
+        reopened = replies(app)[-1]
+        # a reply from the history is one Static, not a Markdown widget tree: long chats open fast
+        assert reopened.text == REPLY and not reopened.query("Markdown")

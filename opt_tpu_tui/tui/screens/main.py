@@ -430,7 +430,7 @@ class MainScreen(Screen[None]):
         label = self.backend.model_name if self.backend else "opt"
         widgets = []
         for turn in turns:
-            widgets += [UserMessage(turn.user), AssistantMessage(turn.assistant, label=label, stopped=turn.stopped)]
+            widgets += [UserMessage(turn.user), AssistantMessage(turn.assistant, label=label, stopped=turn.stopped, frozen=True)]
         transcript.mount_all(widgets)
         transcript.anchor()  # as after a reply: the newest message at the bottom, however short the chat
         self.query_one(PromptInput).focus()

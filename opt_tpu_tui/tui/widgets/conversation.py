@@ -72,16 +72,22 @@ class ReplyStream:
 class AssistantMessage(Vertical):
     """One reply; while it streams, text arrives through ReplyStream (flat cost per write)."""
 
-    def __init__(self, text: str = "", *, label: str = "opt", stopped: bool = False, error: str | None = None) -> None:
+    def __init__(
+        self, text: str = "", *, label: str = "opt", stopped: bool = False, error: str | None = None,
+        frozen: bool = False,
+    ) -> None:  # fmt: skip
         super().__init__(classes="message assistant-message")
         self._initial = text
         self.border_title = label
         self.stopped = stopped
         self.error = error
-        self._frozen: list[str] = []
+        self._frozen: list[str] = [text] if frozen and text else []
 
     def compose(self) -> ComposeResult:
-        yield Markdown(self._initial, classes="reply")
+        if self._frozen:  # from the history: one widget, several times cheaper to mount and lay out
+            yield Static(RichMarkdown(self._initial), classes="reply-frozen")
+        else:  # a reply that may still grow: a Markdown widget, which streams
+            yield Markdown(self._initial, classes="reply")
         yield Static("", classes="reply-status", markup=False)
 
     def on_mount(self) -> None:
@@ -95,7 +101,8 @@ class AssistantMessage(Vertical):
     @property
     def text(self) -> str:
         """The reply as shown: its frozen segments and the Markdown widget joined."""
-        return "".join(self._frozen) + self.markdown.source
+        live = self.query(Markdown)
+        return "".join(self._frozen) + (live.last().source if live else "")
 
     async def freeze_last(self, source: str) -> None:
         """Swap the finished Markdown segment for one Static showing the same Markdown.
