@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -56,8 +57,11 @@ def test_heldout_perplexity_is_low() -> None:
 
 
 def test_wheel_ships_the_model_and_themes_and_runs_outside_the_tree(tmp_path: Path) -> None:
+    # built from a copy: setuptools would leave build/ in the tree, and stale files in it reach later wheels
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__"))
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(source)],
         check=True, capture_output=True,
     )  # fmt: skip
     wheel = next(tmp_path.glob("opt_tpu_tui-*.whl"))
