@@ -29,7 +29,14 @@ from opt_tpu_tui.sampling import SamplingSettings
 from opt_tpu_tui.tokenizer import Tokenizer
 
 CONTEXT, GROUP, CHUNK, WINDOWS = 32, 32, 8, (16, 32)
-VARIANTS = {"pre-ln": {}, "post-ln": {"do_layer_norm_before": False}}
+VARIANTS = {
+    "pre-ln": {},
+    "post-ln": {"do_layer_norm_before": False},
+    # post-LN with project_in/out, as opt-350m, with its widths multiples of 64 as in every OPT (tpu-mlir's W4
+    # MatMul with K = 32 is 7 % away from the group_quantize reference, where K = 64 is 0.3 %)
+    "projections": {"do_layer_norm_before": False, "hidden_size": 128, "word_embed_proj_dim": 64},
+}
+GREEDY_VARIANTS = ["pre-ln", "post-ln"]  # random weights: "projections" has a near-tie that float16 flips
 PROMPT = "Hello world, this is"
 
 
@@ -88,7 +95,7 @@ def prompt_ids(model_dir: Path) -> list[int]:
     return Tokenizer.from_dir(model_dir).encode(PROMPT)
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", GREEDY_VARIANTS)
 def test_f16_greedy_tokens_equal_the_numpy_backend(converted, checkpoints, tpu_kind: str, variant: str) -> None:
     tpu = open_backend(converted(variant, "f16"), tpu_kind)
     try:
