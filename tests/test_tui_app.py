@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-from textual.widgets._footer import FooterKey
 from tiny import train_tokenizer
 from tui_support import REPLY, finish, make_app, ready, script_ids, send, wait_until
 
@@ -270,7 +269,7 @@ async def test_80x24_layout_switches_panes_by_key(tokenizer: Tokenizer) -> None:
         await pilot.pause()
         assert side.display and app.focused is app.screen.query_one("#field-max_new_tokens")
         assert app.screen.query_one("#field-seed").region.bottom <= 23  # the form fits above the footer
-        shown = [(key.key_display or key.key, key.region.right) for key in app.screen.query(FooterKey)]
+        shown = [(key.key_display or key.key, key.region.right) for key in app.screen.query("FooterKey")]
         assert shown and all(right <= 80 for _, right in shown), shown  # every key of the footer is on screen
         await pilot.press("f2")
         await pilot.pause()
