@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Iterable, Sequence
-from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -188,7 +187,8 @@ def run_chat(args: argparse.Namespace, backend: Backend, tokenizer: Tokenizer, s
             continue
         sys.stdout.write("bot> ")
         try:
-            stream_out(reply)
+            with native_stdout_to(paths.native_output_log(), append=True):  # not around input(): line editing
+                stream_out(reply)
         except KeyboardInterrupt:
             reply.turn.stopped = True
             sys.stdout.write(" [stopped]")
@@ -217,19 +217,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.preamble = saved.preamble if args.preamble is None else args.preamble
         if demo and not args.quiet:
             print(DEMO_NOTICE, file=sys.stderr)
-        # -p output may go to a file or a pipe: what the TPU runtime prints goes to a log instead
-        # (-c keeps the terminal's own stdout, for line editing)
-        native = native_stdout_to(paths.native_output_log()) if args.prompt is not None else nullcontext()
-        with native:
+        with native_stdout_to(paths.native_output_log()):  # what the TPU runtime prints, out of the replies
             backend, tokenizer = open_model(model_dir, backend_kind, args.context)
-            if not demo:
-                save_settings(replace(saved, last_model=str(model_dir.resolve()), backend=backend_kind))
-            try:
-                if args.prompt is not None:
+        if not demo:
+            save_settings(replace(saved, last_model=str(model_dir.resolve()), backend=backend_kind))
+        try:
+            if args.prompt is not None:
+                with native_stdout_to(paths.native_output_log(), append=True):
                     return run_prompt(args, backend, tokenizer, settings)
-                return run_chat(args, backend, tokenizer, settings)
-            finally:
-                backend.close()
+            return run_chat(args, backend, tokenizer, settings)
+        finally:
+            backend.close()
     except UserError as error:
         print(f"opt-tpu-tui: error: {error}", file=sys.stderr)
         return 2

@@ -15,15 +15,15 @@ from pathlib import Path
 
 
 @contextmanager
-def native_stdout_to(path: Path) -> Iterator[None]:
-    """Point file descriptor 1 at ``path`` for the block, then back.
+def native_stdout_to(path: Path, append: bool = False) -> Iterator[None]:
+    """Point file descriptor 1 at ``path`` (emptied first unless ``append``) for the block, then back.
 
     Python's ``sys.stdout``, if it wrote to descriptor 1, keeps writing where that went
     (the terminal, a pipe). Where ``path`` cannot be written, nothing changes.
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        log = os.open(path, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC), 0o644)
     except OSError:
         yield
         return
