@@ -14,32 +14,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from decode_cpu import OPT_125M  # noqa: E402
+from decode_cpu import OPT_125M, median_time  # noqa: E402
 
 from opt_tpu_tui.backends.cpu import CPUBackend  # noqa: E402
 from opt_tpu_tui.model import load_weights  # noqa: E402
 from opt_tpu_tui.model.forward import OPTModel  # noqa: E402
-
-
-def median_ms(setup: Callable[[], object], timed: Callable[[], object], runs: int) -> float:
-    times = []
-    for _ in range(runs + 1):  # the first run warms up
-        setup()
-        start = time.perf_counter()
-        timed()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[1:]) * 1e3
 
 
 def main() -> None:
@@ -62,9 +49,9 @@ def main() -> None:
     rows, history = [], [2]
     for turn in range(1, args.turns + 1):
         prompt = history + rng.integers(4, 50265, size=args.message).tolist()
-        kept = median_ms(lambda: backend.prefill(history), lambda: backend.prefill(prompt), args.runs)
+        kept = median_time(lambda: backend.prefill(prompt), args.runs, setup=lambda: backend.prefill(history)) * 1e3
         cached = backend.reused
-        whole = median_ms(lambda: None, lambda: reference.prefill(prompt), args.runs)
+        whole = median_time(lambda: reference.prefill(prompt), args.runs) * 1e3
         rows.append((turn, len(prompt), cached, kept, whole))
         token = int(np.argmax(backend.prefill(prompt)))
         for _ in range(args.reply):  # the reply, decoded into the cache as in a chat

@@ -27,10 +27,13 @@ OPT_125M = dict(
 )  # fmt: skip
 
 
-def median_time(fn: Callable[[], object], runs: int) -> float:
+def median_time(fn: Callable[[], object], runs: int, setup: Callable[[], object] = lambda: None) -> float:
+    """Median seconds of ``fn`` over ``runs`` after one warm-up; ``setup`` runs untimed before each."""
+    setup()
     fn()  # warm-up
     times = []
     for _ in range(runs):
+        setup()
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)

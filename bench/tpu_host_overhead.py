@@ -52,15 +52,19 @@ def weight_bytes(params: float, mode: str, group: int = 64) -> float:
     return params * {"f16": 2.0, "int8": 1 + 3 / group, "int4": 0.5 + 3 / group}[mode]
 
 
+def block_params(hidden: int, layers: int, ffn: int) -> int:
+    """Weights the decoder layers multiply by: q, k, v, out and the two FFN matrices."""
+    return layers * (4 * hidden * hidden + 2 * hidden * ffn)
+
+
 def prefill_ceiling_ms(hidden: int, layers: int, ffn: int, mode: str, context: int, prompt: int, chunk: int) -> float:
     """Lower bound on the device time of a prompt: per launch set the larger of its
     compute at FLOPS and its reads at BANDWIDTH. ``chunk`` = ``context`` with no cache is
     the old single pass over the whole padded context."""
-    block = layers * (4 * hidden * hidden + 2 * hidden * ffn)
     weights, kv, _ = traffic(hidden, layers, ffn, mode, context)
     one_pass = chunk == context
     keys = context if one_pass else context + chunk
-    flops = 2 * block * chunk + 4 * layers * chunk * keys * hidden  # matmuls, then QK^T and PV
+    flops = 2 * block_params(hidden, layers, ffn) * chunk + 4 * layers * chunk * keys * hidden  # matmuls, then QK^T and PV
     reads = weights + (0 if one_pass else kv)
     launches = 1 if one_pass else -(-prompt // chunk)
     return launches * max(flops / FLOPS, reads / BANDWIDTH) * 1e3
@@ -68,8 +72,7 @@ def prefill_ceiling_ms(hidden: int, layers: int, ffn: int, mode: str, context: i
 
 def traffic(hidden: int, layers: int, ffn: int, mode: str, context: int) -> tuple[float, float, float]:
     """(weight bytes, KV cache bytes, bytes read per decoded token) for an OPT shape."""
-    block = layers * (4 * hidden * hidden + 2 * hidden * ffn)
-    weights = weight_bytes(block + VOCAB * hidden, mode)
+    weights = weight_bytes(block_params(hidden, layers, ffn) + VOCAB * hidden, mode)
     kv = 2 * layers * context * hidden * 2  # float16 K and V
     return weights, kv, weights + kv
 

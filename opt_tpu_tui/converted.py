@@ -21,7 +21,7 @@ from opt_tpu_tui.model.config import POSITION_OFFSET, OPTConfig
 
 MANIFEST = "manifest.json"
 BMODEL = "model.bmodel"
-FORMAT = 2  # 2: prefill runs in chunks over the cache
+FORMAT = 2  # 2: prefill in chunks over the cache, decode nets per window (chunk, windows)
 CHIP = "BM1684X"
 MODES = {"f16": "", "int8": "W8", "int4": "W4"}  # weight precision -> TPU-MLIR's weight-only prefix
 ACTIVATIONS = ("f16", "bf16")

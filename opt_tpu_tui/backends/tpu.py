@@ -7,9 +7,9 @@ in place: no extra launch and no host copy per layer. Prefill runs the prompt in
 of T tokens through each layer's ``block_i``, after the start of the prompt that the cache
 already holds (a chat's earlier turns); decode runs one token through ``block_cache_i_w``,
 the net of the smallest window w (cache size) holding the positions in use, which reads
-the first w slots of the cache only.
-The hidden state moves between two device buffers; per chunk or token the host uploads
-the embedding rows and a mask, and downloads the logits.
+the first w slots of the cache only. The hidden state moves between two device buffers;
+per chunk or token the host uploads the embedding rows and a mask, and downloads the
+logits.
 
 A driver supplies the few device primitives (``Driver``); everything else is here.
 """
