@@ -46,7 +46,7 @@ async def measure(tokens: int, rate: float, size: tuple[int, int]) -> dict[str, 
     samples: list[tuple[int, float, float]] = []  # (tokens so far, UI thread CPU seconds, wall seconds)
 
     def sample() -> None:
-        job = app.screen._job
+        job = app.screen.in_flight
         count = job.reply.stats.new_tokens if job is not None else (samples[-1][0] if samples else 0)
         samples.append((count, time.thread_time(), time.perf_counter()))
 

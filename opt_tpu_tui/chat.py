@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from opt_tpu_tui.backends.base import Backend
 from opt_tpu_tui.errors import UserError
@@ -40,6 +40,14 @@ class Turn:
     user: str
     assistant: str = ""
     stopped: bool = False  # the reply was cut short by the user
+
+
+@dataclass
+class Conversation:
+    """The open chat: its turns in order, and its id in the history (None until first saved)."""
+
+    turns: list[Turn] = field(default_factory=list)
+    id: int | None = None
 
 
 def transcript(preamble: str, turns: list[Turn], user: str) -> str:
@@ -80,13 +88,18 @@ class ChatSession:
     """A conversation: its turns, its preamble, and the backend that continues it."""
 
     def __init__(
-        self, backend: Backend, tokenizer: Tokenizer, preamble: str = DEFAULT_PREAMBLE, turns: list[Turn] | None = None
-    ) -> None:
+        self, backend: Backend, tokenizer: Tokenizer, preamble: str = DEFAULT_PREAMBLE,
+        conversation: Conversation | None = None,
+    ) -> None:  # fmt: skip
         self.backend = backend
         self.tokenizer = tokenizer
         self.preamble = preamble
-        self.turns: list[Turn] = turns if turns is not None else []
+        self.conversation = conversation if conversation is not None else Conversation()
         self._first_kept: Turn | None = None  # the oldest turn in the last prompt
+
+    @property
+    def turns(self) -> list[Turn]:
+        return self.conversation.turns
 
     def prompt_ids(self, user: str, reserve: int) -> tuple[list[int], int]:
         """Token ids of the prompt for ``user``, dropping the oldest turns to leave ``reserve`` free.

@@ -16,6 +16,7 @@ from opt_tpu_tui.demo import DEMO_MODEL_DIR, DEMO_NOTICE, is_demo_model
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.generation import Generation, GenerationStats
 from opt_tpu_tui.native_output import native_stdout_to
+from opt_tpu_tui.safe_text import terminal_safe
 from opt_tpu_tui.sampling import SamplingSettings
 from opt_tpu_tui.tokenizer import Tokenizer
 
@@ -123,8 +124,9 @@ def format_stats(stats: GenerationStats) -> str:
 
 
 def stream_out(pieces: Iterable[str]) -> None:
+    """Print a reply as it streams, with its control characters made visible (safe_text.py)."""
     for piece in pieces:
-        sys.stdout.write(piece)
+        sys.stdout.write(terminal_safe(piece))
         sys.stdout.flush()
 
 

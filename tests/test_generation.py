@@ -11,7 +11,7 @@ import transformers
 from scripted import ScriptedBackend
 
 from opt_tpu_tui.backends import open_backend, open_model
-from opt_tpu_tui.chat import STOP_STRINGS, ChatSession, Turn, transcript
+from opt_tpu_tui.chat import STOP_STRINGS, ChatSession, Conversation, Turn, transcript
 from opt_tpu_tui.demo import DEMO_MODEL_DIR
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.generation import Generation, StopStringFilter
@@ -179,7 +179,7 @@ def test_chat_reply_is_trimmed_recorded_and_stops_at_the_next_user_turn(tokenize
 def test_chat_drops_the_oldest_turns_to_fit_and_refuses_a_message_too_long(tokenizer: Tokenizer) -> None:
     backend = ScriptedBackend([tokenizer.eos_id], tokenizer.vocab_size, context_length=100)
     turns = [Turn(f"question number {i}", f"answer number {i}") for i in range(6)]
-    session = ChatSession(backend, tokenizer, preamble="P.", turns=turns)
+    session = ChatSession(backend, tokenizer, preamble="P.", conversation=Conversation(turns))
     settings = SamplingSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=8)
     reply = session.send("last one", settings)
     list(reply)

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
+from textual.binding import Binding
+from textual.widgets import Markdown
 from tiny import train_tokenizer
 from tui_support import REPLY, finish, make_app, ready, script_ids, send, wait_until
 
@@ -17,7 +19,10 @@ from opt_tpu_tui.history import HistoryStore
 from opt_tpu_tui.sampling import SamplingSettings
 from opt_tpu_tui.tokenizer import Tokenizer
 from opt_tpu_tui.tui.screens.help import HelpScreen
-from opt_tpu_tui.tui.widgets.conversation import AssistantMessage, Notice, UserMessage
+from opt_tpu_tui.tui.app import OptTuiApp
+from opt_tpu_tui.tui.screens.main import MainScreen
+from opt_tpu_tui.tui.widgets.conversation import Notice, Line, ReplyView, UserMessage, take_line
+from opt_tpu_tui.tui.widgets.prompt import PromptInput
 from opt_tpu_tui.tui.widgets.settings_form import SettingsForm
 from opt_tpu_tui.tui.widgets.stats import StatsPanel, rows
 
@@ -42,8 +47,8 @@ def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Tokenizer:
     return Tokenizer.from_dir(train_tokenizer(tmp_path_factory.mktemp("tok")))
 
 
-def replies(app) -> list[AssistantMessage]:  # type: ignore[no-untyped-def]
-    return list(app.screen.query(AssistantMessage))
+def replies(app) -> list[ReplyView]:  # type: ignore[no-untyped-def]
+    return list(app.screen.query(ReplyView))
 
 
 async def test_send_streams_reply_and_saves_it(tokenizer: Tokenizer) -> None:
@@ -88,7 +93,7 @@ async def test_ctrl_j_inserts_newline_and_enter_sends_both_lines(tokenizer: Toke
         assert app.screen.query_one("#prompt").text == "a\nb"
         await pilot.press("enter")
         await finish(pilot, 1)
-        assert app.screen.turns[0].user == "a\nb"
+        assert app.screen.conversation.turns[0].user == "a\nb"
 
 
 async def test_stop_keeps_partial_reply_marked_and_answers_within_a_token(tokenizer: Tokenizer) -> None:
@@ -98,12 +103,12 @@ async def test_stop_keeps_partial_reply_marked_and_answers_within_a_token(tokeni
         app.screen.query_one("#prompt").insert("Tell me a long story")
         await pilot.press("enter")
         await wait_until(pilot, lambda: app.screen.streaming)
-        backend.cancel = app.screen._job.cancel
+        backend.cancel = app.screen.in_flight.cancel
         await wait_until(pilot, lambda: len(replies(app)[-1].text) > 20)
         await pilot.press("escape")
         await finish(pilot, 1)
         view = replies(app)[-1]
-        turn = app.screen.turns[-1]
+        turn = app.screen.conversation.turns[-1]
         assert turn.stopped and view.stopped
         assert "stopped" in str(view.query_one(".reply-status").render())
         assert 0 < len(turn.assistant) < len((REPLY * 20).strip())
@@ -123,7 +128,7 @@ async def test_regenerate_replaces_the_last_reply(tokenizer: Tokenizer) -> None:
         assert backend.prefills[0] == backend.prefills[1]
         assert len(replies(app)) == 1 and len(app.screen.query(UserMessage)) == 1
         assert replies(app)[0].text == REPLY
-        assert len(app.screen.turns) == 1
+        assert len(app.screen.conversation.turns) == 1
     conversation = app.store.list_conversations()[0]
     assert conversation.turns == 1
 
@@ -134,7 +139,7 @@ async def test_settings_change_applies_from_the_next_reply(tokenizer: Tokenizer)
         await ready(pilot)
         await send(pilot, "first")
         first_tokens = len(backend.prefills)
-        assert app.screen.turns[-1].assistant == REPLY
+        assert app.screen.conversation.turns[-1].assistant == REPLY
         await pilot.press("f2")
         field = app.screen.query_one("#field-max_new_tokens")
         assert app.focused is field
@@ -146,7 +151,7 @@ async def test_settings_change_applies_from_the_next_reply(tokenizer: Tokenizer)
         await pilot.press("f2")  # back to the prompt
         await send(pilot, "second")
         assert len(backend.prefills) == first_tokens + 1
-        assert tokenizer.encode(" " + app.screen.turns[-1].assistant, add_bos=False) == script_ids(tokenizer)[:3]
+        assert tokenizer.encode(" " + app.screen.conversation.turns[-1].assistant, add_bos=False) == script_ids(tokenizer)[:3]
 
 
 async def test_stepper_steps_and_clamps(tokenizer: Tokenizer) -> None:
@@ -295,13 +300,13 @@ async def test_model_load_error_is_shown_not_raised(tokenizer: Tokenizer) -> Non
 
     app, _ = make_app(tokenizer, loader=broken)
     async with app.run_test(size=(80, 24)) as pilot:
-        await wait_until(pilot, lambda: app.screen.load_error is not None)
+        await wait_until(pilot, lambda: app.load_error is not None)
         await pilot.pause()
         assert any("config.json not found" in str(n.render()) for n in app.screen.query(Notice))
         app.screen.query_one("#prompt").insert("hello")
         await pilot.press("enter")
         await pilot.pause()
-        assert not app.screen.turns and app.is_running
+        assert not app.screen.conversation.turns and app.is_running
 
 
 async def test_backend_error_mid_reply_is_shown_and_the_partial_reply_kept(tokenizer: Tokenizer) -> None:
@@ -311,7 +316,7 @@ async def test_backend_error_mid_reply_is_shown_and_the_partial_reply_kept(token
         await send(pilot, "boom")
         view = replies(app)[-1]
         assert view.error and "device lost" in view.error
-        assert app.screen.turns[-1].stopped and app.is_running
+        assert app.screen.conversation.turns[-1].stopped and app.is_running
     saved = app.store.load(app.store.list_conversations()[0].id)[0]
     assert saved.stopped
 
@@ -322,8 +327,8 @@ async def test_quitting_mid_reply_stops_saves_and_frees_the_backend(tokenizer: T
         await ready(pilot)
         app.screen.query_one("#prompt").insert("long")
         await pilot.press("enter")
-        await wait_until(pilot, lambda: app.screen.streaming and len(app.screen.turns[-1].assistant) > 10)
-        job = app.screen._job
+        await wait_until(pilot, lambda: app.screen.streaming and len(app.screen.conversation.turns[-1].assistant) > 10)
+        job = app.screen.in_flight
         await pilot.press("ctrl+q")
     assert job.done.is_set() and backend.closed
     saved = app.store.load(app.store.list_conversations()[0].id)[0]
@@ -343,12 +348,17 @@ async def test_help_and_palette_list_every_action(tokenizer: Tokenizer) -> None:
     app, _ = make_app(tokenizer)
     async with app.run_test(size=(80, 24)) as pilot:
         await ready(pilot)
-        titles = {c.title for c in app.get_system_commands(app.screen)}
-        for title in ("Stop reply", "Regenerate", "New conversation", "Conversations", "Settings", "Device stats", "Help", "Next theme", "Theme", "Quit"):
-            assert title in titles, title
+        commands = {c.title: c.help for c in app.get_system_commands(app.screen)}
+        keys = [b for b in (*MainScreen.BINDINGS, *OptTuiApp.BINDINGS) if isinstance(b, Binding)]
+        for binding in keys:  # every action of the chat is in the palette, with its key
+            assert any(f"({binding.key})" in help for help in commands.values()), binding.key
+        assert {"Theme", "Quit"} <= set(commands)
         await pilot.press("f1")
         await pilot.pause()
         assert isinstance(app.screen, HelpScreen)
+        shown = app.screen.query_one(Markdown).source
+        for binding in (*keys, *PromptInput.BINDINGS):  # help is built from the bindings: none is missing
+            assert f"| `{binding.key_display or binding.key}` | {binding.tooltip} |" in shown
         await pilot.press("escape")
         await pilot.pause()
         assert not isinstance(app.screen, HelpScreen)
@@ -361,7 +371,7 @@ async def test_new_conversation_clears_the_transcript(tokenizer: Tokenizer) -> N
         await send(pilot, "one")
         await pilot.press("ctrl+n")
         await pilot.pause()
-        assert not replies(app) and not app.screen.turns
+        assert not replies(app) and not app.screen.conversation.turns
         await send(pilot, "two")
     assert [c.turns for c in app.store.list_conversations()] == [1, 1]
 
@@ -373,25 +383,38 @@ def test_history_file_path_is_under_the_test_data_dir(tmp_path: Path) -> None:
     store.close()
 
 
-async def test_long_reply_streams_in_segments_that_join_to_the_reply(tokenizer: Tokenizer) -> None:
-    paragraph = "The quick brown fox jumps over the lazy dog.\n\n"
+async def test_a_streaming_reply_sets_down_lines_and_blocks_and_ends_as_one_widget(tokenizer: Tokenizer) -> None:
+    paragraph = "The quick brown fox jumps over the lazy dog. " * 6 + "\n\n"
     settings = Settings(sampling=SamplingSettings(temperature=0.0, repetition_penalty=1.0, max_new_tokens=4000))
-    app, _ = make_app(tokenizer, script=script_ids(tokenizer, paragraph * 60), delay=0.001, settings=settings)
+    app, _ = make_app(tokenizer, script=script_ids(tokenizer, paragraph * 20), delay=0.003, settings=settings)
     async with app.run_test(size=(100, 30)) as pilot:
         await ready(pilot)
-        await send(pilot, "many paragraphs")
+        app.screen.query_one("#prompt").insert("many paragraphs")
+        await pilot.press("enter")
+        transcript = app.screen.query_one("#transcript")
+        await wait_until(pilot, lambda: len(transcript.query(".reply-block")) >= 2)
+        rows = list(transcript.query(Line))
+        assert len(rows) == transcript.size.height * 2 // 3  # the rows being filled; finished ones are merged into blocks
+        assert all(len(row.text) <= row.content_region.width for row in rows)
+        await finish(pilot, 1)
         view = replies(app)[-1]
-        assert len(view.query(".reply-frozen")) >= 1  # finished segments became single widgets
-        assert view.text == app.screen.turns[-1].assistant == (paragraph * 60).strip()
+        assert len(view.query(".reply-body")) == 1 and not transcript.query(".reply-part")
+        assert view.text == app.screen.conversation.turns[-1].assistant == (paragraph * 20).strip()
 
 
-def test_split_point_respects_paragraphs_and_code_fences() -> None:
-    from opt_tpu_tui.tui.widgets.conversation import split_point
-
-    assert split_point("one\n\ntwo\n\nthree", 0) == len("one\n\ntwo\n\n")
-    assert split_point("no blank line here", 0) is None
-    assert split_point("```\ncode\n\nmore code", 0) is None  # inside an open fence
-    assert split_point("```\ncode\n```\n\nafter", 0) == len("```\ncode\n```\n\n")
+@pytest.mark.parametrize(
+    "text, width, taken",
+    [
+        ("short", 10, None),  # may still grow
+        ("exactly10!", 10, None),
+        ("two words here", 9, ("two words", "here")),
+        ("line\nnext", 20, ("line", "next")),
+        ("abcdefghijkl", 5, ("abcde", "fghijkl")),  # no space: cut at the width
+        ("日本語のテキスト", 6, ("日本語", "のテキスト")),  # wide characters count two cells
+    ],
+)
+def test_take_line_wraps_like_the_screen(text: str, width: int, taken: tuple[str, str] | None) -> None:
+    assert take_line(text, width) == taken
 
 
 async def test_a_reopened_chat_sits_where_it_sat_after_its_reply(tokenizer: Tokenizer) -> None:
@@ -400,11 +423,11 @@ async def test_a_reopened_chat_sits_where_it_sat_after_its_reply(tokenizer: Toke
         await ready(pilot)
         await send(pilot, "Hi there")
         after_reply = app.screen.query_one(UserMessage).region
-        conversation = app.screen.conversation_id
+        conversation = app.screen.conversation.id
     app, _ = make_app(tokenizer, settings=GREEDY)  # the next session, as from the conversation list
     async with app.run_test(size=(100, 30)) as pilot:
         await ready(pilot)
-        app.screen.open_conversation(conversation)
+        await app.screen.open_conversation(conversation)
         await wait_until(pilot, lambda: bool(app.screen.query(UserMessage)))
         await pilot.pause()
         assert app.screen.query_one(UserMessage).region == after_reply

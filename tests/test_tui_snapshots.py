@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import pytest
 from textual.pilot import Pilot
-from textual.widgets import TextArea
 from tiny import train_tokenizer
 from tui_support import make_app, ready, wait_until
 
 from opt_tpu_tui.config import Settings
 from opt_tpu_tui.history import HistoryStore
 from opt_tpu_tui.tokenizer import Tokenizer
-from opt_tpu_tui.tui.screens.main import NARROW
+from opt_tpu_tui.tui.screens.main import WIDE
 from opt_tpu_tui.tui.widgets.stats import StatsPanel, rows
 
 TURNS = [
@@ -40,13 +39,11 @@ def app_with_history(tokenizer: Tokenizer, width: int):  # type: ignore[no-untyp
 
     async def before(pilot: Pilot) -> None:
         await ready(pilot)
-        app.screen.open_conversation(cid)
+        await app.screen.open_conversation(cid)
         panel = app.screen.query_one(StatsPanel)
         await wait_until(pilot, lambda: ("Host CPU", "12 %") in rows(panel.view))
         # under load the terminal's size may reach the screen late: wait for the layout it implies
-        await wait_until(pilot, lambda: app.screen.has_class("-narrow") == (width < NARROW))
-        for area in app.screen.query(TextArea):
-            area.cursor_blink = False  # a blinking cursor would make the picture depend on timing
+        await wait_until(pilot, lambda: app.screen.has_class("-narrow") == (width < WIDE))
         await pilot.pause()
 
     return app, before

@@ -1,42 +1,50 @@
-"""The Textual App: owns the services and settings, registers themes, holds the main screen.
+"""The Textual App: owns the model, the settings and the history; holds the chat screen.
 
-Kept thin: the chat logic lives in screens/main.py, persistence in config.py and
-history.py, device sampling in devices.py. Everything slow or blocking is injected
-(a model loader, a device-monitor factory) so tests can drive the real app with a
-scripted backend.
+The app loads the model in a worker and frees it on exit, so the backend's lifetime is
+one place; the chat screen (screens/main.py) uses it. Everything slow or blocking is
+injected (a model loader, a device-monitor factory) so tests can drive the real app
+with a scripted backend.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from typing import Any
 
+from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
+from textual.driver import Driver
 from textual.screen import Screen
 from textual.theme import Theme
 
 from opt_tpu_tui.backends.base import Backend
 from opt_tpu_tui.config import DEFAULT_THEME, Settings, save_settings
+from opt_tpu_tui.demo import DEMO_NOTICE
 from opt_tpu_tui.devices import DeviceMonitor
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.history import HistoryStore
+from opt_tpu_tui.tokenizer import Tokenizer
+from opt_tpu_tui.tui.driver import driver_for
+from opt_tpu_tui.tui.messages import ModelFailed, ModelLoaded
 from opt_tpu_tui.tui.screens.help import HelpScreen
 from opt_tpu_tui.tui.screens.main import MainScreen, Monitor
 from opt_tpu_tui.tui.streaming import ModelLoader
 from opt_tpu_tui.tui.themes import load_themes
 
 log = logging.getLogger("opt_tpu_tui.tui")
+NO_MODEL = "no model: start with opt-tpu-tui --model DIR (a Hugging Face OPT or converted bmodel directory)"
 
 
 class OptTuiApp(App[int]):
     TITLE = "opt-tpu-tui"
     BINDINGS = [
-        Binding("f1", "help", "Help", id="app.help", show=False),  # the status line always shows "f1 help"
-        Binding("ctrl+t", "next_theme", "Theme", id="app.theme", show=False),  # help and palette list it: the footer must fit 80 columns
-    ]
+        Binding("f1", "help", "Help", id="app.help", show=False, tooltip="this help"),  # the status line shows "f1 help"
+        Binding("ctrl+t", "next_theme", "Theme", id="app.theme", show=False,  # the footer must fit 80 columns
+                tooltip="next theme (dark, light, high-contrast, …)"),
+    ]  # fmt: skip
 
     def __init__(
         self,
@@ -61,11 +69,18 @@ class OptTuiApp(App[int]):
         self.startup_warnings = list(warnings)
         self.monitor_factory = monitor_factory
         self._on_model_ready = on_model_ready
+        self.backend: Backend | None = None
+        self.tokenizer: Tokenizer | None = None
+        self.load_error: str | None = None if loader is not None else NO_MODEL
+        self.chat = MainScreen()
         themes, theme_warnings = load_themes()
         self.startup_warnings += theme_warnings
         self.opt_themes: dict[str, Theme] = themes
         for theme in themes.values():
             self.register_theme(theme)
+
+    def get_driver_class(self) -> type[Driver]:
+        return driver_for(super().get_driver_class())
 
     def on_mount(self) -> None:
         wanted = self.settings.theme
@@ -76,7 +91,54 @@ class OptTuiApp(App[int]):
         self.theme_changed_signal.subscribe(self, self._remember_theme)
         for warning in self.startup_warnings:
             self.notify(warning, title="Warning", severity="warning", timeout=15)
-        self.push_screen(MainScreen())
+        self.push_screen(self.chat)  # pushed, not the default screen: only pushed screens load their CSS_PATH
+
+    def load_model(self) -> None:
+        """Start loading the model (the chat screen asks once it is on screen, to be told when it is ready)."""
+        if self.loader is not None:
+            self._load_model(self.loader)
+
+    def startup_notices(self) -> Iterator[tuple[str, str]]:
+        """(text, kind) lines the chat opens with."""
+        if self.demo:
+            yield DEMO_NOTICE, "demo"
+        for warning in self.startup_warnings:
+            yield f"Warning: {warning}", "warning"
+        if self.load_error:
+            yield self.load_error, "error"
+
+    # the model
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="load")
+    def _load_model(self, loader: ModelLoader) -> None:
+        try:
+            backend, tokenizer = loader()
+        except UserError as error:
+            self.post_message(ModelFailed(str(error)))
+        except Exception as error:  # noqa: BLE001 - any failure must reach the UI as a message, not a traceback
+            self.log_exception(error)
+            self.post_message(ModelFailed(f"could not load the model: {type(error).__name__}: {error}"))
+        else:
+            self.post_message(ModelLoaded(backend, tokenizer))
+
+    def on_model_loaded(self, message: ModelLoaded) -> None:
+        self.backend, self.tokenizer = message.backend, message.tokenizer
+        if self._on_model_ready is not None:
+            self._on_model_ready(message.backend)
+        self.chat.model_loaded()
+
+    async def on_model_failed(self, message: ModelFailed) -> None:
+        self.load_error = message.error
+        await self.chat.model_failed(message.error)
+
+    def on_unmount(self) -> None:
+        """Free the backend (a TPU's device memory, an idle simulator's busy core) as the app closes.
+
+        Unless a decode step is still running 5 s after quitting stopped it (the chat
+        screen waited): then process exit frees it.
+        """
+        if self.backend is not None and not self.chat.reply_running:
+            self.backend.close()
 
     # settings
 
@@ -99,10 +161,6 @@ class OptTuiApp(App[int]):
         if theme.name != self.settings.theme:
             self.update_settings(theme=theme.name)
 
-    def model_ready(self, backend: Backend) -> None:
-        if self._on_model_ready is not None:
-            self._on_model_ready(backend)
-
     # actions
 
     def action_help(self) -> None:
@@ -123,14 +181,12 @@ class OptTuiApp(App[int]):
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
-        main = screen if isinstance(screen, MainScreen) else None
-        if main is not None:
-            yield SystemCommand("Stop reply", "Stop the reply being generated (escape)", main.action_stop)
-            yield SystemCommand("Regenerate", "Answer the last message again (ctrl+r)", main.action_regenerate)
-            yield SystemCommand("New conversation", "Start an empty chat (ctrl+n)", main.action_new_conversation)
-            yield SystemCommand("Conversations", "Reopen or delete past chats (ctrl+o)", main.action_conversations)
-            yield SystemCommand("Settings", "Sampling values and preamble (f2)", lambda: main.action_pane("settings"))
-            yield SystemCommand("Device stats", "Backend, context, speed, TPU or host load (f3)", lambda: main.action_pane("stats"))
-            yield SystemCommand("Toggle side pane", "Hide or show the side pane (f4)", lambda: main.action_pane("toggle"))
-        yield SystemCommand("Help", "Key bindings (f1)", self.action_help)
-        yield SystemCommand("Next theme", "Cycle dark, light, high-contrast (ctrl+t)", self.action_next_theme)
+        if isinstance(screen, MainScreen):
+            for binding in screen.BINDINGS:
+                assert isinstance(binding, Binding)
+                yield SystemCommand(binding.description, f"{binding.tooltip} ({binding.key})",
+                                    lambda action=binding.action: screen.run_action(action))  # fmt: skip
+        for binding in self.BINDINGS:
+            assert isinstance(binding, Binding)
+            yield SystemCommand(binding.description, f"{binding.tooltip} ({binding.key})",
+                                lambda action=binding.action: self.run_action(action))  # fmt: skip

@@ -2,36 +2,34 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from textual.message import Message
 
 from opt_tpu_tui.backends.base import Backend
 from opt_tpu_tui.devices import DeviceSample
+from opt_tpu_tui.persist import Outcome
 from opt_tpu_tui.tokenizer import Tokenizer
-from opt_tpu_tui.tui.streaming import ReplyJob
 
 
+@dataclass
 class ModelLoaded(Message):
-    def __init__(self, backend: Backend, tokenizer: Tokenizer) -> None:
-        super().__init__()
-        self.backend = backend
-        self.tokenizer = tokenizer
+    backend: Backend
+    tokenizer: Tokenizer
 
 
+@dataclass
 class ModelFailed(Message):
-    def __init__(self, error: str) -> None:
-        super().__init__()
-        self.error = error
+    error: str
 
 
+@dataclass
 class ReplyFinished(Message):
-    """The reply worker is done (finished, stopped or failed: see ``job.error`` and the turn)."""
+    """The reply worker is done (finished, stopped or failed: the outcome and the turn say which)."""
 
-    def __init__(self, job: ReplyJob) -> None:
-        super().__init__()
-        self.job = job
+    outcome: Outcome
 
 
+@dataclass
 class DeviceSampled(Message):
-    def __init__(self, sample: DeviceSample) -> None:
-        super().__init__()
-        self.sample = sample
+    sample: DeviceSample

@@ -2,7 +2,7 @@
 
 The worker appends text pieces to a :class:`TokenBuffer` under a lock (a few
 microseconds, never blocking on the UI); a UI timer takes everything buffered
-10-20 times a second and renders it in one go. So the view re-renders at the
+several times a second and renders it in one go. So the view re-renders at the
 timer's pace, not per token, and the worker never waits for the UI.
 """
 
@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from opt_tpu_tui.backends.base import Backend
-from opt_tpu_tui.chat import Reply
 from opt_tpu_tui.tokenizer import Tokenizer
 
-ModelLoader = Callable[[], tuple[Backend, Tokenizer]]
+ModelLoader = Callable[[], "tuple[Backend, Tokenizer]"]
 """Builds the backend and tokenizer (slow: run it in a worker). Tests inject a scripted one."""
 
 
@@ -26,12 +24,10 @@ class TokenBuffer:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._pieces: list[str] = []
-        self.total_pieces = 0
 
     def push(self, piece: str) -> None:
         with self._lock:
             self._pieces.append(piece)
-            self.total_pieces += 1
 
     def take(self) -> str:
         """Everything pushed since the last take, joined ("" if nothing)."""
@@ -41,17 +37,3 @@ class TokenBuffer:
             text = "".join(self._pieces)
             self._pieces.clear()
         return text
-
-
-@dataclass
-class ReplyJob:
-    """One reply in flight: what the worker needs, and what the UI reads back at the end."""
-
-    reply: Reply
-    conversation_id: int | None  # None: the worker creates the conversation first
-    regenerate: bool = False
-    cancel: threading.Event = field(default_factory=threading.Event)
-    buffer: TokenBuffer = field(default_factory=TokenBuffer)
-    done: threading.Event = field(default_factory=threading.Event)
-    error: str | None = None
-    save_interval: float = 0.5  # seconds between saves of the partial reply

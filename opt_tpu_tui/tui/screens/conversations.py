@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -12,12 +13,14 @@ from textual.widgets import Label, OptionList
 from textual.widgets.option_list import Option
 
 from opt_tpu_tui.history import ConversationSummary
+from opt_tpu_tui.safe_text import terminal_safe
 
 
-def describe(summary: ConversationSummary) -> str:
+def describe(summary: ConversationSummary) -> Text:
+    """One line of the list; the title is a user's message, so shown as plain, safe text."""
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(summary.updated))
     turns = f"{summary.turns} turn{'s' if summary.turns != 1 else ''}"
-    return f"{when}  {summary.title}  ({turns})"
+    return Text(f"{when}  {terminal_safe(summary.title)}  ({turns})", no_wrap=True, overflow="ellipsis")
 
 
 class ConversationsScreen(ModalScreen[int | None]):

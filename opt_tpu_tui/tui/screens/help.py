@@ -1,33 +1,34 @@
-"""The help screen: every key binding and the few things worth knowing."""
+"""The help screen: every key, built from the bindings themselves so it cannot fall behind them."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Markdown
 
-KEYS: list[tuple[str, str]] = [
-    ("enter", "send the message"),
-    ("ctrl+j", "new line in the message"),
-    ("escape", "stop the reply (the partial reply is kept, marked stopped)"),
-    ("ctrl+r", "regenerate the last reply"),
-    ("ctrl+n", "new conversation"),
-    ("ctrl+o", "conversation list: enter opens, d deletes"),
-    ("f2", "settings pane (↑/↓ step a number, enter or ctrl+s applies)"),
-    ("f3", "device-stats pane"),
-    ("f4", "hide or show the side pane"),
-    ("ctrl+t", "next theme (dark, light, high-contrast, …)"),
+# Keys that are Textual's own or belong to widgets without a tooltip of ours.
+BUILT_IN: list[tuple[str, str]] = [
     ("tab / shift+tab", "move between the prompt, transcript and panes"),
     ("ctrl+p", "command palette: every action, and 'Change theme'"),
-    ("f1", "this help"),
     ("ctrl+q", "quit (a reply in progress is stopped and saved)"),
 ]
 
 
-def help_markdown() -> str:
-    table = "\n".join(f"| `{key}` | {what} |" for key, what in KEYS)
+def key_rows(bindings: Iterable[BindingType]) -> list[tuple[str, str]]:
+    """(key, what it does) for each binding that explains itself (has a tooltip)."""
+    return [
+        (binding.key_display or binding.key, binding.tooltip)
+        for binding in bindings
+        if isinstance(binding, Binding) and binding.tooltip
+    ]
+
+
+def help_markdown(rows: list[tuple[str, str]]) -> str:
+    table = "\n".join(f"| `{key}` | {what} |" for key, what in [*rows, *BUILT_IN])
     return f"""\
 # opt-tpu-tui
 
@@ -45,13 +46,24 @@ Press escape or f1 to close this help.
 """
 
 
+def all_keys() -> list[tuple[str, str]]:
+    """Every key the chat answers to, in the order help lists them."""
+    from opt_tpu_tui.tui.app import OptTuiApp
+    from opt_tpu_tui.tui.screens.main import MainScreen
+    from opt_tpu_tui.tui.widgets.prompt import PromptInput
+    from opt_tpu_tui.tui.widgets.settings_form import SettingsForm, StepperInput
+
+    return key_rows([*PromptInput.BINDINGS, *MainScreen.BINDINGS, *StepperInput.BINDINGS, *SettingsForm.BINDINGS,
+                     *OptTuiApp.BINDINGS])  # fmt: skip
+
+
 class HelpScreen(ModalScreen[None]):
     CSS_PATH = "modal.tcss"
     BINDINGS = [Binding("escape,f1,q", "dismiss", "Close", id="help.close")]
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="help-body"):
-            yield Markdown(help_markdown())
+            yield Markdown(help_markdown(all_keys()))
 
     def action_dismiss(self) -> None:  # type: ignore[override]
         self.dismiss(None)

@@ -1,85 +1,99 @@
-"""The chat screen: transcript and prompt, with a side pane for device stats or settings.
+"""The chat screen: status line, transcript and prompt, with a side pane for device stats or settings.
 
-This screen is the controller between the widgets (which only render) and the
-services (ChatSession, HistoryStore, DeviceMonitor: no Textual inside). Blocking
-work runs in thread workers only: model loading, the decode loop, device sampling.
-The decode worker fills a TokenBuffer; a UI timer drains it at FLUSH_HZ into a
-MarkdownStream, so a reply costs a render per tick, not per token.
+The screen wires widgets to services. The app owns the model (tui/app.py); replies run
+in a thread worker through ``persist.run_and_save``, which saves them as they grow; a
+UI timer moves the streamed text into the reply's widget, which owns the rendering.
+Which pane is open is a reactive, the narrow and too-small layouts are breakpoint
+classes, and the stylesheet does the rest.
 """
 
 from __future__ import annotations
 
 import gc
 import threading
-import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.reactive import reactive
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import ContentSwitcher, Footer, Static
 from textual.worker import get_current_worker
 
-from opt_tpu_tui.backends.base import Backend
-from opt_tpu_tui.chat import ChatSession, Turn
-from opt_tpu_tui.demo import DEMO_NOTICE
+from opt_tpu_tui.chat import ChatSession, Conversation, Reply
 from opt_tpu_tui.devices import DeviceSample
 from opt_tpu_tui.errors import UserError
-from opt_tpu_tui.tui.messages import DeviceSampled, ModelFailed, ModelLoaded, ReplyFinished
+from opt_tpu_tui.persist import run_and_save
+from opt_tpu_tui.tui.messages import DeviceSampled, ReplyFinished
 from opt_tpu_tui.tui.screens.conversations import ConversationsScreen
-from opt_tpu_tui.tui.streaming import ReplyJob
-from opt_tpu_tui.tui.widgets.conversation import AssistantMessage, Notice, ReplyStream, Transcript, UserMessage
+from opt_tpu_tui.tui.streaming import TokenBuffer
+from opt_tpu_tui.tui.widgets.conversation import Notice, ReplyView, Transcript, UserMessage
 from opt_tpu_tui.tui.widgets.prompt import PromptInput
 from opt_tpu_tui.tui.widgets.settings_form import SettingsForm
 from opt_tpu_tui.tui.widgets.stats import StatsPanel, StatsView
+from opt_tpu_tui.tui.widgets.status import StatusLine
 
 if TYPE_CHECKING:
     from opt_tpu_tui.tui.app import OptTuiApp
 
-FLUSH_HZ = 15  # textual.md: 10-20 Hz keeps UI CPU low and the stream smooth
-NARROW = 100  # below this many columns the side pane replaces the chat instead of sitting beside it
+FLUSH_HZ = 8  # streamed text reaches the view this often: smooth to the eye, few frames on the wire
+MIN_WIDTH, MIN_HEIGHT = 60, 15  # below this the screen says it is too small
+WIDE = 100  # from this many columns the side pane sits beside the chat; below, it replaces it
 STATS_PERIOD = 1.0
+BUSY = "A reply is streaming: press escape to stop it first"
 
 
 class Monitor(Protocol):
     def sample(self) -> DeviceSample: ...
 
 
+@dataclass
+class Streaming:
+    """The reply in flight: what the worker fills and the UI drains."""
+
+    reply: Reply
+    view: ReplyView
+    regenerate: bool
+    cancel: threading.Event
+    buffer: TokenBuffer = field(default_factory=TokenBuffer)
+    done: threading.Event = field(default_factory=threading.Event)
+
+
 class MainScreen(Screen[None]):
     CSS_PATH = "main.tcss"
+    AUTO_FOCUS = "#prompt"
+    HORIZONTAL_BREAKPOINTS = [(0, "-too-narrow"), (MIN_WIDTH, "-narrow"), (WIDE, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-too-short"), (MIN_HEIGHT, "-tall")]
     BINDINGS = [
-        Binding("escape", "stop", "Stop", id="chat.stop"),
-        Binding("ctrl+r", "regenerate", "Regen", id="chat.regenerate"),
-        Binding("ctrl+n", "new_conversation", "New", id="chat.new"),
-        Binding("ctrl+o", "conversations", "Chats", id="chat.conversations"),
-        Binding("f2", "pane('settings')", "Settings", id="pane.settings"),
-        Binding("f3", "pane('stats')", "Stats", id="pane.stats"),
-        Binding("f4", "pane('toggle')", "Pane", id="pane.toggle", show=False),
-    ]
+        Binding("escape", "stop", "Stop", id="chat.stop",
+                tooltip="stop the reply (the partial reply is kept, marked stopped); first closes a pane over the chat"),
+        Binding("ctrl+r", "regenerate", "Regen", id="chat.regenerate", tooltip="regenerate the last reply"),
+        Binding("ctrl+n", "new_conversation", "New", id="chat.new", tooltip="new conversation"),
+        Binding("ctrl+o", "conversations", "Chats", id="chat.conversations",
+                tooltip="conversation list: enter opens, d deletes"),
+        Binding("f2", "pane('settings')", "Settings", id="pane.settings",
+                tooltip="settings pane (↑/↓ step a number, enter or ctrl+s applies)"),
+        Binding("f3", "pane('stats')", "Stats", id="pane.stats", tooltip="device-stats pane"),
+        Binding("f4", "pane('toggle')", "Pane", id="pane.toggle", show=False, tooltip="hide or show the side pane"),
+    ]  # fmt: skip
+
+    pane = reactive("hidden")  # "stats", "settings" or "hidden"
 
     def __init__(self) -> None:
         super().__init__()
-        self.turns: list[Turn] = []  # the open conversation; the session shares this list
-        self.conversation_id: int | None = None
+        self.conversation = Conversation()
         self.session: ChatSession | None = None
-        self.backend: Backend | None = None
-        self.load_error: str | None = None
-        self._job: ReplyJob | None = None
-        self._stream: ReplyStream | None = None
-        self._reply_view: AssistantMessage | None = None
+        self._streaming: Streaming | None = None
         self._flush_timer: Timer | None = None
         self._stats_stop = threading.Event()
-        self._last_prefill: float | None = None
-        self._last_cached = 0  # prompt tokens the last prefill took from the cache
-        self._last_speed: float | None = None
-        self._last_context = 0
+        self._last: StatsView = StatsView()
         self._device: DeviceSample | None = None
-        self._pane = "hidden"
-        self._narrow = False
-        self.finished_replies = 0  # how many replies have ended (tests and the bench wait on it)
+        self._was_narrow: bool | None = None
+        self.finished_replies = 0  # how many replies have ended (tests and the benches wait on it)
 
     @property
     def tui(self) -> OptTuiApp:
@@ -87,101 +101,91 @@ class MainScreen(Screen[None]):
 
     @property
     def streaming(self) -> bool:
-        return self._job is not None
+        return self._streaming is not None
+
+    @property
+    def in_flight(self) -> Streaming | None:
+        """The reply being generated, if any."""
+        return self._streaming
+
+    @property
+    def narrow(self) -> bool:
+        return self.size.width < WIDE
 
     # layout
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="body"):
             with Vertical(id="chat"):
-                yield Static("", id="status", markup=False)
+                yield StatusLine(id="status")
                 yield Transcript(id="transcript")
                 yield PromptInput(id="prompt")
             with Vertical(id="side"):
                 with ContentSwitcher(id="side-switcher", initial="stats"):
                     yield StatsPanel(id="stats")
                     yield SettingsForm(id="settings")
+        yield Static("", id="too-small", markup=False)
         yield Footer(compact=True, show_command_palette=False)
 
-    def on_mount(self) -> None:
+    async def on_mount(self) -> None:
         app = self.tui
         self.query_one(SettingsForm).load(app.settings.sampling, app.settings.preamble)
-        self._narrow = self.app.size.width < NARROW
-        self._set_pane("hidden" if self._narrow else app.settings.side_pane, remember=False)
-        transcript = self.query_one(Transcript)
-        if app.demo:
-            transcript.mount(
-                Notice(DEMO_NOTICE, "demo")
-            )
-        for warning in app.startup_warnings:
-            transcript.mount(Notice(f"Warning: {warning}", "warning"))
+        status = self.query_one(StatusLine)
+        status.model, status.backend, status.demo = app.model_label, app.backend_label, app.demo
+        notices = [Notice(text, kind) for text, kind in app.startup_notices()]
+        await self.query_one(Transcript).add(*notices)
         self._show_stats()
         self.query_one(PromptInput).focus()
-        if app.loader is None:
-            self.load_error = "no model: start with opt-tpu-tui --model DIR (a Hugging Face OPT or converted bmodel directory)"
-            transcript.mount(Notice(self.load_error, "error"))
-        else:
-            self._load_model()
-        self._update_status()
+        self._update_state()
+        app.load_model()
 
-    def on_resize(self) -> None:
-        narrow = self.app.size.width < NARROW
-        if narrow != self._narrow:
-            self._narrow = narrow
-            self._set_pane("hidden" if narrow else self.tui.settings.side_pane, remember=False)
-
-    def _set_pane(self, pane: str, remember: bool = True) -> None:
-        """Show ``pane`` ("stats", "settings") in the side, or "hidden"; when narrow it replaces the chat."""
-        self._pane = pane
+    def watch_pane(self, pane: str) -> None:
         self.set_class(pane != "hidden", "-side-open")
-        self.set_class(self._narrow, "-narrow")
         if pane != "hidden":
             self.query_one(ContentSwitcher).current = pane
-        if remember and not self._narrow and pane != self.tui.settings.side_pane:
-            self.tui.update_settings(side_pane=pane)
+
+    def on_resize(self) -> None:
+        width, height = self.app.size
+        self.query_one("#too-small", Static).update(
+            f"Terminal too small ({width}x{height}): opt-tpu-tui needs at least {MIN_WIDTH}x{MIN_HEIGHT}."
+        )
+        narrow = width < WIDE
+        if narrow != self._was_narrow:  # on the first layout too: the saved pane opens only if it fits beside
+            self.pane = "hidden" if narrow else self.tui.settings.side_pane
+        self._was_narrow = narrow
 
     def action_pane(self, which: str) -> None:
+        settings = self.tui.settings
         if which == "toggle":
-            target = "hidden" if self._pane != "hidden" else (self.tui.settings.side_pane if self.tui.settings.side_pane != "hidden" else "stats")
+            target = "hidden" if self.pane != "hidden" else (settings.side_pane if settings.side_pane != "hidden" else "stats")
         else:
-            target = "hidden" if self._pane == which else which
-        self._set_pane(target)
+            target = "hidden" if self.pane == which else which
+        self.pane = target
+        if not self.narrow and target != settings.side_pane:
+            self.tui.update_settings(side_pane=target)
         if target == "settings":
             self.query_one("#field-max_new_tokens").focus()
-        elif target == "hidden" or not self._narrow:
+        elif target == "hidden" or not self.narrow:
             self.query_one(PromptInput).focus()
 
-    # model loading
+    # the model (loaded by the app)
 
-    @work(thread=True, exclusive=True, exit_on_error=False, group="load")
-    def _load_model(self) -> None:
-        loader = self.tui.loader
-        assert loader is not None
-        try:
-            backend, tokenizer = loader()
-        except UserError as error:
-            self.post_message(ModelFailed(str(error)))
-        except Exception as error:  # noqa: BLE001 - any failure must reach the UI as a message, not a traceback
-            self.tui.log_exception(error)
-            self.post_message(ModelFailed(f"could not load the model: {type(error).__name__}: {error}"))
-        else:
-            self.post_message(ModelLoaded(backend, tokenizer))
-
-    def on_model_loaded(self, message: ModelLoaded) -> None:
-        self.backend = message.backend
-        self.session = ChatSession(message.backend, message.tokenizer, self.tui.settings.preamble, self.turns)
-        self.load_error = None
-        self.tui.model_ready(message.backend)
-        self._update_status()
+    def model_loaded(self) -> None:
+        app = self.tui
+        assert app.backend is not None and app.tokenizer is not None
+        self.session = ChatSession(app.backend, app.tokenizer, app.settings.preamble, self.conversation)
+        status = self.query_one(StatusLine)
+        status.model, status.backend = app.backend.model_name, app.backend.name
+        status.context_size = app.backend.context_length
+        self._update_state()
         self._show_stats()
         self._stats_stop.clear()
-        self._sample_devices(self.tui.monitor_factory(message.backend.name))
+        self._sample_devices(app.monitor_factory(app.backend.name))
 
-    def on_model_failed(self, message: ModelFailed) -> None:
-        self.load_error = message.error
-        self.query_one(Transcript).mount(Notice(f"Model failed to load: {message.error}", "error"))
-        self.notify(message.error, title="Model failed to load", severity="error", timeout=10)
-        self._update_status()
+    async def model_failed(self, error: str) -> None:
+        await self.query_one(Transcript).add(Notice(f"Model failed to load: {error}", "error"))
+        self.notify(error, title="Model failed to load", severity="error", timeout=10)
+        self._update_state()
 
     # device stats
 
@@ -198,214 +202,199 @@ class MainScreen(Screen[None]):
 
     def on_device_sampled(self, message: DeviceSampled) -> None:
         self._device = message.sample
-        if self._job is not None:
-            stats = self._job.reply.stats
-            self._last_context = stats.context_used or self._last_context
-            if stats.prefill_seconds:
-                self._last_prefill, self._last_cached = stats.prefill_seconds, stats.cached_tokens
-            self._last_speed = stats.tokens_per_second
-            self.query_one(StatsPanel).add_speed(stats.tokens_per_second)
-            self._update_status()
+        if self._streaming is not None:
+            self._take_stats(self._streaming.reply)
+            self.query_one(StatsPanel).add_speed(self._streaming.reply.stats.tokens_per_second)
         self._show_stats()
 
-    def _show_stats(self) -> None:
-        backend = self.backend
-        view = StatsView(
-            backend=backend.name if backend else self.tui.backend_label,
-            model=backend.model_name if backend else self.tui.model_label,
-            context_used=self._last_context,
-            context_size=backend.context_length if backend else 0,
-            prefill_seconds=self._last_prefill,
-            cached_tokens=self._last_cached,
-            tokens_per_second=self._last_speed,
-            device=self._device,
+    def _take_stats(self, reply: Reply) -> None:
+        stats, last = reply.stats, self._last
+        prefill = (stats.prefill_seconds, stats.cached_tokens) if stats.prefill_seconds else (last.prefill_seconds, last.cached_tokens)
+        self._last = StatsView(
+            context_used=stats.context_used or last.context_used,
+            prefill_seconds=prefill[0],
+            cached_tokens=prefill[1],
+            tokens_per_second=stats.tokens_per_second,
         )
-        self.query_one(StatsPanel).show(view)
+        self.query_one(StatusLine).context_used = self._last.context_used
 
-    def _update_status(self) -> None:
+    def _show_stats(self) -> None:
+        app, last = self.tui, self._last
+        backend = app.backend
+        self.query_one(StatsPanel).show(
+            StatsView(
+                backend=backend.name if backend else app.backend_label,
+                model=backend.model_name if backend else app.model_label,
+                context_used=last.context_used,
+                context_size=backend.context_length if backend else 0,
+                prefill_seconds=last.prefill_seconds,
+                cached_tokens=last.cached_tokens,
+                tokens_per_second=last.tokens_per_second,
+                device=self._device,
+            )
+        )
+
+    def _update_state(self) -> None:
         app = self.tui
-        if self.backend is not None:
-            where = f"{self.backend.model_name} on {self.backend.name}"
-            context = f" · context {self._last_context}/{self.backend.context_length}"
-        else:
-            where, context = f"{app.model_label} on {app.backend_label}", ""
-        if self.load_error:
+        if app.load_error:
             state = "no model"
-        elif self.backend is None:
+        elif self.session is None:
             state = "loading model…"
-        elif self._job is not None:
+        elif self._streaming is not None:
             state = "replying… (esc stops)"
         else:
             state = "ready"
-        demo = " · DEMO model" if app.demo else ""
-        self.query_one("#status", Static).update(f"{where}{demo}{context} · {state} · f1 help")
+        self.query_one(StatusLine).state = state
+        prompt = self.query_one(PromptInput)
+        if self._streaming is not None:
+            prompt.refusal = BUSY
+        elif self.session is None:
+            prompt.refusal = f"Cannot reply: {app.load_error}" if app.load_error else "The model is still loading"
+        else:
+            prompt.refusal = None
 
     # sending and streaming
 
     async def on_prompt_input_submitted(self, message: PromptInput.Submitted) -> None:
-        await self.send(message.text)
+        if not await self.send(message.text):
+            self.query_one(PromptInput).give_back(message.text)
 
-    def _refuse(self, text: str) -> None:
+    def _refuse(self, text: str) -> bool:
         self.notify(text, severity="warning")
+        return False
 
-    def _ready_to_reply(self) -> bool:
-        if self._job is not None:
-            self._refuse("A reply is streaming: press escape to stop it first")
-            return False
-        if self.session is None:
-            self._refuse(f"Cannot reply: {self.load_error}" if self.load_error else "The model is still loading")
-            return False
+    async def send(self, text: str) -> bool:
+        """Start a reply to ``text``; False (and a notification) when it cannot be sent."""
+        if self._streaming is not None or self.session is None:
+            return self._refuse(self.query_one(PromptInput).refusal or BUSY)
         self.session.preamble = self.tui.settings.preamble
-        return True
-
-    async def send(self, text: str) -> None:
-        if not self._ready_to_reply():
-            return
-        assert self.session is not None
-        job_cancel = threading.Event()
+        cancel = threading.Event()
         try:
-            reply = self.session.send(text, self.tui.settings.sampling, job_cancel)
+            reply = self.session.send(text, self.tui.settings.sampling, cancel)
         except UserError as error:
             self.notify(str(error), title="Not sent", severity="error")
-            return
-        self.query_one(PromptInput).clear()
-        await self.query_one(Transcript).mount(UserMessage(reply.turn.user))
-        await self._start(ReplyJob(reply, self.conversation_id, cancel=job_cancel))
+            return False
+        await self.query_one(Transcript).add(UserMessage(reply.turn.user))
+        await self._start(reply, cancel, regenerate=False)
+        return True
 
     async def action_regenerate(self) -> None:
-        if not self.turns:
+        if self._streaming is not None:
+            self._refuse(BUSY)
+            return
+        if self.session is None or not self.conversation.turns:
             self._refuse("There is no reply to regenerate")
             return
-        if not self._ready_to_reply():
-            return
-        assert self.session is not None
-        job_cancel = threading.Event()
+        cancel = threading.Event()
         try:
-            reply = self.session.regenerate(self.tui.settings.sampling, job_cancel)
+            reply = self.session.regenerate(self.tui.settings.sampling, cancel)
         except UserError as error:
             self.notify(str(error), title="Not regenerated", severity="error")
             return
-        replies = self.query(AssistantMessage)
+        replies = self.query(ReplyView)
         if replies:
             await replies.last().remove()
-        await self._start(ReplyJob(reply, self.conversation_id, regenerate=True, cancel=job_cancel))
+        await self._start(reply, cancel, regenerate=True)
 
-    async def _start(self, job: ReplyJob) -> None:
+    async def _start(self, reply: Reply, cancel: threading.Event, regenerate: bool) -> None:
+        backend = self.tui.backend
+        view = ReplyView(label=backend.model_name if backend else "opt", streaming=True)
         transcript = self.query_one(Transcript)
-        view = AssistantMessage(label=self.backend.model_name if self.backend else "opt")
-        await transcript.mount(view)
+        await transcript.add(view)
         transcript.anchor()
-        self._job, self._reply_view = job, view
-        self._stream = view.start_stream()
+        self._streaming = Streaming(reply, view, regenerate, cancel)
         gc.disable()  # textual.md: gen-2 collections stall the stream for 200-300 ms; collect at the end
         self._flush_timer = self.set_interval(1 / FLUSH_HZ, self._flush)
-        self._update_status()
-        self._run_reply(job)
+        self._update_state()
+        self._run_reply(self._streaming)
 
     async def _flush(self) -> None:
-        if self._job is None or self._stream is None:
+        streaming = self._streaming
+        if streaming is None:
             return
-        text = self._job.buffer.take()
+        text = streaming.buffer.take()
         if text:
-            await self._stream.write(text)
+            await streaming.view.append(text)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="reply")
-    def _run_reply(self, job: ReplyJob) -> None:
-        """The decode loop, off the UI thread; saves the reply as it grows so a kill loses only the tail."""
+    def _run_reply(self, streaming: Streaming) -> None:
+        """The decode loop, off the UI thread (persist.run_and_save saves the reply as it grows)."""
         worker = get_current_worker()
-        store = self.tui.store
-        turn = job.reply.turn
-        turn_id: int | None = None
+
+        def emit(piece: str) -> None:
+            streaming.buffer.push(piece)
+            if worker.is_cancelled:
+                streaming.cancel.set()  # the generation stops before its next token
+
+        app = self.tui
         try:
-            if job.conversation_id is None:
-                job.conversation_id = store.create_conversation(turn.user)
-            last = store.last_turn_id(job.conversation_id) if job.regenerate else None
-            if last is not None:
-                turn_id = last
-                store.restart_turn(turn_id)
-            else:
-                turn_id = store.add_turn(job.conversation_id, turn.user)
-            saved = time.monotonic()
-            for piece in job.reply:
-                job.buffer.push(piece)
-                if worker.is_cancelled:
-                    job.cancel.set()  # the generation stops before its next token
-                now = time.monotonic()
-                if now - saved >= job.save_interval:
-                    store.save_reply(turn_id, turn.assistant)
-                    saved = now
-        except UserError as error:
-            job.error = str(error)
-        except Exception as error:  # noqa: BLE001 - a backend failure is shown in the transcript, not raised
-            self.tui.log_exception(error)
-            job.error = f"reply failed: {type(error).__name__}: {error}"
+            outcome = run_and_save(
+                streaming.reply, self.conversation, app.store, regenerate=streaming.regenerate, emit=emit
+            )
         finally:
-            if job.error:
-                turn.stopped = True
-            if turn_id is not None:
-                try:
-                    store.save_reply(turn_id, turn.assistant, stopped=turn.stopped, complete=True)
-                except Exception as error:  # noqa: BLE001
-                    job.error = job.error or f"could not save the reply: {error}"
-            job.done.set()
-            self.post_message(ReplyFinished(job))
+            streaming.done.set()
+        self.post_message(ReplyFinished(outcome))
 
     async def on_reply_finished(self, message: ReplyFinished) -> None:
-        job = message.job
-        if job is not self._job:
+        streaming = self._streaming
+        if streaming is None:
             return
         if self._flush_timer is not None:
             self._flush_timer.stop()
         self._flush_timer = None
-        if self._stream is not None:
-            await self._stream.stop()
-        self._stream = None
-        view = self._reply_view
-        self._job, self._reply_view = None, None
-        self.conversation_id = job.conversation_id
-        stats = job.reply.stats
-        if stats.prefill_seconds:
-            self._last_prefill, self._last_cached = stats.prefill_seconds, stats.cached_tokens
-        self._last_speed = stats.tokens_per_second
-        self._last_context = stats.context_used or self._last_context
-        if view is not None:
-            await view.finish(job.reply.turn.assistant, stopped=job.reply.turn.stopped, error=job.error)
-        if job.error:
-            self.notify(job.error, title="Reply failed", severity="error", timeout=8)
+        self._streaming = None
+        if not streaming.view.is_attached:  # the app is closing
+            return
+        outcome, turn = message.outcome, streaming.reply.turn
+        if turn in self.conversation.turns or outcome.error is None:
+            await streaming.view.finish(turn.assistant, stopped=turn.stopped, error=outcome.error)
+        else:  # the message was taken back: nothing of this turn stays on screen either
+            await self.query(UserMessage).last().remove()
+            await streaming.view.remove_with_parts()
+            self.query_one(PromptInput).give_back(turn.user)
+        self._take_stats(streaming.reply)
+        if outcome.error:
+            self.notify(outcome.error, title="Reply failed", severity="error", timeout=8)
+        if outcome.unsaved:
+            self.notify(f"Not saved: {outcome.unsaved}", severity="warning", timeout=8)
         gc.enable()
         gc.collect()
         self.finished_replies += 1
-        self._update_status()
+        self._update_state()
         self._show_stats()
 
     def action_stop(self) -> None:
-        if self._job is not None:
-            self._job.cancel.set()
-        elif self._narrow and self._pane != "hidden":
-            self.action_pane("toggle")
+        """Escape: close a pane that covers the chat or holds the focus; else stop the reply."""
+        side = self.query_one("#side")
+        if self.pane != "hidden" and (self.narrow or side.has_focus_within):
+            if self.narrow:
+                self.pane = "hidden"
+            self.query_one(PromptInput).focus()
+        elif self._streaming is not None:
+            self._streaming.cancel.set()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action == "stop" and self._job is None and not (self._narrow and self._pane != "hidden"):
+        if action == "stop" and self._streaming is None and not (self.pane != "hidden" and self.narrow):
             return None  # shown dimmed in the Footer
         return True
 
     # conversations
 
-    def action_new_conversation(self) -> None:
-        if self._job is not None:
-            self._refuse("A reply is streaming: press escape to stop it first")
+    async def action_new_conversation(self) -> None:
+        if self._streaming is not None:
+            self._refuse(BUSY)
             return
-        self.turns.clear()
-        self.conversation_id = None
-        self.query_one(Transcript).remove_children()
-        self._last_context = 0
-        self._update_status()
+        self.conversation.turns.clear()
+        self.conversation.id = None
+        await self.query_one(Transcript).clear()
+        self._last = StatsView()
+        self.query_one(StatusLine).context_used = 0
         self._show_stats()
         self.query_one(PromptInput).focus()
 
     def action_conversations(self) -> None:
-        if self._job is not None:
-            self._refuse("A reply is streaming: press escape to stop it first")
+        if self._streaming is not None:
+            self._refuse(BUSY)
             return
         self.app.push_screen(
             ConversationsScreen(self.tui.store.list_conversations(), self._delete_conversation), self._open_conversation
@@ -413,49 +402,50 @@ class MainScreen(Screen[None]):
 
     def _delete_conversation(self, conversation_id: int) -> None:
         self.tui.store.delete_conversation(conversation_id)
-        if conversation_id == self.conversation_id:
-            self.action_new_conversation()
+        if conversation_id == self.conversation.id:
+            self.call_later(self.action_new_conversation)
 
-    def _open_conversation(self, conversation_id: int | None) -> None:
-        if conversation_id is None:
-            return
-        self.open_conversation(conversation_id)
+    async def _open_conversation(self, conversation_id: int | None) -> None:
+        if conversation_id is not None:
+            await self.open_conversation(conversation_id)
 
-    def open_conversation(self, conversation_id: int) -> None:
+    async def open_conversation(self, conversation_id: int) -> None:
+        """Show a saved conversation: its last messages as widgets, the count of the others above."""
         turns = self.tui.store.load(conversation_id)
-        self.turns[:] = turns
-        self.conversation_id = conversation_id
+        self.conversation.turns[:] = turns
+        self.conversation.id = conversation_id
         transcript = self.query_one(Transcript)
-        transcript.remove_children()
-        label = self.backend.model_name if self.backend else "opt"
-        widgets = []
-        for turn in turns:
-            widgets += [UserMessage(turn.user), AssistantMessage(turn.assistant, label=label, stopped=turn.stopped, frozen=True)]
-        transcript.mount_all(widgets)
+        await transcript.clear()
+        backend = self.tui.backend
+        label = backend.model_name if backend else "opt"
+        shown = turns[-(Transcript.MOUNTED // 2) :]
+        widgets: list[Static | ReplyView] = []
+        for turn in shown:
+            widgets += [UserMessage(turn.user), ReplyView(turn.assistant, label=label, stopped=turn.stopped)]
+        transcript.hidden_messages = 2 * (len(turns) - len(shown))
+        await transcript.add(*widgets)
         transcript.anchor()  # as after a reply: the newest message at the bottom, however short the chat
         self.query_one(PromptInput).focus()
 
     # settings
 
     def on_settings_form_applied(self, message: SettingsForm.Applied) -> None:
-        self.tui.update_settings(sampling=message.sampling, preamble=message.preamble)
-        self.notify("Settings saved: they apply from the next reply", timeout=3)
+        if self.tui.update_settings(sampling=message.sampling, preamble=message.preamble):
+            self.notify("Settings saved: they apply from the next reply", timeout=3)
 
     # shutdown
 
     def on_unmount(self) -> None:
-        """Quitting mid-reply: stop the decode within one token and let it save what it has.
-
-        Then free the backend (a TPU's device memory, an idle simulator's busy core),
-        unless a decode step is still running after 5 s: process exit frees it then.
-        """
+        """Quitting mid-reply: stop the decode within one token and let it save what it has (5 s at most)."""
         self._stats_stop.set()
-        job = self._job
-        if job is not None:
-            job.cancel.set()
-            job.done.wait(timeout=5)
-        if self.backend is not None and (job is None or job.done.is_set()):
-            self.backend.close()
+        streaming = self._streaming
+        if streaming is not None:
+            streaming.cancel.set()
+            streaming.done.wait(timeout=5)
         if not gc.isenabled():
             gc.enable()
 
+    @property
+    def reply_running(self) -> bool:
+        """A decode step still running after quitting asked it to stop (the backend must not be freed under it)."""
+        return self._streaming is not None and not self._streaming.done.is_set()

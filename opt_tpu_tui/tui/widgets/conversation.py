@@ -1,142 +1,201 @@
-"""The transcript: user messages as plain text, assistant replies as (streamed) Markdown."""
+"""The transcript: user messages as plain text, replies streamed line by line, then as Markdown.
+
+What a streamed reply costs on the wire is what Textual repaints, and Textual repaints
+a widget whole when it changes. So a reply is not one growing widget: finished
+paragraphs become one static Markdown block each, the lines of the paragraph being
+written are one small widget per wrapped line, and only the line being written (the
+live tail) changes with each batch of tokens. A token then costs about the same at
+the 2,000th as at the 20th, on the wire and in layout. When the reply ends it becomes
+a single Markdown widget, rendered once.
+"""
 
 from __future__ import annotations
 
+from rich.cells import cell_len
 from rich.markdown import Markdown as RichMarkdown
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
-from textual.widgets import Markdown, Static
+from textual.widget import Widget
+from textual.widgets import Static
+
+from opt_tpu_tui.safe_text import terminal_safe
 
 
-class Transcript(VerticalScroll):
-    """The scrolling list of messages (``layout: stream`` in the screen's CSS keeps layout cheap)."""
-
-    can_focus = True
-
-
-class UserMessage(Static):
-    def __init__(self, text: str) -> None:
-        super().__init__(text, markup=False, classes="message user-message")
-        self.border_title = "you"
+def markdown(text: str) -> RichMarkdown:
+    """Model text as Markdown, with its control characters made visible."""
+    return RichMarkdown(terminal_safe(text))
 
 
-SEGMENT_CHARS = 1200  # a streamed reply moves on to a new Markdown widget past this size
+def take_line(text: str, width: int) -> tuple[str, str] | None:
+    """The first line of ``text`` word-wrapped at ``width`` cells, and the rest.
 
-
-def split_point(text: str, start: int) -> int | None:
-    """Where ``text`` may be cut into two Markdown documents: just after the last blank line at or
-    past ``start`` with no code fence left open before it; None if there is no such place."""
-    cut = text.rfind("\n\n", start)
-    if cut < 0:
-        return None
-    head = text[: cut + 2]
-    fences = sum(1 for line in head.splitlines() if line.lstrip().startswith(("```", "~~~")))
-    return cut + 2 if fences % 2 == 0 else None
-
-
-class ReplyStream:
-    """Feeds a streamed reply into a chain of Markdown widgets, each at most about SEGMENT_CHARS.
-
-    A single Markdown widget gets dearer to append to and lay out as it grows; cutting
-    the reply at paragraph boundaries keeps each append's cost flat, and the
-    transcript's ``layout: stream`` caches the placement of finished segments.
+    None while that first line could still change: it ends in no newline and fits. Greedy
+    wrapping only ever moves the last word, so a line taken here is final.
     """
-
-    def __init__(self, message: AssistantMessage) -> None:
-        self.message = message
-        self.text = ""  # everything written so far
-        self.segment_start = 0  # where the last Markdown widget's text begins
-        self._stream = Markdown.get_stream(message.markdown)
-
-    async def write(self, text: str) -> None:
-        self.text += text
-        cut = None
-        if len(self.text) - self.segment_start > SEGMENT_CHARS:
-            cut = split_point(self.text, self.segment_start + SEGMENT_CHARS // 2)
-        if cut is None or cut <= len(self.text) - len(text):
-            await self._stream.write(text)
-            return
-        before = len(self.text) - len(text)
-        await self._stream.write(self.text[before:cut])
-        await self._stream.stop()
-        await self.message.freeze_last(self.text[self.segment_start : cut])
-        self.segment_start = cut
-        segment = Markdown(self.text[cut:], classes="reply")
-        await self.message.mount(segment, before=self.message.query_one(".reply-status"))
-        self._stream = Markdown.get_stream(segment)
-
-    async def stop(self) -> None:
-        await self._stream.stop()
+    newline = text.find("\n")
+    head = text if newline < 0 else text[:newline]
+    if cell_len(head) <= width:
+        return None if newline < 0 else (head, text[newline + 1 :])
+    fits = 0
+    while cell_len(head[: fits + 1]) <= width:
+        fits += 1
+    space = head.rfind(" ", 0, fits + 1)
+    if space > 0:
+        return head[:space], text[space + 1 :]
+    return head[: max(1, fits)], text[max(1, fits) :]
 
 
-class AssistantMessage(Vertical):
-    """One reply; while it streams, text arrives through ReplyStream (flat cost per write)."""
+class Line(Static):
+    """One screen row of a streaming reply: empty room until text is written into it."""
+
+    def __init__(self) -> None:
+        super().__init__(" ", classes="reply-part reply-line")
+        self.text = ""
+
+    def write(self, text: str) -> None:
+        if text != self.text:
+            self.text = text
+            self.update(Text(text or " ", no_wrap=True))  # " ": an empty row keeps its height
+
+
+class ReplyView(Vertical):
+    """One reply. While it streams the caller only calls :meth:`append`, then :meth:`finish` once.
+
+    Textual repaints a container whole when it grows, and every sibling before a widget
+    that is mounted (their stacking order changes). So a streaming reply is written into
+    rows that already exist: ``Transcript.room()`` empty Line widgets mounted after this
+    one. Each batch of tokens rewrites the row being written and nothing else; when the
+    rows run out, the written ones become one block and new empty rows are mounted, in
+    one frame (the anchored transcript scrolls to them in the same layout). That is one
+    full repaint per two thirds of a screen of text, and the cost per token does not grow with the
+    reply. When the reply ends it is rendered once, as Markdown, inside this widget.
+    """
 
     def __init__(
         self, text: str = "", *, label: str = "opt", stopped: bool = False, error: str | None = None,
-        frozen: bool = False,
+        streaming: bool = False,
     ) -> None:  # fmt: skip
         super().__init__(classes="message assistant-message")
-        self._initial = text
-        self.border_title = label
+        self.border_title = terminal_safe(label)
+        self.text = text  # the reply as generated (the control characters only change on screen)
         self.stopped = stopped
         self.error = error
-        self._frozen: list[str] = [text] if frozen and text else []
+        self.streaming = streaming
+        self._taken = 0  # how much of self.text is in finished rows
+        self._blocks: list[Static] = []  # finished rows, merged
+        self._rows: list[Line] = []  # the rows being filled: finished ones, then the one being written, then room
+        self._filled = 0  # how many of self._rows are finished
+        self._wrapped_at = 0  # the width the rows were wrapped at
+        self._rewrap = False
 
     def compose(self) -> ComposeResult:
-        if self._frozen:  # from the history: one widget, several times cheaper to mount and lay out
-            yield Static(RichMarkdown(self._initial), classes="reply-frozen")
-        else:  # a reply that may still grow: a Markdown widget, which streams
-            yield Markdown(self._initial, classes="reply")
+        if not self.streaming:
+            yield Static(markdown(self.text), classes="reply-body")
         yield Static("", classes="reply-status", markup=False)
 
     def on_mount(self) -> None:
+        self.set_class(self.streaming, "-streaming")
         self._show_status()
 
     @property
-    def markdown(self) -> Markdown:
-        """The Markdown widget that holds (the end of) the reply."""
-        return self.query(Markdown).last()
+    def parts(self) -> list[Static]:
+        """The widgets showing a streaming reply, in order (siblings after this one)."""
+        return [*self._blocks, *self._rows]
 
-    @property
-    def text(self) -> str:
-        """The reply as shown: its frozen segments and the Markdown widget joined."""
-        live = self.query(Markdown)
-        return "".join(self._frozen) + (live.last().source if live else "")
+    async def append(self, text: str) -> None:
+        """Add streamed text: finished rows are set down, the row being written repaints."""
+        self.text += text
+        width = self._width()
+        if not self._rows or self._rewrap or width != self._wrapped_at:
+            await self._lay_out(width)
+            return
+        while True:
+            taken = take_line(self.text[self._taken :], width)
+            if taken is None:
+                break
+            line, rest = taken
+            self._rows[self._filled].write(terminal_safe(line))
+            self._filled += 1
+            self._taken = len(self.text) - len(rest)
+            if self._filled == len(self._rows):
+                await self._new_rows()
+        self._rows[self._filled].write(terminal_safe(self.text[self._taken :]))
 
-    async def freeze_last(self, source: str) -> None:
-        """Swap the finished Markdown segment for one Static showing the same Markdown.
+    def _width(self) -> int:
+        """The text width of a row: the transcript's, less a row's left bar and padding."""
+        transcript = self.parent
+        return max(1, transcript.content_region.width - 3) if isinstance(transcript, Widget) else 1
 
-        A Markdown widget is a tree of block widgets, and every layout pass visits them
-        all; a frozen segment is a single widget, so a long reply's cost stays flat.
+    async def _new_rows(self) -> None:
+        """The rows are full: merge them into a block and mount fresh room after it, in one frame."""
+        with self.app.batch_update():
+            block = self._block([row.text for row in self._rows])
+            await self._mount_parts([block], after=self._rows[-1])
+            await self._remove_parts(self._rows)
+            self._blocks.append(block)
+            self._rows, self._filled = await self._room(after=block), 0
+
+    def _block(self, lines: list[str]) -> Static:
+        return Static(Text("\n".join(lines), no_wrap=True), classes="reply-part reply-block")
+
+    async def _room(self, after: Widget) -> list[Line]:
+        rows = [Line() for _ in range(Transcript.room(self.parent))]
+        await self._mount_parts(rows, after=after)
+        return rows
+
+    async def _lay_out(self, width: int) -> None:
+        """Wrap the whole reply at ``width`` into one block and fresh rows (at the start, and after a resize)."""
+        with self.app.batch_update():
+            await self._remove_parts(self.parts)
+            self._blocks, self._rows, self._filled, self._taken = [], [], 0, 0
+            lines = []
+            while (taken := take_line(self.text[self._taken :], width)) is not None:
+                lines.append(terminal_safe(taken[0]))
+                self._taken = len(self.text) - len(taken[1])
+            after: Widget = self
+            if lines:
+                self._blocks = [self._block(lines)]
+                await self._mount_parts(self._blocks, after=self)
+                after = self._blocks[0]
+            self._rows = await self._room(after=after)
+            self._rows[0].write(terminal_safe(self.text[self._taken :]))
+            self._wrapped_at, self._rewrap = width, False
+
+    async def _mount_parts(self, parts: list[Static] | list[Line], after: Widget) -> None:
+        assert self.parent is not None
+        await self.parent.mount_all(parts, after=after)
+
+    async def _remove_parts(self, parts: list[Static] | list[Line]) -> None:
+        if self.parent is not None and parts:
+            await self.parent.remove_children(parts)
+
+    def on_resize(self) -> None:
+        """Rows wrapped at the old width are wrapped again at the new one, by the next append.
+
+        (Not here: append runs in the screen's task, and two tasks changing the
+        widgets at once would interleave at every await.)
         """
-        old = self.markdown
-        frozen = Static(RichMarkdown(source), classes="reply-frozen")
-        self._frozen.append(source)
-        await self.mount(frozen, before=old)
-        await old.remove()
-
-    def start_stream(self) -> ReplyStream:
-        self.add_class("-streaming")
-        self._reply_stream = ReplyStream(self)
-        return self._reply_stream
+        if self.streaming and self._rows and self._width() != self._wrapped_at:
+            self._rewrap = True
 
     async def finish(self, text: str, *, stopped: bool, error: str | None) -> None:
-        """Give the last segment one clean parse of the final text and show how the reply ended."""
+        """The reply has ended: show it as one Markdown widget and how it ended."""
+        self.text, self.stopped, self.error, self.streaming = text, stopped, error, False
+        await self._remove_parts(self.parts)
+        self._blocks, self._rows = [], []
+        await self.mount(Static(markdown(text), classes="reply-body"), before=self.query_one(".reply-status"))
         self.remove_class("-streaming")
-        self.stopped, self.error = stopped, error
-        stream = getattr(self, "_reply_stream", None)
-        start = stream.segment_start if stream is not None and text.startswith(stream.text[: stream.segment_start]) else 0
-        if start == 0:
-            await self.query(".reply-frozen").remove()
-            self._frozen.clear()
-        await self.markdown.update(text[start:])
         self._show_status()
+
+    async def remove_with_parts(self) -> None:
+        await self._remove_parts(self.parts)
+        await self.remove()
 
     def _show_status(self) -> None:
         status = self.query_one(".reply-status", Static)
         if self.error:
-            status.update(f"⚠ {self.error}")
+            status.update(f"⚠ {terminal_safe(self.error)}")
         elif self.stopped:
             status.update("■ stopped")
         status.display = bool(self.error or self.stopped)
@@ -144,8 +203,60 @@ class AssistantMessage(Vertical):
         self.set_class(bool(self.error), "-error")
 
 
+class UserMessage(Static):
+    def __init__(self, text: str) -> None:
+        super().__init__(terminal_safe(text), markup=False, classes="message user-message")
+        self.border_title = "you"
+
+
 class Notice(Static):
     """A line of information in the transcript (model loading, errors, demo notice)."""
 
     def __init__(self, text: str, kind: str = "info") -> None:
-        super().__init__(text, markup=False, classes=f"notice -{kind}")
+        super().__init__(terminal_safe(text), markup=False, classes=f"notice -{kind}")
+
+
+class Transcript(VerticalScroll):
+    """The scrolling list of messages, anchored at the end (a streaming reply: see ReplyView).
+
+    Only the last ``MOUNTED`` messages are kept as widgets; the older ones are counted
+    in a line at the top (reopening the conversation shows them), so a long chat costs
+    as much per turn as a short one.
+    """
+
+    MOUNTED = 40
+    can_focus = True
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.hidden_messages = 0
+
+    async def add(self, *messages: Static | ReplyView) -> None:
+        """Mount messages at the end, dropping the oldest past MOUNTED."""
+        await self.mount_all(messages)
+        mounted = [child for child in self.children if isinstance(child, (UserMessage, ReplyView))]
+        excess = len(mounted) - self.MOUNTED
+        if excess > 0:
+            drop = mounted[: excess + self.MOUNTED // 4]  # in batches: the layout shifts once every few turns
+            self.hidden_messages += len(drop)
+            await self.remove_children(drop)
+        if self.hidden_messages and (excess > 0 or not self.query(".hidden-count")):
+            await self._show_hidden_count()
+
+    async def _show_hidden_count(self) -> None:
+        text = f"▲ {self.hidden_messages} earlier messages not shown here (ctrl+o reopens the whole conversation)"
+        existing = self.query(".hidden-count")
+        if existing:
+            existing.first(Static).update(text)
+        else:
+            await self.mount(Static(text, classes="notice hidden-count", markup=False), before=0)
+
+    async def clear(self) -> None:
+        self.hidden_messages = 0
+        await self.remove_children()
+
+    @staticmethod
+    def room(transcript: object) -> int:
+        """How many empty rows a streaming reply keeps below its text: two thirds of the view."""
+        height = transcript.size.height if isinstance(transcript, Widget) else 0
+        return max(1, height * 2 // 3)

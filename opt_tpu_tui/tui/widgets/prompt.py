@@ -1,37 +1,53 @@
 """The multi-line prompt box: Enter sends, ctrl+j inserts a newline.
 
 Many terminals send the same byte for Enter and Shift+Enter, so the newline key is
-ctrl+j (a line feed, which every terminal can type). Both bindings are priority
-bindings so that TextArea's own Enter handling never sees the key.
+ctrl+j (a line feed, which every terminal can type). Both are the box's own bindings,
+run in key order (ordered_keys.py), so a burst such as ``hello`` Enter sends exactly
+``hello``. Sending empties the box in the same step, so keys typed right after Enter
+start the next message instead of being lost to a later clear.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import TextArea
 
+from opt_tpu_tui.tui.widgets.ordered_keys import OrderedKeys
 
-class PromptInput(TextArea):
+
+class PromptInput(OrderedKeys, TextArea):
     BINDINGS = [
-        Binding("enter", "submit", "Send", priority=True, id="prompt.send"),
-        Binding("ctrl+j", "newline", "Line", priority=True, id="prompt.newline"),
+        Binding("enter", "submit", "Send", id="prompt.send", tooltip="send the message"),
+        Binding("ctrl+j", "newline", "Line", id="prompt.newline", tooltip="new line in the message"),
     ]
 
+    @dataclass
     class Submitted(Message):
-        def __init__(self, prompt: PromptInput, text: str) -> None:
-            super().__init__()
-            self.prompt = prompt
-            self.text = text
+        text: str
 
     def __init__(self, **kwargs: object) -> None:
         super().__init__(
             placeholder="Message · enter sends · ctrl+j new line",
             soft_wrap=True, show_line_numbers=False, tab_behavior="focus", compact=True, **kwargs)  # type: ignore[arg-type]
+        self.cursor_blink = False  # a blinking cursor sends bytes twice a second over SSH for nothing
+        self.refusal: str | None = None  # why a message cannot be sent now (a reply is streaming, ...)
 
     def action_submit(self) -> None:
-        if self.text.strip():
-            self.post_message(self.Submitted(self, self.text))
+        if not self.text.strip():
+            return
+        if self.refusal:
+            self.notify(self.refusal, severity="warning")
+            return
+        text = self.text
+        self.clear()
+        self.post_message(self.Submitted(text))
 
     def action_newline(self) -> None:
         self.insert("\n")
+
+    def give_back(self, text: str) -> None:
+        """A message that could not be sent returns to the box, before anything typed since."""
+        self.text = text + self.text

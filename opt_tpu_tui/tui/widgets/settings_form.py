@@ -9,6 +9,7 @@ message and nothing is applied. Applied values take effect from the next reply.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -18,6 +19,7 @@ from textual.widgets import Input, Label, Static, TextArea
 
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.sampling import LIMITS, SamplingSettings
+from opt_tpu_tui.tui.widgets.ordered_keys import OrderedKeys
 
 FIELDS: dict[str, str] = {  # field -> label
     "max_new_tokens": "Max new tokens",
@@ -58,17 +60,20 @@ def step_value(name: str, value: float | int | None, direction: int) -> float | 
     return int(stepped) if name in INTEGRAL else round(stepped, 6)
 
 
-class StepperInput(Input):
-    """A compact number field that steps with Up/Down."""
+class StepperInput(OrderedKeys, Input):
+    """A compact number field that steps with Up/Down (keys in typed order: ordered_keys.py)."""
 
     BINDINGS = [
-        Binding("up", "step(1)", "Step", key_display="↑↓", id="settings.step_up"),  # one footer entry for both
+        Binding("up", "step(1)", "Step", key_display="↑↓", id="settings.step_up",  # one footer entry for both
+                tooltip="(settings pane) step a number up or down"),
         Binding("down", "step(-1)", "Step −", id="settings.step_down", show=False),
     ]
 
     def __init__(self, field_name: str, **kwargs: object) -> None:
         super().__init__(compact=True, id=f"field-{field_name}", **kwargs)  # type: ignore[arg-type]
         self.field_name = field_name
+        self.cursor_blink = False  # no bytes on the wire while nothing changes
+
 
     def action_step(self, direction: int) -> None:
         try:
@@ -79,17 +84,25 @@ class StepperInput(Input):
         self.post_message(SettingsForm.ApplyRequested())
 
 
+class PreambleInput(OrderedKeys, TextArea):
+    """The preamble's text box, keys in typed order."""
+
+    def __init__(self) -> None:
+        super().__init__(id="field-preamble", soft_wrap=True, tab_behavior="focus", compact=True)
+        self.cursor_blink = False
+
+
 class SettingsForm(VerticalScroll):
-    BINDINGS = [Binding("ctrl+s", "apply", "Apply", id="settings.apply")]
+    BINDINGS = [Binding("ctrl+s", "apply", "Apply", id="settings.apply",
+                        tooltip="(settings pane) apply the form, as enter in a field does; from the next reply")]
 
     class ApplyRequested(Message):
         """A stepper moved: apply the form."""
 
+    @dataclass
     class Applied(Message):
-        def __init__(self, sampling: SamplingSettings, preamble: str) -> None:
-            super().__init__()
-            self.sampling = sampling
-            self.preamble = preamble
+        sampling: SamplingSettings
+        preamble: str
 
     def compose(self) -> ComposeResult:
         for name, label in FIELDS.items():
@@ -97,7 +110,7 @@ class SettingsForm(VerticalScroll):
                 yield Label(label, classes="field-label")
                 yield StepperInput(name, placeholder="random" if name == "seed" else "")
         yield Label("Preamble", classes="field-label")
-        yield TextArea(id="field-preamble", soft_wrap=True, tab_behavior="focus", compact=True)
+        yield PreambleInput()
         yield Static("", id="settings-error", markup=False)
         yield Static("↑/↓ step · enter or ctrl+s apply · from the next reply", id="settings-hint", markup=False)
 

@@ -1,18 +1,26 @@
-"""The device-stats pane: figures as a small table and a sparkline of decode tokens/s."""
+"""The device-stats pane: one line per figure and a sparkline of decode tokens/s.
+
+Each figure is its own one-line widget, updated only when its text changes: the pane
+is sampled once a second, and over SSH a repaint of the whole table every second
+was the largest cost of an idle screen.
+"""
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
 
-from rich.table import Table
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Label, Sparkline, Static
 
 from opt_tpu_tui.devices import DeviceSample, human_bytes
+from opt_tpu_tui.safe_text import terminal_safe
 
 SPARK_POINTS = 30
+NAMES = ("Backend", "Model", "Context", "Prefill", "Decode", "TPU", "TPU mem", "Chip temp", "Host CPU", "Host mem")
+NAME_WIDTH = max(len(name) for name in NAMES) + 1
 
 
 @dataclass(frozen=True)
@@ -71,21 +79,28 @@ class StatsPanel(Vertical):
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self._speeds: deque[float] = deque([0.0] * SPARK_POINTS, maxlen=SPARK_POINTS)
+        self._shown: dict[str, str | None] = {name: None for name in NAMES}
         self.view = StatsView()
 
     def compose(self) -> ComposeResult:
-        yield Static(id="stats-table")
+        for name in NAMES:
+            yield Static("", classes="stats-row", id=f"stats-{name.lower().replace(' ', '-')}")
         yield Label("tok/s", id="spark-label")
         yield Sparkline(list(self._speeds), id="spark")
 
     def show(self, view: StatsView) -> None:
+        """Show ``view``, repainting only the lines whose text changed."""
         self.view = view
-        table = Table.grid(padding=(0, 1))
-        table.add_column(style="bold", no_wrap=True)
-        table.add_column(overflow="ellipsis", no_wrap=True)
-        for name, value in rows(view):
-            table.add_row(name, value)
-        self.query_one("#stats-table", Static).update(table)
+        values = dict(rows(view))
+        for name in NAMES:
+            value = values.get(name)
+            if value == self._shown[name]:
+                continue
+            self._shown[name] = value
+            line = self.query_one(f"#stats-{name.lower().replace(' ', '-')}", Static)
+            line.display = value is not None
+            if value is not None:
+                line.update(Text.assemble((name.ljust(NAME_WIDTH), "bold"), terminal_safe(value), no_wrap=True, overflow="ellipsis"))
 
     def add_speed(self, tokens_per_second: float) -> None:
         self._speeds.append(tokens_per_second)

@@ -1,0 +1,97 @@
+"""Running a chat reply while saving it: what the TUI's reply worker does, with no Textual in it.
+
+The reply is saved a few times a second as it streams, so a kill loses at most the
+last ``interval`` seconds. Whatever goes wrong with the history, the screen, the
+session's turns and the file end in agreement:
+
+- the history is held by another opt-tpu-tui (``HistoryUnavailable``, a UserError): the
+  reply runs unsaved, and the caller is told so in one line;
+- a save fails (a full disk): the reply stops there and its text goes back to what was
+  last saved, marked stopped, which is how the incomplete turn on disk reopens;
+- the message itself cannot be saved: no reply runs, and the turn is taken back.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from opt_tpu_tui.chat import Conversation, Reply
+from opt_tpu_tui.errors import UserError
+from opt_tpu_tui.history import HistoryStore
+
+SAVE_INTERVAL = 0.5  # seconds between saves of a streaming reply
+
+
+@dataclass
+class Outcome:
+    """How a reply ended, beyond its turn: an error line, and a note that it was not saved."""
+
+    error: str | None = None
+    unsaved: str | None = None
+
+
+def run_and_save(
+    reply: Reply,
+    conversation: Conversation,
+    store: HistoryStore,
+    *,
+    regenerate: bool,
+    emit: Callable[[str], None],
+    interval: float = SAVE_INTERVAL,
+) -> Outcome:
+    """Run ``reply`` to its end, handing each text piece to ``emit`` and saving as it goes."""
+    turn = reply.turn
+    outcome = Outcome()
+    try:
+        turn_id = _open_turn(store, conversation, turn.user, regenerate)
+    except UserError as error:  # the history is busy or unwritable: reply, but say it is not kept
+        turn_id, outcome.unsaved = None, str(error)
+    except (sqlite3.Error, OSError) as error:
+        conversation.turns.remove(turn)
+        turn.stopped = True
+        outcome.error = f"could not save the message, so it was not sent: {error}"
+        return outcome
+    saved = ""  # the reply as last saved
+
+    def save(**end: bool) -> bool:
+        """Save the reply so far; on failure take it back to what was saved, and say so."""
+        nonlocal saved
+        if turn_id is None:
+            return True
+        try:
+            store.save_reply(turn_id, turn.assistant, **end)
+        except (sqlite3.Error, OSError) as error:
+            turn.assistant, turn.stopped = saved, True
+            outcome.error = f"could not save the reply, so it ends at what was saved before: {error}"
+            return False
+        saved = turn.assistant
+        return True
+
+    saved_at = time.monotonic()
+    try:
+        for piece in reply:
+            emit(piece)
+            if time.monotonic() - saved_at >= interval:
+                if not save():
+                    return outcome  # leaving the loop ends the generation
+                saved_at = time.monotonic()
+    except UserError as error:
+        turn.stopped, outcome.error = True, str(error)
+    except Exception as error:  # noqa: BLE001 - a backend failure ends the reply; the caller shows it
+        turn.stopped, outcome.error = True, f"reply failed: {type(error).__name__}: {error}"
+    save(stopped=turn.stopped, complete=True)  # if this fails, the turn on disk is incomplete: reopened as stopped
+    return outcome
+
+
+def _open_turn(store: HistoryStore, conversation: Conversation, user: str, regenerate: bool) -> int:
+    """The id of the turn the reply is saved into: the last one again, or a new one."""
+    if conversation.id is None:
+        conversation.id = store.create_conversation(user)
+    last = store.last_turn_id(conversation.id) if regenerate else None
+    if last is not None:
+        store.restart_turn(last)
+        return last
+    return store.add_turn(conversation.id, user)
