@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import tmux
-from hostile import CLIPBOARD, TITLE, VISIBLE, make_hostile_model
+from hostile import CLIPBOARD, REPLY, TITLE, VISIBLE, make_hostile_model
 from tiny import make_model
 
 from opt_tpu_tui import paths
@@ -171,17 +171,13 @@ def assert_terminal_untouched(term: tmux.Tmux) -> None:
     assert term.buffers() == "", "the model's OSC 52 wrote the clipboard"
 
 
-def test_the_tmux_checks_see_what_hostile_bytes_do(hostile_model: Path) -> None:
+def test_the_tmux_checks_see_what_hostile_bytes_do() -> None:
     """The control: the reply's bytes, printed raw, do change the title and the buffers (so the checks can fail)."""
-    from hostile import REPLY
-
     with tmux.Tmux("control") as term:
         term.start(["printf", "%s\\n", REPLY])
         term.wait_for(lambda s: "EXIT=0" in s)
         assert term.title() == TITLE
-        assert CLIPBOARD in subprocess.run(
-            ["tmux", "-L", term.socket, "show-buffer"], capture_output=True, text=True
-        ).stdout
+        assert CLIPBOARD in term("show-buffer")
 
 
 def test_line_chat_shows_hostile_output_defanged(hostile_model: Path) -> None:
