@@ -3,7 +3,6 @@ busy databases, concurrent first starts, the integrity check after a crash, unus
 
 from __future__ import annotations
 
-import errno
 import multiprocessing
 import os
 import random
@@ -19,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from files_support import refuse_writes_under
 from opt_tpu_tui import history
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.history import SCHEMA_VERSION, HistoryStore, HistoryUnavailable, title_for
@@ -200,38 +200,39 @@ def test_a_database_another_process_holds_is_never_renamed(tmp_path: Path) -> No
     assert warning is None and sorted(c.title for c in store.list_conversations()) == ["held", "mine"]
 
 
-def start_at_once(base: str, rounds: int, barrier: Any, errors: Any) -> None:
+def start_at_once(base: str, rounds: int, barrier: Any, results: Any) -> None:
     """One of three instances: each round, open a fresh history at about the same moment as the others.
 
     Up to 2 ms of jitter varies which step of its start each one is at when the
     others arrive: with it the old code failed in every try of 60 rounds, in lockstep in fewer.
+    What went wrong is sent once, at the end (a queue still full blocks the process's exit).
     """
     random.seed(os.getpid())
+    problems = []
     for n in range(rounds):
         barrier.wait()
         time.sleep(random.random() * 0.002)
         try:
             store, warning = HistoryStore.open(Path(base) / str(n) / "h.sqlite3", busy_wait=20)
             if warning:
-                errors.put(warning)
+                problems.append(warning)
             store.create_conversation(f"round {n}")
             store.close()
         except BaseException:  # noqa: BLE001 - reported to the test
-            errors.put(traceback.format_exc())
+            problems.append(traceback.format_exc())
+    results.put(problems)
 
 
 def test_three_instances_starting_at_once_on_a_fresh_machine(tmp_path: Path) -> None:
     rounds = 60  # at least the 25 of the bug report; the old code failed in most runs of 60
     context = multiprocessing.get_context("fork")
-    barrier, errors = context.Barrier(3), context.Queue()
-    workers = [context.Process(target=start_at_once, args=(str(tmp_path), rounds, barrier, errors)) for _ in range(3)]
+    barrier, results = context.Barrier(3), context.Queue()
+    workers = [context.Process(target=start_at_once, args=(str(tmp_path), rounds, barrier, results)) for _ in range(3)]
     for worker in workers:
         worker.start()
+    problems = [problem for _ in workers for problem in results.get(timeout=120)]
     for worker in workers:
-        worker.join(120)
-    problems = []
-    while not errors.empty():
-        problems.append(errors.get())
+        worker.join(10)
     assert problems == [] and [w.exitcode for w in workers] == [0, 0, 0]
     assert not list(tmp_path.glob("*/*corrupt*"))
     for n in range(rounds):
@@ -287,23 +288,6 @@ def test_the_integrity_check_runs_only_after_an_unclean_shutdown(
     store.close()
     HistoryStore.open(path)[0].close()
     assert len(calls) == checks  # a crash is checked once, not again at every start
-
-
-def refuse_writes_under(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Simulate a read-only mount: os.open fails with EROFS for writes under ``folder``.
-
-    The tests run as root, which ignores permission bits, so chmod 0500 would not do.
-    SQLite's own opens do not go through os.open; the store makes its file first, so
-    that is where a read-only folder shows.
-    """
-    real_open = os.open
-
-    def fake_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
-        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT) and Path(path).is_relative_to(folder):
-            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
-        return real_open(path, flags, *args, **kwargs)
-
-    monkeypatch.setattr(os, "open", fake_open)
 
 
 @pytest.mark.parametrize("trouble", ["folder-is-a-file", "read-only-folder"])
