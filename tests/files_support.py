@@ -1,4 +1,4 @@
-"""Helpers for tests of folders the app cannot write."""
+"""Helpers for tests of file permissions and of folders the app cannot write."""
 
 from __future__ import annotations
 
@@ -28,3 +28,8 @@ def refuse_writes_under(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         return real_open(path, flags, *args, **kwargs)
 
     monkeypatch.setattr(os, "open", refusing_open)
+
+
+def mode(path: Path) -> int:
+    """The permission bits of ``path``."""
+    return path.stat().st_mode & 0o777

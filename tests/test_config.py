@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from files_support import mode
 from opt_tpu_tui import paths
 from opt_tpu_tui.atomic import atomic_write
 from opt_tpu_tui.config import Settings, changed_values, load_settings, save_settings, update_settings_file
@@ -88,17 +88,6 @@ def test_atomic_write_replaces_whole_and_leaves_no_temporary(tmp_path: Path) -> 
     assert target.read_text() == "two"
     assert [p.name for p in target.parent.iterdir()] == ["file.txt"]
     assert target.stat().st_mode & 0o777 == 0o600
-
-
-@pytest.fixture
-def umask_022() -> Iterator[None]:
-    old = os.umask(0o022)
-    yield
-    os.umask(old)
-
-
-def mode(path: Path) -> int:
-    return path.stat().st_mode & 0o777
 
 
 def test_a_fresh_config_folder_and_file_are_private_under_umask_022(umask_022: None) -> None:

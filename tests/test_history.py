@@ -12,13 +12,13 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from files_support import refuse_writes_under
+from files_support import mode, refuse_writes_under
 from opt_tpu_tui import history
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.history import SCHEMA_VERSION, HistoryStore, HistoryUnavailable, title_for
@@ -128,17 +128,6 @@ def test_kill_9_mid_reply_loses_only_the_unsaved_tail(tmp_path: Path) -> None:
 
 
 # privacy, busy databases, concurrent starts, wrong schemas, the integrity check
-
-
-@pytest.fixture
-def umask_022() -> Iterator[None]:
-    old = os.umask(0o022)
-    yield
-    os.umask(old)
-
-
-def mode(path: Path) -> int:
-    return path.stat().st_mode & 0o777
 
 
 @pytest.mark.parametrize("before", ["fresh", "older-readable", "corrupt"])
