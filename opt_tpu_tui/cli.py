@@ -11,7 +11,7 @@ from pathlib import Path
 from opt_tpu_tui import __version__, paths
 from opt_tpu_tui.backends import BACKENDS, Backend, open_model
 from opt_tpu_tui.chat import ChatSession, Reply
-from opt_tpu_tui.config import Settings, load_settings, save_settings
+from opt_tpu_tui.config import Settings, changed_values, load_settings, update_settings_file
 from opt_tpu_tui.demo import DEMO_MODEL_DIR, DEMO_NOTICE, is_demo_model
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.generation import Generation, GenerationStats
@@ -221,8 +221,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(DEMO_NOTICE, file=sys.stderr)
         with native_stdout_to(paths.native_output_log()):  # what the TPU runtime prints, out of the replies
             backend, tokenizer = open_model(model_dir, backend_kind, args.context)
-        if not demo:
-            save_settings(replace(saved, last_model=str(model_dir.resolve()), backend=backend_kind))
+        if not demo:  # written only when it changed: several instances may share the file
+            remembered = replace(saved, last_model=str(model_dir.resolve()), backend=backend_kind)
+            update_settings_file(changed_values(saved, remembered))
         try:
             if args.prompt is not None:
                 with native_stdout_to(paths.native_output_log(), append=True):

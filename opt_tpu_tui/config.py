@@ -19,12 +19,22 @@ its default, an unknown key is ignored. Example::
 "hidden". A file that is not valid JSON, or holds an out-of-range value, is renamed
 to ``settings.json.corrupt-<time>`` and the defaults are used, with a warning: the
 app never overwrites a file it could not read.
+
+Several instances may run at once, so a write never puts back a whole in-memory copy:
+:func:`update_settings_file` applies only the keys this instance changed on top of the
+file as it is now, under an advisory lock (``settings.json.lock`` beside it). A
+symlinked ``settings.json`` (dotfile managers) is written through: its target is
+replaced, the link stays.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -97,32 +107,112 @@ class Settings:
         return cls(sampling=sampling, **values).validate()
 
 
+class SettingsNotSaved(UserError):
+    """Valid settings that could not be written (a read-only or missing config folder): keep them for this run."""
+
+
 def load_settings(path: Path | None = None) -> tuple[Settings, str | None]:
     """The saved settings, or the defaults when there is no file.
 
     Returns the settings and a warning: not None when the file was unreadable and
-    has been moved aside (the warning names where it went).
+    has been moved aside (the warning names where it went). A file that cannot be
+    read at all (a folder in the way, no permission) is a UserError: it is not
+    damaged, so it is left alone.
     """
     path = path or paths.settings_file()
+    paths.private_dir(path.parent, create=False)
+    paths.tighten(path, paths.PRIVATE_FILE)  # left readable by an older version
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return Settings(), None
-    except (OSError, UnicodeDecodeError) as error:
+    except UnicodeDecodeError as error:
         problem = str(error)
+    except OSError as error:
+        raise UserError(f"{path}: cannot read the settings ({error.strerror or error})") from None
     else:
         try:
-            return Settings.from_dict(json.loads(text)), None
-        except json.JSONDecodeError as error:
-            problem = f"not valid JSON ({error})"
+            return Settings.from_dict(parse_json(text)), None
         except UserError as error:
             problem = str(error)
     aside = move_aside(path, time.strftime("%Y%m%d-%H%M%S"))
     return Settings(), f"{path}: {problem}; moved it to {aside.name} and started from the defaults"
 
 
+def parse_json(text: str) -> Any:
+    """``json.loads``, with every way it can fail (even deep nesting, a huge number) as a UserError."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise UserError("not valid JSON (nested too deeply)") from None
+    except ValueError as error:  # JSONDecodeError, and int() refusing thousands of digits
+        raise UserError(f"not valid JSON ({error})") from None
+
+
 def save_settings(settings: Settings, path: Path | None = None) -> None:
-    """Validate and write ``settings`` atomically; raise UserError if a value is out of range."""
+    """Validate and write ``settings`` whole, atomically; UserError if a value is out of range.
+
+    Several instances may be running: :func:`update_settings_file` is what they use.
+    """
     settings.validate()
+    path = path or paths.settings_file()
     text = json.dumps(settings.to_dict(), indent=2, ensure_ascii=False) + "\n"
-    atomic_write(path or paths.settings_file(), text)
+    try:
+        paths.private_dir(path.parent)
+        atomic_write(path.resolve() if path.is_symlink() else path, text)  # through a symlink, keeping it
+    except (OSError, UserError) as error:
+        raise _not_saved(path, error) from None
+
+
+def changed_values(old: Settings, new: Settings) -> dict[str, Any]:
+    """What ``new`` changes from ``old``, as JSON values; ``sampling`` holds only its changed fields."""
+    before, after = old.to_dict(), new.to_dict()
+    changes = {key: value for key, value in after.items() if key != "sampling" and before[key] != value}
+    sampling = {key: value for key, value in after["sampling"].items() if before["sampling"][key] != value}
+    if sampling:
+        changes["sampling"] = sampling
+    return changes
+
+
+def update_settings_file(changes: Mapping[str, Any], path: Path | None = None) -> Settings:
+    """Write ``changes`` (JSON values, e.g. from :func:`changed_values`) on top of the file as it is now.
+
+    Keys not in ``changes`` keep what is on disk, which may be another instance's
+    newer value; ``sampling`` merges per field. Returns the settings now on disk.
+    UserError if the result is out of range (nothing written), SettingsNotSaved if
+    the file cannot be written. No changes, no write.
+    """
+    path = path or paths.settings_file()
+    if not changes:  # no lock either: a read-only config folder is fine while nothing changes
+        return load_settings(path)[0]
+    with _locked(path):
+        current, _ = load_settings(path)  # a damaged file is set aside as at start
+        merged = current.to_dict()
+        for key, value in changes.items():
+            merged[key] = {**merged["sampling"], **value} if key == "sampling" else value
+        settings = Settings.from_dict(merged)
+        save_settings(settings, path)
+    return settings
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold the advisory lock of ``path`` (a file beside it) so read-modify-write cycles do not interleave."""
+    lock = path.with_name(path.name + ".lock")
+    try:
+        paths.private_dir(path.parent)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, paths.PRIVATE_FILE)
+    except (OSError, UserError) as error:
+        raise _not_saved(lock, error) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _not_saved(path: Path, error: OSError | UserError) -> SettingsNotSaved:
+    """One line for a failed write: a UserError already names its folder, an OSError gets ``path``."""
+    if isinstance(error, UserError):
+        return SettingsNotSaved(str(error))
+    return SettingsNotSaved(f"{path}: cannot save the settings ({error.strerror or error})")

@@ -11,26 +11,53 @@ Schema (``PRAGMA user_version`` = 1)::
     turns(id, conversation_id, position, user, assistant, stopped, complete, created)
 
 ``complete`` is 0 while a reply streams; a turn found incomplete when a conversation
-is reopened was interrupted (the app died), and is shown as stopped. A file that is
-not a readable SQLite database is renamed to ``history.sqlite3.corrupt-<time>`` and a
-fresh one started, with a warning. No Textual import here: the store is used from
-the UI thread and from the reply worker, serialised by one lock.
+is reopened was interrupted (the app died), and is shown as stopped. No Textual import
+here: the store is used from the UI thread and from the reply worker, serialised by
+one lock.
+
+What happens at open, and why:
+
+- Only a damaged file is set aside (renamed ``history.sqlite3.corrupt-<time>``, with
+  its -wal/-shm) and a fresh one started, with a warning: SQLite says corrupt or not a
+  database, the integrity check fails, or the tables lack columns this version needs.
+- A database another process holds (busy, locked) is not damaged: the open waits up to
+  ``busy_wait`` seconds, then the store is *unavailable*: ``writable`` is False, reads
+  return nothing, writes raise :class:`HistoryUnavailable`, and one warning line says
+  so. Nothing is renamed. The same goes for a folder or file that cannot be written.
+- ``PRAGMA quick_check`` reads the whole file (23 s for 786 MB), so it runs only after
+  an unclean shutdown. Each open store holds an flock on its own marker file
+  (``history.sqlite3.open-<pid>-<id>``) and removes it at :meth:`close`; a marker that
+  nobody holds locked was left by an instance that died with the history open.
+- Several instances may start at once on a fresh machine: the schema is created in a
+  ``BEGIN IMMEDIATE`` transaction, with ``IF NOT EXISTS``, so the second finds it made.
 """
 
 from __future__ import annotations
 
+import fcntl
+import functools
+import os
 import sqlite3
 import threading
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from opt_tpu_tui import paths
 from opt_tpu_tui.atomic import fsync_dir, move_aside
 from opt_tpu_tui.chat import Turn
+from opt_tpu_tui.errors import UserError
 
 SCHEMA_VERSION = 1
 TITLE_LENGTH = 60
+BUSY_WAIT = 5.0  # seconds an open waits for another process to let go of the database
+SQLITE_BUSY, SQLITE_LOCKED, SQLITE_CORRUPT, SQLITE_NOTADB = 5, 6, 11, 26
+BUSY_MESSAGES = ("database is locked", "database table is locked", "database schema is locked")
+CORRUPT_MESSAGES = ("file is not a database", "malformed", "file is encrypted or is not a database")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS conversations (
     id INTEGER PRIMARY KEY,
@@ -53,7 +80,11 @@ CREATE INDEX IF NOT EXISTS turns_by_conversation ON turns(conversation_id, posit
 
 
 class HistoryError(Exception):
-    """The database file is not usable (raised inside; the store turns it into a warning)."""
+    """The database file is damaged (raised inside; the store sets the file aside with a warning)."""
+
+
+class HistoryUnavailable(UserError):
+    """A write to a history this instance could not open; the message is the one line the user saw at start."""
 
 
 @dataclass(frozen=True)
@@ -70,127 +101,307 @@ def title_for(user: str) -> str:
     return line if len(line) <= TITLE_LENGTH else line[: TITLE_LENGTH - 1] + "…"
 
 
-class HistoryStore:
-    """Conversations on disk. Open with :meth:`open`, which sets a corrupt file aside."""
+def sqlite_kind(error: sqlite3.Error) -> str:
+    """"busy", "corrupt" or "other": the error code where Python gives it (3.11+), else the message."""
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is not None:
+        primary = code & 0xFF  # extended codes keep the primary one in the low byte
+        if primary in (SQLITE_BUSY, SQLITE_LOCKED):
+            return "busy"
+        return "corrupt" if primary in (SQLITE_CORRUPT, SQLITE_NOTADB) else "other"
+    message = str(error).lower()
+    if any(text in message for text in BUSY_MESSAGES):
+        return "busy"
+    return "corrupt" if any(text in message for text in CORRUPT_MESSAGES) else "other"
 
-    def __init__(self, path: Path, connection: sqlite3.Connection) -> None:
+
+def quick_check(db: sqlite3.Connection) -> None:
+    """Raise HistoryError if SQLite's integrity check finds damage (reads the whole file: not on every start)."""
+    result = db.execute("PRAGMA quick_check").fetchone()[0]
+    if result != "ok":
+        raise HistoryError(f"damaged database ({result})")
+
+
+@functools.lru_cache(maxsize=None)
+def expected_columns() -> dict[str, frozenset[str]]:
+    """Each table's columns, read from SCHEMA itself so the check cannot drift from it."""
+    db = sqlite3.connect(":memory:")
+    try:
+        db.executescript(SCHEMA)
+        tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return {table: table_columns(db, table) for table in tables}
+    finally:
+        db.close()
+
+
+def table_columns(db: sqlite3.Connection, table: str) -> frozenset[str]:
+    return frozenset(row[1] for row in db.execute(f"PRAGMA table_info({table})"))
+
+
+def check_schema(db: sqlite3.Connection) -> None:
+    """Raise HistoryError if a table lacks a column, rather than failing later on the first query."""
+    for table, wanted in expected_columns().items():
+        missing = wanted - table_columns(db, table)
+        if missing:
+            raise HistoryError(f"the {table} table lacks {', '.join(sorted(missing))} (not this app's schema)")
+
+
+def connect(path: Path, busy_wait: float, check: bool) -> sqlite3.Connection:
+    """Open ``path``, retrying while another process holds it, up to ``busy_wait`` seconds; then the busy error."""
+    deadline = time.monotonic() + busy_wait
+    while True:
+        try:
+            return connect_once(path, max(deadline - time.monotonic(), 0.0), check)
+        except sqlite3.OperationalError as error:  # some busy states skip SQLite's own wait
+            if sqlite_kind(error) != "busy" or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
+
+
+def connect_once(path: Path, timeout: float, check: bool) -> sqlite3.Connection:
+    db = sqlite3.connect(path, check_same_thread=False, timeout=timeout)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA foreign_keys=ON")
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise HistoryError(f"written by a newer version (schema {version}, this one reads {SCHEMA_VERSION})")
+        if check:
+            quick_check(db)
+        if version < SCHEMA_VERSION:  # one script: executescript would commit a BEGIN made apart
+            db.executescript(f"BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
+        check_schema(db)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+class OpenMarker:
+    """This instance's ``<db>.open-*`` file, flocked while the history is open.
+
+    The kernel drops the lock when a process dies, however it dies, so a marker nobody
+    holds locked means an unclean shutdown. It is made under a hidden name and renamed
+    once locked, so another instance never sees it unlocked.
+    """
+
+    def __init__(self, path: Path, fd: int) -> None:
         self.path = path
-        self._db = connection
-        self._lock = threading.Lock()
+        self._fd: int | None = fd
 
     @classmethod
-    def open(cls, path: Path | None = None) -> tuple[HistoryStore, str | None]:
-        """Open (or create) the history; returns the store and a warning if a corrupt file was set aside."""
-        path = path or paths.history_file()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            return cls(path, cls._connect(path)), None
-        except (sqlite3.DatabaseError, HistoryError) as error:
-            problem = str(error)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        aside = move_aside(path, stamp)
-        for suffix in ("-wal", "-shm"):
-            side = path.with_name(path.name + suffix)
-            if side.exists():
-                move_aside(side, stamp)
-        store = cls(path, cls._connect(path))
-        return store, f"{path}: {problem}; moved it to {aside.name} and started a new history"
+    def create(cls, db: Path) -> OpenMarker:
+        path = db.with_name(f"{db.name}.open-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        hidden = path.with_name("." + path.name)
+        fd = os.open(hidden, os.O_WRONLY | os.O_CREAT | os.O_EXCL, paths.PRIVATE_FILE)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.rename(hidden, path)
+        return cls(path, fd)
 
     @staticmethod
-    def _connect(path: Path) -> sqlite3.Connection:
-        created = not path.exists()
-        db = sqlite3.connect(path, check_same_thread=False, timeout=5.0)
+    def left_behind(db: Path) -> list[Path]:
+        """Markers of instances that died with ``db`` open."""
+        stale = []
+        for marker in db.parent.glob(f"{db.name}.open-*"):
+            try:
+                fd = os.open(marker, os.O_RDONLY)
+            except OSError:
+                continue  # its instance closed meanwhile
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                stale.append(marker)
+            except BlockingIOError:
+                pass  # its instance is alive
+            finally:
+                os.close(fd)
+        return stale
+
+    def release(self) -> None:
+        """Remove the marker (before unlocking it: unlocked and present means a crash)."""
+        if self._fd is None:
+            return
+        remove(self.path)
+        os.close(self._fd)
+        self._fd = None
+
+
+def remove(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def side_files(path: Path) -> list[Path]:
+    """The -wal and -shm files SQLite keeps beside ``path``."""
+    return [path.with_name(path.name + suffix) for suffix in ("-wal", "-shm")]
+
+
+def prepare_files(path: Path) -> bool:
+    """Make the private data folder and an empty 0600 database file (SQLite gives -wal/-shm the same mode),
+    tightening those an older version left readable; returns whether the database file is new."""
+    paths.private_dir(path.parent)
+    created = not path.exists()
+    paths.private_file(path)
+    for side in side_files(path):
+        paths.tighten(side, paths.PRIVATE_FILE)
+    return created
+
+
+class HistoryStore:
+    """Conversations on disk. Open with :meth:`open`; see the module docstring for what it does with trouble.
+
+    ``writable`` False means the history could not be opened: reads return nothing and
+    writes raise HistoryUnavailable with ``problem``, the line shown at start.
+    """
+
+    def __init__(
+        self, path: Path, connection: sqlite3.Connection | None, marker: OpenMarker | None = None, problem: str = ""
+    ) -> None:
+        self.path = path
+        self._db = connection
+        self._marker = marker
+        self._lock = threading.Lock()
+        self.problem = problem
+
+    @property
+    def writable(self) -> bool:
+        return self._db is not None
+
+    @classmethod
+    def open(cls, path: Path | None = None, busy_wait: float = BUSY_WAIT) -> tuple[HistoryStore, str | None]:
+        """Open (or create) the history; returns the store and a one-line warning, or None when all is well."""
+        path = path or paths.history_file()
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute("PRAGMA foreign_keys=ON")
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise HistoryError(f"written by a newer version (schema {version}, this one reads {SCHEMA_VERSION})")
-            check = db.execute("PRAGMA quick_check").fetchone()[0]
-            if check != "ok":
-                raise HistoryError(f"damaged database ({check})")
-            if version < SCHEMA_VERSION:
-                db.executescript(f"BEGIN; {SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
-        except BaseException:
-            db.close()
-            raise
+            created = prepare_files(path)
+            stale = OpenMarker.left_behind(path)
+            marker = OpenMarker.create(path)
+        except (OSError, UserError) as error:
+            return cls.unavailable(path, f"cannot write there ({getattr(error, 'strerror', None) or error})")
+        try:
+            db = connect(path, busy_wait, check=bool(stale))
+        except (sqlite3.DatabaseError, HistoryError) as error:
+            kind = "corrupt" if isinstance(error, HistoryError) else sqlite_kind(error)
+            if kind != "corrupt":
+                marker.release()
+                return cls.unavailable(path, "another opt-tpu-tui holds it" if kind == "busy" else str(error))
+            return cls.start_afresh(path, marker, str(error), busy_wait)
+        for old in stale:
+            remove(old)
         if created:
             fsync_dir(path.parent)
-        return db
+        return cls(path, db, marker), None
+
+    @classmethod
+    def unavailable(cls, path: Path, reason: str) -> tuple[HistoryStore, str]:
+        problem = f"{path}: history unavailable, {reason}; conversations are not saved this run"
+        return cls(path, None, problem=problem), problem
+
+    @classmethod
+    def start_afresh(cls, path: Path, marker: OpenMarker, problem: str, busy_wait: float) -> tuple[HistoryStore, str]:
+        """Set a damaged ``path`` (and its -wal/-shm) aside and open a new one in its place."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = move_aside(path, stamp)
+        for side in side_files(path):
+            if side.exists():
+                move_aside(side, stamp)
+        prepare_files(path)
+        return cls(path, connect(path, busy_wait, check=False), marker), (
+            f"{path}: {problem}; moved it to {aside.name} and started a new history"
+        )
 
     def close(self) -> None:
+        """Close the database and remove this instance's open marker: the next start skips the integrity check."""
         with self._lock:
-            self._db.close()
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+                self.problem = f"{self.path}: the history is closed"
+            if self._marker is not None:
+                self._marker.release()
+
+    @contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        """The connection inside a transaction, under the lock; HistoryUnavailable when there is none."""
+        with self._lock:
+            if self._db is None:
+                raise HistoryUnavailable(self.problem)
+            with self._db:
+                yield self._db
+
+    def _read(self, sql: str, parameters: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Rows of a query; none when the history is unavailable."""
+        with self._lock:
+            if self._db is None:
+                return []
+            return self._db.execute(sql, parameters).fetchall()
 
     # conversations
 
     def create_conversation(self, first_user: str) -> int:
         now = time.time()
-        with self._lock, self._db:
-            cursor = self._db.execute(
+        with self._writing() as db:
+            cursor = db.execute(
                 "INSERT INTO conversations(title, created, updated) VALUES (?, ?, ?)", (title_for(first_user), now, now)
             )
             return int(cursor.lastrowid or 0)
 
     def list_conversations(self) -> list[ConversationSummary]:
         """Newest first."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT c.id, c.title, c.updated, COUNT(t.id) FROM conversations c "
-                "LEFT JOIN turns t ON t.conversation_id = c.id GROUP BY c.id ORDER BY c.updated DESC, c.id DESC"
-            ).fetchall()
+        rows = self._read(
+            "SELECT c.id, c.title, c.updated, COUNT(t.id) FROM conversations c "
+            "LEFT JOIN turns t ON t.conversation_id = c.id GROUP BY c.id ORDER BY c.updated DESC, c.id DESC"
+        )
         return [ConversationSummary(int(i), str(title), float(updated), int(n)) for i, title, updated, n in rows]
 
     def load(self, conversation_id: int) -> list[Turn]:
         """The turns of a conversation in order; an interrupted reply comes back marked stopped."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT user, assistant, stopped, complete FROM turns WHERE conversation_id = ? ORDER BY position",
-                (conversation_id,),
-            ).fetchall()
+        rows = self._read(
+            "SELECT user, assistant, stopped, complete FROM turns WHERE conversation_id = ? ORDER BY position",
+            (conversation_id,),
+        )
         return [Turn(user=u, assistant=a, stopped=bool(s) or not c) for u, a, s, c in rows]
 
     def delete_conversation(self, conversation_id: int) -> None:
-        with self._lock, self._db:
-            self._db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
+        with self._writing() as db:
+            db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
 
     # turns
 
     def add_turn(self, conversation_id: int, user: str) -> int:
         """Append a turn whose reply is about to stream; returns its id."""
         now = time.time()
-        with self._lock, self._db:
-            position = self._db.execute(
+        with self._writing() as db:
+            position = db.execute(
                 "SELECT COALESCE(MAX(position), -1) + 1 FROM turns WHERE conversation_id = ?", (conversation_id,)
             ).fetchone()[0]
-            cursor = self._db.execute(
+            cursor = db.execute(
                 "INSERT INTO turns(conversation_id, position, user, created) VALUES (?, ?, ?, ?)",
                 (conversation_id, position, user, now),
             )
-            self._db.execute("UPDATE conversations SET updated = ? WHERE id = ?", (now, conversation_id))
+            db.execute("UPDATE conversations SET updated = ? WHERE id = ?", (now, conversation_id))
             return int(cursor.lastrowid or 0)
 
     def restart_turn(self, turn_id: int) -> None:
         """Clear a turn's reply before it is regenerated."""
-        with self._lock, self._db:
-            self._db.execute("UPDATE turns SET assistant = '', stopped = 0, complete = 0 WHERE id = ?", (turn_id,))
+        with self._writing() as db:
+            db.execute("UPDATE turns SET assistant = '', stopped = 0, complete = 0 WHERE id = ?", (turn_id,))
 
     def save_reply(self, turn_id: int, assistant: str, *, stopped: bool = False, complete: bool = False) -> None:
         """Store the reply so far (called while it streams, and once more at its end)."""
-        with self._lock, self._db:
-            self._db.execute(
+        with self._writing() as db:
+            db.execute(
                 "UPDATE turns SET assistant = ?, stopped = ?, complete = ? WHERE id = ?",
                 (assistant, int(stopped), int(complete), turn_id),
             )
-            self._db.execute(
+            db.execute(
                 "UPDATE conversations SET updated = ? WHERE id = (SELECT conversation_id FROM turns WHERE id = ?)",
                 (time.time(), turn_id),
             )
 
     def last_turn_id(self, conversation_id: int) -> int | None:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT id FROM turns WHERE conversation_id = ? ORDER BY position DESC LIMIT 1", (conversation_id,)
-            ).fetchone()
-        return int(row[0]) if row else None
+        rows = self._read(
+            "SELECT id FROM turns WHERE conversation_id = ? ORDER BY position DESC LIMIT 1", (conversation_id,)
+        )
+        return int(rows[0][0]) if rows else None

@@ -13,6 +13,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from opt_tpu_tui.errors import UserError
+from opt_tpu_tui.paths import PRIVATE_FILE, private_dir, tighten
+
 
 @contextmanager
 def native_stdout_to(path: Path, append: bool = False) -> Iterator[None]:
@@ -22,9 +25,10 @@ def native_stdout_to(path: Path, append: bool = False) -> Iterator[None]:
     (the terminal, a pipe). Where ``path`` cannot be written, nothing changes.
     """
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        log = os.open(path, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC), 0o644)
-    except OSError:
+        private_dir(path.parent)
+        log = os.open(path, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC), PRIVATE_FILE)
+        tighten(path, PRIVATE_FILE)
+    except (OSError, UserError):
         yield
         return
     python_stdout = sys.stdout

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -53,3 +55,11 @@ def _private_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep every test's settings, history and caches out of the real user directories."""
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    """The common umask, under which files are world-readable unless the app makes them private."""
+    old = os.umask(0o022)
+    yield
+    os.umask(old)

@@ -41,3 +41,21 @@ def test_descriptor_1_is_back_after_the_block_and_left_alone_where_the_log_canno
     with native_stdout_to(log / "not-a-folder" / "x.log"):
         os.write(1, b"shown\n")
     assert capfd.readouterr().out == "shown\n"
+
+
+def test_the_log_and_its_folder_are_private_under_umask_022(tmp_path: Path) -> None:
+    """C output can quote prompts; an older version left the log 0644, which is tightened too."""
+    log = tmp_path / "cache" / "opt-tpu-tui" / "native.log"
+    log.parent.mkdir(parents=True, mode=0o755)
+    log.write_text("old")
+    os.chmod(log, 0o644)
+    old = os.umask(0o022)
+    try:
+        with native_stdout_to(log):
+            pass
+        with native_stdout_to(tmp_path / "fresh" / "native.log"):
+            pass
+    finally:
+        os.umask(old)
+    for path in (log, tmp_path / "fresh" / "native.log"):
+        assert (path.stat().st_mode & 0o777, path.parent.stat().st_mode & 0o777) == (0o600, 0o700)

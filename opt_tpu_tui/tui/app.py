@@ -21,7 +21,7 @@ from textual.screen import Screen
 from textual.theme import Theme
 
 from opt_tpu_tui.backends.base import Backend
-from opt_tpu_tui.config import DEFAULT_THEME, Settings, save_settings
+from opt_tpu_tui.config import DEFAULT_THEME, Settings, SettingsNotSaved, changed_values, update_settings_file
 from opt_tpu_tui.demo import DEMO_NOTICE
 from opt_tpu_tui.devices import DeviceMonitor
 from opt_tpu_tui.errors import UserError
@@ -143,16 +143,20 @@ class OptTuiApp(App[int]):
     # settings
 
     def update_settings(self, **changes: Any) -> bool:
-        """Apply, validate and save settings; on a refusal or a write failure tell the user and keep the old ones."""
+        """Apply, validate and save settings; a refused value keeps the old ones, a failed write keeps the new in memory.
+
+        Only what differs from this app's settings is written, on top of the file as it
+        is now, so another instance's changes survive.
+        """
         try:
             new = replace(self.settings, **changes).validate()
-            save_settings(new)
+            update_settings_file(changed_values(self.settings, new))
+        except SettingsNotSaved as error:
+            self.settings = new
+            self.notify(f"could not save settings: {error}", severity="error")
+            return False
         except UserError as error:
             self.notify(str(error), title="Setting refused", severity="error")
-            return False
-        except OSError as error:
-            self.settings = replace(self.settings, **changes)
-            self.notify(f"could not save settings: {error}", severity="error")
             return False
         self.settings = new
         return True
