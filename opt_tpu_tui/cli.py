@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="opt-tpu-tui",
         description="Chat with Meta's OPT models on a Sophgo BM1684X TPU or the CPU.",
         epilog="With neither -p nor -c the terminal UI starts. "
-        "`opt-tpu-tui convert -h` tells how to compile a checkpoint for the TPU.",
+        "`opt-tpu-tui convert -h` tells how to compile a checkpoint for the TPU; "
+        "`opt-tpu-tui fetch-simulator` fetches the BM1684X simulator that `--backend bmrt` uses on x86.",
     )
     parser.add_argument(
         "--model", metavar="DIR", type=Path,
@@ -66,7 +67,8 @@ def build_convert_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="opt-tpu-tui convert",
         description="Compile a Hugging Face OPT checkpoint into a BM1684X model directory (bmodel, manifest, "
-        "tokenizer) with TPU-MLIR, which is fetched with pip into the user cache on first use.",
+        "tokenizer) with TPU-MLIR, which is fetched with pip into the user cache on first use (as "
+        "`opt-tpu-tui fetch-simulator` does).",
     )
     parser.add_argument("--model", metavar="DIR", type=Path, required=True, help="the Hugging Face OPT checkpoint")
     parser.add_argument("--out", metavar="DIR", type=Path, required=True, help="the model directory to write")
@@ -105,6 +107,19 @@ def run_convert(argv: list[str]) -> int:
         args.model, args.out, args.mode, args.group_size, args.context, args.activations, args.jobs,
         chunk=args.chunk, windows=args.decode_windows,
     )  # fmt: skip
+    return 0
+
+
+def run_fetch_simulator(argv: list[str]) -> int:
+    """``opt-tpu-tui fetch-simulator``: the one command (besides ``convert``) that downloads tpu-mlir."""
+    from opt_tpu_tui import toolchain
+
+    argparse.ArgumentParser(
+        prog="opt-tpu-tui fetch-simulator",
+        description=f"Download tpu-mlir {toolchain.VERSION} (about 310 MB, checked against its pinned SHA-256) and "
+        "unpack its BM1684X compiler, runtime and simulator into the user cache; chatting never downloads it.",
+    ).parse_args(argv)
+    print(toolchain.fetch())
     return 0
 
 
@@ -202,6 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if argv[:1] == ["convert"]:
             return run_convert(argv[1:])
+        if argv[:1] == ["fetch-simulator"]:
+            return run_fetch_simulator(argv[1:])
         args = build_parser().parse_args(argv)
         if args.raw and args.prompt is None:
             raise UserError("--raw goes with -p/--prompt")
