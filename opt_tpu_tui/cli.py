@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from opt_tpu_tui import __version__, paths
-from opt_tpu_tui.backends import BACKENDS, Backend, open_model
+from opt_tpu_tui.backends import BACKENDS, Backend, check_model_dir, open_model
 from opt_tpu_tui.chat import ChatSession, Reply
 from opt_tpu_tui.config import Settings, load_settings, save_settings
 from opt_tpu_tui.demo import DEMO_MODEL_DIR, DEMO_NOTICE, is_demo_model
@@ -146,6 +146,7 @@ def stream_out(pieces: Iterable[str]) -> None:
 def resolve_model(args: argparse.Namespace, settings: Settings) -> tuple[Path, str, bool]:
     """The model directory, backend and whether it is the demo: --model, else the last model used, else the demo."""
     if args.model is not None:
+        check_model_dir(args.model)
         return args.model, args.backend, is_demo_model(args.model)
     if settings.last_model:
         last = Path(settings.last_model)

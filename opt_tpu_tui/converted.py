@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from opt_tpu_tui.errors import UserError, read_json_object
+from opt_tpu_tui.errors import UserError, is_plain_name, read_json_object
 from opt_tpu_tui.model.config import POSITION_OFFSET, OPTConfig
 
 MANIFEST = "manifest.json"
@@ -136,11 +136,6 @@ def conversion_files(model_dir: Path) -> list[str] | None:
     if not isinstance(files, list) or not all(isinstance(name, str) and is_plain_name(name) for name in files):
         return None
     return [MANIFEST, *(name for name in files if name != MANIFEST)]
-
-
-def is_plain_name(name: str) -> bool:
-    """Whether ``name`` is one entry of a folder: not empty, no separator, not ``.`` or ``..``."""
-    return name not in ("", ".", "..") and "/" not in name and "\\" not in name and "\0" not in name
 
 
 def is_converted(model_dir: Path) -> bool:
