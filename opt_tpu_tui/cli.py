@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
@@ -15,7 +16,7 @@ from opt_tpu_tui.config import Settings, load_settings, save_settings
 from opt_tpu_tui.demo import DEMO_MODEL_DIR, DEMO_NOTICE, is_demo_model
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.generation import Generation, GenerationStats
-from opt_tpu_tui.native_output import native_stdout_to
+from opt_tpu_tui.native_output import native_stdout_to, park_native_stdout
 from opt_tpu_tui.sampling import SamplingSettings
 from opt_tpu_tui.tokenizer import Tokenizer
 
@@ -139,8 +140,56 @@ def format_stats(stats: GenerationStats) -> str:
 
 def stream_out(pieces: Iterable[str]) -> None:
     for piece in pieces:
-        sys.stdout.write(piece)
+        write_out(piece)
+
+
+def write_out(text: str) -> None:
+    """Write and flush ``text`` to stdout; a failed write (a full disk, a closed pipe) ends the run cleanly.
+
+    The unwritten text is dropped (stdout is pointed at /dev/null) so Python's flush
+    at exit does not fail again with a second message.
+    """
+    try:
+        sys.stdout.write(text)
         sys.stdout.flush()
+    except OSError as error:
+        silence_stdout()
+        if isinstance(error, BrokenPipeError):
+            raise
+        raise UserError(f"stdout: cannot write the reply ({error.strerror or error})") from None
+
+
+def silence_stdout() -> None:
+    try:
+        descriptor = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, descriptor)
+    os.close(devnull)
+
+
+def print_stats(stats: GenerationStats) -> None:
+    """The stats line on stderr, on a line of its own: stdout is flushed first, as both may share a terminal."""
+    sys.stdout.flush()
+    print(format_stats(stats), file=sys.stderr)
+
+
+def tolerate_bad_bytes(stream: object) -> None:
+    """Let ``stream`` (stdin) decode invalid UTF-8 as surrogates, which ``valid_text`` then names, instead of raising."""
+    reconfigure = getattr(stream, "reconfigure", None)
+    if reconfigure is not None:
+        reconfigure(errors="surrogateescape")
+
+
+def valid_text(text: str, source: str) -> str:
+    """``text``, or a UserError naming ``source`` and the first byte that is not UTF-8 (the tokenizer needs UTF-8)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        bad = ord(text[error.start]) - 0xDC00 if 0xDC80 <= ord(text[error.start]) <= 0xDCFF else ord(text[error.start])
+        raise UserError(f"{source}: not valid UTF-8 (byte 0x{bad:02x} at character {error.start})") from None
+    return text
 
 
 def resolve_model(args: argparse.Namespace, settings: Settings) -> tuple[Path, str, bool]:
@@ -157,7 +206,11 @@ def resolve_model(args: argparse.Namespace, settings: Settings) -> tuple[Path, s
 
 
 def run_prompt(args: argparse.Namespace, backend: Backend, tokenizer: Tokenizer, settings: SamplingSettings) -> int:
-    text = sys.stdin.read() if args.prompt == "-" else args.prompt
+    if args.prompt == "-":
+        tolerate_bad_bytes(sys.stdin)
+        text = valid_text(sys.stdin.read(), "stdin")
+    else:
+        text = valid_text(args.prompt, "the prompt")
     if not text.strip():
         raise UserError("the prompt is empty")
     if args.raw:
@@ -169,14 +222,15 @@ def run_prompt(args: argparse.Namespace, backend: Backend, tokenizer: Tokenizer,
         stream_out(reply)
     except KeyboardInterrupt:
         stats.stop_reason = "cancelled"
-    sys.stdout.write("\n")
+    write_out("\n")
     if not args.quiet:
-        print(format_stats(stats), file=sys.stderr)
+        print_stats(stats)
     return 130 if stats.stop_reason == "cancelled" else 0
 
 
 def run_chat(args: argparse.Namespace, backend: Backend, tokenizer: Tokenizer, settings: SamplingSettings) -> int:
     session = ChatSession(backend, tokenizer, args.preamble)
+    tolerate_bad_bytes(sys.stdin)
     print(
         f"Chatting with {backend.model_name} on {backend.name} ({backend.context_length}-token context). "
         "Commands: /new, /regen, /quit. Ctrl-C stops a reply, Ctrl-D quits."
@@ -197,20 +251,21 @@ def run_chat(args: argparse.Namespace, backend: Backend, tokenizer: Tokenizer, s
             print("(new conversation)")
             continue
         try:
+            line = valid_text(line, "that line")
             reply = session.regenerate(settings) if command == "/regen" else session.send(line, settings)
         except UserError as error:
             print(f"error: {error}", file=sys.stderr)
             continue
-        sys.stdout.write("bot> ")
+        write_out("bot> ")
         try:
             with native_stdout_to(paths.native_output_log(), append=True):  # not around input(): line editing
                 stream_out(reply)
         except KeyboardInterrupt:
             reply.turn.stopped = True
-            sys.stdout.write(" [stopped]")
-        sys.stdout.write("\n")
+            write_out(" [stopped]")
+        write_out("\n")
         if not args.quiet:
-            print(format_stats(reply.stats), file=sys.stderr)
+            print_stats(reply.stats)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -253,3 +308,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+
+
+def run() -> None:
+    """The console script: ``main``, then what C libraries print at process exit goes to the log, not stdout."""
+    code = main()
+    try:
+        sys.stdout.flush()
+    except OSError:
+        silence_stdout()
+    park_native_stdout(paths.native_output_log())
+    sys.exit(code)

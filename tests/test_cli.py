@@ -264,3 +264,28 @@ def test_corrupt_settings_file_is_set_aside_with_a_warning(capsys, tiny_model: P
     code, _, err = run_cli(capsys, "--model", str(tiny_model), "-p", "Hi", *GREEDY)
     assert code == 0 and "warning" in err and "not valid JSON" in err
     assert list(paths.settings_file().parent.glob("settings.json.corrupt-*"))
+
+
+@pytest.mark.parametrize(
+    "args, stdin, stdout, error",
+    [
+        (["-p", "-"], b"h\xffi", subprocess.PIPE, "stdin: not valid UTF-8 (byte 0xff at character 1)"),
+        (["-p", "Hi"], b"", "/dev/full", "stdout: cannot write the reply (No space left on device)"),
+    ],
+)
+def test_bad_bytes_in_and_a_full_disk_out_are_one_line(tiny_model: Path, args, stdin, stdout, error) -> None:  # noqa: ANN001
+    out = open(stdout, "w") if stdout == "/dev/full" else stdout  # noqa: SIM115
+    child = subprocess.run(
+        [sys.executable, "-m", "opt_tpu_tui", "--model", str(tiny_model), "-q", *GREEDY, *args],
+        input=stdin, stdout=out, stderr=subprocess.PIPE, timeout=120,
+    )  # fmt: skip
+    assert child.returncode == 2 and child.stderr.decode() == f"opt-tpu-tui: error: {error}\n"
+
+
+def test_a_line_that_is_not_utf8_is_refused_and_the_chat_goes_on(tiny_model: Path) -> None:
+    child = subprocess.run(
+        [sys.executable, "-m", "opt_tpu_tui", "--model", str(tiny_model), "-q", "-c", *GREEDY],
+        input=b"h\xffi\nHello\n", capture_output=True, timeout=120,
+    )  # fmt: skip
+    assert child.returncode == 0 and child.stdout.decode().count("bot> ") == 1
+    assert child.stderr.decode() == "error: that line: not valid UTF-8 (byte 0xff at character 1)\n"
