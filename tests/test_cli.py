@@ -65,7 +65,8 @@ def test_line_chat_answers_each_line(capsys, monkeypatch, tiny_model: Path) -> N
 
 
 def test_help_from_the_console_script() -> None:
-    result = subprocess.run(["opt-tpu-tui", "-h"], capture_output=True, text=True, check=True)
+    script = Path(sys.executable).parent / "opt-tpu-tui"  # installed beside this python, on PATH or not (.venv/bin)
+    result = subprocess.run([str(script), "-h"], capture_output=True, text=True, check=True)
     for flag in ("--model", "--prompt", "--chat", "--max-new-tokens", "--temperature", "--top-p", "--top-k",
                  "--repetition-penalty", "--seed", "--backend"):  # fmt: skip
         assert flag in result.stdout
