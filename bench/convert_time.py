@@ -65,7 +65,7 @@ def main() -> None:
     shapes = [("prefill chunk", args.context, args.chunk)] + [(f"decode, window {w}", w, 1) for w in windows]
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-convert-") as scratch:
-        toolchain.root()
+        toolchain.fetch()
         for i, (label, cache, new) in enumerate(shapes):
             start = time.perf_counter()
             graph, outputs = graphs.block(f"block_{i}", layer, config, cache, new)

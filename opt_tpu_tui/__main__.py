@@ -1,3 +1,3 @@
-from opt_tpu_tui.cli import main
+from opt_tpu_tui.cli import run
 
-raise SystemExit(main())
+run()

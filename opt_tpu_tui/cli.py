@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
 from opt_tpu_tui import __version__, paths
-from opt_tpu_tui.backends import BACKENDS, Backend, open_model
+from opt_tpu_tui.backends import BACKENDS, Backend, check_model_dir, open_model
 from opt_tpu_tui.chat import ChatSession, Reply
 from opt_tpu_tui.config import Settings, changed_values, load_settings, update_settings_file
 from opt_tpu_tui.demo import DEMO_MODEL_DIR, DEMO_NOTICE, is_demo_model
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.generation import Generation, GenerationStats
-from opt_tpu_tui.native_output import native_stdout_to
+from opt_tpu_tui.native_output import native_stdout_to, park_native_stdout
 from opt_tpu_tui.safe_text import terminal_safe
 from opt_tpu_tui.sampling import SamplingSettings
 from opt_tpu_tui.tokenizer import Tokenizer
@@ -36,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="opt-tpu-tui",
         description="Chat with Meta's OPT models on a Sophgo BM1684X TPU or the CPU.",
         epilog="With neither -p nor -c the terminal UI starts. "
-        "`opt-tpu-tui convert -h` tells how to compile a checkpoint for the TPU.",
+        "`opt-tpu-tui convert -h` tells how to compile a checkpoint for the TPU; "
+        "`opt-tpu-tui fetch-simulator` fetches the BM1684X simulator that `--backend bmrt` uses on x86.",
     )
     parser.add_argument(
         "--model", metavar="DIR", type=Path,
@@ -67,7 +69,8 @@ def build_convert_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="opt-tpu-tui convert",
         description="Compile a Hugging Face OPT checkpoint into a BM1684X model directory (bmodel, manifest, "
-        "tokenizer) with TPU-MLIR, which is fetched with pip into the user cache on first use.",
+        "tokenizer) with TPU-MLIR, which is fetched with pip into the user cache on first use (as "
+        "`opt-tpu-tui fetch-simulator` does).",
     )
     parser.add_argument("--model", metavar="DIR", type=Path, required=True, help="the Hugging Face OPT checkpoint")
     parser.add_argument("--out", metavar="DIR", type=Path, required=True, help="the model directory to write")
@@ -109,6 +112,19 @@ def run_convert(argv: list[str]) -> int:
     return 0
 
 
+def run_fetch_simulator(argv: list[str]) -> int:
+    """``opt-tpu-tui fetch-simulator``: the one command (besides ``convert``) that downloads tpu-mlir."""
+    from opt_tpu_tui import toolchain
+
+    argparse.ArgumentParser(
+        prog="opt-tpu-tui fetch-simulator",
+        description=f"Download tpu-mlir {toolchain.VERSION} (about 310 MB, checked against its pinned SHA-256) and "
+        "unpack its BM1684X compiler, runtime and simulator into the user cache; chatting never downloads it.",
+    ).parse_args(argv)
+    print(toolchain.fetch())
+    return 0
+
+
 def sampling_settings(args: argparse.Namespace, base: SamplingSettings) -> SamplingSettings:
     """``base`` with the sampling flags given on the command line applied, validated."""
     fields = [spec[0] for spec in SAMPLING_FLAGS.values()]
@@ -126,13 +142,62 @@ def format_stats(stats: GenerationStats) -> str:
 def stream_out(pieces: Iterable[str]) -> None:
     """Print a reply as it streams, with its control characters made visible (safe_text.py)."""
     for piece in pieces:
-        sys.stdout.write(terminal_safe(piece))
+        write_out(terminal_safe(piece))
+
+
+def write_out(text: str) -> None:
+    """Write and flush ``text`` to stdout; a failed write (a full disk, a closed pipe) ends the run cleanly.
+
+    The unwritten text is dropped (stdout is pointed at /dev/null) so Python's flush
+    at exit does not fail again with a second message.
+    """
+    try:
+        sys.stdout.write(text)
         sys.stdout.flush()
+    except OSError as error:
+        silence_stdout()
+        if isinstance(error, BrokenPipeError):
+            raise
+        raise UserError(f"stdout: cannot write the reply ({error.strerror or error})") from None
+
+
+def silence_stdout() -> None:
+    try:
+        descriptor = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, descriptor)
+    os.close(devnull)
+
+
+def print_stats(stats: GenerationStats) -> None:
+    """The stats line on stderr, on a line of its own: stdout is flushed first, as both may share a terminal."""
+    sys.stdout.flush()
+    print(format_stats(stats), file=sys.stderr)
+
+
+def tolerate_bad_bytes(stream: object) -> None:
+    """Let ``stream`` (stdin) decode invalid UTF-8 as surrogates, which ``valid_text`` then names, instead of raising."""
+    reconfigure = getattr(stream, "reconfigure", None)
+    if reconfigure is not None:
+        reconfigure(errors="surrogateescape")
+
+
+def valid_text(text: str, source: str) -> str:
+    """``text``, or a UserError naming ``source`` and the first byte that is not UTF-8 (the tokenizer needs UTF-8)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        bad = ord(text[error.start]) - 0xDC00 if 0xDC80 <= ord(text[error.start]) <= 0xDCFF else ord(text[error.start])
+        raise UserError(f"{source}: not valid UTF-8 (byte 0x{bad:02x} at character {error.start})") from None
+    return text
 
 
 def resolve_model(args: argparse.Namespace, settings: Settings) -> tuple[Path, str, bool]:
     """The model directory, backend and whether it is the demo: --model, else the last model used, else the demo."""
     if args.model is not None:
+        check_model_dir(args.model)
         return args.model, args.backend, is_demo_model(args.model)
     if settings.last_model:
         last = Path(settings.last_model)
@@ -143,7 +208,11 @@ def resolve_model(args: argparse.Namespace, settings: Settings) -> tuple[Path, s
 
 
 def run_prompt(args: argparse.Namespace, backend: Backend, tokenizer: Tokenizer, settings: SamplingSettings) -> int:
-    text = sys.stdin.read() if args.prompt == "-" else args.prompt
+    if args.prompt == "-":
+        tolerate_bad_bytes(sys.stdin)
+        text = valid_text(sys.stdin.read(), "stdin")
+    else:
+        text = valid_text(args.prompt, "the prompt")
     if not text.strip():
         raise UserError("the prompt is empty")
     if args.raw:
@@ -155,14 +224,15 @@ def run_prompt(args: argparse.Namespace, backend: Backend, tokenizer: Tokenizer,
         stream_out(reply)
     except KeyboardInterrupt:
         stats.stop_reason = "cancelled"
-    sys.stdout.write("\n")
+    write_out("\n")
     if not args.quiet:
-        print(format_stats(stats), file=sys.stderr)
+        print_stats(stats)
     return 130 if stats.stop_reason == "cancelled" else 0
 
 
 def run_chat(args: argparse.Namespace, backend: Backend, tokenizer: Tokenizer, settings: SamplingSettings) -> int:
     session = ChatSession(backend, tokenizer, args.preamble)
+    tolerate_bad_bytes(sys.stdin)
     print(
         f"Chatting with {backend.model_name} on {backend.name} ({backend.context_length}-token context). "
         "Commands: /new, /regen, /quit. Ctrl-C stops a reply, Ctrl-D quits."
@@ -183,20 +253,21 @@ def run_chat(args: argparse.Namespace, backend: Backend, tokenizer: Tokenizer, s
             print("(new conversation)")
             continue
         try:
+            line = valid_text(line, "that line")
             reply = session.regenerate(settings) if command == "/regen" else session.send(line, settings)
         except UserError as error:
             print(f"error: {error}", file=sys.stderr)
             continue
-        sys.stdout.write("bot> ")
+        write_out("bot> ")
         try:
             with native_stdout_to(paths.native_output_log(), append=True):  # not around input(): line editing
                 stream_out(reply)
         except KeyboardInterrupt:
             reply.turn.stopped = True
-            sys.stdout.write(" [stopped]")
-        sys.stdout.write("\n")
+            write_out(" [stopped]")
+        write_out("\n")
         if not args.quiet:
-            print(format_stats(reply.stats), file=sys.stderr)
+            print_stats(reply.stats)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -204,6 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if argv[:1] == ["convert"]:
             return run_convert(argv[1:])
+        if argv[:1] == ["fetch-simulator"]:
+            return run_fetch_simulator(argv[1:])
         args = build_parser().parse_args(argv)
         if args.raw and args.prompt is None:
             raise UserError("--raw goes with -p/--prompt")
@@ -238,3 +311,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+
+
+def run() -> None:
+    """The console script: ``main``, then what C libraries print at process exit goes to the log, not stdout."""
+    code = main()
+    try:
+        sys.stdout.flush()
+    except OSError:
+        silence_stdout()
+    park_native_stdout(paths.native_output_log())
+    sys.exit(code)

@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import asdict, dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from opt_tpu_tui.errors import UserError, read_json_object
+from opt_tpu_tui.errors import UserError, is_plain_name, read_json_object
 from opt_tpu_tui.model.config import POSITION_OFFSET, OPTConfig
 
 MANIFEST = "manifest.json"
@@ -70,7 +71,8 @@ class Manifest:
     format: int = FORMAT
     chip: str = CHIP
 
-    def to_json(self) -> str:
+    def to_json(self, files: Sequence[str] = ()) -> str:
+        """The manifest as convert writes it; ``files``: what the conversion wrote, removed when it is replaced."""
         raw = asdict(self)
         raw["config"] = self.config.to_dict()
         raw["quantization"] = quantization(self.mode, self.activations)
@@ -79,6 +81,7 @@ class Manifest:
             "decode": [decode_net(i, w) for i in range(self.config.num_hidden_layers) for w in self.windows],
             "lm_head": LM_HEAD,
         }
+        raw["files"] = sorted(files)
         return json.dumps(raw, indent=2) + "\n"
 
     @classmethod
@@ -110,6 +113,29 @@ class Manifest:
         ):
             raise UserError(f"{path}: decode windows {list(windows)} must rise to the context {manifest.context}")
         return manifest
+
+
+def conversion_files(model_dir: Path) -> list[str] | None:
+    """The files an earlier ``convert`` wrote into ``model_dir``, from its manifest; None if it holds no conversion.
+
+    A conversion is recognised by its own manifest (the net names and chip convert
+    writes), not by the mere name manifest.json, which other tools use too. Only plain
+    names inside the folder count; a manifest from before ``files`` was written gets
+    the names convert has always used.
+    """
+    path = Path(model_dir) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        raw = read_json_object(path, "")
+    except UserError:
+        return None
+    if not isinstance(raw.get("nets"), dict) or raw.get("chip") != CHIP or not isinstance(raw.get("format"), int):
+        return None
+    files = raw.get("files", OUTPUT_FILES)
+    if not isinstance(files, list) or not all(isinstance(name, str) and is_plain_name(name) for name in files):
+        return None
+    return [MANIFEST, *(name for name in files if name != MANIFEST)]
 
 
 def is_converted(model_dir: Path) -> bool:
@@ -172,3 +198,8 @@ class HostEmbedding:
         np.save(folder / cls.POSITIONS, positions.astype(np.float16))
         if project_in is not None:
             np.save(folder / cls.PROJECT_IN, project_in.astype(np.float16))
+
+
+TOKENIZER_FILES = ("vocab.json", "merges.txt")
+# What convert has always written; a manifest's own ``files`` list is preferred.
+OUTPUT_FILES = [BMODEL, HostEmbedding.TOKENS, HostEmbedding.POSITIONS, HostEmbedding.PROJECT_IN, *TOKENIZER_FILES]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +16,39 @@ class UserError(Exception):
     """
 
 
-def read_json_object(path: Path, missing: str) -> dict[str, Any]:
-    """The JSON object in ``path``; a UserError naming the file (with hint ``missing`` if it is absent)."""
+def check_regular_file(path: Path, missing: str) -> Path:
+    """``path`` if it is a regular file (or a link to one); else a UserError naming it (hint ``missing`` if absent).
+
+    Checked before opening: a FIFO would block the read forever, a device could be endless.
+    """
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        mode = path.stat().st_mode
     except FileNotFoundError:
         raise UserError(f"{path}: not found ({missing})") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (OSError, RuntimeError) as error:  # RuntimeError: a symlink loop, on Python < 3.13
+        raise UserError(f"{path}: cannot be read ({getattr(error, 'strerror', None) or error})") from None
+    if not stat.S_ISREG(mode):
+        raise UserError(f"{path}: not a regular file ({missing})")
+    return path
+
+
+def read_json_object(path: Path, missing: str) -> dict[str, Any]:
+    """The JSON object in ``path``; a UserError naming the file (with hint ``missing`` if it is absent).
+
+    Too deep nesting (RecursionError) and integers past Python's digit limit
+    (ValueError) are reported like any other malformed JSON.
+    """
+    try:
+        raw = json.loads(check_regular_file(path, missing).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:  # JSONDecodeError is a ValueError
         raise UserError(f"{path}: not valid JSON ({error})") from None
+    except RecursionError:
+        raise UserError(f"{path}: not valid JSON (nested too deeply)") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a JSON object")
     return raw
+
+
+def is_plain_name(name: str) -> bool:
+    """Whether ``name`` names an entry of a folder itself: not empty, no separator, not ``.`` or ``..``."""
+    return name not in ("", ".", "..") and "/" not in name and "\\" not in name and "\0" not in name

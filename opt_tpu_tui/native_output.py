@@ -55,3 +55,29 @@ def _descriptor(stream: object) -> int | None:
         return stream.fileno()  # type: ignore[attr-defined]
     except (AttributeError, OSError, ValueError):
         return None
+
+
+def park_native_stdout(path: Path) -> None:
+    """Point descriptor 1 at ``path`` (appended) for the rest of the process; ``sys.stdout`` moves to a copy of it.
+
+    Called once the app's own output is written and flushed: the TPU runtime and the
+    simulator print their goodbyes (``BMLIB Send Quit Message``) from C exit handlers
+    that run after Python's ``atexit``, so no ``with`` block can still be open then.
+    Chosen over ``os._exit`` after flushing, which would skip those same exit handlers
+    (the runtime's own clean-up), Python's ``atexit`` and buffered files other code may
+    hold: parking the descriptor changes where the goodbyes go and nothing else.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    except OSError:
+        return
+    python_stdout = sys.stdout
+    python_stdout.flush()
+    if _descriptor(python_stdout) == 1:
+        sys.stdout = open(
+            os.dup(1), "w", encoding=python_stdout.encoding, errors=python_stdout.errors,
+            buffering=1 if python_stdout.line_buffering else -1,
+        )  # fmt: skip
+    os.dup2(log, 1)
+    os.close(log)

@@ -14,6 +14,7 @@ import numpy as np
 
 from opt_tpu_tui.errors import UserError
 
+GREEDY_BELOW = 1e-5  # temperatures below this pick the likeliest token (see SamplingSettings.greedy)
 # field -> (lowest, highest, what the UI stepper adds per press)
 LIMITS: dict[str, tuple[float, float, float]] = {
     "max_new_tokens": (1, 4096, 16),
@@ -46,11 +47,25 @@ class SamplingSettings:
                 raise UserError(f"{f.name} must be {'a whole number' if integral else 'a number'}, got {value!r}")
             low, high, _ = LIMITS[f.name]
             if not low <= value <= high:
-                raise UserError(f"{f.name} must be between {low:g} and {high:g}, got {value:g}")
+                raise UserError(f"{f.name} must be between {number(low)} and {number(high)}, got {number(value)}")
         return self
 
     def to_dict(self) -> dict[str, float | int | None]:
         return asdict(self)
+
+    @property
+    def greedy(self) -> bool:
+        """Whether the likeliest token is taken: temperature 0, or too small to divide the logits by.
+
+        Below ``GREEDY_BELOW`` a logit gap of 0.001 already makes the best token e**100 times
+        likelier, and dividing by 1e-45 overflows to inf, whose softmax is NaN.
+        """
+        return self.temperature < GREEDY_BELOW
+
+
+def number(value: float) -> str:
+    """``value`` as people write it: whole numbers in full (4294967295, not 4.29497e+09)."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def apply_repetition_penalty(logits: np.ndarray, seen: Sequence[int], penalty: float) -> np.ndarray:
@@ -77,7 +92,7 @@ def candidates(logits: np.ndarray, settings: SamplingSettings, seen: Sequence[in
     scores = np.array(logits, dtype=np.float32)
     if settings.repetition_penalty != 1.0:
         apply_repetition_penalty(scores, seen, settings.repetition_penalty)
-    if settings.temperature == 0:
+    if settings.greedy:
         best = np.argmax(scores)
         return np.array([best]), scores[best : best + 1]
     scores /= np.float32(settings.temperature)
@@ -112,7 +127,7 @@ def top_p_filter(ids: np.ndarray, scores: np.ndarray, p: float, head: int = 1024
 
 def warp(logits: np.ndarray, settings: SamplingSettings, seen: Sequence[int]) -> np.ndarray:
     """The full score vector transformers would sample from: -inf for every filtered token."""
-    if settings.temperature == 0:
+    if settings.greedy:
         scores = np.array(logits, dtype=np.float32)
         return apply_repetition_penalty(scores, seen, settings.repetition_penalty)
     ids, kept = candidates(logits, settings, seen)
@@ -132,9 +147,20 @@ class Sampler:
     def __call__(self, logits: np.ndarray, seen: Sequence[int]) -> int:
         logits = logits[: self.vocab_limit]
         s = self.settings
-        if s.temperature == 0 and s.repetition_penalty == 1.0:
-            return int(np.argmax(logits))  # the common greedy case allocates nothing
+        if s.greedy and s.repetition_penalty == 1.0:
+            token = int(np.argmax(logits))  # the common greedy case allocates nothing; argmax picks a NaN first
+            if np.isnan(logits[token]):
+                raise not_a_number()
+            return token
+        if np.isnan(logits).any():
+            raise not_a_number()
         ids, scores = candidates(logits, s, seen)
         cumulative = np.cumsum(softmax(scores))
         index = np.searchsorted(cumulative, self.rng.random() * cumulative[-1], side="right")
         return int(ids[min(index, len(ids) - 1)])
+
+
+
+def not_a_number() -> UserError:
+    """NaN logits: a broken model (or backend) must stop with a clear error, not reply at random."""
+    return UserError("the model gave NaN logits: its weights or the backend are broken (try the cpu backend)")

@@ -7,10 +7,9 @@ back bytes until they form whole UTF-8 characters.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from opt_tpu_tui.errors import UserError
+from opt_tpu_tui.errors import UserError, check_regular_file, read_json_object
 
 SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>")
 BOS = EOS = "</s>"
@@ -23,14 +22,10 @@ class Tokenizer:
         from tokenizers import decoders, models, pre_tokenizers
 
         for path in (vocab_path, merges_path):
-            if not path.is_file():
-                raise UserError(f"{path}: not found (a model directory needs vocab.json and merges.txt)")
-        try:
-            vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise UserError(f"{vocab_path}: not valid JSON ({error})") from None
-        if not isinstance(vocab, dict) or not all(isinstance(v, int) for v in vocab.values()):
-            raise UserError(f"{vocab_path}: expected a JSON object of token -> id")
+            check_regular_file(path, "a model directory needs vocab.json and merges.txt")
+        vocab = read_json_object(vocab_path, "a model directory needs vocab.json and merges.txt")
+        if not all(isinstance(v, int) and 0 <= v for v in vocab.values()):
+            raise UserError(f"{vocab_path}: expected a JSON object of token -> id (a whole number from 0)")
         missing = [t for t in (BOS, EOS) if t not in vocab]
         if missing:
             raise UserError(f"{vocab_path}: no {missing[0]} token, so this is not an OPT vocabulary")
@@ -45,6 +40,8 @@ class Tokenizer:
         self.bos_id: int = vocab[BOS]
         self.eos_id: int = vocab[EOS]
         self.vocab_size: int = self._tok.get_vocab_size(with_added_tokens=True)
+        self.vocab_path = vocab_path
+        self.max_id: int = max(vocab.values())  # a model must have a logit row for every id
 
     @classmethod
     def from_dir(cls, model_dir: Path) -> Tokenizer:

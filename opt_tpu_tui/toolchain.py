@@ -1,17 +1,25 @@
-"""TPU-MLIR's compiler and runtime libraries, fetched on first use into the user cache.
+"""TPU-MLIR's compiler and runtime libraries: fetched once, on request, into the user cache.
 
 TPU-MLIR ships on PyPI only as a Python 3.10 wheel, but what this project needs from
 it is native: ``tpuc-opt`` and ``model_tool`` to compile Top-dialect MLIR into a
 BM1684X bmodel, and ``libbmrt`` + the cmodel simulator to run bmodels on x86. So the
 wheel is downloaded with pip for Python 3.10 and only those parts are unpacked.
 ``OPT_TPU_TUI_TPU_MLIR`` may name an already unpacked ``tpu_mlir`` folder instead.
+
+Its binaries are executed and its libraries loaded into this process, so the wheel is
+pinned by SHA-256, checked after the download and again before every unpack, and only
+``fetch`` (``opt-tpu-tui fetch-simulator`` and ``convert``) downloads: opening a model
+to chat never does, it only looks for an unpacked toolchain (``root``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -19,60 +27,122 @@ from opt_tpu_tui import paths
 from opt_tpu_tui.errors import UserError
 
 VERSION = "1.30.2"
+SHA256 = "542807361c9eeb0777a7bd35e501d8c71cce767e4bce021a3cb3a7c25c35f909"  # tpu_mlir-1.30.2-py3-none-any.whl
+WHEEL = f"tpu_mlir-{VERSION}-py3-none-any.whl"
+FETCH_COMMAND = "opt-tpu-tui fetch-simulator"
 ROOT_ENV = "OPT_TPU_TUI_TPU_MLIR"
 NEEDED = ("tpu_mlir/bin/tpuc-opt", "tpu_mlir/bin/model_tool", "tpu_mlir/lib/", "tpu_mlir/cross_toolchains/ppl_compile/")
 # The wheel's own libc (Ubuntu 22.04's) crashes under this loader: system libraries go first.
 SYSTEM_LIBS = ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu")
 
 
+def unpacked_dir() -> Path:
+    """Where the wheel's needed parts are unpacked, named by the wheel's hash; ``.complete`` holds the hash.
+
+    Named by the hash, not only the version, so a folder unpacked by an earlier
+    version of this app from an unchecked wheel is never taken for a checked one.
+    """
+    return paths.cache_dir() / f"tpu-mlir-{VERSION}-{SHA256[:12]}"
+
+
 def root() -> Path:
-    """The unpacked ``tpu_mlir`` folder, fetching and unpacking the wheel the first time."""
+    """The unpacked ``tpu_mlir`` folder, or a UserError naming the command that fetches it: never downloads."""
     override = os.environ.get(ROOT_ENV)
     if override:
         folder = Path(override)
         if not (folder / "bin" / "tpuc-opt").is_file():
             raise UserError(f"{ROOT_ENV}={folder}: no bin/tpuc-opt there (it should name an unpacked tpu_mlir folder)")
         return folder
-    base = paths.cache_dir() / f"tpu-mlir-{VERSION}"
-    folder = base / "tpu_mlir"
-    if not (base / ".complete").is_file():
-        unpack(download(paths.cache_dir() / "downloads"), base)
-    return folder
+    base = unpacked_dir()
+    if not is_complete(base):
+        raise UserError(
+            f"tpu-mlir {VERSION} (the BM1684X simulator and compiler) is not in {base}; "
+            f"fetch it once (about 310 MB) with `{FETCH_COMMAND}`, or set {ROOT_ENV}"
+        )
+    return base / "tpu_mlir"
+
+
+def is_complete(base: Path) -> bool:
+    try:
+        return (base / ".complete").read_text().strip() == SHA256
+    except OSError:
+        return False
+
+
+def fetch() -> Path:
+    """The unpacked ``tpu_mlir`` folder, downloading (pinned by hash) and unpacking the wheel if it is not there yet."""
+    if os.environ.get(ROOT_ENV) or is_complete(unpacked_dir()):
+        return root()
+    unpack(download(paths.cache_dir() / "downloads"), unpacked_dir())
+    return root()
+
+
+def check_hash(wheel: Path) -> Path:
+    """``wheel`` if its SHA-256 is the pinned one; else a UserError saying to delete it."""
+    digest = hashlib.sha256()
+    try:
+        with wheel.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as error:
+        raise UserError(f"{wheel}: cannot be read ({error.strerror}); delete it and run `{FETCH_COMMAND}`") from None
+    if digest.hexdigest() != SHA256:
+        raise UserError(
+            f"{wheel}: SHA-256 {digest.hexdigest()} is not tpu-mlir {VERSION}'s {SHA256}; "
+            f"refusing it: delete it and run `{FETCH_COMMAND}`"
+        )
+    return wheel
 
 
 def download(into: Path) -> Path:
-    """The tpu-mlir wheel, fetched with pip (progress shown on stderr) unless already there."""
+    """The tpu-mlir wheel in ``into``, fetched with pip (progress on stderr) unless there; its hash checked."""
+    wheel = into / WHEEL
+    if wheel.exists():
+        return check_hash(wheel)
     into.mkdir(parents=True, exist_ok=True)
-    found = sorted(into.glob(f"tpu_mlir-{VERSION}-*.whl"))
-    if found:
-        return found[0]
     print(f"Fetching tpu-mlir {VERSION} (about 310 MB, once) into {into} ...", file=sys.stderr)
-    command = [
-        sys.executable, "-m", "pip", "download", f"tpu-mlir=={VERSION}", "--no-deps",
-        "--python-version", "3.10", "--only-binary=:all:", "-d", str(into),
-    ]  # fmt: skip
-    if subprocess.run(command, stdout=sys.stderr).returncode != 0:
-        raise UserError(f"could not download tpu-mlir {VERSION} with pip; check the network or set {ROOT_ENV}")
-    found = sorted(into.glob(f"tpu_mlir-{VERSION}-*.whl"))
-    if not found:
-        raise UserError(f"pip reported success but no tpu-mlir wheel is in {into}")
-    return found[0]
+    with tempfile.TemporaryDirectory(dir=into) as scratch:
+        requirement = Path(scratch) / "requirements.txt"
+        requirement.write_text(f"tpu-mlir=={VERSION} --hash=sha256:{SHA256}\n")
+        command = [
+            sys.executable, "-m", "pip", "download", "--require-hashes", "-r", str(requirement), "--no-deps",
+            "--python-version", "3.10", "--only-binary=:all:", "-d", scratch,
+        ]  # fmt: skip
+        if subprocess.run(command, stdout=sys.stderr).returncode != 0:
+            raise UserError(f"could not download tpu-mlir {VERSION} with pip; check the network or set {ROOT_ENV}")
+        fetched = Path(scratch) / WHEEL
+        if not fetched.is_file():
+            raise UserError(f"pip reported success but no {WHEEL} is in {scratch}")
+        os.replace(check_hash(fetched), wheel)
+    return wheel
 
 
 def unpack(wheel: Path, base: Path) -> None:
-    """Extract the compiler, libraries and kernel JIT from ``wheel`` into ``base``; mark it complete last."""
+    """Extract the compiler, libraries and kernel JIT from ``wheel`` (hash checked first) into ``base``.
+
+    It is unpacked into a folder beside ``base`` and renamed into place, so ``base``
+    is either complete or absent, even when two processes fetch at once.
+    """
+    check_hash(wheel)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=base.parent, prefix=f"{base.name}.unpacking-"))
     try:
         with zipfile.ZipFile(wheel) as archive:
             for member in archive.infolist():
                 if member.filename.startswith(NEEDED) and not member.is_dir():
-                    target = archive.extract(member, base)
+                    target = archive.extract(member, staging)
                     mode = (member.external_attr >> 16) & 0o777
                     os.chmod(target, mode or 0o644)
+        for tool in ("tpuc-opt", "model_tool"):
+            (staging / "tpu_mlir" / "bin" / tool).chmod(0o755)
+        (staging / ".complete").write_text(SHA256)
+        if not is_complete(base):  # another process may have finished first
+            shutil.rmtree(base, ignore_errors=True)
+            os.replace(staging, base)
     except (zipfile.BadZipFile, OSError) as error:
         raise UserError(f"{wheel}: could not unpack the tpu-mlir wheel ({error}); delete it to fetch it again") from None
-    for tool in ("tpuc-opt", "model_tool"):
-        (base / "tpu_mlir" / "bin" / tool).chmod(0o755)
-    (base / ".complete").write_text(VERSION)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def environment(folder: Path, scratch: Path) -> dict[str, str]:

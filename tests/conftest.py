@@ -30,7 +30,7 @@ def simulator() -> None:
     from opt_tpu_tui.errors import UserError
 
     try:
-        toolchain.root()
+        toolchain.fetch()
     except UserError as error:
         pytest.skip(f"the tpu-mlir toolchain cannot be obtained here: {error}")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -64,7 +65,8 @@ def test_line_chat_answers_each_line(capsys, monkeypatch, tiny_model: Path) -> N
 
 
 def test_help_from_the_console_script() -> None:
-    result = subprocess.run(["opt-tpu-tui", "-h"], capture_output=True, text=True, check=True)
+    script = Path(sys.executable).parent / "opt-tpu-tui"  # installed beside this python, on PATH or not (.venv/bin)
+    result = subprocess.run([str(script), "-h"], capture_output=True, text=True, check=True)
     for flag in ("--model", "--prompt", "--chat", "--max-new-tokens", "--temperature", "--top-p", "--top-k",
                  "--repetition-penalty", "--seed", "--backend"):  # fmt: skip
         assert flag in result.stdout
@@ -82,6 +84,62 @@ def test_missing_and_corrupt_config(capsys, model_copy: Path) -> None:
     assert_one_line_error(*run_cli(capsys, "--model", str(model_copy), "-p", "Hi")[::2], "config.json: not valid JSON")
     (model_copy / "config.json").write_text('{"model_type": "opt", "hidden_size": 64}')
     assert_one_line_error(*run_cli(capsys, "--model", str(model_copy), "-p", "Hi")[::2], "config.json: missing vocab_size")
+
+
+def deep(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+def set_config(model: Path, **changes: object) -> None:
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, **changes}))
+
+
+def damage(model: Path, case: str) -> None:
+    """Make one of the bad inputs below in the model directory ``model``."""
+    if case == "deep config":
+        (model / "config.json").write_text(deep(100_000))
+    elif case == "huge number in config":
+        (model / "config.json").write_text('{"hidden_size": ' + "9" * 5000 + "}")
+    elif case == "deep vocab":
+        (model / "vocab.json").write_text('{"a": ' + deep(100_000) + "}")
+    elif case == "vocab id past vocab_size":
+        vocab = json.loads((model / "vocab.json").read_text())
+        (model / "vocab.json").write_text(json.dumps({**vocab, "zzz": 60_000}))
+    elif case == "config a FIFO":
+        (model / "config.json").unlink()
+        os.mkfifo(model / "config.json")
+    elif case == "a million layers":
+        set_config(model, num_hidden_layers=1_000_000)
+    elif case == "shard outside the folder":
+        (model / "model.safetensors").rename(model / "shard.safetensors")
+        index = {"weight_map": {"a": "shard.safetensors", "b": "../../../../../../etc/passwd"}}
+        (model / "model.safetensors.index.json").write_text(json.dumps(index))
+
+
+@pytest.mark.parametrize(
+    "case, fragments",
+    [
+        ("deep config", ["config.json: not valid JSON", "nested too deeply"]),
+        ("huge number in config", ["config.json: not valid JSON"]),
+        ("deep vocab", ["vocab.json: not valid JSON", "nested too deeply"]),
+        ("vocab id past vocab_size", ["vocab.json: holds token id 60000", "0 to 407"]),
+        ("config a FIFO", ["config.json: not a regular file"]),
+        ("a million layers", ["num_hidden_layers 1000000", "hold 2 layers"]),
+        ("shard outside the folder", ["model.safetensors.index.json: shard '../../../../../../etc/passwd'"]),
+    ],
+)
+def test_a_bad_model_file_is_one_line_naming_it(capsys, model_copy: Path, case: str, fragments: list[str]) -> None:
+    damage(model_copy, case)
+    code, _, err = run_cli(capsys, "--model", str(model_copy), "-p", "Hi", *GREEDY)
+    assert_one_line_error(code, err, *fragments)
+
+
+def test_a_symlink_loop_as_the_model_is_one_line(capsys, tmp_path: Path) -> None:
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    code, _, err = run_cli(capsys, "--model", str(tmp_path / "a"), "-p", "Hi")
+    assert_one_line_error(code, err, f"{tmp_path / 'a'}: no such model directory")
 
 
 def test_corrupt_weights(capsys, model_copy: Path) -> None:
@@ -207,3 +265,28 @@ def test_corrupt_settings_file_is_set_aside_with_a_warning(capsys, tiny_model: P
     code, _, err = run_cli(capsys, "--model", str(tiny_model), "-p", "Hi", *GREEDY)
     assert code == 0 and "warning" in err and "not valid JSON" in err
     assert list(paths.settings_file().parent.glob("settings.json.corrupt-*"))
+
+
+@pytest.mark.parametrize(
+    "args, stdin, stdout, error",
+    [
+        (["-p", "-"], b"h\xffi", subprocess.PIPE, "stdin: not valid UTF-8 (byte 0xff at character 1)"),
+        (["-p", "Hi"], b"", "/dev/full", "stdout: cannot write the reply (No space left on device)"),
+    ],
+)
+def test_bad_bytes_in_and_a_full_disk_out_are_one_line(tiny_model: Path, args, stdin, stdout, error) -> None:  # noqa: ANN001
+    out = open(stdout, "w") if stdout == "/dev/full" else stdout  # noqa: SIM115
+    child = subprocess.run(
+        [sys.executable, "-m", "opt_tpu_tui", "--model", str(tiny_model), "-q", *GREEDY, *args],
+        input=stdin, stdout=out, stderr=subprocess.PIPE, timeout=120,
+    )  # fmt: skip
+    assert child.returncode == 2 and child.stderr.decode() == f"opt-tpu-tui: error: {error}\n"
+
+
+def test_a_line_that_is_not_utf8_is_refused_and_the_chat_goes_on(tiny_model: Path) -> None:
+    child = subprocess.run(
+        [sys.executable, "-m", "opt_tpu_tui", "--model", str(tiny_model), "-q", "-c", *GREEDY],
+        input=b"h\xffi\nHello\n", capture_output=True, timeout=120,
+    )  # fmt: skip
+    assert child.returncode == 0 and child.stdout.decode().count("bot> ") == 1
+    assert child.stderr.decode() == "error: that line: not valid UTF-8 (byte 0xff at character 1)\n"

@@ -73,3 +73,82 @@ def test_a_manifest_that_is_not_json_names_the_file(tmp_path: Path) -> None:
 )
 def test_decode_windows_halve_from_the_context(context: int, windows: list[int]) -> None:
     assert decode_windows(context) == windows
+
+
+@pytest.fixture
+def fake_toolchain(monkeypatch: pytest.MonkeyPatch) -> dict[str, bool]:
+    """convert's calls into tpu-mlir answered at once: compiling writes a stand-in bmodel, unless ``fail`` is set."""
+    from opt_tpu_tui import toolchain
+
+    state = {"fail": False}
+
+    def compile_top(top_mlir: Path, mode: str, group_size: int = 0, scratch: Path | None = None) -> Path:
+        if state["fail"]:
+            raise UserError(f"compiling graph {top_mlir.stem} ({mode}) failed")
+        bmodel = top_mlir.with_suffix(".bmodel")
+        bmodel.write_bytes(b"net")
+        return bmodel
+
+    def combine(bmodels: list[Path], out: Path, scratch: Path) -> Path:
+        out.write_bytes(b"bmodel from %d nets" % len(bmodels))
+        return out
+
+    for name in ("fetch", "root"):
+        monkeypatch.setattr(toolchain, name, lambda: Path("/nonexistent"), raising=False)
+    monkeypatch.setattr(toolchain, "compile_top", compile_top)
+    monkeypatch.setattr(toolchain, "combine", combine)
+    return state
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        {"manifest.json": '{"name": "my pwa"}', "build/important.txt": "work"},  # a web project's manifest
+        {"notes.txt": "mine"},
+        {"manifest.json": '{"format": 2, "chip": "BM1684X", "nets": {}, "files": ["../outside.txt"]}'},
+    ],
+)
+def test_convert_refuses_an_out_folder_that_is_not_an_earlier_conversion_and_deletes_nothing(
+    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], fake_toolchain: dict, files: dict
+) -> None:
+    from opt_tpu_tui.cli import main
+
+    out = tmp_path / "proj"
+    for name, text in files.items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(text)
+    before = tree(out)
+    fake_toolchain["fail"] = True  # as a conversion that fails at once would
+    assert main(["convert", "--model", str(tiny_model), "--out", str(out), "--mode", "f16", "--context", "32"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "proj: exists and is not an empty folder or a converted model" in error
+    assert tree(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["proj"]
+
+
+def test_a_new_conversion_replaces_only_what_the_earlier_one_wrote_and_a_failed_one_leaves_it_working(
+    tiny_model: Path, tmp_path: Path, fake_toolchain: dict
+) -> None:
+    from opt_tpu_tui.convert.build import convert
+
+    out = tmp_path / "out"
+    convert(tiny_model, out, "f16", context=32, log=lambda _: None)
+    listed = json.loads((out / MANIFEST).read_text())["files"]
+    assert sorted(listed) == sorted(p.name for p in out.iterdir() if p.name != MANIFEST)
+    (out / "notes.txt").write_text("mine")
+    (out / "embed_positions.npy").unlink()  # the new conversion writes it again
+    old = tree(out)
+
+    fake_toolchain["fail"] = True
+    with pytest.raises(UserError, match="compiling graph"):
+        convert(tiny_model, out, "f16", context=16, log=lambda _: None)
+    assert tree(out) == old and Manifest.load(out).context == 32
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the failed build beside it is gone
+
+    fake_toolchain["fail"] = False
+    convert(tiny_model, out, "f16", context=16, log=lambda _: None)
+    assert Manifest.load(out).context == 16 and (out / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -69,19 +71,36 @@ def test_wheel_ships_the_model_and_themes_and_runs_outside_the_tree(tmp_path: Pa
     for part in ("config.json", "model.safetensors", "vocab.json", "merges.txt"):
         assert f"opt_tpu_tui/demo_model/{part}" in names
     assert any(n.endswith("share/opt-tpu-tui/themes/high-contrast.tcss") for n in names)
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    venv, env = venv_seeing_these_packages(tmp_path / "venv")
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--no-deps", "--force-reinstall", "-q", str(wheel)]
-    subprocess.run(pip, check=True, capture_output=True)
+    subprocess.run(pip, check=True, capture_output=True, env=env)
     where = [str(venv / "bin" / "python"), "-c", "from opt_tpu_tui.demo import DEMO_MODEL_DIR as d; print(d)"]
-    assert subprocess.run(where, cwd=tmp_path, capture_output=True, text=True, check=True).stdout.startswith(str(venv))
+    found = subprocess.run(where, cwd=tmp_path, capture_output=True, text=True, check=True, env=env).stdout
+    assert found.startswith(str(venv))
     result = subprocess.run(
         [str(venv / "bin" / "opt-tpu-tui"), "-p", "Hello", "--temperature", "0", "--max-new-tokens", "24"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "built-in demo model" in result.stderr
     assert len(re.findall(r"[A-Za-z]{2,}", result.stdout)) >= 3, result.stdout
+
+
+def venv_seeing_these_packages(venv: Path) -> tuple[Path, dict[str, str]]:
+    """A new venv whose sys.path ends with this interpreter's site-packages, and an environment to run it in.
+
+    The wheel's dependencies come from there, whether the tests run in a venv or not:
+    ``--system-site-packages`` would show only the base interpreter's packages, not the
+    running venv's. The .pth goes after the venv's own site-packages, so the installed
+    wheel wins over any other copy; PYTHONPATH is dropped for the same reason.
+    """
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                             capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    ours = dict.fromkeys([sysconfig.get_path("purelib"), sysconfig.get_path("platlib")])
+    (Path(purelib) / "zz-test-host-packages.pth").write_text("".join(f"{folder}\n" for folder in ours))
+    return venv, {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
 
 def test_the_demo_model_converts_to_f16_and_chats_the_same_in_the_simulator(simulator: None, tmp_path: Path) -> None:

@@ -59,3 +59,34 @@ def test_the_log_and_its_folder_are_private_under_umask_022(tmp_path: Path) -> N
         os.umask(old)
     for path in (log, tmp_path / "fresh" / "native.log"):
         assert (path.stat().st_mode & 0o777, path.parent.stat().st_mode & 0o777) == (0o600, 0o700)
+
+
+AT_EXIT = """
+import atexit, os, sys
+atexit.register(os.write, 1, b"BMLIB Send Quit Message\\\\n")  # as the runtime's exit handlers do, after the reply
+sys.argv[0] = "opt-tpu-tui"
+from opt_tpu_tui.cli import run
+run()
+"""
+
+
+def run_script(tiny_model: Path, tmp_path: Path, *args: str, **streams: object) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-c", AT_EXIT, "--model", str(tiny_model), "--temperature", "0", "--max-new-tokens", "8"]
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    return subprocess.run([*argv, *args], env=env, text=True, timeout=120, **streams)  # type: ignore[call-overload]
+
+
+def test_what_native_code_prints_at_exit_goes_to_the_log_not_after_the_reply(tiny_model: Path, tmp_path: Path) -> None:
+    child = run_script(tiny_model, tmp_path, "-p", "Hi", "-q", capture_output=True)
+    assert child.returncode == 0 and child.stdout.strip() and child.stdout.endswith("\n"), child.stderr
+    assert "BMLIB" not in child.stdout
+    assert "BMLIB Send Quit Message" in (tmp_path / "cache" / "opt-tpu-tui" / "native-output.log").read_text()
+
+
+@pytest.mark.parametrize("mode", [["-p", "Hi"], ["-c"]])
+def test_the_stats_line_starts_its_own_line_when_stdout_and_stderr_share_a_pipe(
+    tiny_model: Path, tmp_path: Path, mode: list[str]
+) -> None:
+    child = run_script(tiny_model, tmp_path, *mode, input="Hi\n", stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    stats = [line for line in child.stdout.splitlines() if "prompt tokens" in line]
+    assert child.returncode == 0 and len(stats) == 1 and stats[0].startswith("["), child.stdout

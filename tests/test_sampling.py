@@ -95,8 +95,27 @@ def test_draws_follow_the_warped_distribution_and_repeat_with_a_seed() -> None:
         (dict(repetition_penalty=0.5), "repetition_penalty must be between 1 and 2"),
         (dict(max_new_tokens=2.5), "max_new_tokens must be a whole number"),
         (dict(seed=-3), "seed must be between 0"),
+        (dict(seed=2**32), "seed must be between 0 and 4294967295, got 4294967296"),
     ],
 )
 def test_out_of_range_settings_are_refused(change: dict, message: str) -> None:
     with pytest.raises(UserError, match=message):
         SamplingSettings(**change).validate()
+
+
+@pytest.mark.parametrize("temperature", [1e-45, 1e-30, 1e-6])
+@pytest.mark.parametrize("penalty", [1.0, 1.3])
+def test_a_temperature_too_small_to_divide_by_is_greedy(temperature: float, penalty: float) -> None:
+    logits = np.random.default_rng(0).standard_normal(VOCAB).astype(np.float32) * 10
+    settings = SamplingSettings(temperature=temperature, top_k=0, top_p=1.0, repetition_penalty=penalty, seed=1)
+    greedy = Sampler(SamplingSettings(temperature=0, repetition_penalty=penalty))(logits, [3, 4])
+    assert [Sampler(settings)(logits, [3, 4]) for _ in range(5)] == [greedy] * 5
+    assert np.isfinite(warp(logits, settings, [3, 4])).all()
+
+
+@pytest.mark.parametrize("temperature, top_k", [(0, 0), (0.7, 50), (0.7, 0)])
+def test_nan_logits_are_a_clear_error(temperature: float, top_k: int) -> None:
+    logits = np.random.default_rng(0).standard_normal(VOCAB).astype(np.float32)
+    logits[7] = np.nan
+    with pytest.raises(UserError, match="the model gave NaN logits"):
+        Sampler(SamplingSettings(temperature=temperature, top_k=top_k, seed=0))(logits, [])

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from opt_tpu_tui import toolchain
+from opt_tpu_tui.backends import bmrt_lib
 from opt_tpu_tui.backends.bmrt_lib import Runtime
+from opt_tpu_tui.cli import main
+from opt_tpu_tui.config import Settings, save_settings
+from opt_tpu_tui.converted import BMODEL, MANIFEST, TOKENIZER_FILES, HostEmbedding, Manifest
 from opt_tpu_tui.errors import UserError
+from opt_tpu_tui.model import load_weights
 
 MODULE = """module @{name} attributes {{module.weight_file = "{name}_top_weights.npz", module.platform = "LLM", \
 module.state = "TOP_F32", module.chip = "ALL", module.top_run_mode = "STATIC"}} {{
@@ -67,3 +73,67 @@ def test_a_failed_compile_names_the_graph_and_keeps_the_log(tpu_runtime: Runtime
     with pytest.raises(UserError, match="compiling graph broken .F16. failed; the log is .*broken.compile.log"):
         toolchain.compile_top(tmp_path / "broken.mlir", "F16")
     assert (tmp_path / "broken.compile.log").stat().st_size > 0
+
+
+@pytest.fixture
+def empty_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """The app's user cache, empty, and no runtime override; pip must not be run."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    for name in (toolchain.ROOT_ENV, bmrt_lib.LIB_ENV):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(toolchain.subprocess, "run", forbidden)
+    return tmp_path / "cache" / "opt-tpu-tui"
+
+
+def forbidden(*args: object, **kwargs: object) -> None:
+    raise AssertionError("the tpu-mlir wheel was downloaded or unpacked")
+
+
+def stand_in_conversion(checkpoint: Path, out: Path, context: int = 32) -> Path:
+    """A converted model directory as far as the host is concerned; its bmodel is never loaded."""
+    w = load_weights(checkpoint)
+    out.mkdir()
+    HostEmbedding.write(out, w.embed_tokens, w.embed_positions[: context + 2], w.project_in)
+    for name in TOKENIZER_FILES:
+        shutil.copy(checkpoint / name, out / name)
+    (out / BMODEL).write_bytes(b"stand-in")
+    (out / MANIFEST).write_text(Manifest(w.config, "f16", "f16", 0, context, 8, (context,), "tiny").to_json())
+    return out
+
+
+@pytest.mark.parametrize("saved", [False, True], ids=["--backend bmrt", "saved backend bmrt"])
+def test_chatting_on_bmrt_never_downloads_and_names_the_command_that_does(
+    empty_cache: Path, tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch, saved: bool,
+) -> None:  # fmt: skip
+    for name in ("download", "unpack"):
+        monkeypatch.setattr(toolchain, name, forbidden)
+    model = stand_in_conversion(tiny_model, tmp_path / "converted")
+    if saved:
+        save_settings(Settings(last_model=str(model), backend="bmrt"))
+    args = ["-p", "Hi"] if saved else ["--model", str(model), "--backend", "bmrt", "-p", "Hi"]
+    assert main(args) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and f"`{toolchain.FETCH_COMMAND}`" in error, error
+
+
+def fetch_simulator(wheel: Path, cache: Path) -> None:
+    if main(["fetch-simulator"]) == 2:
+        raise UserError("fetch-simulator failed")  # its message is on stderr, checked by the caller
+
+
+@pytest.mark.parametrize(
+    "use", [fetch_simulator, lambda wheel, cache: toolchain.unpack(wheel, cache / "unpacked")],
+    ids=["fetch-simulator", "unpack"],
+)  # fmt: skip
+def test_a_cached_wheel_with_the_wrong_hash_is_refused_in_one_line(
+    empty_cache: Path, capsys: pytest.CaptureFixture[str], use
+) -> None:  # noqa: ANN001
+    wheel = empty_cache / "downloads" / toolchain.WHEEL
+    wheel.parent.mkdir(parents=True)
+    wheel.write_bytes(b"PK not the real wheel")
+    with pytest.raises(UserError) as raised:
+        use(wheel, empty_cache)
+    error = capsys.readouterr().err.strip() or str(raised.value)
+    assert len(error.splitlines()) == 1 and str(wheel) in error and "SHA-256" in error, error
+    assert not any(empty_cache.glob("tpu-mlir*")) and not list(empty_cache.glob("unpacked/*"))

@@ -257,6 +257,24 @@ async def test_theme_switching_is_remembered(tokenizer: Tokenizer) -> None:
         assert app.current_theme.background.lower() == "#f6f7f9"
 
 
+@pytest.mark.parametrize(
+    "declarations, named",
+    [("$primary: #zzzzzz;", "$primary: '#zzzzzz' is not a colour"),
+     ("$primary: #4EA1D3;\n$footer-key-foreground: not-a-colour;", "$footer-key-foreground: 'not-a-colour'")],
+)  # fmt: skip
+async def test_a_user_theme_with_a_bad_colour_saved_as_current_falls_back_with_a_warning(
+    tokenizer: Tokenizer, declarations: str, named: str
+) -> None:
+    paths.user_themes_dir().mkdir(parents=True)
+    (paths.user_themes_dir() / "mine.tcss").write_text(declarations)
+    app, _ = make_app(tokenizer, settings=Settings(theme="mine"))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        assert app.theme == "dark"
+        notices = [str(n.render()) for n in app.screen.query(Notice)]
+        assert any("mine.tcss" in n and named in n for n in notices), notices
+
+
 async def test_80x24_layout_switches_panes_by_key(tokenizer: Tokenizer) -> None:
     app, _ = make_app(tokenizer)
     async with app.run_test(size=(80, 24)) as pilot:

@@ -54,18 +54,34 @@ def open_backend(model_dir: Path, kind: str = "auto", context: int | None = None
     return CPUBackend(model_dir, context)
 
 
+def check_model_dir(model_dir: Path) -> None:
+    """A UserError unless ``model_dir`` is a folder.
+
+    Checked before anything resolves the path: ``is_dir`` is False for a symbolic link
+    loop, where ``resolve`` raises RuntimeError (Python < 3.13).
+    """
+    if not model_dir.is_dir():
+        raise UserError(f"{model_dir}: no such model directory")
+
+
 def open_model(model_dir: Path, kind: str = "auto", context: int | None = None) -> tuple[Backend, Tokenizer]:
     """The tokenizer and a backend for ``model_dir``: what every front end needs to chat.
 
     The tokenizer is read first, as it is cheap and its absence is the commonest mistake.
     """
     model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise UserError(f"{model_dir}: no such model directory")
+    check_model_dir(model_dir)
     if context is not None and context < 2:
         raise UserError(f"--context must be at least 2 tokens, got {context}")
     tokenizer = Tokenizer.from_dir(model_dir)
-    return open_backend(model_dir, kind, context), tokenizer
+    backend = open_backend(model_dir, kind, context)
+    if tokenizer.max_id >= backend.vocab_size:
+        backend.close()
+        raise UserError(
+            f"{tokenizer.vocab_path}: holds token id {tokenizer.max_id}, but the model has logits for ids "
+            f"0 to {backend.vocab_size - 1} (vocab_size): the vocabulary belongs to another model"
+        )
+    return backend, tokenizer
 
 
 __all__ = ["BACKENDS", "Backend", "open_backend", "open_model"]

@@ -3,8 +3,9 @@
 Each graph (a prefill-chunk and a decode block per layer, and the lm_head) is written
 as Top-dialect MLIR with its weights, compiled to its own bmodel by tpuc-opt (as many
 at once as there are cores), and the bmodels are combined into one. The directory's
-manifest is written last; the build folder is removed on success and kept on failure,
-with each graph's compile log.
+result is built in a folder beside ``--out`` and moved in only once complete, so a
+failed conversion leaves an earlier one in ``--out`` working; the build folder is
+removed on success and kept on a compile failure, with each graph's compile log.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,8 +21,8 @@ from pathlib import Path
 from opt_tpu_tui import toolchain
 from opt_tpu_tui.atomic import atomic_write
 from opt_tpu_tui.converted import (
-    ACTIVATIONS, BMODEL, LM_HEAD, MANIFEST, MODES, HostEmbedding, Manifest, decode_net, decode_windows, is_converted,
-    prefill_net, quantization,
+    ACTIVATIONS, BMODEL, LM_HEAD, MANIFEST, MODES, TOKENIZER_FILES, HostEmbedding, Manifest, conversion_files,
+    decode_net, decode_windows, prefill_net, quantization,
 )  # fmt: skip
 from opt_tpu_tui.convert import graphs
 from opt_tpu_tui.convert.mlir import Graph
@@ -29,9 +31,6 @@ from opt_tpu_tui.model import load_weights
 from opt_tpu_tui.model.checkpoint import OPTWeights
 from opt_tpu_tui.model.config import POSITION_OFFSET
 from opt_tpu_tui.model.forward import PreparedLayer
-
-TOKENIZER_FILES = ("vocab.json", "merges.txt")
-
 
 def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
@@ -57,10 +56,55 @@ def graph_builders(
     return builders
 
 
-def check_output_dir(out: Path) -> None:
-    """``out`` must be new, empty, or an earlier conversion (which is replaced): nothing else is overwritten."""
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_converted(out))):
+def check_output_dir(out: Path) -> list[str]:
+    """What an earlier conversion in ``out`` wrote (to replace), or [] if ``out`` is absent or empty.
+
+    Anything else is refused before any work, so convert never deletes a user's files:
+    a folder with other files (even one named manifest.json) is not an earlier conversion.
+    """
+    if not out.exists() and not out.is_symlink():
+        return []
+    if out.is_dir() and not any(out.iterdir()):
+        return []
+    previous = conversion_files(out) if out.is_dir() else None
+    if previous is None:
         raise UserError(f"{out}: exists and is not an empty folder or a converted model; choose another --out")
+    return previous
+
+
+def staging_dir(out: Path) -> Path:
+    """A new folder beside ``out`` (same file system, so its files move into ``out`` by rename)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f"{out.name}.converting-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    return staging
+
+
+def swap_in(staging: Path, out: Path, previous: list[str]) -> None:
+    """Move the finished conversion in ``staging`` into ``out``, replacing only the files ``previous`` lists.
+
+    The new files are renamed over the old ones with the manifest last, so until then
+    ``out`` still holds the old manifest, which lists every name a retry must replace;
+    files of the old conversion the new one lacks go after. Other files in ``out`` stay.
+    """
+    if not previous:
+        if out.is_dir():
+            out.rmdir()  # empty, checked before the conversion
+        os.replace(staging, out)
+        return
+    new = sorted((p.name for p in staging.iterdir()), key=lambda name: name == MANIFEST)  # the manifest last
+    for name in new:
+        os.replace(staging / name, out / name)
+    for name in set(previous) - set(new):
+        if (out / name).is_file() or (out / name).is_symlink():
+            (out / name).unlink()
+    staging.rmdir()
+
+
+def discard(staging: Path) -> None:
+    """Remove a failed conversion's folder, unless it holds compile logs that the error message names."""
+    if not any(staging.rglob("*.log")):
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def convert(
@@ -82,7 +126,7 @@ def convert(
     for name in TOKENIZER_FILES:
         if not (model_dir / name).is_file():
             raise UserError(f"{model_dir / name}: not found (the converted directory needs the tokenizer too)")
-    check_output_dir(out)
+    previous = check_output_dir(out)
     w = load_weights(model_dir, upcast=False)
     config = w.config
     if not 2 <= context <= config.max_position_embeddings:
@@ -96,11 +140,36 @@ def convert(
     if mode != "f16" and (group_size <= 0 or config.hidden_size % group_size):
         raise UserError(f"--group-size must divide the hidden size {config.hidden_size}, got {group_size}")
 
-    build = out / "build"
-    shutil.rmtree(build, ignore_errors=True)
-    (out / MANIFEST).unlink(missing_ok=True)  # the directory is incomplete until the new manifest is written
     builders = graph_builders(w, context, chunk, windows)
     precision = quantization(mode, activations)
+    toolchain.fetch()  # once, before the workers start: the only download besides `fetch-simulator`
+    log(f"converting {model_dir} to {out} ({precision}, group {group_size}, context {context}, chunk {chunk}): "
+        f"{len(builders)} graphs")
+    staging = staging_dir(out)
+    try:
+        build_into(staging, builders, precision, group_size, jobs, log)
+        HostEmbedding.write(staging, w.embed_tokens, w.embed_positions[: context + POSITION_OFFSET], w.project_in)
+        for name in TOKENIZER_FILES:
+            shutil.copyfile(model_dir / name, staging / name)
+        files = [p.name for p in staging.iterdir()]
+        source = model_dir.resolve().name
+        manifest = Manifest(config, mode, activations, group_size, context, chunk, tuple(windows), source)
+        atomic_write(staging / MANIFEST, manifest.to_json(files), mode=0o644)
+    except BaseException:
+        discard(staging)
+        raise
+    swap_in(staging, out, previous)
+    size = (out / BMODEL).stat().st_size
+    log(f"done: {out / BMODEL} is {size / 2**20:.1f} MiB")
+    return out
+
+
+def build_into(
+    folder: Path, builders: dict[str, Callable[[], tuple[Graph, list[str]]]], precision: str, group_size: int,
+    jobs: int | None, log: Callable[[str], None],
+) -> None:  # fmt: skip
+    """Compile every graph under ``folder/build`` (``jobs`` at once) and combine them into ``folder/model.bmodel``."""
+    build = folder / "build"
     done: list[str] = []
 
     def compile_one(name: str) -> Path:
@@ -110,9 +179,6 @@ def convert(
         log(f"compiled {name} ({len(done)}/{len(builders)})")
         return bmodel
 
-    toolchain.root()  # fetch the toolchain once, before the workers start
-    log(f"converting {model_dir} to {out} ({precision}, group {group_size}, context {context}, chunk {chunk}): "
-        f"{len(builders)} graphs")
     with ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:
         futures = [pool.submit(compile_one, name) for name in builders]
         try:
@@ -121,14 +187,5 @@ def convert(
             pool.shutdown(cancel_futures=True)
             raise
     log(f"combining {len(bmodels)} bmodels")
-    toolchain.combine(bmodels, out / BMODEL, build / "scratch")
-    positions = w.embed_positions[: context + POSITION_OFFSET]
-    HostEmbedding.write(out, w.embed_tokens, positions, w.project_in)
-    for name in TOKENIZER_FILES:
-        shutil.copyfile(model_dir / name, out / name)
-    manifest = Manifest(config, mode, activations, group_size, context, chunk, tuple(windows), model_dir.resolve().name)
-    atomic_write(out / MANIFEST, manifest.to_json(), mode=0o644)
+    toolchain.combine(bmodels, folder / BMODEL, build / "scratch")
     shutil.rmtree(build)
-    size = (out / BMODEL).stat().st_size
-    log(f"done: {out / BMODEL} is {size / 2**20:.1f} MiB")
-    return out

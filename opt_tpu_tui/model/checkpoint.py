@@ -9,13 +9,12 @@ so the math downstream has a single form.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from opt_tpu_tui.errors import UserError
+from opt_tpu_tui.errors import UserError, is_plain_name, read_json_object
 from opt_tpu_tui.model.config import POSITION_OFFSET, OPTConfig
 
 Array = np.ndarray
@@ -102,11 +101,13 @@ def weight_files(model_dir: Path) -> list[Path]:
     if single.is_file():
         return [single]
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-            shards = sorted(set(weight_map.values()))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-            raise UserError(f"{index}: not a valid safetensors index ({error})") from None
+        weight_map = read_json_object(index, "").get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(s, str) for s in weight_map.values()):
+            raise UserError(f"{index}: not a valid safetensors index (no weight_map of tensor -> file)")
+        shards = sorted(set(weight_map.values()))
+        outside = [s for s in shards if not is_plain_name(s)]
+        if outside:
+            raise UserError(f"{index}: shard {outside[0]!r} is not a file in {model_dir}; refusing to read it")
         missing = [s for s in shards if not (model_dir / s).is_file()]
         if missing:
             raise UserError(f"{index}: shard {model_dir / missing[0]} is missing")
@@ -117,6 +118,44 @@ def weight_files(model_dir: Path) -> list[Path]:
             + CONVERT_HINT.format(d=model_dir)
         )
     raise UserError(f"{model_dir}: no model.safetensors (or sharded model.safetensors.index.json) found")
+
+
+def tensor_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
+    """Every tensor's normalised name and shape, from the safetensors headers alone (no data is read)."""
+    from safetensors import SafetensorError, safe_open
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for path in files:
+        try:
+            with safe_open(str(path), framework="numpy") as handle:
+                for name in handle.keys():
+                    shapes[name.removeprefix("model.")] = tuple(handle.get_slice(name).get_shape())
+        except (SafetensorError, OSError, ValueError, TypeError) as error:
+            raise UserError(f"{path}: not a readable safetensors file ({error})") from None
+    return shapes
+
+
+def check_shapes(config: OPTConfig, found: dict[str, tuple[int, ...]], model_dir: Path, files: list[Path]) -> None:
+    """A UserError naming the first tensor that config.json expects and the checkpoint lacks or shapes otherwise.
+
+    The layer count is checked against the tensor names first, so an absurd config
+    (a million layers) is refused before a name list that long is built.
+    """
+    layers = {name.split(".")[2] for name in found if name.startswith("decoder.layers.")}
+    if config.num_hidden_layers != len(layers):
+        raise UserError(
+            f"{model_dir}: config.json says num_hidden_layers {config.num_hidden_layers}, "
+            f"but {', '.join(p.name for p in files)} hold {len(layers)} layers"
+        )
+    for name, shape in expected_shapes(config).items():
+        if name == "lm_head.weight" and config.tie_word_embeddings:
+            continue  # tied to the token embedding; checkpoints often omit it
+        if name not in found:
+            raise UserError(f"{model_dir}: tensor {name} is missing from {', '.join(p.name for p in files)}")
+        if found[name] != shape:
+            raise UserError(
+                f"{model_dir}: tensor {name} has shape {list(found[name])}, but config.json implies {list(shape)}"
+            )
 
 
 def read_tensors(path: Path, upcast: bool = True) -> dict[str, Array]:
@@ -153,20 +192,10 @@ def load_weights(model_dir: Path, config: OPTConfig | None = None, upcast: bool 
     model_dir = Path(model_dir)
     files = weight_files(model_dir)
     config = config or OPTConfig.load(model_dir / "config.json")
+    check_shapes(config, tensor_shapes(files), model_dir, files)  # before any tensor is read
     tensors: dict[str, Array] = {}
     for path in files:
         tensors.update(read_tensors(path, upcast))
-    shapes = expected_shapes(config)
-    for name, shape in shapes.items():
-        if name == "lm_head.weight" and config.tie_word_embeddings:
-            continue  # tied to the token embedding; checkpoints often omit it
-        if name not in tensors:
-            raise UserError(f"{model_dir}: tensor {name} is missing from {', '.join(p.name for p in files)}")
-        if tensors[name].shape != shape:
-            raise UserError(
-                f"{model_dir}: tensor {name} has shape {list(tensors[name].shape)}, "
-                f"but config.json implies {list(shape)}"
-            )
     return assemble(config, tensors)
 
 

@@ -15,6 +15,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
+from textual.color import Color, ColorParseError
 from textual.theme import Theme
 
 from opt_tpu_tui import paths
@@ -41,13 +42,32 @@ def shipped_theme_dirs() -> list[Path]:
 
 
 def parse_theme(name: str, text: str) -> Theme:
-    """A Theme from the declarations in a theme file; raise ValueError if it has no ``$primary``."""
+    """A Theme from the declarations in a theme file; ValueError if it has no ``$primary`` or a bad colour.
+
+    Colours are checked here, at load, because Textual parses them only when the theme
+    is applied: a bad one saved as the current theme would crash every start.
+    """
     values = {key: value for key, value in DECLARATION.findall(COMMENT.sub("", text))}
     if "primary" not in values:
         raise ValueError(f"theme {name!r} declares no $primary colour")
     dark = values.pop("dark", "true").strip().lower() not in ("false", "no", "0")
     colours = {key: values.pop(key) for key in COLOURS if key in values}
+    defaults = Theme(name=name, primary="black").to_color_system().generate()
+    for key, value in [*colours.items(), *values.items()]:
+        if key in COLOURS or _is_colour(defaults.get(key, "")):
+            try:
+                Color.parse(value)
+            except ColorParseError:
+                raise ValueError(f"${key}: {value!r} is not a colour") from None
     return Theme(name=name, dark=dark, variables=values, **colours)
+
+
+def _is_colour(value: str) -> bool:
+    try:
+        Color.parse(value)
+    except ColorParseError:
+        return False
+    return True
 
 
 def load_themes(extra_dirs: list[Path] | None = None) -> tuple[dict[str, Theme], list[str]]:
