@@ -65,7 +65,7 @@ async def chat(tokenizer: Tokenizer, turns: int) -> tuple[list[float], list[floa
 
 async def reopen(tokenizer: Tokenizer, turns: int) -> float:
     """Seconds from Enter on the newest conversation in the list until its last reply is on screen."""
-    from opt_tpu_tui.tui.widgets.conversation import AssistantMessage
+    from opt_tpu_tui.tui.widgets.conversation import ReplyView
 
     app, _ = make_app(tokenizer)
     async with app.run_test(size=SIZE) as pilot:
@@ -76,8 +76,8 @@ async def reopen(tokenizer: Tokenizer, turns: int) -> float:
         await pilot.press("enter")
 
         def shown() -> bool:
-            replies = app.screen.query(AssistantMessage)
-            return len(replies) == turns and replies.last().region.height > 0
+            replies = app.screen.query(ReplyView)  # the newest ones: older messages are counted, not mounted
+            return len(app.screen.conversation.turns) == turns and bool(replies) and replies.last().region.height > 0
 
         await wait_until(pilot, shown, timeout=120)
         await pilot.pause()

@@ -29,7 +29,7 @@ def test_console_script_streams_stops_and_quits(tmp_path: Path) -> None:
     paths.settings_file().parent.mkdir(parents=True)
     paths.settings_file().write_text(json.dumps(settings))
     with tmux.Tmux("e2e") as term:
-        term.start(["opt-tpu-tui", "--model", str(model), "--backend", "cpu"], 80, 24, clipboard=False)
+        term.start([tmux.SCRIPT, "--model", str(model), "--backend", "cpu"], 80, 24, clipboard=False)
         term.wait_for(lambda s: "· ready ·" in s)
         term.keys("Hello there", literal=True)
         term.wait_for(lambda s: "Hello there" in s)

@@ -52,7 +52,7 @@ def hostile_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def tui(model: Path) -> list[str]:
-    return ["opt-tpu-tui", "--model", str(model), "--backend", "cpu"]
+    return [tmux.SCRIPT, "--model", str(model), "--backend", "cpu"]
 
 
 def footer_row(lines: list[str]) -> int | None:
@@ -154,7 +154,7 @@ def test_a_burst_into_a_settings_field_is_saved(chat_model: Path) -> None:
 
 
 def run_prompt(model: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    argv = ["opt-tpu-tui", "-p", "hi", "--model", str(model), "--backend", "cpu", "--temperature", "0", *extra]
+    argv = [tmux.SCRIPT, "-p", "hi", "--model", str(model), "--backend", "cpu", "--temperature", "0", *extra]
     return subprocess.run(argv, env={**os.environ, **tmux.app_env()}, capture_output=True, text=True, timeout=60)
 
 
@@ -183,7 +183,7 @@ def test_the_tmux_checks_see_what_hostile_bytes_do() -> None:
 def test_line_chat_shows_hostile_output_defanged(hostile_model: Path) -> None:
     write_settings()
     with tmux.Tmux("chat") as term:
-        term.start(["opt-tpu-tui", "-c", "--model", str(hostile_model), "--backend", "cpu"])
+        term.start([tmux.SCRIPT, "-c", "--model", str(hostile_model), "--backend", "cpu"])
         term.wait_for(lambda s: "you>" in s)
         term.keys("hi", "Enter")
         # the reply, then the next prompt (a raw erase-screen in the reply would leave only that one)

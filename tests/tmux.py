@@ -17,6 +17,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -46,8 +47,11 @@ def app_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+SCRIPT = str(Path(sys.executable).parent / "opt-tpu-tui")  # installed beside this python, on PATH or not (.venv/bin)
+
+
 def available() -> bool:
-    return shutil.which("tmux") is not None and shutil.which("opt-tpu-tui") is not None
+    return shutil.which("tmux") is not None and Path(SCRIPT).exists()
 
 
 class Tmux:

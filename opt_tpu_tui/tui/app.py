@@ -41,7 +41,7 @@ NO_MODEL = "no model: start with opt-tpu-tui --model DIR (a Hugging Face OPT or 
 class OptTuiApp(App[int]):
     TITLE = "opt-tpu-tui"
     BINDINGS = [
-        Binding("f1", "help", "Help", id="app.help", show=False, tooltip="this help"),  # the status line shows "f1 help"
+        Binding("f1", "help", "Help", id="app.help", show=False, tooltip="help: every key"),  # the status line shows "f1 help"
         Binding("ctrl+t", "next_theme", "Theme", id="app.theme", show=False,  # the footer must fit 80 columns
                 tooltip="next theme (dark, light, high-contrast, …)"),
     ]  # fmt: skip
