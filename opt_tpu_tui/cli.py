@@ -294,10 +294,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(DEMO_NOTICE, file=sys.stderr)
         with native_stdout_to(paths.native_output_log()):  # what the TPU runtime prints, out of the replies
             backend, tokenizer = open_model(model_dir, backend_kind, args.context)
-        if not demo:  # written only when it changed: several instances may share the file
-            remembered = replace(saved, last_model=str(model_dir.resolve()), backend=backend_kind)
-            update_settings_file(changed_values(saved, remembered))
         try:
+            if not demo:  # written only when it changed: several instances may share the file
+                remembered = replace(saved, last_model=str(model_dir.resolve()), backend=backend_kind)
+                update_settings_file(changed_values(saved, remembered))
             if args.prompt is not None:
                 with native_stdout_to(paths.native_output_log(), append=True):
                     return run_prompt(args, backend, tokenizer, settings)

@@ -221,16 +221,9 @@ class OpenMarker:
         """Remove the marker (before unlocking it: unlocked and present means a crash)."""
         if self._fd is None:
             return
-        remove(self.path)
+        self.path.unlink(missing_ok=True)
         os.close(self._fd)
         self._fd = None
-
-
-def remove(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def side_files(path: Path) -> list[Path]:
@@ -288,7 +281,7 @@ class HistoryStore:
                 return cls.unavailable(path, "another opt-tpu-tui holds it" if kind == "busy" else str(error))
             return cls.start_afresh(path, marker, str(error), busy_wait)
         for old in stale:
-            remove(old)
+            old.unlink(missing_ok=True)
         if created:
             fsync_dir(path.parent)
         return cls(path, db, marker), None

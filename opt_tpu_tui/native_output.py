@@ -24,11 +24,8 @@ def native_stdout_to(path: Path, append: bool = False) -> Iterator[None]:
     Python's ``sys.stdout``, if it wrote to descriptor 1, keeps writing where that went
     (the terminal, a pipe). Where ``path`` cannot be written, nothing changes.
     """
-    try:
-        private_dir(path.parent)
-        log = os.open(path, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC), PRIVATE_FILE)
-        tighten(path, PRIVATE_FILE)
-    except (OSError, UserError):
+    log = _open_log(path, append)
+    if log is None:
         yield
         return
     python_stdout = sys.stdout
@@ -50,6 +47,17 @@ def native_stdout_to(path: Path, append: bool = False) -> Iterator[None]:
         os.close(saved)
 
 
+def _open_log(path: Path, append: bool) -> int | None:
+    """A descriptor writing to ``path``, private (0600 in a 0700 folder); None where it cannot be written."""
+    try:
+        private_dir(path.parent)
+        log = os.open(path, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC), PRIVATE_FILE)
+    except (OSError, UserError):
+        return None
+    tighten(path, PRIVATE_FILE)
+    return log
+
+
 def _descriptor(stream: object) -> int | None:
     try:
         return stream.fileno()  # type: ignore[attr-defined]
@@ -67,10 +75,8 @@ def park_native_stdout(path: Path) -> None:
     (the runtime's own clean-up), Python's ``atexit`` and buffered files other code may
     hold: parking the descriptor changes where the goodbyes go and nothing else.
     """
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    except OSError:
+    log = _open_log(path, append=True)
+    if log is None:
         return
     python_stdout = sys.stdout
     python_stdout.flush()

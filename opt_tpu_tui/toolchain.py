@@ -99,7 +99,7 @@ def download(into: Path) -> Path:
     wheel = into / WHEEL
     if wheel.exists():
         return check_hash(wheel)
-    into.mkdir(parents=True, exist_ok=True)
+    paths.private_dir(paths.private_dir(into.parent) / into.name)  # the app's cache folder is private too
     print(f"Fetching tpu-mlir {VERSION} (about 310 MB, once) into {into} ...", file=sys.stderr)
     with tempfile.TemporaryDirectory(dir=into) as scratch:
         requirement = Path(scratch) / "requirements.txt"
@@ -124,7 +124,7 @@ def unpack(wheel: Path, base: Path) -> None:
     is either complete or absent, even when two processes fetch at once.
     """
     check_hash(wheel)
-    base.parent.mkdir(parents=True, exist_ok=True)
+    paths.private_dir(base.parent)
     staging = Path(tempfile.mkdtemp(dir=base.parent, prefix=f"{base.name}.unpacking-"))
     try:
         with zipfile.ZipFile(wheel) as archive:

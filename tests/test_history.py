@@ -79,14 +79,26 @@ def test_garbage_file_is_moved_aside_with_a_warning(tmp_path: Path) -> None:
     assert store.list_conversations()[0].id == cid
 
 
-def test_newer_schema_is_not_overwritten(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "script, said",
+    [
+        (f"PRAGMA user_version={SCHEMA_VERSION + 1};", ["newer version"]),  # not overwritten: set aside
+        (  # the right version with the wrong tables
+            f"CREATE TABLE conversations (id INTEGER PRIMARY KEY); PRAGMA user_version={SCHEMA_VERSION};",
+            ["conversations table lacks", "title"],
+        ),
+    ],
+)
+def test_a_database_this_version_cannot_use_is_set_aside(tmp_path: Path, script: str, said: list[str]) -> None:
     path = tmp_path / "h.sqlite3"
     db = sqlite3.connect(path)
-    db.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    db.executescript(script)
     db.close()
-    _, warning = HistoryStore.open(path)
-    assert warning is not None and "newer version" in warning
+    store, warning = HistoryStore.open(path)
+    assert warning is not None and all(text in warning for text in said)
     assert len(list(tmp_path.glob("h.sqlite3.corrupt-*"))) == 1
+    store.create_conversation("fresh")  # and a fresh history works in its place
+    assert [c.title for c in store.list_conversations()] == ["fresh"]
 
 
 def test_title_is_one_short_line() -> None:
@@ -228,18 +240,6 @@ def test_three_instances_starting_at_once_on_a_fresh_machine(tmp_path: Path) -> 
         store, _ = HistoryStore.open(tmp_path / str(n) / "h.sqlite3")
         assert len(store.list_conversations()) == 3
         store.close()
-
-
-def test_the_right_version_with_the_wrong_tables_is_set_aside(tmp_path: Path) -> None:
-    path = tmp_path / "h.sqlite3"
-    db = sqlite3.connect(path)
-    db.executescript(f"CREATE TABLE conversations (id INTEGER PRIMARY KEY); PRAGMA user_version={SCHEMA_VERSION};")
-    db.close()
-    store, warning = HistoryStore.open(path)
-    assert warning is not None and "conversations table lacks" in warning and "title" in warning
-    assert len(list(tmp_path.glob("h.sqlite3.corrupt-*"))) == 1
-    store.create_conversation("fresh")
-    assert [c.title for c in store.list_conversations()] == ["fresh"]
 
 
 DIES_WITH_IT_OPEN = """

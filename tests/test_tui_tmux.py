@@ -73,8 +73,9 @@ def laid_out(height: int) -> Callable[[list[str]], bool]:
     return check
 
 
-def quit_app(term: tmux.Tmux) -> None:
-    term.keys("C-q")
+def quit_app(term: tmux.Tmux, key: str = "C-q") -> None:
+    """Quit with ``key`` (ctrl+q in the UI, ctrl+d in ``-c``) and see the process exit cleanly."""
+    term.keys(key)
     term.wait_for(lambda s: "EXIT=0" in s, timeout=20)
 
 
@@ -189,8 +190,7 @@ def test_line_chat_shows_hostile_output_defanged(hostile_model: Path) -> None:
         # the reply, then the next prompt (a raw erase-screen in the reply would leave only that one)
         term.wait_for(lambda s: VISIBLE in s and s.rstrip().endswith("you>"))
         assert_terminal_untouched(term)
-        term.keys("C-d")
-        term.wait_for(lambda s: "EXIT=0" in s, timeout=20)
+        quit_app(term, "C-d")
 
 
 def test_the_ui_shows_hostile_output_defanged_live_and_reopened(hostile_model: Path) -> None:

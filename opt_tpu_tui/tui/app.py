@@ -185,12 +185,9 @@ class OptTuiApp(App[int]):
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
-        if isinstance(screen, MainScreen):
-            for binding in screen.BINDINGS:
+        owners = [screen, self] if isinstance(screen, MainScreen) else [self]
+        for owner in owners:  # every key of the chat and of the app, as the help screen lists them
+            for binding in owner.BINDINGS:
                 assert isinstance(binding, Binding)
                 yield SystemCommand(binding.description, f"{binding.tooltip} ({binding.key})",
-                                    lambda action=binding.action: screen.run_action(action))  # fmt: skip
-        for binding in self.BINDINGS:
-            assert isinstance(binding, Binding)
-            yield SystemCommand(binding.description, f"{binding.tooltip} ({binding.key})",
-                                lambda action=binding.action: self.run_action(action))  # fmt: skip
+                                    lambda owner=owner, action=binding.action: owner.run_action(action))  # fmt: skip

@@ -135,7 +135,6 @@ class MainScreen(Screen[None]):
         notices = [Notice(text, kind) for text, kind in app.startup_notices()]
         await self.query_one(Transcript).add(*notices)
         self._show_stats()
-        self.query_one(PromptInput).focus()
         self._update_state()
         app.load_model()
 
@@ -235,23 +234,17 @@ class MainScreen(Screen[None]):
         )
 
     def _update_state(self) -> None:
-        app = self.tui
+        """The status line's state and, matching it, why the prompt would refuse a message now."""
+        app, prompt = self.tui, self.query_one(PromptInput)
         if app.load_error:
-            state = "no model"
+            state, prompt.refusal = "no model", f"Cannot reply: {app.load_error}"
         elif self.session is None:
-            state = "loading model…"
+            state, prompt.refusal = "loading model…", "The model is still loading"
         elif self._streaming is not None:
-            state = "replying… (esc stops)"
+            state, prompt.refusal = "replying… (esc stops)", BUSY
         else:
-            state = "ready"
+            state, prompt.refusal = "ready", None
         self.query_one(StatusLine).state = state
-        prompt = self.query_one(PromptInput)
-        if self._streaming is not None:
-            prompt.refusal = BUSY
-        elif self.session is None:
-            prompt.refusal = f"Cannot reply: {app.load_error}" if app.load_error else "The model is still loading"
-        else:
-            prompt.refusal = None
 
     # sending and streaming
 
@@ -262,6 +255,13 @@ class MainScreen(Screen[None]):
     def _refuse(self, text: str) -> bool:
         self.notify(text, severity="warning")
         return False
+
+    def _busy(self) -> bool:
+        """A reply is streaming (and the user is told so): actions that change the chat wait."""
+        if self._streaming is None:
+            return False
+        self._refuse(BUSY)
+        return True
 
     async def send(self, text: str) -> bool:
         """Start a reply to ``text``; False (and a notification) when it cannot be sent."""
@@ -279,8 +279,7 @@ class MainScreen(Screen[None]):
         return True
 
     async def action_regenerate(self) -> None:
-        if self._streaming is not None:
-            self._refuse(BUSY)
+        if self._busy():
             return
         if self.session is None or not self.conversation.turns:
             self._refuse("There is no reply to regenerate")
@@ -346,7 +345,7 @@ class MainScreen(Screen[None]):
         if not streaming.view.is_attached:  # the app is closing
             return
         outcome, turn = message.outcome, streaming.reply.turn
-        if turn in self.conversation.turns or outcome.error is None:
+        if turn in self.conversation.turns:
             await streaming.view.finish(turn.assistant, stopped=turn.stopped, error=outcome.error)
         else:  # the message was taken back: nothing of this turn stays on screen either
             await self.query(UserMessage).last().remove()
@@ -363,10 +362,14 @@ class MainScreen(Screen[None]):
         self._update_state()
         self._show_stats()
 
+    @property
+    def _pane_in_the_way(self) -> bool:
+        """An open pane that covers the chat (narrow) or holds the focus: escape closes it first."""
+        return self.pane != "hidden" and (self.narrow or self.query_one("#side").has_focus_within)
+
     def action_stop(self) -> None:
-        """Escape: close a pane that covers the chat or holds the focus; else stop the reply."""
-        side = self.query_one("#side")
-        if self.pane != "hidden" and (self.narrow or side.has_focus_within):
+        """Escape: close a pane that is in the way (back to the prompt); else stop the reply."""
+        if self._pane_in_the_way:
             if self.narrow:
                 self.pane = "hidden"
             self.query_one(PromptInput).focus()
@@ -374,15 +377,14 @@ class MainScreen(Screen[None]):
             self._streaming.cancel.set()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action == "stop" and self._streaming is None and not (self.pane != "hidden" and self.narrow):
+        if action == "stop" and self._streaming is None and not self._pane_in_the_way:
             return None  # shown dimmed in the Footer
         return True
 
     # conversations
 
     async def action_new_conversation(self) -> None:
-        if self._streaming is not None:
-            self._refuse(BUSY)
+        if self._busy():
             return
         self.conversation.turns.clear()
         self.conversation.id = None
@@ -393,8 +395,7 @@ class MainScreen(Screen[None]):
         self.query_one(PromptInput).focus()
 
     def action_conversations(self) -> None:
-        if self._streaming is not None:
-            self._refuse(BUSY)
+        if self._busy():
             return
         self.app.push_screen(
             ConversationsScreen(self.tui.store.list_conversations(), self._delete_conversation), self._open_conversation

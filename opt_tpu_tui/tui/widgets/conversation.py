@@ -1,15 +1,15 @@
-"""The transcript: user messages as plain text, replies streamed line by line, then as Markdown.
+"""The transcript: user messages as plain text, replies streamed row by row, then as Markdown.
 
-What a streamed reply costs on the wire is what Textual repaints, and Textual repaints
-a widget whole when it changes. So a reply is not one growing widget: finished
-paragraphs become one static Markdown block each, the lines of the paragraph being
-written are one small widget per wrapped line, and only the line being written (the
-live tail) changes with each batch of tokens. A token then costs about the same at
-the 2,000th as at the 20th, on the wire and in layout. When the reply ends it becomes
-a single Markdown widget, rendered once.
+What a streamed reply costs on the wire is what Textual repaints, so a streaming reply
+is written into screen rows that already exist and only the row being written changes
+with each batch of tokens (ReplyView says why and how). A token then costs about the
+same at the 2,000th as at the 20th, on the wire and in layout. When the reply ends it
+becomes a single Markdown widget, rendered once.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 from rich.cells import cell_len
 from rich.markdown import Markdown as RichMarkdown
@@ -64,12 +64,12 @@ class ReplyView(Vertical):
 
     Textual repaints a container whole when it grows, and every sibling before a widget
     that is mounted (their stacking order changes). So a streaming reply is written into
-    rows that already exist: ``Transcript.room()`` empty Line widgets mounted after this
-    one. Each batch of tokens rewrites the row being written and nothing else; when the
+    rows that already exist: empty Line widgets for two thirds of the view, mounted after
+    this one. Each batch of tokens rewrites the row being written and nothing else; when the
     rows run out, the written ones become one block and new empty rows are mounted, in
     one frame (the anchored transcript scrolls to them in the same layout). That is one
-    full repaint per two thirds of a screen of text, and the cost per token does not grow with the
-    reply. When the reply ends it is rendered once, as Markdown, inside this widget.
+    full repaint per two thirds of a screen of text, and the cost per token does not grow
+    with the reply. When the reply ends it is rendered once, as Markdown, inside this widget.
     """
 
     def __init__(
@@ -95,7 +95,6 @@ class ReplyView(Vertical):
         yield Static("", classes="reply-status", markup=False)
 
     def on_mount(self) -> None:
-        self.set_class(self.streaming, "-streaming")
         self._show_status()
 
     @property
@@ -110,22 +109,27 @@ class ReplyView(Vertical):
         if not self._rows or self._rewrap or width != self._wrapped_at:
             await self._lay_out(width)
             return
-        while True:
-            taken = take_line(self.text[self._taken :], width)
-            if taken is None:
-                break
-            line, rest = taken
-            self._rows[self._filled].write(terminal_safe(line))
+        for line in self._take_lines(width):
+            self._rows[self._filled].write(line)
             self._filled += 1
-            self._taken = len(self.text) - len(rest)
             if self._filled == len(self._rows):
                 await self._new_rows()
         self._rows[self._filled].write(terminal_safe(self.text[self._taken :]))
 
+    def _take_lines(self, width: int) -> Iterator[str]:
+        """The finished lines of the text not yet taken, wrapped at ``width``, made safe; advances the take."""
+        while (taken := take_line(self.text[self._taken :], width)) is not None:
+            self._taken = len(self.text) - len(taken[1])
+            yield terminal_safe(taken[0])
+
+    @property
+    def _transcript(self) -> Widget:
+        assert isinstance(self.parent, Widget), "a reply streams inside the transcript"
+        return self.parent
+
     def _width(self) -> int:
         """The text width of a row: the transcript's, less a row's left bar and padding."""
-        transcript = self.parent
-        return max(1, transcript.content_region.width - 3) if isinstance(transcript, Widget) else 1
+        return max(1, self._transcript.content_region.width - 3)
 
     async def _new_rows(self) -> None:
         """The rows are full: merge them into a block and mount fresh room after it, in one frame."""
@@ -140,7 +144,7 @@ class ReplyView(Vertical):
         return Static(Text("\n".join(lines), no_wrap=True), classes="reply-part reply-block")
 
     async def _room(self, after: Widget) -> list[Line]:
-        rows = [Line() for _ in range(Transcript.room(self.parent))]
+        rows = [Line() for _ in range(max(1, self._transcript.size.height * 2 // 3))]  # two thirds of the view
         await self._mount_parts(rows, after=after)
         return rows
 
@@ -149,10 +153,7 @@ class ReplyView(Vertical):
         with self.app.batch_update():
             await self._remove_parts(self.parts)
             self._blocks, self._rows, self._filled, self._taken = [], [], 0, 0
-            lines = []
-            while (taken := take_line(self.text[self._taken :], width)) is not None:
-                lines.append(terminal_safe(taken[0]))
-                self._taken = len(self.text) - len(taken[1])
+            lines = list(self._take_lines(width))
             after: Widget = self
             if lines:
                 self._blocks = [self._block(lines)]
@@ -163,12 +164,11 @@ class ReplyView(Vertical):
             self._wrapped_at, self._rewrap = width, False
 
     async def _mount_parts(self, parts: list[Static] | list[Line], after: Widget) -> None:
-        assert self.parent is not None
-        await self.parent.mount_all(parts, after=after)
+        await self._transcript.mount_all(parts, after=after)
 
     async def _remove_parts(self, parts: list[Static] | list[Line]) -> None:
-        if self.parent is not None and parts:
-            await self.parent.remove_children(parts)
+        if parts:
+            await self._transcript.remove_children(parts)
 
     def on_resize(self) -> None:
         """Rows wrapped at the old width are wrapped again at the new one, by the next append.
@@ -185,7 +185,6 @@ class ReplyView(Vertical):
         await self._remove_parts(self.parts)
         self._blocks, self._rows = [], []
         await self.mount(Static(markdown(text), classes="reply-body"), before=self.query_one(".reply-status"))
-        self.remove_class("-streaming")
         self._show_status()
 
     async def remove_with_parts(self) -> None:
@@ -220,8 +219,8 @@ class Transcript(VerticalScroll):
     """The scrolling list of messages, anchored at the end (a streaming reply: see ReplyView).
 
     Only the last ``MOUNTED`` messages are kept as widgets; the older ones are counted
-    in a line at the top (reopening the conversation shows them), so a long chat costs
-    as much per turn as a short one.
+    in a line at the top (they stay in the history), so a long chat costs as much per
+    turn as a short one.
     """
 
     MOUNTED = 40
@@ -244,7 +243,7 @@ class Transcript(VerticalScroll):
             await self._show_hidden_count()
 
     async def _show_hidden_count(self) -> None:
-        text = f"▲ {self.hidden_messages} earlier messages not shown here (ctrl+o reopens the whole conversation)"
+        text = f"▲ {self.hidden_messages} earlier messages are in the history but not shown here"
         existing = self.query(".hidden-count")
         if existing:
             existing.first(Static).update(text)
@@ -254,9 +253,3 @@ class Transcript(VerticalScroll):
     async def clear(self) -> None:
         self.hidden_messages = 0
         await self.remove_children()
-
-    @staticmethod
-    def room(transcript: object) -> int:
-        """How many empty rows a streaming reply keeps below its text: two thirds of the view."""
-        height = transcript.size.height if isinstance(transcript, Widget) else 0
-        return max(1, height * 2 // 3)

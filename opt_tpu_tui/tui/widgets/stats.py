@@ -23,6 +23,10 @@ NAMES = ("Backend", "Model", "Context", "Prefill", "Decode", "TPU", "TPU mem", "
 NAME_WIDTH = max(len(name) for name in NAMES) + 1
 
 
+def row_id(name: str) -> str:
+    return "stats-" + name.lower().replace(" ", "-")
+
+
 @dataclass(frozen=True)
 class StatsView:
     """What the pane shows; built by the screen from the backend, the last reply and a device sample."""
@@ -84,7 +88,7 @@ class StatsPanel(Vertical):
 
     def compose(self) -> ComposeResult:
         for name in NAMES:
-            yield Static("", classes="stats-row", id=f"stats-{name.lower().replace(' ', '-')}")
+            yield Static("", classes="stats-row", id=row_id(name))
         yield Label("tok/s", id="spark-label")
         yield Sparkline(list(self._speeds), id="spark")
 
@@ -97,7 +101,7 @@ class StatsPanel(Vertical):
             if value == self._shown[name]:
                 continue
             self._shown[name] = value
-            line = self.query_one(f"#stats-{name.lower().replace(' ', '-')}", Static)
+            line = self.query_one(f"#{row_id(name)}", Static)
             line.display = value is not None
             if value is not None:
                 line.update(Text.assemble((name.ljust(NAME_WIDTH), "bold"), terminal_safe(value), no_wrap=True, overflow="ellipsis"))
