@@ -310,6 +310,23 @@ async def test_wide_layout_shows_stats_beside_the_chat(tokenizer: Tokenizer) -> 
         table = dict(rows(panel.view))
         assert table["Backend"] == "scripted" and table["Context"] == "0 / 4096"
         assert table["Host mem"] == "2.0 GiB / 8.0 GiB"
+        await pilot.pause()
+        shown = [line for line in panel.query(".stats-row") if line.display]
+        assert [line.region.y for line in shown] == list(range(shown[0].region.y, shown[0].region.y + len(table)))
+        assert len(shown) == len(table)  # the host has no TPU rows, and they take no lines
+
+
+async def test_growing_past_the_breakpoint_opens_the_pane_and_keeps_the_prompt_focused(tokenizer: Tokenizer) -> None:
+    app, _ = make_app(tokenizer, settings=GREEDY)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        await send(pilot, "hello")
+        await pilot.resize_terminal(140, 40)
+        await wait_until(pilot, lambda: app.screen.pane == "stats")
+        await pilot.pause()
+        assert app.focused is app.screen.query_one("#prompt")
+        await pilot.press("o", "k")
+        assert app.screen.query_one("#prompt").text == "ok"
 
 
 async def test_model_load_error_is_shown_not_raised(tokenizer: Tokenizer) -> None:

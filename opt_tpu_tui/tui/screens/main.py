@@ -148,10 +148,15 @@ class MainScreen(Screen[None]):
         self.query_one("#too-small", Static).update(
             f"Terminal too small ({width}x{height}): opt-tpu-tui needs at least {MIN_WIDTH}x{MIN_HEIGHT}."
         )
-        narrow = width < WIDE
-        if narrow != self._was_narrow:  # on the first layout too: the saved pane opens only if it fits beside
-            self.pane = "hidden" if narrow else self.tui.settings.side_pane
-        self._was_narrow = narrow
+        # After Textual's own resize handler has set the breakpoint classes: opening the pane while
+        # "-narrow" is still set would hide the chat for a frame and take the focus from the prompt.
+        self.call_later(self._fit_pane)
+
+    def _fit_pane(self) -> None:
+        """On the first layout and when the width crosses WIDE: the saved pane opens only if it fits beside."""
+        if self.narrow != self._was_narrow:
+            self.pane = "hidden" if self.narrow else self.tui.settings.side_pane
+        self._was_narrow = self.narrow
 
     def action_pane(self, which: str) -> None:
         settings = self.tui.settings

@@ -88,7 +88,9 @@ class StatsPanel(Vertical):
 
     def compose(self) -> ComposeResult:
         for name in NAMES:
-            yield Static("", classes="stats-row", id=row_id(name))
+            row = Static("", classes="stats-row", id=row_id(name))
+            row.display = False  # until it has a value: a source this device lacks takes no line
+            yield row
         yield Label("tok/s", id="spark-label")
         yield Sparkline(list(self._speeds), id="spark")
 
