@@ -43,7 +43,7 @@ from opt_tpu_tui import paths
 from opt_tpu_tui.atomic import atomic_write, move_aside
 from opt_tpu_tui.backends import BACKENDS
 from opt_tpu_tui.chat import DEFAULT_PREAMBLE
-from opt_tpu_tui.errors import UserError
+from opt_tpu_tui.errors import UserError, parse_json
 from opt_tpu_tui.sampling import SamplingSettings
 
 VERSION = 1
@@ -137,16 +137,6 @@ def load_settings(path: Path | None = None) -> tuple[Settings, str | None]:
             problem = str(error)
     aside = move_aside(path, time.strftime("%Y%m%d-%H%M%S"))
     return Settings(), f"{path}: {problem}; moved it to {aside.name} and started from the defaults"
-
-
-def parse_json(text: str) -> Any:
-    """``json.loads``, with every way it can fail (even deep nesting, a huge number) as a UserError."""
-    try:
-        return json.loads(text)
-    except RecursionError:
-        raise UserError("not valid JSON (nested too deeply)") from None
-    except ValueError as error:  # JSONDecodeError, and int() refusing thousands of digits
-        raise UserError(f"not valid JSON ({error})") from None
 
 
 def save_settings(settings: Settings, path: Path | None = None) -> None:

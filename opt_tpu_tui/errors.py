@@ -32,18 +32,29 @@ def check_regular_file(path: Path, missing: str) -> Path:
     return path
 
 
+def parse_json(text: str) -> Any:
+    """``json.loads``, with every way it can fail as a UserError: even too deep nesting
+    (RecursionError) and integers past Python's digit limit (ValueError)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise UserError("not valid JSON (nested too deeply)") from None
+    except ValueError as error:  # JSONDecodeError, and int() refusing thousands of digits
+        raise UserError(f"not valid JSON ({error})") from None
+
+
 def read_json_object(path: Path, missing: str) -> dict[str, Any]:
     """The JSON object in ``path``; a UserError naming the file (with hint ``missing`` if it is absent).
 
-    Too deep nesting (RecursionError) and integers past Python's digit limit
-    (ValueError) are reported like any other malformed JSON.
     """
     try:
-        raw = json.loads(check_regular_file(path, missing).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as error:  # JSONDecodeError is a ValueError
+        text = check_regular_file(path, missing).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
         raise UserError(f"{path}: not valid JSON ({error})") from None
-    except RecursionError:
-        raise UserError(f"{path}: not valid JSON (nested too deeply)") from None
+    try:
+        raw = parse_json(text)
+    except UserError as error:
+        raise UserError(f"{path}: {error}") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a JSON object")
     return raw
