@@ -3,14 +3,16 @@ history, themes, layout and error handling."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
 import pytest
 from textual.binding import Binding
+from textual.widget import Widget
 from textual.widgets import Markdown
 from tiny import train_tokenizer
-from tui_support import REPLY, finish, make_app, ready, script_ids, send, wait_until
+from tui_support import REPLY, finish, make_app, ready, script_ids, send, shown, wait_until
 
 from opt_tpu_tui import paths
 from opt_tpu_tui.config import Settings, load_settings
@@ -21,7 +23,7 @@ from opt_tpu_tui.tokenizer import Tokenizer
 from opt_tpu_tui.tui.screens.help import HelpScreen
 from opt_tpu_tui.tui.app import OptTuiApp
 from opt_tpu_tui.tui.screens.main import MainScreen
-from opt_tpu_tui.tui.widgets.conversation import Notice, Line, ReplyView, UserMessage, take_line
+from opt_tpu_tui.tui.widgets.conversation import Line, Notice, ReplyView, Transcript, UserMessage, take_line
 from opt_tpu_tui.tui.widgets.prompt import PromptInput
 from opt_tpu_tui.tui.widgets.settings_form import SettingsForm
 from opt_tpu_tui.tui.widgets.stats import StatsPanel, rows
@@ -110,7 +112,7 @@ async def test_stop_keeps_partial_reply_marked_and_answers_within_a_token(tokeni
         view = replies(app)[-1]
         turn = app.screen.conversation.turns[-1]
         assert turn.stopped and view.stopped
-        assert "stopped" in str(view.query_one(".reply-status").render())
+        assert "■ stopped" in shown(view)
         assert 0 < len(turn.assistant) < len((REPLY * 20).strip())
         assert view.text == turn.assistant
         assert backend.decodes_after_cancel <= 1
@@ -427,14 +429,41 @@ async def test_a_streaming_reply_sets_down_lines_and_blocks_and_ends_as_one_widg
         app.screen.query_one("#prompt").insert("many paragraphs")
         await pilot.press("enter")
         transcript = app.screen.query_one("#transcript")
-        await wait_until(pilot, lambda: len(transcript.query(".reply-block")) >= 2)
+
+        def rows_fit() -> bool:  # after a resize (the pane opening) the next batch of tokens re-wraps them
+            return all(len(row.text) <= row.content_region.width for row in transcript.query(Line))
+
+        await wait_until(pilot, lambda: len(transcript.query(".reply-block")) >= 2 and rows_fit())
         rows = list(transcript.query(Line))
         assert len(rows) == transcript.size.height * 2 // 3  # the rows being filled; finished ones are merged into blocks
-        assert all(len(row.text) <= row.content_region.width for row in rows)
         await finish(pilot, 1)
         view = replies(app)[-1]
-        assert len(view.query(".reply-body")) == 1 and not transcript.query(".reply-part")
+        assert not transcript.query(".reply-part") and shown(view).startswith("█ The quick brown fox jumps")
         assert view.text == app.screen.conversation.turns[-1].assistant == (paragraph * 20).strip()
+
+
+async def test_a_reply_ending_during_a_slow_flush_leaves_no_rows_behind(
+    tokenizer: Tokenizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reply ends while a flush is still mounting its rows: finishing must wait for it.
+
+    (A flush run by the timer's own task was cancelled there, and the rows it had just
+    mounted were never removed.) Each mount of reply rows is made to take 0.3 s.
+    """
+    mount_parts = ReplyView._mount_parts
+
+    async def slow_mount(self: ReplyView, parts: list, after: Widget) -> None:  # type: ignore[type-arg]
+        await mount_parts(self, parts, after)
+        await asyncio.sleep(0.3)
+
+    monkeypatch.setattr(ReplyView, "_mount_parts", slow_mount)
+    app, _ = make_app(tokenizer, delay=0.008)  # the reply ends while the first flush mounts its rows
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        for turn in range(3):
+            await send(pilot, f"message {turn}")
+        transcript = app.screen.query_one(Transcript)
+        assert [type(child) for child in transcript.children] == [UserMessage, ReplyView] * 3
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from scripted import ScriptedBackend
 from textual.pilot import Pilot
+from textual.widget import Widget
 
 from opt_tpu_tui.config import Settings
 from opt_tpu_tui.devices import DeviceSample
@@ -123,3 +124,11 @@ async def finish(pilot: Pilot, count: int) -> None:
     """Wait until ``count`` replies have ended."""
     await wait_until(pilot, lambda: pilot.app.screen.finished_replies >= count)
     await pilot.pause()
+
+
+def shown(widget: Widget) -> str:
+    """The text a widget draws now, row by row (what the user sees of it, borders aside)."""
+    from textual.geometry import Region
+
+    width, height = widget.size
+    return "\n".join(strip.text for strip in widget.render_lines(Region(0, 0, width, height)))

@@ -30,6 +30,20 @@ class ReplyFinished(Message):
     outcome: Outcome
 
 
+class FlushReply(Message):
+    """Time to move the streamed text into the view.
+
+    A timer posts this rather than calling the flush itself: a timer's callback runs in
+    the timer's own task, beside the screen's, so it could change the reply's widgets
+    in the middle of the screen finishing that reply (rows mounted after it had removed
+    them were left behind). As a message it runs in the screen's queue, one thing at a
+    time; one waiting flush stands for any number.
+    """
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, FlushReply)
+
+
 @dataclass
 class DeviceSampled(Message):
     sample: DeviceSample

@@ -28,7 +28,7 @@ from opt_tpu_tui.chat import ChatSession, Conversation, Reply
 from opt_tpu_tui.devices import DeviceSample
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.persist import run_and_save
-from opt_tpu_tui.tui.messages import DeviceSampled, ReplyFinished
+from opt_tpu_tui.tui.messages import DeviceSampled, FlushReply, ReplyFinished
 from opt_tpu_tui.tui.screens.conversations import ConversationsScreen
 from opt_tpu_tui.tui.streaming import TokenBuffer
 from opt_tpu_tui.tui.widgets.conversation import Notice, ReplyView, Transcript, UserMessage
@@ -308,11 +308,11 @@ class MainScreen(Screen[None]):
         transcript.anchor()
         self._streaming = Streaming(reply, view, regenerate, cancel)
         gc.disable()  # textual.md: gen-2 collections stall the stream for 200-300 ms; collect at the end
-        self._flush_timer = self.set_interval(1 / FLUSH_HZ, self._flush)
+        self._flush_timer = self.set_interval(1 / FLUSH_HZ, lambda: self.post_message(FlushReply()))
         self._update_state()
         self._run_reply(self._streaming)
 
-    async def _flush(self) -> None:
+    async def on_flush_reply(self) -> None:
         streaming = self._streaming
         if streaming is None:
             return
@@ -362,7 +362,10 @@ class MainScreen(Screen[None]):
         if outcome.unsaved:
             self.notify(f"Not saved: {outcome.unsaved}", severity="warning", timeout=8)
         gc.enable()
-        gc.collect()
+        # Nothing was collected during the stream, so its garbage is all in the young generations.
+        # A full collection would walk the whole heap, which grows through a long chat (Textual's
+        # own caches keep up to a thousand old widgets' line caches), so each turn would cost more.
+        gc.collect(1)
         self.finished_replies += 1
         self._update_state()
         self._show_stats()

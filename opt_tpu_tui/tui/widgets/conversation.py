@@ -12,10 +12,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from rich.cells import cell_len
+from rich.console import Group, RenderableType
 from rich.markdown import Markdown as RichMarkdown
+from rich.style import Style
 from rich.text import Text
-from textual.app import ComposeResult
-from textual.containers import Vertical, VerticalScroll
+from textual.containers import VerticalScroll
 from textual.widget import Widget
 from textual.widgets import Static
 
@@ -59,7 +60,7 @@ class Line(Static):
             self.update(Text(text or " ", no_wrap=True))  # " ": an empty row keeps its height
 
 
-class ReplyView(Vertical):
+class ReplyView(Static):
     """One reply. While it streams the caller only calls :meth:`append`, then :meth:`finish` once.
 
     Textual repaints a container whole when it grows, and every sibling before a widget
@@ -69,14 +70,15 @@ class ReplyView(Vertical):
     rows run out, the written ones become one block and new empty rows are mounted, in
     one frame (the anchored transcript scrolls to them in the same layout). That is one
     full repaint per two thirds of a screen of text, and the cost per token does not grow
-    with the reply. When the reply ends it is rendered once, as Markdown, inside this widget.
+    with the reply. When the reply ends it is rendered once, as Markdown with how it ended,
+    by this one widget (one widget a reply keeps each layout of a long chat cheap).
     """
 
     def __init__(
         self, text: str = "", *, label: str = "opt", stopped: bool = False, error: str | None = None,
         streaming: bool = False,
     ) -> None:  # fmt: skip
-        super().__init__(classes="message assistant-message")
+        super().__init__(Group(), classes="message assistant-message")  # no rows while it streams
         self.border_title = terminal_safe(label)
         self.text = text  # the reply as generated (the control characters only change on screen)
         self.stopped = stopped
@@ -89,13 +91,8 @@ class ReplyView(Vertical):
         self._wrapped_at = 0  # the width the rows were wrapped at
         self._rewrap = False
 
-    def compose(self) -> ComposeResult:
-        if not self.streaming:
-            yield Static(markdown(self.text), classes="reply-body")
-        yield Static("", classes="reply-status", markup=False)
-
     def on_mount(self) -> None:
-        self._show_status()
+        self._show()
 
     @property
     def parts(self) -> list[Static]:
@@ -184,22 +181,30 @@ class ReplyView(Vertical):
         self.text, self.stopped, self.error, self.streaming = text, stopped, error, False
         await self._remove_parts(self.parts)
         self._blocks, self._rows = [], []
-        await self.mount(Static(markdown(text), classes="reply-body"), before=self.query_one(".reply-status"))
-        self._show_status()
+        self._show()
 
     async def remove_with_parts(self) -> None:
         await self._remove_parts(self.parts)
         await self.remove()
 
-    def _show_status(self) -> None:
-        status = self.query_one(".reply-status", Static)
+    @property
+    def status(self) -> str:
+        """How the reply ended, when that is not the usual way ("" then)."""
         if self.error:
-            status.update(f"⚠ {terminal_safe(self.error)}")
-        elif self.stopped:
-            status.update("■ stopped")
-        status.display = bool(self.error or self.stopped)
+            return f"⚠ {terminal_safe(self.error)}"
+        return "■ stopped" if self.stopped else ""
+
+    def _show(self) -> None:
+        """The finished reply as Markdown, then its status in the colour of its left bar."""
         self.set_class(self.stopped, "-stopped")
         self.set_class(bool(self.error), "-error")
+        if self.streaming:
+            return  # the text is in the parts after this widget
+        body: list[RenderableType] = [markdown(self.text)]
+        if self.status:
+            colour = self.app.get_css_variables()["error" if self.error else "warning"]
+            body.append(Text(self.status, style=Style(color=colour, italic=True)))
+        self.update(Group(*body))
 
 
 class UserMessage(Static):
@@ -229,6 +234,7 @@ class Transcript(VerticalScroll):
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.hidden_messages = 0
+        self._hidden_count: Static | None = None  # the line counting them (a query would walk every message)
 
     async def add(self, *messages: Static | ReplyView) -> None:
         """Mount messages at the end, dropping the oldest past MOUNTED."""
@@ -239,17 +245,17 @@ class Transcript(VerticalScroll):
             drop = mounted[: excess + self.MOUNTED // 4]  # in batches: the layout shifts once every few turns
             self.hidden_messages += len(drop)
             await self.remove_children(drop)
-        if self.hidden_messages and (excess > 0 or not self.query(".hidden-count")):
+        if self.hidden_messages and (excess > 0 or self._hidden_count is None):
             await self._show_hidden_count()
 
     async def _show_hidden_count(self) -> None:
         text = f"▲ {self.hidden_messages} earlier messages are in the history but not shown here"
-        existing = self.query(".hidden-count")
-        if existing:
-            existing.first(Static).update(text)
+        if self._hidden_count is not None:
+            self._hidden_count.update(text)
         else:
-            await self.mount(Static(text, classes="notice hidden-count", markup=False), before=0)
+            self._hidden_count = Static(text, classes="notice hidden-count", markup=False)
+            await self.mount(self._hidden_count, before=0)
 
     async def clear(self) -> None:
-        self.hidden_messages = 0
+        self.hidden_messages, self._hidden_count = 0, None
         await self.remove_children()
