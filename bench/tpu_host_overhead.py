@@ -1,13 +1,21 @@
 """Host work per decoded token on the TPU path, and the device traffic the graphs imply.
 
-    python bench/tpu_host_overhead.py [--layers 32] [--tokens 16] [--context 64]
+    python bench/tpu_host_overhead.py [--layers 32] [--tokens 16] [--runs 7] [--context 64]
+                                      [--model DIR] [--no-simulator]
 
-Converts a small 32-layer OPT (hidden 64, int4) and decodes with the bmrt backend in
-the BM1684X simulator; then decodes again with bmrt's launch answering at once, which
-leaves the host's own work per token: embedding lookup, mask, the structs of 33
-launches and 64 cache-slot views, three small copies, the logits' conversion. The goal
-is under 1 ms, so that the Python loop stays under 2% of an OPT-6.7B int4 token, whose
-time is set by memory traffic.
+Converts a small 32-layer OPT (hidden 64, int4), or takes an already converted model
+(``--model``), and decodes with ``backends.tpu`` on drivers that have nothing behind
+them, so that no simulator is loaded while the host is timed (the simulator's threads
+keep a core busy for as long as it is open, which once tripled the figure on a 2-core
+machine): first a null driver whose buffers are host arrays and whose launches return
+at once, which leaves tpu.py's own work per token (embedding lookup, mask, 33 launches'
+argument lists, 64 cache-slot views, three small host copies, the logits' conversion);
+then the bmrt driver itself on a runtime stub with no library, which adds the ctypes
+structs each launch builds. Each pass runs ``--runs`` times and the table gives the
+min, median and max over the runs of the median ms per token. Last, as the reference,
+the same tokens on the BM1684X simulator (skipped with ``--no-simulator``). The goal is
+under 1 ms on x86, so that the Python loop stays near 2% of an OPT-6.7B int4 token on a
+box's slower cores, the token's time being set by memory traffic.
 
 The second table is that traffic, computed from the graphs: every weight once, plus the
 K/V cache the decode net attends over (static shapes: a whole window of slots; at
@@ -15,27 +23,35 @@ context 512 the windows are 128, 256 and 512), divided by the ~68 GB/s of the BM
 LPDDR4x. Weight bytes per parameter are those measured on tpu-mlir's W8/W4 MatMuls:
 bits / 8, plus 3 bytes (float16 scale, uint8 zero point) per group of 64. The third
 table bounds the first token's wait the same way (compute at the float16 peak, reads at
-the bandwidth): ceilings, not measurements. Needs the [dev] extra (to make the
-checkpoint) and the tpu-mlir download.
+the bandwidth): ceilings, not measurements. Converting needs the [dev] extra (to make
+the checkpoint) and the tpu-mlir download; ``--model`` with ``--no-simulator`` needs
+neither, which is how it runs under an interpreter without them (Python 3.8).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import math
+import platform
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from tiny import make_model  # noqa: E402
-
-from opt_tpu_tui.backends.bmrt import open_bmrt  # noqa: E402
-from opt_tpu_tui.backends.tpu import TPUBackend  # noqa: E402
-from opt_tpu_tui.convert.build import convert  # noqa: E402
+from opt_tpu_tui.backends import bmrt_lib  # noqa: E402
+from opt_tpu_tui.backends.bmrt import BmrtDriver  # noqa: E402
+from opt_tpu_tui.backends.tpu import ACTIVATION_DTYPES, TPUBackend, expected_io, host_dtype  # noqa: E402
+from opt_tpu_tui.converted import Manifest  # noqa: E402
+from opt_tpu_tui.errors import UserError  # noqa: E402
 
 BANDWIDTH = 68e9  # bytes/s, BM1684X LPDDR4x (../shared/notes/bm1684x.md)
 FLOPS = 16e12  # float16 peak of the BM1684X (the notes); W4F16/W8F16 MatMuls compute in float16
@@ -77,34 +93,107 @@ def traffic(hidden: int, layers: int, ffn: int, mode: str, context: int) -> tupl
     return weights, kv, weights + kv
 
 
-def host_overhead(layers: int, tokens: int, context: int) -> tuple[list[float], list[float]]:
-    """Per token: ms of host work, and ms of simulated launches, over ``tokens`` decoded tokens.
+class NullDriver:
+    """``tpu.Driver`` with nothing behind it: buffers are host arrays, copies are host copies, launches return at once."""
 
-    The loop runs twice: on the simulator, timing the launches, then with every launch
-    returning at once, so that the time left is the host's own (with its three copies).
-    """
-    with tempfile.TemporaryDirectory(prefix="bench-tpu-") as scratch:
-        checkpoint = make_model(Path(scratch) / "hf", num_hidden_layers=layers, vocab_size=512, ffn_dim=256,
-                                max_position_embeddings=context)  # fmt: skip
-        start = time.perf_counter()
-        model_dir = convert(checkpoint, Path(scratch) / "int4", "int4", 64, context, log=lambda _: None)
-        print(f"converted {2 * layers + 1} graphs in {time.perf_counter() - start:.1f} s", file=sys.stderr)
-        backend = open_bmrt(model_dir)
-        runtime = backend.driver.runtime
-        launch = runtime.launch_tensors
-        try:
-            simulated = decode_times(backend, tokens)
-            runtime.launch_tensors = lambda *args: None
-            host = decode_times(backend, tokens)
-        finally:
-            runtime.launch_tensors = launch
-            backend.close()
-    return host, simulated
+    def __init__(self, model_dir: Path) -> None:
+        manifest = Manifest.load(model_dir)
+        self.nets, self.dtype = expected_io(manifest), ACTIVATION_DTYPES[manifest.activations]
+
+    def io(self, net: str) -> tuple[list[tuple[tuple[int, ...], str]], list[tuple[tuple[int, ...], str]]]:
+        if net not in self.nets:
+            raise UserError(f"no net {net}")
+        ins, outs = self.nets[net]
+        return [(s, self.dtype) for s in ins], [(s, self.dtype) for s in outs]
+
+    def alloc(self, shape: tuple[int, ...], dtype: str, host: bool = False) -> np.ndarray:
+        return np.zeros(shape, host_dtype(dtype))
+
+    def view(self, buffer: np.ndarray, offset: int, shape: tuple[int, ...]) -> np.ndarray:
+        return buffer.reshape(-1)[offset : offset + math.prod(shape)].reshape(shape)
+
+    def upload(self, buffer: np.ndarray, array: np.ndarray) -> None:
+        buffer.reshape(-1)[...] = array.reshape(-1)
+
+    def download(self, buffer: np.ndarray, array: np.ndarray) -> None:
+        array.reshape(-1)[...] = buffer.reshape(-1)
+
+    def launch(self, net: str, inputs: list[Any], outputs: list[Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class NullRuntime:
+    """``bmrt_lib.Runtime``'s surface with no library loaded: device addresses are a counter,
+    copies and launches do nothing, and the bm_tensor_t structs are built as the real one builds them."""
+
+    tensor = bmrt_lib.Runtime.tensor  # uses no library: the struct building the driver pays for
+
+    def __init__(self, model_dir: Path) -> None:
+        self.driver = NullDriver(model_dir)
+        self.next_address = 1 << 32
+
+    def net(self, name: str) -> Any:
+        ins, outs = self.driver.io(name)
+        found = type("Net", (), {})()
+        found.input_shapes, found.input_dtypes = [s for s, _ in ins], [t for _, t in ins]
+        found.output_shapes, found.output_dtypes = [s for s, _ in outs], [t for _, t in outs]
+        return found
+
+    def malloc(self, nbytes: int) -> bmrt_lib.DeviceMemory:
+        block = bmrt_lib.DeviceMemory(self.next_address, 0, 0, 0, nbytes)
+        self.next_address += nbytes
+        return block
+
+    def upload(self, mem: bmrt_lib.DeviceMemory, array: np.ndarray) -> None:
+        pass
+
+    def download(self, mem: bmrt_lib.DeviceMemory, array: np.ndarray) -> np.ndarray:
+        return array
+
+    def launch_tensors(self, net: bytes, inputs: Any, outputs: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class StubbedBmrtDriver(BmrtDriver):
+    """The bmrt driver as it is, on a ``NullRuntime``."""
+
+    def __init__(self, model_dir: Path) -> None:
+        self.runtime = NullRuntime(model_dir)  # type: ignore[assignment]
+
+
+def convert_tiny(scratch: Path, layers: int, context: int) -> Path:
+    from tiny import make_model
+
+    from opt_tpu_tui.convert.build import convert
+
+    checkpoint = make_model(scratch / "hf", num_hidden_layers=layers, vocab_size=512, ffn_dim=256,
+                            max_position_embeddings=context)  # fmt: skip
+    start = time.perf_counter()
+    model_dir = convert(checkpoint, scratch / "int4", "int4", 64, context, log=lambda _: None)
+    print(f"converted {2 * layers + 1} graphs in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    return model_dir
+
+
+def host_runs(model_dir: Path, open_driver: Callable[[Path], Any], runs: int, tokens: int) -> list[float]:
+    """The median ms per decoded token of each of ``runs`` runs, after one untimed warm-up run."""
+    backend = TPUBackend("null", model_dir, open_driver)
+    try:
+        decode_times(backend, tokens)
+        return [statistics.median(decode_times(backend, tokens)) for _ in range(runs)]
+    finally:
+        backend.close()
 
 
 def decode_times(backend: TPUBackend, tokens: int) -> list[float]:
     """ms per decoded token after a 4-token prompt."""
     backend.prefill([2, 100, 200, 300])
+    gc.collect()
     times = []
     for k in range(tokens):
         start = time.perf_counter()
@@ -113,22 +202,54 @@ def decode_times(backend: TPUBackend, tokens: int) -> list[float]:
     return times
 
 
+def simulated(model_dir: Path, tokens: int) -> float:
+    """Median ms per token with every launch run by the simulator (loaded only now, after the host passes)."""
+    from opt_tpu_tui.backends.bmrt import open_bmrt
+
+    backend = open_bmrt(model_dir)
+    try:
+        return statistics.median(decode_times(backend, tokens))
+    finally:
+        backend.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, default=32)
     parser.add_argument("--tokens", type=int, default=16)
+    parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--context", type=int, default=64)
+    parser.add_argument("--model", type=Path, help="a converted model directory (skips the conversion)")
+    parser.add_argument("--no-simulator", action="store_true", help="skip the reference pass on the simulator")
     args = parser.parse_args()
 
-    host, simulated = host_overhead(args.layers, args.tokens, args.context)
+    with tempfile.TemporaryDirectory(prefix="bench-tpu-") as scratch:
+        model_dir = args.model or convert_tiny(Path(scratch), args.layers, args.context)
+        layers = Manifest.load(model_dir).config.num_hidden_layers
+        passes = {
+            "tpu.py on a null driver": host_runs(model_dir, lambda _: NullDriver(model_dir), args.runs, args.tokens),
+            "tpu.py + bmrt driver on a null runtime": host_runs(
+                model_dir, lambda _: StubbedBmrtDriver(model_dir), args.runs, args.tokens
+            ),
+        }
+        reference = None if args.no_simulator else simulated(model_dir, args.tokens)
+
+    print(f"\nHost work per decoded token, {layers}-layer model, Python {platform.python_version()}, numpy "
+          f"{np.__version__}, {platform.machine()}: {args.runs} runs of {args.tokens} tokens, no simulator loaded")  # fmt: skip
+    print("| pass | min | median | max |")
+    print("|---|---|---|---|")
+    for name, medians in passes.items():
+        print(f"| {name} | {min(medians):.3f} ms | {statistics.median(medians):.3f} ms | {max(medians):.3f} ms |")
+
     _, _, per_token = traffic(*OPT_SIZES["OPT-6.7b"], "int4", 512)
     device_ms = per_token / BANDWIDTH * 1e3
-    print(f"\n{args.layers}-layer decode on the simulator, {args.tokens} tokens (medians)")
+    host = statistics.median(passes["tpu.py + bmrt driver on a null runtime"])
+    sim = "not run" if reference is None else f"{reference:.0f} ms"
+    print("\nAgainst the device: the host's median (bmrt driver) beside the same token on the simulator and")
+    print("an OPT-6.7b int4 token at the bandwidth ceiling")
     print("| host work per token | the same token on the simulator | OPT-6.7b int4 token at 68 GB/s | host share |")
     print("|---|---|---|---|")
-    median = statistics.median(host)
-    print(f"| {median:.3f} ms (max {max(host):.3f}) | {statistics.median(simulated):.0f} ms | {device_ms:.1f} ms | "
-          f"{median / (device_ms + median):.2%} |")  # fmt: skip
+    print(f"| {host:.3f} ms | {sim} | {device_ms:.1f} ms | {host / (device_ms + host):.2%} |")
 
     print("\nDevice memory traffic per decoded token at context 512, and the ceiling it sets, in the first")
     print("decode window (positions up to 128) and in the last (up to 512)")

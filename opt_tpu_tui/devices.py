@@ -1,13 +1,27 @@
 """Device statistics for the stats pane, read off the UI thread about once a second.
 
-Every field degrades on its own: a source that is missing or raises leaves that
-field ``None`` (shown as "n/a"), never the whole sample. Sources, best first:
+Every field degrades on its own, and every source is asked until it first fails: a
+source that raises or gives no sensible value is not polled again, and the field it
+fed is reported unavailable once no source is left for it. Polling a broken source
+every second would cost a device handle each time and, through sail, an ``[error]``
+line on stdout each time: sophon-sail 3.10.7's stats functions (``src/tensor.cpp``)
+log through spdlog and then throw ``SailDeviceError`` on every failure, so the raise
+is the signal and one failure means one line in the native-output log.
 
-- TPU through ``sophon.sail`` (``get_tpu_util``, ``get_dev_stat`` -> [total MiB,
-  used MiB, util], ``get_chip_temp`` which raises on SoC boxes);
-- TPU through sysfs: ``/sys/class/bm-tpu/bm-tpu0/device/npu_usage`` (SoC),
-  ``/sys/class/bm-sophon/bm-sophon0/device/...`` (PCIe cards), the SoC temperature in
-  ``/sys/class/thermal/thermal_zone0/temp``;
+Sources, best first:
+
+- ``sophon.sail`` (all in sail's ``src/tensor.cpp``): ``get_tpu_util``,
+  ``get_dev_stat`` -> [mem_total MiB, mem_used MiB, tpu_util] (garbage in the
+  simulator, hence the range checks), ``get_chip_temp`` (fails on SoC boxes);
+- sysfs, documented in libsophon's ``doc/guide_en/3_3_sysfs_interface_description.rst``
+  and written by its ``driver/bm_attr.c``: ``npu_usage`` under
+  ``/sys/class/bm-sophon/bm-sophon<N>/device`` (PCIe) or ``/sys/class/bm-tpu/bm-tpu<N>/device``
+  (SoC), "usage:<instant> avusage:<since load>", or a request to enable it. That driver
+  creates no other attribute (no memory or temperature files), so memory and, on PCIe,
+  temperature come from sail only;
+- on a SoC only (the ``bm-tpu`` class exists), ``/sys/class/thermal/thermal_zone0/temp``
+  in milli-degrees, the chip temperature Sophgo's ``get_info.sh`` reports for SoC boxes
+  (on a PCIe host that zone is the host's CPU, so it is not read there);
 - the host: CPU from ``/proc/stat`` deltas and memory from ``/proc/meminfo``, or
   psutil when it is importable (a dev extra only).
 
@@ -20,9 +34,11 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Optional, TypeVar
 
 MiB = 1024 * 1024
+T = TypeVar("T")
+TPU_FIELDS = ("tpu_util", "tpu_mem", "chip_temp")
 
 
 @dataclass(frozen=True)
@@ -37,21 +53,68 @@ class DeviceSample:
     cpu_percent: float | None = None
     mem_used: int | None = None  # bytes
     mem_total: int | None = None  # bytes
+    unavailable: frozenset[str] = frozenset()  # of TPU_FIELDS: every source failed, none is polled any more
 
 
-def _try(read: Callable[[], Any]) -> Any:
-    """The value of ``read()``, or None if it raises: one field's failure must not hide the others."""
-    try:
-        return read()
-    except Exception:  # noqa: BLE001 - sail raises plain RuntimeError and worse on SoC boxes
+class Source(Generic[T]):
+    """One way to read one figure, polled until it first fails, then never again.
+
+    A read fails when it raises or returns None (a value out of range is returned as
+    None by the read itself).
+    """
+
+    def __init__(self, name: str, read: Callable[[], Optional[T]]) -> None:
+        self.name = name
+        self._read = read
+        self.failed = False
+
+    def __call__(self) -> T | None:
+        if self.failed:
+            return None
+        try:
+            value = self._read()
+        except Exception:  # noqa: BLE001 - sail raises SailDeviceError, RuntimeError and worse
+            value = None
+        if value is None:
+            self.failed = True
+        return value
+
+
+class Field(Generic[T]):
+    """A figure and its sources, best first: the first source that gives a value wins this sample."""
+
+    def __init__(self, sources: list[Source[T]]) -> None:
+        self.sources = sources
+
+    def read(self) -> T | None:
+        for source in self.sources:
+            value = source()
+            if value is not None:
+                return value
         return None
 
+    @property
+    def unavailable(self) -> bool:
+        return all(source.failed for source in self.sources)
 
-def _first_number(text: str) -> float:
-    match = re.search(r"-?\d+(?:\.\d+)?", text)
-    if match is None:
-        raise ValueError(f"no number in {text!r}")
-    return float(match.group())
+
+def in_range(value: float, low: float, high: float) -> float | None:
+    """``value`` if within [low, high], else None: a figure outside is garbage, not a reading."""
+    return value if low <= value <= high else None
+
+
+def npu_usage(text: str) -> float | None:
+    """The instant usage from a libsophon ``npu_usage`` file; None when statistics are disabled."""
+    match = re.search(r"(?<!av)usage\W*(\d+)", text)
+    return in_range(float(match.group(1)), 0, 100) if match else None
+
+
+def memory_stat(stat: Any) -> tuple[int, int] | None:
+    """(used, total) bytes from sail's ``get_dev_stat`` [total MiB, used MiB, util], if it makes sense."""
+    values = [int(v) for v in stat]
+    if len(values) < 2 or values[0] <= 0 or not 0 <= values[1] <= values[0]:
+        return None
+    return values[1] * MiB, values[0] * MiB
 
 
 class HostReader:
@@ -93,78 +156,69 @@ class HostReader:
         return total - info.get("MemAvailable", info.get("MemFree", 0)), total
 
 
+def _try(read: Callable[[], Any]) -> Any:
+    """The value of ``read()``, or None if it raises: the host figures are cheap and may fail once."""
+    try:
+        return read()
+    except Exception:  # noqa: BLE001
+        return None
+
+
 class DeviceMonitor:
     """Samples the TPU (sail, then sysfs) when the backend runs on one, else the host."""
 
-    def __init__(self, backend_name: str, device_id: int = 0, sys_root: Path = Path("/sys")) -> None:
+    def __init__(self, backend_name: str, device_id: int = 0, sys_root: Path = Path("/sys"), sail: Any = None) -> None:
         self.on_tpu = backend_name in ("bmrt", "sail")
-        self.device_id = device_id
-        self.sys = sys_root
         self.host = HostReader()
-        self._sail: Any = None
-        if self.on_tpu:
-            try:
-                import sophon.sail as sail  # type: ignore[import-not-found]
-
-                self._sail = sail
-            except Exception:  # noqa: BLE001 - not installed off the box
-                self._sail = None
+        if sail is None and self.on_tpu:
+            sail = _import_sail()
+        self.fields = tpu_fields(sail, device_id, sys_root) if self.on_tpu else {}
 
     def sample(self) -> DeviceSample:
         cpu = _try(self.host.cpu_percent)
         memory = _try(self.host.memory) or (None, None)
         if not self.on_tpu:
             return DeviceSample("host", cpu_percent=cpu, mem_used=memory[0], mem_total=memory[1])
-        util, used, total, temp = self._sail_stats()
-        if util is None:
-            util = _try(self._sysfs_util)
-        if temp is None:
-            temp = _try(self._sysfs_temp)
-        if used is None:
-            used, total = _try(self._sysfs_memory) or (None, None)
+        tpu_mem = self.fields["tpu_mem"].read() or (None, None)
         return DeviceSample(
-            "tpu", util, used, total, temp, cpu_percent=cpu, mem_used=memory[0], mem_total=memory[1]
+            "tpu",
+            self.fields["tpu_util"].read(),
+            tpu_mem[0],
+            tpu_mem[1],
+            self.fields["chip_temp"].read(),
+            cpu_percent=cpu,
+            mem_used=memory[0],
+            mem_total=memory[1],
+            unavailable=frozenset(name for name, field in self.fields.items() if field.unavailable),
         )
 
-    def _sail_stats(self) -> tuple[float | None, int | None, int | None, float | None]:
-        sail = self._sail
-        if sail is None:
-            return None, None, None, None
-        util = _try(lambda: float(sail.get_tpu_util(self.device_id)))
-        stat = _try(lambda: list(sail.get_dev_stat(self.device_id)))  # [total MiB, used MiB, util %]
-        used = total = None
-        if stat and len(stat) >= 2:
-            total, used = int(stat[0]) * MiB, int(stat[1]) * MiB
-            if util is None and len(stat) >= 3:
-                util = float(stat[2])
-        temp = _try(lambda: float(sail.get_chip_temp(self.device_id)))
-        return util, used, total, temp
 
-    def _sysfs_util(self) -> float:
-        for path in (
-            self.sys / f"class/bm-tpu/bm-tpu{self.device_id}/device/npu_usage",
-            self.sys / f"class/bm-sophon/bm-sophon{self.device_id}/device/npu_usage",
-        ):
-            if path.exists():
-                # SoC: "usage:12 avusage:10"; the first number is the instant usage.
-                return _first_number(path.read_text())
-        raise FileNotFoundError("npu_usage")
+def _import_sail() -> Any:
+    try:
+        import sophon.sail as sail  # type: ignore[import-not-found]
+    except Exception:  # noqa: BLE001 - not installed off the box
+        return None
+    return sail
 
-    def _sysfs_temp(self) -> float:
-        for path in (
-            self.sys / f"class/bm-sophon/bm-sophon{self.device_id}/device/chip_temp",
-            self.sys / "class/thermal/thermal_zone0/temp",
-        ):
-            if path.exists():
-                value = _first_number(path.read_text())
-                return value / 1000 if value > 1000 else value  # thermal zones report milli-degrees
-        raise FileNotFoundError("temperature")
 
-    def _sysfs_memory(self) -> tuple[int, int]:
-        base = self.sys / f"class/bm-sophon/bm-sophon{self.device_id}/device"
-        used = _first_number((base / "dev_mem_used").read_text())
-        total = _first_number((base / "dev_mem_total").read_text())
-        return int(used) * MiB, int(total) * MiB
+def tpu_fields(sail: Any, device: int, sys_root: Path) -> dict[str, Field[Any]]:
+    """The TPU figures' sources for ``device``: sail's functions where sail is importable, then sysfs."""
+    util: list[Source[float]] = []
+    mem: list[Source[tuple[int, int]]] = []
+    temp: list[Source[float]] = []
+    if sail is not None:
+        util.append(Source("sail.get_tpu_util", lambda: in_range(float(sail.get_tpu_util(device)), 0, 100)))
+        mem.append(Source("sail.get_dev_stat", lambda: memory_stat(sail.get_dev_stat(device))))
+        temp.append(Source("sail.get_chip_temp", lambda: in_range(float(sail.get_chip_temp(device)), -40, 150)))
+    soc = sys_root / f"class/bm-tpu/bm-tpu{device}/device/npu_usage"
+    pcie = sys_root / f"class/bm-sophon/bm-sophon{device}/device/npu_usage"
+    for path in (soc, pcie):
+        if path.exists():
+            util.append(Source(str(path), lambda path=path: npu_usage(path.read_text())))
+    thermal = sys_root / "class/thermal/thermal_zone0/temp"
+    if soc.exists() and thermal.exists():
+        temp.append(Source(str(thermal), lambda: in_range(float(thermal.read_text()) / 1000, -40, 150)))
+    return {"tpu_util": Field(util), "tpu_mem": Field(mem), "chip_temp": Field(temp)}
 
 
 def human_bytes(n: int | None) -> str:

@@ -61,6 +61,27 @@ def test_matmul_relu_compiles_and_matches_numpy_in_the_simulator(
     assert (y >= 0).all()  # the ReLU was kept (about half the pre-activations are negative)
 
 
+def test_each_stage_of_a_combined_net_reads_with_the_shapes_it_was_compiled_with(tpu_runtime: Runtime, tmp_path: Path) -> None:
+    """The same net compiled for 16 and for 8 rows, combined: one net with two stages.
+
+    With bm_stage_info_t read in its old 16-byte layout, stage 1's shapes would be read
+    from stage 0's device-memory pointers.
+    """
+    rng = np.random.default_rng(1)
+    bmodels = []
+    for rows in (16, 8):
+        folder = tmp_path / f"rows{rows}"
+        folder.mkdir()
+        np.savez(folder / "mm_stages_top_weights.npz", **{"fc.weight": rng.standard_normal((64, 64)).astype(np.float32),
+                                                          "fc.bias": rng.standard_normal((1, 1, 64)).astype(np.float32)})  # fmt: skip
+        (folder / "mm_stages.mlir").write_text(MODULE.format(name="mm_stages").replace("1x16x64", f"1x{rows}x64"))
+        bmodels.append(toolchain.compile_top(folder / "mm_stages.mlir", "F16"))
+    tpu_runtime.load(toolchain.combine(bmodels, tmp_path / "stages.bmodel", tmp_path / "scratch"))
+    net = tpu_runtime.net("mm_stages")
+    assert sorted(net.stages) == [([(1, 8, 64)], [(1, 8, 64)]), ([(1, 16, 64)], [(1, 16, 64)])]
+    assert (net.input_shapes, net.output_shapes) == net.stages[0]
+
+
 def test_a_file_that_is_not_a_bmodel_is_refused(tpu_runtime: Runtime, tmp_path: Path) -> None:
     bogus = tmp_path / "bogus.bmodel"
     bogus.write_bytes(b"not a bmodel" * 100)

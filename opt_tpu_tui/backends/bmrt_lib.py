@@ -65,7 +65,19 @@ class Tensor(ctypes.Structure):
 
 
 class StageInfo(ctypes.Structure):
-    _fields_ = [("input_shapes", ctypes.POINTER(Shape)), ("output_shapes", ctypes.POINTER(Shape))]
+    """bm_stage_info_t as libsophon's bmdef.h declares it now: 32 bytes on 64-bit hosts.
+
+    It gained ``input_mems`` and ``output_mems`` after the first two pointers; read with
+    the older 16-byte layout, stage 0 comes out right and every later stage is read from
+    the wrong place.
+    """
+
+    _fields_ = [
+        ("input_shapes", ctypes.POINTER(Shape)),
+        ("output_shapes", ctypes.POINTER(Shape)),
+        ("input_mems", ctypes.POINTER(DeviceMemory)),
+        ("output_mems", ctypes.POINTER(DeviceMemory)),
+    ]
 
 
 class NetInfo(ctypes.Structure):
@@ -95,7 +107,11 @@ HOST = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16), "int32
 
 
 class Net:
-    """What a loaded net takes and gives: names, dtype names and the shapes of its first stage."""
+    """What a loaded net takes and gives: names, dtype names, and the shapes of each stage.
+
+    ``input_shapes`` and ``output_shapes`` are those of the first stage, the only one the
+    converted models have; ``stages`` holds every stage's (input shapes, output shapes).
+    """
 
     def __init__(self, info: NetInfo) -> None:
         self.name = info.name.decode()
@@ -106,9 +122,14 @@ class Net:
             raise UserError(f"net {self.name!r} uses bm_data_type_t {error}, which this runtime does not handle") from None
         self.input_names = [info.input_names[k].decode() for k in range(info.input_num)]
         self.output_names = [info.output_names[k].decode() for k in range(info.output_num)]
-        stage = info.stages[0]
-        self.input_shapes = [stage.input_shapes[k].tuple() for k in range(info.input_num)]
-        self.output_shapes = [stage.output_shapes[k].tuple() for k in range(info.output_num)]
+        self.stages = [
+            (
+                [info.stages[s].input_shapes[k].tuple() for k in range(info.input_num)],
+                [info.stages[s].output_shapes[k].tuple() for k in range(info.output_num)],
+            )
+            for s in range(info.stage_num)
+        ]
+        self.input_shapes, self.output_shapes = self.stages[0]
 
 
 def library_dir() -> Path:
@@ -154,18 +175,19 @@ class _Libraries:
         ]:  # fmt: skip
             function = getattr(self.bmrt, name)
             function.argtypes, function.restype = args, result
-        for name, args in [
-            ("bm_dev_request", [ctypes.POINTER(vp), ctypes.c_int]),
-            ("bm_dev_free", [vp]),
-            ("bm_thread_sync", [vp]),
-            ("bm_malloc_device_byte", [vp, ctypes.POINTER(mem), ctypes.c_uint]),
-            ("bm_free_device", [vp, mem]),
-            ("bm_memcpy_s2d_partial", [vp, mem, vp, ctypes.c_uint]),
-            ("bm_memcpy_d2s_partial", [vp, vp, mem, ctypes.c_uint]),
-            ("bm_memcpy_d2d_byte", [vp, mem, size, mem, size, size]),
+        status = ctypes.c_int  # bm_status_t; bm_dev_free and bm_free_device return void (bmlib_runtime.h)
+        for name, args, result in [
+            ("bm_dev_request", [ctypes.POINTER(vp), ctypes.c_int], status),
+            ("bm_dev_free", [vp], None),
+            ("bm_thread_sync", [vp], status),
+            ("bm_malloc_device_byte", [vp, ctypes.POINTER(mem), ctypes.c_uint], status),
+            ("bm_free_device", [vp, mem], None),
+            ("bm_memcpy_s2d_partial", [vp, mem, vp, ctypes.c_uint], status),
+            ("bm_memcpy_d2s_partial", [vp, vp, mem, ctypes.c_uint], status),
+            ("bm_memcpy_d2d_byte", [vp, mem, size, mem, size, size], status),
         ]:
             function = getattr(self.bmlib, name)
-            function.argtypes, function.restype = args, ctypes.c_int
+            function.argtypes, function.restype = args, result
         self.handles: dict[int, ctypes.c_void_p] = {}
         self.runtimes: weakref.WeakSet[Runtime] = weakref.WeakSet()
         atexit.register(self._free_handles)

@@ -84,6 +84,24 @@ def host_dtype(dtype: str) -> np.dtype:
     return np.dtype(np.float16 if dtype == "float16" else np.uint16)
 
 
+def expected_io(manifest: Manifest) -> dict[str, tuple[list[Shape], list[Shape]]]:
+    """The input and output shapes of every net a converted model's manifest implies, by net name."""
+    cfg = manifest.config
+    h = cfg.hidden_size
+
+    def block(rows: int, cache: int) -> tuple[list[Shape], list[Shape]]:
+        heads = (cfg.num_attention_heads, cfg.head_dim)
+        kv, new = (1, cache, *heads), (1, rows, *heads)
+        return [(1, rows, h), (1, 1, rows, cache + rows), kv, kv], [(1, rows, h), new, new]
+
+    nets = {LM_HEAD: ([(1, 1, h)], [(1, 1, cfg.vocab_size)])}
+    for i in range(cfg.num_hidden_layers):
+        nets[prefill_net(i)] = block(manifest.chunk, manifest.context)
+        for window in manifest.windows:
+            nets[decode_net(i, window)] = block(1, window)
+    return nets
+
+
 class TPUBackend:
     """A converted model directory run through ``driver``; implements ``backends.base.Backend``."""
 
@@ -115,24 +133,9 @@ class TPUBackend:
             self.driver.close()
             raise
 
-    def _expected_io(self) -> dict[str, tuple[list[Shape], list[Shape]]]:
-        h, cfg = self.config.hidden_size, self.config
-
-        def block(rows: int, cache: int) -> tuple[list[Shape], list[Shape]]:
-            heads = (cfg.num_attention_heads, cfg.head_dim)
-            kv, new = (1, cache, *heads), (1, rows, *heads)
-            return [(1, rows, h), (1, 1, rows, cache + rows), kv, kv], [(1, rows, h), new, new]
-
-        nets = {LM_HEAD: ([(1, 1, h)], [(1, 1, cfg.vocab_size)])}
-        for i in range(cfg.num_hidden_layers):
-            nets[prefill_net(i)] = block(self.manifest.chunk, self.manifest.context)
-            for window in self.manifest.windows:
-                nets[decode_net(i, window)] = block(1, window)
-        return nets
-
     def _check_nets(self, bmodel: Path) -> None:
         """Every net the manifest implies is in the bmodel with its shapes and 16-bit activations."""
-        for net, (ins, outs) in self._expected_io().items():
+        for net, (ins, outs) in expected_io(self.manifest).items():
             try:
                 got_ins, got_outs = self.driver.io(net)
             except UserError:

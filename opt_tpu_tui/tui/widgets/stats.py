@@ -21,6 +21,7 @@ from opt_tpu_tui.safe_text import terminal_safe
 SPARK_POINTS = 30
 NAMES = ("Backend", "Model", "Context", "Prefill", "Decode", "TPU", "TPU mem", "Chip temp", "Host CPU", "Host mem")
 NAME_WIDTH = max(len(name) for name in NAMES) + 1
+UNAVAILABLE = "unavailable"
 
 
 def row_id(name: str) -> str:
@@ -69,11 +70,13 @@ def rows(view: StatsView) -> list[tuple[str, str]]:
     device = view.device
     if device is not None and device.kind == "tpu":
         temp = "n/a" if device.chip_temp is None else f"{device.chip_temp:.0f} °C"
-        out += [
-            ("TPU", _pct(device.tpu_util)),
-            ("TPU mem", _mem(device.tpu_mem_used, device.tpu_mem_total)),
-            ("Chip temp", temp),
-        ]
+        shown = {
+            "tpu_util": ("TPU", _pct(device.tpu_util)),
+            "tpu_mem": ("TPU mem", _mem(device.tpu_mem_used, device.tpu_mem_total)),
+            "chip_temp": ("Chip temp", temp),
+        }
+        # A figure no source can give any more says so, rather than an "n/a" that looks like a pending reading.
+        out += [(name, UNAVAILABLE if field in device.unavailable else text) for field, (name, text) in shown.items()]
     if device is not None:
         out += [("Host CPU", _pct(device.cpu_percent)), ("Host mem", _mem(device.mem_used, device.mem_total))]
     return out
