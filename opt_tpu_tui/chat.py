@@ -114,7 +114,7 @@ class ChatSession:
             raise UserError("the message is empty")
         context = self.backend.context_length
         history = self.turns
-        first = next((i for i, turn in enumerate(history) if turn is self._first_kept), 0)
+        first = self._first_kept_index()
         room = context
         for dropped in range(first, len(history) + 1):
             ids = self.tokenizer.encode(transcript(self.preamble, history[dropped:], user))
@@ -126,10 +126,22 @@ class ChatSession:
             raise UserError(f"the message is {len(ids)} tokens with the preamble, but the context holds {context}")
         return ids, len(history)
 
+    def _first_kept_index(self) -> int:
+        return next((i for i, turn in enumerate(self.turns) if turn is self._first_kept), 0)
+
+    def reserve(self, settings: SamplingSettings) -> int:
+        """The room a reply is given in the context: its token limit, at most half the context."""
+        return min(settings.max_new_tokens, self.backend.context_length // 2)
+
+    def next_prompt_tokens(self) -> int:
+        """Tokens the next prompt takes before the user's words: the preamble, the turns still
+        kept, and the frame of the new turn ("User:" ... "Assistant:"). The context meter."""
+        kept = self.turns[self._first_kept_index() :]
+        return len(self.tokenizer.encode(transcript(self.preamble, kept, "")))
+
     def send(self, user: str, settings: SamplingSettings, cancel: threading.Event | None = None) -> Reply:
         """Start a reply to ``user``; the new turn is appended now and completed as the reply streams."""
-        reserve = min(settings.max_new_tokens, self.backend.context_length // 2)
-        ids, dropped = self.prompt_ids(user, reserve)
+        ids, dropped = self.prompt_ids(user, self.reserve(settings))
         turn = Turn(user=user)
         self.turns.append(turn)
         generation = Generation(self.backend, self.tokenizer, ids, settings, STOP_STRINGS, cancel)

@@ -27,6 +27,7 @@ from opt_tpu_tui.tui.widgets.conversation import Line, Notice, ReplyView, Transc
 from opt_tpu_tui.tui.widgets.prompt import PromptInput
 from opt_tpu_tui.tui.widgets.settings_form import SettingsForm
 from opt_tpu_tui.tui.widgets.stats import StatsPanel, rows
+from opt_tpu_tui.tui.widgets.status import StatusLine
 
 pytestmark = pytest.mark.anyio
 
@@ -440,6 +441,67 @@ async def test_a_streaming_reply_sets_down_lines_and_blocks_and_ends_as_one_widg
         view = replies(app)[-1]
         assert not transcript.query(".reply-part") and shown(view).startswith("█ The quick brown fox jumps")
         assert view.text == app.screen.conversation.turns[-1].assistant == (paragraph * 20).strip()
+
+
+async def test_the_context_meter_is_the_next_prompt_and_warns_before_old_turns_drop(tokenizer: Tokenizer) -> None:
+    assert len(tokenizer.encode(" France", add_bos=False)) == 1  # so the next prompt is exactly the meter's count
+    settings = Settings(sampling=SamplingSettings(temperature=0.0, repetition_penalty=1.0, max_new_tokens=16))
+    app, backend = make_app(tokenizer, settings=settings)
+    backend.context_length = 200
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        status = app.screen.query_one(StatusLine)
+        warned = False
+        for _ in range(30):
+            meter, warned = status.context_used, status.drops_next
+            await send(pilot, "France")
+            if warned:
+                break
+            assert len(backend.prefills[-1]) == meter  # all turns kept, counted exactly
+            assert not app.screen.query(".context-start")
+        assert warned, "the meter never said the context was full"
+        assert len(backend.prefills[-1]) < meter  # the turn after the warning dropped the oldest turns
+        markers = app.screen.query(".context-start")
+        assert len(markers) == 1 and "left its context" in str(markers.first().render())
+        assert not status.drops_next  # a quarter of the context was freed
+        assert "context" in shown(status) and "tok/s" in shown(status)
+
+
+async def test_a_reopened_conversation_shows_its_context_use(tokenizer: Tokenizer) -> None:
+    store, _ = HistoryStore.open()
+    cid = store.create_conversation("What is the capital of France?")
+    turn = store.add_turn(cid, "What is the capital of France?")
+    store.save_reply(turn, "The capital of France is Paris.", stopped=False, complete=True)
+    store.close()
+    settings = Settings(sampling=SamplingSettings(temperature=0.0, repetition_penalty=1.0, max_new_tokens=16))
+    app, backend = make_app(tokenizer, settings=settings)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        status = app.screen.query_one(StatusLine)
+        empty = status.context_used
+        await app.screen.open_conversation(cid)
+        await pilot.pause()
+        assert status.context_used > empty
+        meter = status.context_used
+        await send(pilot, "France")
+        assert len(backend.prefills[-1]) == meter
+
+
+@pytest.mark.parametrize("width", [60, 80, 120])
+async def test_the_status_line_keeps_its_figures_and_shortens_a_long_model_name(tokenizer: Tokenizer, width: int) -> None:
+    app, _ = make_app(tokenizer)
+    async with app.run_test(size=(width, 24)) as pilot:
+        await ready(pilot)
+        await send(pilot, "Hello")
+        status = app.screen.query_one(StatusLine)
+        status.model = "facebook-opt-6.7b-int4-with-a-very-long-directory-name-indeed"
+        await pilot.pause()
+        line = shown(status)
+        assert line.rstrip().endswith("f1 help") and "context " in line and "ready" in line
+        if width >= 80:  # the model's name is shortened to leave the last reply's figures room
+            assert "tok/s" in line and "…" in line
+        if width >= 120:
+            assert "first " in line
 
 
 async def test_a_reply_ending_during_a_slow_flush_leaves_no_rows_behind(

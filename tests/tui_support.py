@@ -130,5 +130,5 @@ def shown(widget: Widget) -> str:
     """The text a widget draws now, row by row (what the user sees of it, borders aside)."""
     from textual.geometry import Region
 
-    width, height = widget.size
+    width, height = widget.outer_size
     return "\n".join(strip.text for strip in widget.render_lines(Region(0, 0, width, height)))

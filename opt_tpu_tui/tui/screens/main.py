@@ -181,6 +181,7 @@ class MainScreen(Screen[None]):
         status = self.query_one(StatusLine)
         status.model, status.backend = app.backend.model_name, app.backend.name
         status.context_size = app.backend.context_length
+        self._show_context()
         self._update_state()
         self._show_stats()
         self._stats_stop.clear()
@@ -237,6 +238,18 @@ class MainScreen(Screen[None]):
                 device=self._device,
             )
         )
+
+    def _show_context(self) -> None:
+        """The context meter: what the next prompt takes before the user's words, and whether it is full.
+
+        Full means the next turn leaves the oldest turns out of the prompt even with an
+        empty message (the reply's room counted), so the user sees it coming.
+        """
+        session, status = self.session, self.query_one(StatusLine)
+        if session is None:
+            return
+        status.context_used = used = session.next_prompt_tokens()
+        status.drops_next = used + session.reserve(self.tui.settings.sampling) > session.backend.context_length
 
     def _update_state(self) -> None:
         """The status line's state and, matching it, why the prompt would refuse a message now."""
@@ -305,7 +318,9 @@ class MainScreen(Screen[None]):
         view = ReplyView(label=backend.model_name if backend else "opt", streaming=True)
         transcript = self.query_one(Transcript)
         await transcript.add(view)
+        await transcript.mark_context_start(len(self.conversation.turns) - reply.dropped_turns)
         transcript.anchor()
+        self.query_one(StatusLine).first_token = 0.0  # the last reply's figures: back when this one ends
         self._streaming = Streaming(reply, view, regenerate, cancel)
         gc.disable()  # textual.md: gen-2 collections stall the stream for 200-300 ms; collect at the end
         self._flush_timer = self.set_interval(1 / FLUSH_HZ, lambda: self.post_message(FlushReply()))
@@ -357,6 +372,9 @@ class MainScreen(Screen[None]):
             await streaming.view.remove_with_parts()
             self.query_one(PromptInput).give_back(turn.user)
         self._take_stats(streaming.reply)
+        self._show_context()
+        status, stats = self.query_one(StatusLine), streaming.reply.stats
+        status.first_token, status.speed = stats.prefill_seconds, stats.tokens_per_second
         if outcome.error:
             self.notify(outcome.error, title="Reply failed", severity="error", timeout=8)
         if outcome.unsaved:
@@ -398,7 +416,9 @@ class MainScreen(Screen[None]):
         self.conversation.id = None
         await self.query_one(Transcript).clear()
         self._last = StatsView()
-        self.query_one(StatusLine).context_used = 0
+        status = self.query_one(StatusLine)
+        status.first_token = status.speed = 0.0
+        self._show_context()
         self._show_stats()
         self.query_one(PromptInput).focus()
 
@@ -434,6 +454,7 @@ class MainScreen(Screen[None]):
         transcript.hidden_messages = 2 * (len(turns) - len(shown))
         await transcript.add(*widgets)
         transcript.anchor()  # as after a reply: the newest message at the bottom, however short the chat
+        self._show_context()
         self.query_one(PromptInput).focus()
 
     # settings
@@ -441,6 +462,9 @@ class MainScreen(Screen[None]):
     def on_settings_form_applied(self, message: SettingsForm.Applied) -> None:
         if self.tui.update_settings(sampling=message.sampling, preamble=message.preamble):
             self.notify("Settings saved: they apply from the next reply", timeout=3)
+        if self.session is not None:
+            self.session.preamble = self.tui.settings.preamble
+            self._show_context()
 
     # shutdown
 

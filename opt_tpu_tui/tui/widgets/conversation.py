@@ -235,6 +235,7 @@ class Transcript(VerticalScroll):
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.hidden_messages = 0
         self._hidden_count: Static | None = None  # the line counting them (a query would walk every message)
+        self._context_start: Notice | None = None  # the line above the oldest turn still in the prompt
 
     async def add(self, *messages: Static | ReplyView) -> None:
         """Mount messages at the end, dropping the oldest past MOUNTED."""
@@ -256,6 +257,21 @@ class Transcript(VerticalScroll):
             self._hidden_count = Static(text, classes="notice hidden-count", markup=False)
             await self.mount(self._hidden_count, before=0)
 
+    async def mark_context_start(self, kept_turns: int) -> None:
+        """Show where the model's context now starts: above the first of the last ``kept_turns`` turns.
+
+        The marker moves as more turns drop; none when nothing has dropped or when the
+        boundary is among the messages not mounted (the line at the top counts those).
+        """
+        if self._context_start is not None:
+            await self._context_start.remove()
+            self._context_start = None
+        users = [child for child in self.children if isinstance(child, UserMessage)]
+        if 0 < kept_turns < len(users) or (kept_turns == len(users) and self.hidden_messages):
+            self._context_start = Notice("▼ the model no longer sees the turns above: they left its context", "warning")
+            self._context_start.add_class("context-start")
+            await self.mount(self._context_start, before=users[-kept_turns])
+
     async def clear(self) -> None:
-        self.hidden_messages, self._hidden_count = 0, None
+        self.hidden_messages, self._hidden_count, self._context_start = 0, None, None
         await self.remove_children()

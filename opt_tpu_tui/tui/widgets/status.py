@@ -1,31 +1,53 @@
-"""The one-line status at the top of the chat: model, context in use, state, the help key.
+"""The one-line status at the top of the chat: model, context meter, last reply's speed, state, the help key.
 
 Fed by reactives: setting a value to what it already is repaints nothing, so the line
-costs bytes only when something on it changes.
+costs bytes only when something on it changes. The figures keep their place at any
+width from 60 columns: the model's name is what gets shortened.
 """
 
 from __future__ import annotations
 
+from rich.cells import cell_len
+from rich.style import Style
 from rich.text import Text
 from textual.reactive import reactive
 from textual.widget import Widget
 
 from opt_tpu_tui.safe_text import terminal_safe
 
+SEPARATOR = " · "
+NAME_ROOM = 12  # cells of the model's name kept before the speed figures give way
+
 
 class StatusLine(Widget):
     model = reactive("")
     backend = reactive("")
     demo = reactive(False)
-    context_used = reactive(0)
+    context_used = reactive(0)  # tokens of the next prompt before the user's words (live while a reply streams)
     context_size = reactive(0)  # 0 while no model is loaded
+    drops_next = reactive(False)  # the next turn will leave the oldest turns out of the prompt
+    first_token = reactive(0.0)  # seconds to the last reply's first token; 0: none to show (or one streaming)
+    speed = reactive(0.0)  # the last reply's decode tokens per second
     state = reactive("loading model…")
 
     def render(self) -> Text:
-        parts = [terminal_safe(f"{self.model} on {self.backend}")]
-        if self.demo:
-            parts.append("DEMO model")
+        meter = Text()
         if self.context_size:
-            parts.append(f"context {self.context_used}/{self.context_size}")
-        parts += [self.state, "f1 help"]
-        return Text(" · ".join(parts), no_wrap=True, overflow="ellipsis")
+            meter = Text(f"context {self.context_used}/{self.context_size}")
+            if self.drops_next:
+                meter.append(" full")  # the next turn leaves the oldest turns out
+                meter.stylize(Style(color=self.app.get_css_variables()["warning"], bold=True))
+        speed = [Text(f"first {self.first_token:.2f} s"), Text(f"{self.speed:.1f} tok/s")] if self.first_token else []
+        name = terminal_safe(f"{self.model} on {self.backend}") + (" · DEMO model" if self.demo else "")
+        width = self.content_size.width
+        while True:  # too narrow: the last reply's figures go before the model's name is cut below NAME_ROOM
+            right = Text(SEPARATOR).join([part for part in (meter, *speed, Text(self.state), Text("f1 help")) if part])
+            room = width - right.cell_len - cell_len(SEPARATOR)
+            if room >= min(NAME_ROOM, cell_len(name)) or not speed:
+                break
+            speed.pop(0)
+        if room < 4:
+            return right
+        if cell_len(name) > room:
+            name = name[: room - 1] + "…"
+        return Text.assemble(name, SEPARATOR, right, no_wrap=True, overflow="ellipsis")
