@@ -15,6 +15,7 @@ from opt_tpu_tui.chat import ChatSession, Reply
 from opt_tpu_tui.config import Settings, changed_values, load_settings, update_settings_file
 from opt_tpu_tui.demo import DEMO_MODEL_DIR, DEMO_NOTICE, is_demo_model
 from opt_tpu_tui.errors import UserError
+from opt_tpu_tui.export import run_export
 from opt_tpu_tui.generation import Generation, GenerationStats
 from opt_tpu_tui.native_output import native_stdout_to, park_native_stdout
 from opt_tpu_tui.safe_text import terminal_safe
@@ -38,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Chat with Meta's OPT models on a Sophgo BM1684X TPU or the CPU.",
         epilog="With neither -p nor -c the terminal UI starts. "
         "`opt-tpu-tui convert -h` tells how to compile a checkpoint for the TPU; "
-        "`opt-tpu-tui fetch-simulator` fetches the BM1684X simulator that `--backend bmrt` uses on x86.",
+        "`opt-tpu-tui fetch-simulator` fetches the BM1684X simulator that `--backend bmrt` uses on x86; "
+        "`opt-tpu-tui export ID|--last [-o FILE]` writes a saved conversation as Markdown.",
     )
     parser.add_argument(
         "--model", metavar="DIR", type=Path,
@@ -277,6 +279,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_convert(argv[1:])
         if argv[:1] == ["fetch-simulator"]:
             return run_fetch_simulator(argv[1:])
+        if argv[:1] == ["export"]:
+            return run_export(argv[1:])
         args = build_parser().parse_args(argv)
         if args.raw and args.prompt is None:
             raise UserError("--raw goes with -p/--prompt")

@@ -63,3 +63,9 @@ def umask_022() -> Iterator[None]:
     old = os.umask(0o022)
     yield
     os.umask(old)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """The event loop of the async (Pilot) tests: Textual runs on asyncio."""
+    return "asyncio"

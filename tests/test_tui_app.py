@@ -40,11 +40,6 @@ def long_reply_app(tokenizer: Tokenizer, repeats: int):  # type: ignore[no-untyp
 GREEDY = Settings(sampling=SamplingSettings(temperature=0.0, repetition_penalty=1.0, max_new_tokens=200))
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"  # Textual runs on asyncio
-
-
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Tokenizer:
     return Tokenizer.from_dir(train_tokenizer(tmp_path_factory.mktemp("tok")))

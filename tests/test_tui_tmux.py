@@ -214,3 +214,32 @@ def test_the_ui_shows_hostile_output_defanged_live_and_reopened(hostile_model: P
         term.wait_for(lambda s: VISIBLE in s and READY in s)
         assert_terminal_untouched(term)
         quit_app(term)
+
+
+# e. copy and export
+
+
+def saved_replies() -> list[str]:
+    store, _ = HistoryStore.open()
+    try:
+        return [turn.assistant for c in store.list_conversations() for turn in store.load(c.id)]
+    finally:
+        store.close()
+
+
+def test_copy_reaches_the_terminal_clipboard_and_the_fallback_file(chat_model: Path) -> None:
+    write_settings()
+    with tmux.Tmux("copy") as term:
+        term.start(tui(chat_model), 100, 30)
+        term.wait_for(lambda s: READY in s)
+        term.keys("hello there", literal=True)
+        term.wait_for(lambda s: "hello there" in s)
+        term.keys("Enter")
+        sent(term, "hello there")
+        assert term.buffers() == ""
+        term.keys("F5")
+        term.wait_for(lambda s: "Copied the last reply" in s)
+        (reply,) = saved_replies()
+        assert reply and term("show-buffer") == reply  # OSC 52, as tmux took it
+        assert (paths.data_dir() / "clipboard.txt").read_text() == reply
+        quit_app(term)

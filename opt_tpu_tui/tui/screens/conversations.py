@@ -20,7 +20,8 @@ def describe(summary: ConversationSummary) -> Text:
     """One line of the list; the title is a user's message, so shown as plain, safe text."""
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(summary.updated))
     turns = f"{summary.turns} turn{'s' if summary.turns != 1 else ''}"
-    return Text(f"{when}  {terminal_safe(summary.title)}  ({turns})", no_wrap=True, overflow="ellipsis")
+    # The number is what `opt-tpu-tui export ID` takes.
+    return Text(f"{summary.id:>4}  {when}  {terminal_safe(summary.title)}  ({turns})", no_wrap=True, overflow="ellipsis")
 
 
 class ConversationsScreen(ModalScreen[int | None]):

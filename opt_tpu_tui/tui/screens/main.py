@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -27,6 +28,8 @@ from textual.worker import get_current_worker
 from opt_tpu_tui.chat import ChatSession, Conversation, Reply
 from opt_tpu_tui.devices import DeviceSample
 from opt_tpu_tui.errors import UserError
+from opt_tpu_tui.export import clipboard_file, conversation_markdown, export_path, last_code_block, write_text
+from opt_tpu_tui.history import title_for
 from opt_tpu_tui.persist import run_and_save
 from opt_tpu_tui.tui.messages import DeviceSampled, FlushReply, ReplyFinished
 from opt_tpu_tui.tui.screens.conversations import ConversationsScreen
@@ -79,6 +82,12 @@ class MainScreen(Screen[None]):
                 tooltip="settings pane (↑/↓ step a number, enter or ctrl+s applies)"),
         Binding("f3", "pane('stats')", "Stats", id="pane.stats", tooltip="device-stats pane"),
         Binding("f4", "pane('toggle')", "Pane", id="pane.toggle", show=False, tooltip="hide or show the side pane"),
+        Binding("f5", "copy_reply", "Copy", id="chat.copy", show=False,
+                tooltip="copy the last reply (to the terminal's clipboard by OSC 52, and to clipboard.txt)"),
+        Binding("f8", "copy_code", "Copy code", id="chat.copy_code", show=False,
+                tooltip="copy the last code block of the last reply"),
+        Binding("f9", "export", "Export", id="chat.export", show=False,
+                tooltip="export the conversation as Markdown (the file's path is shown)"),
     ]  # fmt: skip
 
     pane = reactive("hidden")  # "stats", "settings" or "hidden"
@@ -456,6 +465,59 @@ class MainScreen(Screen[None]):
         transcript.anchor()  # as after a reply: the newest message at the bottom, however short the chat
         self._show_context()
         self.query_one(PromptInput).focus()
+
+    # copy and export
+
+    def _last_reply(self) -> str | None:
+        """The last finished reply's text (None while one streams, or with none yet: the user is told)."""
+        if self._busy():
+            return None
+        turns = self.conversation.turns
+        if not turns or not turns[-1].assistant:
+            self._refuse("There is no reply yet")
+            return None
+        return turns[-1].assistant
+
+    def _copy(self, text: str, what: str) -> None:
+        """OSC 52 through Textual, and the same text in a file: many terminals ignore OSC 52."""
+        self.app.copy_to_clipboard(text)
+        try:
+            path = write_text(clipboard_file(), text)
+        except UserError as error:
+            self.notify(f"Copied {what} by OSC 52 only: {error}", severity="warning", timeout=8)
+            return
+        self.notify(f"Copied {what} (if your terminal takes OSC 52), and into {path}", timeout=6)
+
+    def action_copy_reply(self) -> None:
+        text = self._last_reply()
+        if text is not None:
+            self._copy(text, "the last reply")
+
+    def action_copy_code(self) -> None:
+        text = self._last_reply()
+        if text is None:
+            return
+        block = last_code_block(text)
+        if block is None:
+            self._refuse("The last reply has no code block")
+            return
+        self._copy(block, "the code block")
+
+    def action_export(self) -> None:
+        if self._busy():
+            return
+        turns = self.conversation.turns
+        if not turns:
+            self._refuse("There is nothing to export yet")
+            return
+        try:
+            path = write_text(
+                export_path(self.conversation.id), conversation_markdown(title_for(turns[0].user), turns, time.time())
+            )
+        except UserError as error:
+            self.notify(str(error), title="Not exported", severity="error", timeout=8)
+            return
+        self.notify(f"Exported to {path}", timeout=8)
 
     # settings
 
