@@ -1,14 +1,17 @@
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import sail_build  # noqa: E402
 from tiny import make_model  # noqa: E402
 
 
@@ -43,6 +46,88 @@ def tpu_runtime(simulator: None):  # noqa: ANN201 - a bmrt_lib.Runtime on the BM
     runtime = Runtime()
     yield runtime
     runtime.close()
+
+
+class _RealSail:
+    """The real ``sophon.sail``, built (or taken from the cache) and imported once per run, or why not.
+
+    It is imported from the build's folder and then taken out of ``sys.modules`` and
+    ``sys.path``, so only the tests that ask for it (``real_sail``) see it: elsewhere
+    ``import sophon.sail`` fails as on a machine without sail.
+    """
+
+    def __init__(self) -> None:
+        self.module: ModuleType | None = None
+        self.package: ModuleType | None = None
+        self.folder: Path | None = None
+        self.problem: str | None = None  # a skip reason (no source given) or a failure
+        self.skip = False
+
+    def load(self) -> None:
+        if self.module is not None or self.problem is not None:
+            return
+        from opt_tpu_tui import paths, toolchain
+        from opt_tpu_tui.errors import UserError
+
+        src = sail_build.source()
+        if src is None:
+            self.problem, self.skip = (
+                f"the real sophon.sail is built from source for these tests: set {sail_build.SOURCE_ENV} "
+                "to a sophon-sail source tarball or tree (see the README's Tests section)"
+            ), True
+            return
+        try:
+            self.folder = sail_build.built(src, toolchain.fetch(), paths.cache_dir() / "sophon-sail")
+        except UserError as error:
+            self.problem, self.skip = f"the tpu-mlir toolchain cannot be obtained here: {error}", True
+            return
+        except sail_build.SailBuildError as error:
+            self.problem = str(error)
+            return
+        sys.path.insert(0, str(self.folder))
+        try:
+            self.module = importlib.import_module("sophon.sail")
+            self.package = sys.modules["sophon"]
+        except ImportError as error:
+            self.problem = f"the sophon.sail built in {self.folder} does not import: {error}"
+        finally:
+            sys.path.remove(str(self.folder))
+            sys.modules.pop("sophon.sail", None)
+            sys.modules.pop("sophon", None)
+
+
+_real_sail = _RealSail()
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """Which sophon.sail the sail tests run on (building it here if the cache lacks it)."""
+    _real_sail.load()
+    if _real_sail.module is not None:
+        return [f"sophon.sail: {_real_sail.module.__file__}"]
+    return [f"sophon.sail: none ({_real_sail.problem})"]
+
+
+@pytest.fixture
+def real_sail(simulator: None, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """The real ``sophon.sail`` (built from ``OPT_TPU_TUI_SAIL_SRC``) importable for this test; else a skip.
+
+    A source given but not buildable is a failure, not a skip: the run was asked to test sail.
+    """
+    _real_sail.load()
+    if _real_sail.module is None:
+        if _real_sail.skip:
+            pytest.skip(_real_sail.problem)
+        pytest.fail(f"sophon.sail: {_real_sail.problem}")
+    monkeypatch.setitem(sys.modules, "sophon", _real_sail.package)
+    monkeypatch.setitem(sys.modules, "sophon.sail", _real_sail.module)
+    return _real_sail.module
+
+
+@pytest.fixture
+def real_sail_folder(real_sail: ModuleType) -> Path:
+    """The folder to put on PYTHONPATH for a child process to import the same ``sophon.sail``."""
+    assert _real_sail.folder is not None
+    return _real_sail.folder
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -1,8 +1,8 @@
 """The TPU path end to end in the BM1684X simulator: convert a tiny OPT, run it through bmrt and sail.
 
 The reference is the numpy backend on the same checkpoint (for int8/int4, on the same
-group-quantised weights). sail runs through ``fake_sail``, a sail-compatible adapter on
-the bmrt runtime, so the sail backend's own code is what is tested.
+group-quantised weights). sail is the real ``sophon.sail``, built from the source that
+``OPT_TPU_TUI_SAIL_SRC`` names (``sail_build``); without it the sail cases skip.
 """
 
 from __future__ import annotations
@@ -64,22 +64,10 @@ def converted(
     return get
 
 
-@pytest.fixture
-def fake_sail(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Install the bmrt-backed sail adapter as ``sophon.sail``."""
-    import fake_sail as adapter
-
-    sail = adapter.module()
-    sophon = type(sys)("sophon")
-    sophon.sail = sail
-    monkeypatch.setitem(sys.modules, "sophon", sophon)
-    monkeypatch.setitem(sys.modules, "sophon.sail", sail)
-
-
 @pytest.fixture(params=["bmrt", "sail"])
 def tpu_kind(request: pytest.FixtureRequest) -> str:
     if request.param == "sail":
-        request.getfixturevalue("fake_sail")
+        request.getfixturevalue("real_sail")
     return request.param
 
 
@@ -170,8 +158,8 @@ def test_prefill_runs_in_chunks_after_the_start_the_cache_holds(converted, check
         tpu.close()
 
 
-def test_decode_runs_the_nets_of_the_smallest_window_holding_the_cache_in_use(converted, checkpoints) -> None:
-    tpu = open_backend(converted("pre-ln", "f16"), "bmrt")
+def test_decode_runs_the_nets_of_the_smallest_window_holding_the_cache_in_use(converted, tpu_kind: str) -> None:
+    tpu = open_backend(converted("pre-ln", "f16"), tpu_kind)
     launched: list[str] = []
     launch = tpu.driver.launch
     tpu.driver.launch = lambda net, inputs, outputs: (launched.append(net), launch(net, inputs, outputs))[1]
@@ -207,8 +195,8 @@ def test_generation_stops_at_eos_and_at_the_context_length(converted, checkpoint
         tpu.close()
 
 
-def test_a_prompt_longer_than_the_context_is_one_clear_error(converted) -> None:
-    tpu = open_backend(converted("pre-ln", "f16"), "bmrt")
+def test_a_prompt_longer_than_the_context_is_one_clear_error(converted, tpu_kind: str) -> None:
+    tpu = open_backend(converted("pre-ln", "f16"), tpu_kind)
     try:
         with pytest.raises(UserError, match="context overflow: 33 tokens do not fit in a context of 32"):
             tpu.prefill([2] * 33)
@@ -221,40 +209,40 @@ def damaged_copy(source: Path, target: Path) -> Path:
     return target
 
 
-def test_a_bmodel_for_another_chip_is_refused(converted, tmp_path: Path) -> None:
+def test_a_bmodel_for_another_chip_is_refused(converted, tpu_kind: str, tmp_path: Path) -> None:
     model_dir = damaged_copy(converted("pre-ln", "f16"), tmp_path / "other-chip")
     bmodel = model_dir / converted_dir.BMODEL
     data = bmodel.read_bytes()  # rename the chip in the flatbuffer: length 7 "BM1684X" -> length 6 "BM1688"
     assert data.count(b"\x07\x00\x00\x00BM1684X\x00") == 1
     bmodel.write_bytes(data.replace(b"\x07\x00\x00\x00BM1684X\x00", b"\x06\x00\x00\x00BM1688\x00\x00"))
     with pytest.raises(UserError, match="compiled for BM1688, but this runtime runs BM1684X bmodels"):
-        open_backend(model_dir, "bmrt")
+        open_backend(model_dir, tpu_kind)
 
 
-def test_a_bmodel_that_does_not_match_its_manifest_is_refused(converted, tmp_path: Path) -> None:
+def test_a_bmodel_that_does_not_match_its_manifest_is_refused(converted, tpu_kind: str, tmp_path: Path) -> None:
     model_dir = damaged_copy(converted("pre-ln", "f16"), tmp_path / "mismatch")
     manifest = model_dir / "manifest.json"
     manifest.write_text(manifest.read_text().replace('"num_hidden_layers": 2', '"num_hidden_layers": 3'))
     with pytest.raises(UserError, match="has no net block_2, so it does not match manifest.json"):
-        open_backend(model_dir, "bmrt")
+        open_backend(model_dir, tpu_kind)
 
 
-def test_a_missing_vocab_and_a_missing_manifest_are_named(converted, tmp_path: Path) -> None:
+def test_a_missing_vocab_and_a_missing_manifest_are_named(converted, tpu_kind: str, tmp_path: Path) -> None:
     model_dir = damaged_copy(converted("pre-ln", "f16"), tmp_path / "no-vocab")
     (model_dir / "vocab.json").unlink()
     with pytest.raises(UserError, match="vocab.json: not found"):
-        open_model(model_dir, "bmrt")
+        open_model(model_dir, tpu_kind)
     (model_dir / "manifest.json").unlink()
     (model_dir / "model.bmodel").unlink()
     with pytest.raises(UserError, match="manifest.json: not found"):
-        open_backend(model_dir, "bmrt")
+        open_backend(model_dir, tpu_kind)
 
 
 def test_auto_runs_a_checkpoint_on_the_cpu(checkpoints) -> None:
     assert pick_backend(checkpoints["pre-ln"]) == "cpu"
 
 
-def test_auto_prefers_sail_for_a_converted_model(converted, fake_sail) -> None:
+def test_auto_prefers_sail_for_a_converted_model(converted, real_sail) -> None:
     backend = open_backend(converted("pre-ln", "f16"), "auto")
     try:
         assert backend.name == "sail"
