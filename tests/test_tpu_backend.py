@@ -219,6 +219,13 @@ def test_a_bmodel_for_another_chip_is_refused(converted, tpu_kind: str, tmp_path
         open_backend(model_dir, tpu_kind)
 
 
+def test_a_file_that_is_not_a_bmodel_is_refused_by_the_runtime(converted, tpu_kind: str, tmp_path: Path) -> None:
+    model_dir = damaged_copy(converted("pre-ln", "f16"), tmp_path / "not-a-bmodel")
+    (model_dir / converted_dir.BMODEL).write_bytes(b"\0" * 4096)
+    with pytest.raises(UserError, match=f"{tpu_kind} could not load it"):
+        open_backend(model_dir, tpu_kind)
+
+
 def test_a_bmodel_that_does_not_match_its_manifest_is_refused(converted, tpu_kind: str, tmp_path: Path) -> None:
     model_dir = damaged_copy(converted("pre-ln", "f16"), tmp_path / "mismatch")
     manifest = model_dir / "manifest.json"
