@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from device_memory import BmodelMemory, build_shim, measure
 from quantized import quantized_weights
 from tiny import make_model
 
@@ -312,3 +313,38 @@ def test_the_cli_converts_a_checkpoint_and_chats_with_it_on_bmrt(
     assert main([*chat, "-p", "word " * 40]) == 2
     error = capsys.readouterr().err.strip()
     assert "context" in error and len(error.splitlines()) == 1
+
+
+def backend_buffers(manifest: converted_dir.Manifest) -> int:
+    """Bytes of the buffers TPUBackend allocates itself, from the model's shapes: KV cache, hidden, masks, logits."""
+    cfg, c, t, item = manifest.config, manifest.context, manifest.chunk, 2  # 16-bit activations
+    kv = 2 * cfg.num_hidden_layers * c * cfg.hidden_size * item
+    hidden = 2 * t * cfg.hidden_size * item + cfg.hidden_size * item  # two ping-pong chunks, the decode token
+    masks = t * (c + t) * item + sum((w + 1) * item for w in manifest.windows)
+    return kv + hidden + masks + cfg.vocab_size * item
+
+
+def test_sail_allocates_the_model_and_its_cache_and_no_buffers_per_graph(
+    converted, real_sail_folder: Path, tmp_path: Path
+) -> None:
+    """Measured by counting bmlib's allocations in a child process; the reference is the compiler's model_tool.
+
+    bmrt gives each net its own activation scratch (no BM_RUNTIME_SHARE_MEM through sail's
+    Engine), so the bmodel takes weights + instructions + every net's scratch.
+    """
+    model_dir = converted("pre-ln", "f16")
+    manifest = converted_dir.Manifest.load(model_dir)
+    compiled = BmodelMemory(model_dir / converted_dir.BMODEL, tmp_path)
+    got = measure(model_dir, build_shim(tmp_path), real_sail_folder)
+    assert got["start"] == got["end"] == 0
+    assert len(compiled.scratch) == manifest.config.num_hidden_layers * (1 + len(manifest.windows)) + 1
+
+    expected = compiled.every_net_scratch + backend_buffers(manifest)
+    assert abs(got["backend_open"] - expected) < 0.05 * expected
+    assert abs(got["engine_load"] - compiled.every_net_scratch) < 0.05 * compiled.every_net_scratch
+    # running allocates nothing more; close() frees it all and releases the device handle at once
+    assert got["peak_while_running"] == got["backend_open"]
+    assert got["backend_closed"] == 0 and got["handles_closed"] < got["handles_open"]
+    # the old constructor adds the inputs and outputs of every graph on top
+    assert got["engine_devio"] - got["engine_load"] == pytest.approx(compiled.io_bytes, rel=0.01)
+    assert compiled.io_bytes > 0
