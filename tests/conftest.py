@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 from collections.abc import Iterator
@@ -48,55 +47,7 @@ def tpu_runtime(simulator: None):  # noqa: ANN201 - a bmrt_lib.Runtime on the BM
     runtime.close()
 
 
-class _RealSail:
-    """The real ``sophon.sail``, built (or taken from the cache) and imported once per run, or why not.
-
-    It is imported from the build's folder and then taken out of ``sys.modules`` and
-    ``sys.path``, so only the tests that ask for it (``real_sail``) see it: elsewhere
-    ``import sophon.sail`` fails as on a machine without sail.
-    """
-
-    def __init__(self) -> None:
-        self.module: ModuleType | None = None
-        self.package: ModuleType | None = None
-        self.folder: Path | None = None
-        self.problem: str | None = None  # a skip reason (no source given) or a failure
-        self.skip = False
-
-    def load(self) -> None:
-        if self.module is not None or self.problem is not None:
-            return
-        from opt_tpu_tui import paths, toolchain
-        from opt_tpu_tui.errors import UserError
-
-        src = sail_build.source()
-        if src is None:
-            self.problem, self.skip = (
-                f"the real sophon.sail is built from source for these tests: set {sail_build.SOURCE_ENV} "
-                "to a sophon-sail source tarball or tree (see the README's Tests section)"
-            ), True
-            return
-        try:
-            self.folder = sail_build.built(src, toolchain.fetch(), paths.cache_dir() / "sophon-sail")
-        except UserError as error:
-            self.problem, self.skip = f"the tpu-mlir toolchain cannot be obtained here: {error}", True
-            return
-        except sail_build.SailBuildError as error:
-            self.problem = str(error)
-            return
-        sys.path.insert(0, str(self.folder))
-        try:
-            self.module = importlib.import_module("sophon.sail")
-            self.package = sys.modules["sophon"]
-        except ImportError as error:
-            self.problem = f"the sophon.sail built in {self.folder} does not import: {error}"
-        finally:
-            sys.path.remove(str(self.folder))
-            sys.modules.pop("sophon.sail", None)
-            sys.modules.pop("sophon", None)
-
-
-_real_sail = _RealSail()
+_real_sail = sail_build.RealSail()
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

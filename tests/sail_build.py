@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import importlib
 import os
 import shutil
 import subprocess
@@ -34,6 +35,7 @@ import sysconfig
 import tarfile
 import tempfile
 from pathlib import Path
+from types import ModuleType
 
 SOURCE_ENV = "OPT_TPU_TUI_SAIL_SRC"
 HEADERS_ENV = "OPT_TPU_TUI_SAIL_HEADERS"
@@ -123,20 +125,20 @@ def _unpacked(src: Path, into: Path) -> Path:
 
 def _compile(tree: Path, libsophon: Path, build: Path, log: Path) -> Path:
     """Run sail's runtime-only cmake build; the path of the built ``sail.*.so``."""
-    steps = [
-        ["cmake", "-S", str(tree), "-B", str(build), "-DONLY_RUNTIME=ON", "-DBUILD_TYPE=pcie",
-         f"-DLIBSOPHON_BASIC_PATH={libsophon}", f"-DPYTHON_EXECUTABLE={sys.executable}"],
-        ["nice", "-n", "10", "make", "-C", str(build), f"-j{BUILD_STEPS}", "pysail"],
-    ]  # fmt: skip
+    steps = {
+        "cmake": ["cmake", "-S", str(tree), "-B", str(build), "-DONLY_RUNTIME=ON", "-DBUILD_TYPE=pcie",
+                  f"-DLIBSOPHON_BASIC_PATH={libsophon}", f"-DPYTHON_EXECUTABLE={sys.executable}"],
+        "make": ["nice", "-n", "10", "make", "-C", str(build), f"-j{BUILD_STEPS}", "pysail"],
+    }  # fmt: skip
     for tool in ("cmake", "make", "g++"):
         if shutil.which(tool) is None:
             raise SailBuildError(f"building sophon-sail needs {tool}, which is not installed")
     with log.open("w") as out:
-        for step in steps:
+        for name, step in steps.items():
             out.write("$ " + " ".join(step) + "\n")
             out.flush()
             if subprocess.run(step, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
-                raise SailBuildError(f"building sophon-sail failed at `{step[0] if step[0] != 'nice' else 'make'}`; the log is {log}")
+                raise SailBuildError(f"building sophon-sail failed at `{name}`; the log is {log}")
     built = sorted((build / "lib").glob("sail.*.so"))
     if not built:
         raise SailBuildError(f"the sophon-sail build made no sail.*.so in {build / 'lib'}; the log is {log}")
@@ -172,6 +174,57 @@ def built(src: Path, tpu_mlir: Path, cache: Path) -> Path:
             shutil.copy2(module, staging / "sophon" / module.name)
             os.replace(staging, package)
     return package
+
+
+class RealSail:
+    """The real ``sophon.sail`` for a test run, built (or taken from the cache) and imported once, or why not.
+
+    It is imported from the build's folder and then taken out of ``sys.modules`` and
+    ``sys.path``, so only the tests that install it (conftest's ``real_sail``) see it:
+    elsewhere ``import sophon.sail`` fails as on a machine without sail. ``skip`` tells a
+    reason to skip (no source given, no toolchain here) from a failure (a source that
+    does not build or import).
+    """
+
+    def __init__(self) -> None:
+        self.module: ModuleType | None = None
+        self.package: ModuleType | None = None
+        self.folder: Path | None = None
+        self.problem: str | None = None
+        self.skip = False
+
+    def load(self) -> None:
+        if self.module is not None or self.problem is not None:
+            return
+        from opt_tpu_tui import paths, toolchain
+        from opt_tpu_tui.errors import UserError
+
+        src = source()
+        if src is None:
+            self.skip = True
+            self.problem = (
+                f"the real sophon.sail is built from source for these tests: set {SOURCE_ENV} "
+                "to a sophon-sail source tarball or tree (see the README's test section)"
+            )
+            return
+        try:
+            self.folder = built(src, toolchain.fetch(), paths.cache_dir() / "sophon-sail")
+        except UserError as error:
+            self.problem, self.skip = f"the tpu-mlir toolchain cannot be obtained here: {error}", True
+            return
+        except SailBuildError as error:
+            self.problem = str(error)
+            return
+        sys.path.insert(0, str(self.folder))
+        try:
+            self.module = importlib.import_module("sophon.sail")
+            self.package = sys.modules["sophon"]
+        except ImportError as error:
+            self.problem = f"the sophon.sail built in {self.folder} does not import: {error}"
+        finally:
+            sys.path.remove(str(self.folder))
+            sys.modules.pop("sophon.sail", None)
+            sys.modules.pop("sophon", None)
 
 
 def main() -> int:
