@@ -46,32 +46,55 @@ def random_layer(hidden: int, ffn: int) -> PreparedLayer:
     )  # fmt: skip
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def layer_arguments(doc: str) -> argparse.Namespace:
+    """The model, mode, context and chunk of the one layer a bench compiles."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=OPT_SIZES, default="OPT-6.7b")
     parser.add_argument("--mode", choices=("f16", "int8", "int4"), default="int4")
     parser.add_argument("--context", type=int, default=512)
     parser.add_argument("--chunk", type=int, default=64)
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    hidden, layers, ffn = OPT_SIZES[args.model]
-    config = OPTConfig.from_dict(dict(
-        vocab_size=50272, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=12 if hidden == 768 else 32,
-        ffn_dim=ffn, max_position_embeddings=2048, word_embed_proj_dim=hidden,
-    ))  # fmt: skip
-    layer = random_layer(hidden, ffn)
-    precision, group = quantization(args.mode, "f16"), 0 if args.mode == "f16" else 64
-    windows = decode_windows(args.context)
-    shapes = [("prefill chunk", args.context, args.chunk)] + [(f"decode, window {w}", w, 1) for w in windows]
+
+class LayerGraphs:
+    """One layer of ``args.model``'s shape with random weights, and the graphs ``convert`` makes of it.
+
+    ``shapes``: (label, cache slots, new tokens) of the prefill chunk and each decode window.
+    """
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        hidden, self.layers, ffn = OPT_SIZES[args.model]
+        self.config = OPTConfig.from_dict(dict(
+            vocab_size=50272, hidden_size=hidden, num_hidden_layers=self.layers,
+            num_attention_heads=12 if hidden == 768 else 32, ffn_dim=ffn, max_position_embeddings=2048,
+            word_embed_proj_dim=hidden,
+        ))  # fmt: skip
+        self.layer = random_layer(hidden, ffn)
+        self.precision, self.group = quantization(args.mode, "f16"), 0 if args.mode == "f16" else 64
+        self.windows = decode_windows(args.context)
+        self.shapes = [("prefill chunk", args.context, args.chunk)] + [
+            (f"decode, window {w}", w, 1) for w in self.windows
+        ]
+
+    def write(self, index: int, folder: Path) -> Path:
+        """Write graph ``index`` of ``shapes`` into ``folder`` as Top MLIR (with its weights); the .mlir's path."""
+        _, cache, new = self.shapes[index]
+        graph, outputs = graphs.block(f"block_{index}", self.layer, self.config, cache, new)
+        return graph.write(folder / f"block_{index}", outputs)
+
+
+def main() -> None:
+    args = layer_arguments(__doc__)
+    layer = LayerGraphs(args)
+    layers, windows, shapes = layer.layers, layer.windows, layer.shapes
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-convert-") as scratch:
         toolchain.fetch()
-        for i, (label, cache, new) in enumerate(shapes):
+        for i, (label, _, _) in enumerate(shapes):
             start = time.perf_counter()
-            graph, outputs = graphs.block(f"block_{i}", layer, config, cache, new)
-            mlir = graph.write(Path(scratch) / f"block_{i}", outputs)
+            mlir = layer.write(i, Path(scratch))
             written = time.perf_counter()
-            toolchain.compile_top(mlir, precision, group)
+            toolchain.compile_top(mlir, layer.precision, layer.group)
             rows.append((label, written - start, time.perf_counter() - written))
 
     cores = os.cpu_count() or 1

@@ -4,11 +4,13 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import sail_build  # noqa: E402
 from tiny import make_model  # noqa: E402
 
 
@@ -43,6 +45,40 @@ def tpu_runtime(simulator: None):  # noqa: ANN201 - a bmrt_lib.Runtime on the BM
     runtime = Runtime()
     yield runtime
     runtime.close()
+
+
+_real_sail = sail_build.RealSail()
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """Which sophon.sail the sail tests run on (building it here if the cache lacks it)."""
+    _real_sail.load()
+    if _real_sail.module is not None:
+        return [f"sophon.sail: {_real_sail.module.__file__}"]
+    return [f"sophon.sail: none ({_real_sail.problem})"]
+
+
+@pytest.fixture
+def real_sail(simulator: None, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """The real ``sophon.sail`` (built from ``OPT_TPU_TUI_SAIL_SRC``) importable for this test; else a skip.
+
+    A source given but not buildable is a failure, not a skip: the run was asked to test sail.
+    """
+    _real_sail.load()
+    if _real_sail.module is None:
+        if _real_sail.skip:
+            pytest.skip(_real_sail.problem)
+        pytest.fail(f"sophon.sail: {_real_sail.problem}")
+    monkeypatch.setitem(sys.modules, "sophon", _real_sail.package)
+    monkeypatch.setitem(sys.modules, "sophon.sail", _real_sail.module)
+    return _real_sail.module
+
+
+@pytest.fixture
+def real_sail_folder(real_sail: ModuleType) -> Path:
+    """The folder to put on PYTHONPATH for a child process to import the same ``sophon.sail``."""
+    assert _real_sail.folder is not None
+    return _real_sail.folder
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

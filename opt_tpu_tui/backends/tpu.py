@@ -130,7 +130,7 @@ class TPUBackend:
             self._check_nets(bmodel)
             self._allocate()
         except BaseException:
-            self.driver.close()
+            self.close()  # the buffers first: a sail tensor holds the device handle
             raise
 
     def _check_nets(self, bmodel: Path) -> None:
@@ -249,7 +249,11 @@ class TPUBackend:
         return from_device(self.logits_host, self.dtype, self.logits)
 
     def close(self) -> None:
-        """Free the device memory (the KV cache first of all) and the nets."""
+        """Free the device memory (the KV cache first of all), then the nets and the device.
+
+        Every buffer is dropped before the driver closes: under sail each tensor holds a
+        reference to the device handle, so one left alive would keep the device open.
+        """
         self.k, self.v, self.hidden, self.step = [], [], [], []
         self.windows, self.decode_masks = {}, {}
         self.token = self.chunk_mask = self.logits_device = None

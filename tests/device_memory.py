@@ -1,0 +1,135 @@
+"""Device memory that opening a converted model takes, measured in the simulator, and what the compiler says it should be.
+
+The simulator has no memory statistics (bmlib's ``bm_get_stat`` and heap queries give
+zeros), so a child process runs with ``bmlib_alloc_shim.c`` preloaded, which counts the
+bytes of every block bmlib hands out and takes back. Run as a script, this module is that
+child: it opens the model through the real ``sophon.sail`` three ways and prints the
+counts as JSON. The reference figures come from the compiler's own ``model_tool``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+SHIM_SOURCE = Path(__file__).with_name("bmlib_alloc_shim.c")
+REPO = Path(__file__).resolve().parents[1]
+ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "int32": 4}
+
+
+def build_shim(out_dir: Path) -> Path:
+    """The allocation counter compiled into ``out_dir`` (a C compiler is needed for sail's build anyway)."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise RuntimeError("no C compiler (cc or gcc) to build the allocation counter")
+    shim = out_dir / "bmlib_alloc_shim.so"
+    subprocess.run([compiler, "-shared", "-fPIC", "-O2", "-o", str(shim), str(SHIM_SOURCE), "-ldl", "-lpthread"], check=True)
+    return shim
+
+
+class BmodelMemory:
+    """What ``model_tool`` reports for a bmodel: weights, instructions, each net's scratch and IO bytes."""
+
+    def __init__(self, bmodel: Path, scratch: Path) -> None:
+        from opt_tpu_tui import toolchain
+
+        tool = toolchain.root()
+        env = toolchain.environment(tool, scratch)
+
+        def run(flag: str) -> str:
+            command = [str(tool / "bin" / "model_tool"), flag, str(bmodel)]
+            return subprocess.run(command, env=env, check=True, capture_output=True, text=True).stdout
+
+        info = run("--info")
+        sizes = re.search(r"device mem size: (\d+) \(weight: (\d+), instruct: (\d+), runtime: (\d+)\)", info)
+        if sizes is None:
+            raise ValueError(f"model_tool --info printed no device memory line:\n{info}")
+        self.total, self.weights, self.instructions, self.largest_scratch = map(int, sizes.groups())
+        # each net's activation scratch (its stage's ctx_size), in net order
+        self.scratch = [int(n) for n in re.findall(r"^\s*ctx_size: (\d+),?$", run("--print"), re.MULTILINE)]
+        self.io_bytes = 0  # the inputs and outputs of every net, as a per-graph allocation would hold them
+        for dims, dtype in re.findall(r"^(?:input|output): [^,]+, \[([\d, ]+)\], (\w+),", info, re.MULTILINE):
+            count = 1
+            for d in dims.split(","):
+                count *= int(d)
+            self.io_bytes += count * ITEMSIZE[dtype]
+
+    @property
+    def every_net_scratch(self) -> int:
+        """Weights, instructions and each net's own scratch: what bmrt allocates without BM_RUNTIME_SHARE_MEM."""
+        return self.weights + self.instructions + sum(self.scratch)
+
+
+def measure(model_dir: Path, shim: Path, sail_folder: Path) -> dict[str, int]:
+    """Run this module as the child, with the counter preloaded and the built sail importable; its figures."""
+    env = dict(os.environ)
+    env["LD_PRELOAD"] = str(shim)
+    env["PYTHONPATH"] = os.pathsep.join([str(sail_folder), str(REPO), env.get("PYTHONPATH", "")])
+    done = subprocess.run(
+        [sys.executable, __file__, str(model_dir)], env=env, capture_output=True, text=True, timeout=1200
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"the measuring child failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
+class _Counter:
+    """The preloaded shim's counters (the same library object LD_PRELOAD loaded)."""
+
+    def __init__(self, shim: str) -> None:
+        lib = ctypes.CDLL(shim)
+        for name in ("shim_live_bytes", "shim_peak_bytes", "shim_live_blocks"):
+            getattr(lib, name).restype = ctypes.c_ulonglong
+        lib.shim_open_handles.restype = ctypes.c_long
+        self.lib = lib
+
+    def live(self) -> int:
+        return self.lib.shim_live_bytes()
+
+    def handles(self) -> int:
+        return self.lib.shim_open_handles()
+
+    def peak_since_reset(self) -> int:
+        return self.lib.shim_peak_bytes()
+
+
+def _child(model_dir: Path) -> dict[str, int]:
+    from opt_tpu_tui.backends import open_backend
+
+    import sophon.sail as sail
+
+    counter = _Counter(os.environ["LD_PRELOAD"])
+    bmodel = str(model_dir / "model.bmodel")
+    figures: dict[str, int] = {"start": counter.live()}
+
+    backend = open_backend(model_dir, "sail")
+    figures["backend_open"], figures["handles_open"] = counter.live(), counter.handles()
+    counter.lib.shim_reset_peak()
+    backend.prefill([2, 40, 41, 42])
+    for token in (43, 44):
+        backend.decode(token)
+    figures["peak_while_running"] = counter.peak_since_reset()
+    backend.close()  # the backend object stays referenced: only close() may free the device
+    figures["backend_closed"], figures["handles_closed"] = counter.live(), counter.handles()
+
+    engine = sail.Engine(0)
+    assert engine.load(bmodel)
+    figures["engine_load"] = counter.live()
+    del engine
+    engine = sail.Engine(bmodel, 0, sail.IOMode.DEVIO)
+    figures["engine_devio"] = counter.live()
+    del engine
+    figures["end"] = counter.live()
+    del backend
+    return figures
+
+
+if __name__ == "__main__":
+    print(json.dumps(_child(Path(sys.argv[1]))), flush=True)
