@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from textual.binding import Binding
 from textual.widget import Widget
-from textual.widgets import Markdown
+from textual.widgets import Input, Markdown
 from tiny import train_tokenizer
 from tui_support import REPLY, finish, make_app, ready, script_ids, send, shown, wait_until
 
@@ -152,19 +152,47 @@ async def test_settings_change_applies_from_the_next_reply(tokenizer: Tokenizer)
         assert tokenizer.encode(" " + app.screen.conversation.turns[-1].assistant, add_bos=False) == script_ids(tokenizer)[:3]
 
 
-async def test_stepper_steps_and_clamps(tokenizer: Tokenizer) -> None:
+async def test_stepping_changes_the_field_and_only_enter_applies_once(tokenizer: Tokenizer) -> None:
     app, _ = make_app(tokenizer, settings=GREEDY)
     async with app.run_test(size=(120, 40)) as pilot:
         await ready(pilot)
         await pilot.press("f2")
-        app.screen.query_one("#field-top_k").focus()
+        field = app.screen.query_one("#field-top_k", Input)
+        field.focus()
         await pilot.press("up", "up")
         await pilot.pause()
-        assert app.settings.sampling.top_k == 60
-        app.screen.query_one("#field-temperature").focus()
-        await pilot.press("down")  # 0.0 is the lowest temperature: stays there
+        assert field.value == "60" and app.settings.sampling.top_k == 50  # stepped, not applied
+        assert "not applied" in shown(app.screen.query_one("#settings-hint"))
+        assert not app._notifications
+        await pilot.press("enter")
         await pilot.pause()
-        assert app.settings.sampling.temperature == 0.0
+        assert app.settings.sampling.top_k == 60 and load_settings()[0].sampling.top_k == 60
+        assert [n.message for n in app._notifications] == ["Settings saved: they apply from the next reply"]
+
+
+@pytest.mark.parametrize(
+    "field, typed, key, reason",
+    [
+        ("temperature", "5.5", "up", "between 0.00 and 5.00"),  # typed out of range: not clamped to 5.00
+        ("temperature", "0", "down", "at its lowest"),
+        ("top_p", "abc", "up", "must be a number"),
+    ],
+)
+async def test_stepping_from_a_value_it_cannot_step_is_refused_with_the_reason(
+    tokenizer: Tokenizer, field: str, typed: str, key: str, reason: str
+) -> None:
+    app, _ = make_app(tokenizer, settings=GREEDY)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(pilot)
+        await pilot.press("f2")
+        box = app.screen.query_one(f"#field-{field}", Input)
+        box.focus()
+        await pilot.press("ctrl+u", *typed, key)
+        await pilot.pause()
+        assert box.value == typed  # left as typed
+        error = app.screen.query_one("#settings-error")
+        assert error.display and reason in str(error.render())
+        assert app.settings.sampling == GREEDY.sampling
 
 
 @pytest.mark.parametrize("field, value", [("temperature", "9"), ("top_p", "abc"), ("max_new_tokens", "0")])

@@ -1,9 +1,11 @@
 """The settings pane: one stepper per sampling value, the preamble, and a theme hint.
 
-Up/Down in a number field steps it by ``sampling.LIMITS``' step (clamped to the
-range); Enter in a field or ctrl+s applies the whole form. The form is validated with
-``SamplingSettings.validate``: an out-of-range or unparsable value is refused with a
-message and nothing is applied. Applied values take effect from the next reply.
+Up/Down in a number field steps it by ``sampling.LIMITS``' step, up to the range's
+ends, and only changes the field: Enter in a field or ctrl+s applies the whole form,
+once (stepping ten times is not ten saves and ten notifications). A value the user
+typed is never changed behind their back: stepping from an unparsable or out-of-range
+value is refused with the reason, as applying it is (``SamplingSettings.validate``).
+Applied values take effect from the next reply.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ FIELDS: dict[str, str] = {  # field -> label
     "seed": "Seed",
 }
 INTEGRAL = ("max_new_tokens", "top_k", "seed")
+HINT = "↑/↓ step · enter or ctrl+s apply · from the next reply"
+PENDING = "changed, not applied yet: enter or ctrl+s applies"
 
 
 def format_value(name: str, value: float | int | None) -> str:
@@ -54,9 +58,21 @@ def parse_value(name: str, text: str) -> float | int | None:
 
 
 def step_value(name: str, value: float | int | None, direction: int) -> float | int:
+    """``value`` one step up (direction 1) or down (-1), stopping at the range's ends.
+
+    None (an empty seed: random) steps to the lowest value. UserError when ``value`` is
+    outside the range, or already at the end it would step past.
+    """
     low, high, step = LIMITS[name]
-    current = low if value is None else value
-    stepped = min(high, max(low, current + direction * step))
+    if value is None:
+        return int(low) if name in INTEGRAL else low
+    label = FIELDS[name].lower()
+    if not low <= value <= high:
+        raise UserError(f"{label} must be between {format_value(name, low)} and {format_value(name, high)}")
+    end = high if direction > 0 else low
+    if value == end:
+        raise UserError(f"{label} is at its {'highest' if direction > 0 else 'lowest'}, {format_value(name, end)}")
+    stepped = min(high, max(low, value + direction * step))
     return int(stepped) if name in INTEGRAL else round(stepped, 6)
 
 
@@ -67,6 +83,7 @@ class StepperInput(OrderedKeys, Input):
         Binding("up", "step(1)", "Step", key_display="↑↓", id="settings.step_up",  # one footer entry for both
                 tooltip="(settings pane) step a number up or down"),
         Binding("down", "step(-1)", "Step −", id="settings.step_down", show=False),
+        Binding("ctrl+u", "clear", "Clear", id="settings.clear", show=False, tooltip="(settings pane) clear the field"),
     ]
 
     def __init__(self, field_name: str, **kwargs: object) -> None:
@@ -77,11 +94,15 @@ class StepperInput(OrderedKeys, Input):
 
     def action_step(self, direction: int) -> None:
         try:
-            value = parse_value(self.field_name, self.value)
-        except UserError:
-            value = None
-        self.value = format_value(self.field_name, step_value(self.field_name, value, direction))
-        self.post_message(SettingsForm.ApplyRequested())
+            value = step_value(self.field_name, parse_value(self.field_name, self.value), direction)
+        except UserError as refusal:
+            self.post_message(SettingsForm.Changed(f"Not stepped: {refusal}"))
+            return
+        self.value = format_value(self.field_name, value)
+        self.post_message(SettingsForm.Changed(None))
+
+    def action_clear(self) -> None:
+        self.value = ""
 
 
 class PreambleInput(OrderedKeys, TextArea):
@@ -96,8 +117,11 @@ class SettingsForm(VerticalScroll):
     BINDINGS = [Binding("ctrl+s", "apply", "Apply", id="settings.apply",
                         tooltip="(settings pane) apply the form, as enter in a field does; from the next reply")]
 
-    class ApplyRequested(Message):
-        """A stepper moved: apply the form."""
+    @dataclass
+    class Changed(Message):
+        """A stepper moved (``refusal`` None) or refused to, saying why."""
+
+        refusal: str | None
 
     @dataclass
     class Applied(Message):
@@ -112,7 +136,7 @@ class SettingsForm(VerticalScroll):
         yield Label("Preamble", classes="field-label")
         yield PreambleInput()
         yield Static("", id="settings-error", markup=False)
-        yield Static("↑/↓ step · enter or ctrl+s apply · from the next reply", id="settings-hint", markup=False)
+        yield Static(HINT, id="settings-hint", markup=False)
 
     def load(self, sampling: SamplingSettings, preamble: str) -> None:
         """Show the settings now in effect (and clear any error)."""
@@ -120,6 +144,7 @@ class SettingsForm(VerticalScroll):
             self.query_one(f"#field-{name}", Input).value = format_value(name, getattr(sampling, name))
         self.query_one("#field-preamble", TextArea).text = preamble
         self.show_error(None)
+        self.query_one("#settings-hint", Static).update(HINT)
 
     def read(self) -> tuple[SamplingSettings, str]:
         """The values in the form, validated; raise UserError naming the first bad one."""
@@ -140,12 +165,15 @@ class SettingsForm(VerticalScroll):
             self.app.notify(f"Setting refused: {refusal}", severity="error")
             return
         self.show_error(None)
+        self.query_one("#settings-hint", Static).update(HINT)
         self.post_message(self.Applied(sampling, preamble))
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
         self.action_apply()
 
-    def on_settings_form_apply_requested(self, event: ApplyRequested) -> None:
+    def on_settings_form_changed(self, event: Changed) -> None:
         event.stop()
-        self.action_apply()
+        self.show_error(event.refusal)
+        if event.refusal is None:
+            self.query_one("#settings-hint", Static).update(PENDING)
