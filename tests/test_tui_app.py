@@ -235,16 +235,25 @@ async def test_history_survives_an_app_restart(tokenizer: Tokenizer) -> None:
         assert app.store.list_conversations()[0].turns == 2
 
 
-async def test_conversation_list_deletes(tokenizer: Tokenizer) -> None:
+async def test_conversation_list_deletes_after_asking(tokenizer: Tokenizer) -> None:
     app, _ = make_app(tokenizer, settings=GREEDY)
     async with app.run_test(size=(100, 30)) as pilot:
         await ready(pilot)
+        await send(pilot, "kept")
+        await pilot.press("ctrl+n")
         await send(pilot, "to be deleted")
         await pilot.press("ctrl+o")
         await pilot.pause()
+        await pilot.press("d", "down")  # asked, then moved away: nothing deleted
+        await pilot.pause()
+        assert len(app.store.list_conversations()) == 2
+        await pilot.press("up", "d")
+        await pilot.pause()
+        assert "Delete “to be deleted”?" in str(app.screen.query_one("#conversations-title").render())
+        assert len(app.store.list_conversations()) == 2
         await pilot.press("d")
         await pilot.pause()
-        assert app.store.list_conversations() == []
+        assert [c.title for c in app.store.list_conversations()] == ["kept"]
         await pilot.press("escape")
         await pilot.pause()
         assert not app.screen.query(UserMessage)  # the open conversation was the deleted one

@@ -24,6 +24,9 @@ def describe(summary: ConversationSummary) -> Text:
     return Text(f"{summary.id:>4}  {when}  {terminal_safe(summary.title)}  ({turns})", no_wrap=True, overflow="ellipsis")
 
 
+TITLE = "Conversations · enter opens · d deletes (asks first) · escape closes"
+
+
 class ConversationsScreen(ModalScreen[int | None]):
     """Dismisses with the id of the conversation to open, or None."""
 
@@ -38,10 +41,11 @@ class ConversationsScreen(ModalScreen[int | None]):
         super().__init__()
         self.conversations = conversations
         self._delete = delete  # callable(id) -> None, supplied by the main screen
+        self._confirming: int | None = None  # the id a first d asked about: a second d deletes it
 
     def compose(self) -> ComposeResult:
         with Vertical(id="conversations-body"):
-            yield Label("Conversations · enter opens · d deletes · escape closes", id="conversations-title")
+            yield Label(TITLE, id="conversations-title", markup=False)
             yield OptionList(*self._options(), id="conversations-list")
 
     def _options(self) -> list[Option]:
@@ -53,7 +57,17 @@ class ConversationsScreen(ModalScreen[int | None]):
         if event.option.id and event.option.id != "none":
             self.dismiss(int(event.option.id))
 
+    def on_option_list_option_highlighted(self) -> None:
+        """Moving to another conversation keeps the one a first d asked about."""
+        self._ask(None)
+
+    def _ask(self, conversation: ConversationSummary | None) -> None:
+        self._confirming = conversation.id if conversation else None
+        question = f"Delete “{terminal_safe(conversation.title)}”? d again deletes it, ↑/↓ keeps it" if conversation else TITLE
+        self.query_one("#conversations-title", Label).update(question)
+
     def action_delete(self) -> None:
+        """A first d asks; a second d on the same conversation deletes it."""
         options = self.query_one(OptionList)
         index = options.highlighted
         if index is None or not self.conversations:
@@ -61,6 +75,10 @@ class ConversationsScreen(ModalScreen[int | None]):
         option = options.get_option_at_index(index)
         if option.id is None or option.id == "none":
             return
+        if self._confirming != int(option.id):
+            self._ask(next(c for c in self.conversations if c.id == int(option.id)))
+            return
+        self._ask(None)
         self._delete(int(option.id))  # type: ignore[operator]
         self.conversations = [c for c in self.conversations if c.id != int(option.id)]
         options.clear_options()

@@ -77,7 +77,7 @@ class MainScreen(Screen[None]):
         Binding("ctrl+r", "regenerate", "Regen", id="chat.regenerate", tooltip="regenerate the last reply"),
         Binding("ctrl+n", "new_conversation", "New", id="chat.new", tooltip="new conversation"),
         Binding("ctrl+o", "conversations", "Chats", id="chat.conversations",
-                tooltip="conversation list: enter opens, d deletes"),
+                tooltip="conversation list: enter opens, d deletes (a second d confirms)"),
         Binding("f2", "pane('settings')", "Settings", id="pane.settings",
                 tooltip="settings pane (↑/↓ step a number, enter or ctrl+s applies)"),
         Binding("f3", "pane('stats')", "Stats", id="pane.stats", tooltip="device-stats pane"),
