@@ -132,10 +132,14 @@ def sampling_settings(args: argparse.Namespace, base: SamplingSettings) -> Sampl
     return SamplingSettings(**{**base.to_dict(), **given}).validate()
 
 
+STOP_WORDS = {"cancelled": "stopped"}  # GenerationStats.stop_reason -> what the stats line says
+
+
 def format_stats(stats: GenerationStats) -> str:
+    stop = STOP_WORDS.get(stats.stop_reason or "", stats.stop_reason)
     return (
         f"[{stats.prompt_tokens} prompt tokens ({stats.cached_tokens} cached) in {stats.prefill_seconds:.2f} s, "
-        f"{stats.new_tokens} new at {stats.tokens_per_second:.1f} tok/s, stop: {stats.stop_reason}]"
+        f"{stats.new_tokens} new at {stats.tokens_per_second:.1f} tok/s, stop: {stop}]"
     )
 
 

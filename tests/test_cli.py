@@ -64,6 +64,14 @@ def test_line_chat_answers_each_line(capsys, monkeypatch, tiny_model: Path) -> N
     assert out.count("bot> ") == 3 and "(new conversation)" in out
 
 
+def test_a_reply_stopped_by_the_user_reads_stopped_in_the_stats_line() -> None:
+    from opt_tpu_tui.cli import format_stats
+    from opt_tpu_tui.generation import GenerationStats
+
+    assert format_stats(GenerationStats(stop_reason="cancelled")).endswith("stop: stopped]")
+    assert format_stats(GenerationStats(stop_reason="eos")).endswith("stop: eos]")
+
+
 def test_help_from_the_console_script() -> None:
     script = Path(sys.executable).parent / "opt-tpu-tui"  # installed beside this python, on PATH or not (.venv/bin)
     result = subprocess.run([str(script), "-h"], capture_output=True, text=True, check=True)
