@@ -18,7 +18,7 @@ from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.generation import Generation, GenerationStats
 from opt_tpu_tui.native_output import native_stdout_to, park_native_stdout
 from opt_tpu_tui.safe_text import terminal_safe
-from opt_tpu_tui.sampling import SamplingSettings
+from opt_tpu_tui.sampling import LIMITS, SamplingSettings, number
 from opt_tpu_tui.tokenizer import Tokenizer
 
 DEMO_PROMPT = "What is Python, and why do people like it?"
@@ -32,7 +32,9 @@ SAMPLING_FLAGS = {  # flag -> (SamplingSettings field, type, metavar, help)
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(saved: SamplingSettings | None = None) -> argparse.ArgumentParser:
+    """The parser; the sampling flags' help shows ``saved`` (the settings file's values) as defaults, with ranges."""
+    saved = SamplingSettings() if saved is None else saved
     parser = argparse.ArgumentParser(
         prog="opt-tpu-tui",
         description="Chat with Meta's OPT models on a Sophgo BM1684X TPU or the CPU.",
@@ -56,11 +58,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--raw", action="store_true", help="with -p: continue TEXT as plain text, not as a chat")
     parser.add_argument("--preamble", metavar="TEXT", help="text that opens the chat transcript (default: the saved one)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no statistics on stderr")
-    sampling = parser.add_argument_group("sampling")
+    sampling = parser.add_argument_group(
+        "sampling", f"Defaults are the saved settings ({paths.settings_file()}), which the UI's settings pane changes."
+    )
     for flag, (field, kind, metavar, help_text) in SAMPLING_FLAGS.items():
-        sampling.add_argument(flag, dest=field, type=kind, metavar=metavar, help=help_text)
+        help_text = f"{help_text}; default {saved_value(saved, field)}, range {flag_range(field)}"
+        sampling.add_argument(flag, dest=field, type=kind, metavar=metavar, help=help_text.replace("%", "%%"))
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
+
+
+def saved_value(saved: SamplingSettings, field: str) -> str:
+    value = getattr(saved, field)
+    return "a fresh draw each reply" if value is None else number(value)
+
+
+def flag_range(field: str) -> str:
+    low, high, _ = LIMITS[field]
+    return f"{number(low)} to {number(high)}"
 
 
 def build_convert_parser() -> argparse.ArgumentParser:
@@ -274,6 +289,18 @@ def run_chat(args: argparse.Namespace, backend: Backend, tokenizer: Tokenizer, s
             print_stats(reply.stats)
 
 
+def settings_for_parser() -> tuple[Settings, str | None, UserError | None]:
+    """The saved settings (whose sampling values ``-h`` shows), a warning, and an error that keeps them unread.
+
+    An unreadable settings file must not stop ``-h``: the error is raised after parsing.
+    """
+    try:
+        saved, warning = load_settings()
+    except UserError as error:
+        return Settings(), None, error
+    return saved, warning, None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -281,10 +308,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_convert(argv[1:])
         if argv[:1] == ["fetch-simulator"]:
             return run_fetch_simulator(argv[1:])
-        args = build_parser().parse_args(argv)
+        saved, warning, unreadable = settings_for_parser()
+        try:
+            args = build_parser(saved.sampling).parse_args(argv)
+        except SystemExit:  # -h, --version, a usage error: the settings' problem is said all the same
+            if warning or unreadable:
+                print(f"opt-tpu-tui: warning: {warning or unreadable}", file=sys.stderr)
+            raise
+        if unreadable is not None:
+            raise unreadable
         if args.raw and args.prompt is None:
             raise UserError("--raw goes with -p/--prompt")
-        saved, warning = load_settings()
         model_dir, backend_kind, demo = resolve_model(args, saved)
         if args.prompt is None and not args.chat:
             from opt_tpu_tui.tui import run as run_tui

@@ -223,6 +223,33 @@ def test_empty_prompt(capsys, tiny_model: Path) -> None:
     assert_one_line_error(code, err, "the prompt is empty")
 
 
+def test_help_shows_each_sampling_default_from_the_saved_settings_and_its_range(capsys) -> None:
+    from opt_tpu_tui.config import Settings, save_settings
+    from opt_tpu_tui.sampling import SamplingSettings
+
+    save_settings(Settings(sampling=SamplingSettings(max_new_tokens=77, temperature=0.25, seed=7)))
+    with pytest.raises(SystemExit) as exit:
+        main(["-h"])
+    assert exit.value.code == 0
+    help_text = " ".join(capsys.readouterr().out.split())  # argparse wraps the lines
+    for expected in (
+        "--max-new-tokens N most tokens in a reply; default 77, range 1 to 4096",
+        "--temperature T 0 picks the likeliest token (greedy); default 0.25, range 0 to 5",
+        "--top-p P nucleus sampling mass; 1 turns it off; default 0.9, range 0.01 to 1",
+        "--top-k K sample among the k likeliest tokens; 0 turns it off; default 50, range 0 to 100000",
+        "--repetition-penalty R above 1 discourages repeating tokens; default 1.1, range 1 to 2",
+        "--seed S seed of the sampler, for a repeatable reply; default 7, range 0 to 4294967295",
+    ):
+        assert expected in help_text
+
+
+def test_help_without_saved_settings_shows_the_built_in_defaults(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["-h"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "default 128, range 1 to 4096" in help_text and "default a fresh draw each reply" in help_text
+
+
 def test_prompt_longer_than_the_context(capsys, tiny_model: Path) -> None:
     code, _, err = run_cli(capsys, "--model", str(tiny_model), "--context", "32", "-p", "word " * 100)
     assert_one_line_error(code, err, "but the context holds 32")
