@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
@@ -213,9 +214,22 @@ def valid_text(text: str, source: str) -> str:
     return text
 
 
+def looks_like_hub_id(model: Path) -> bool:
+    """Whether ``model`` is nothing here but reads as a Hugging Face model id, ``owner/name`` (facebook/opt-125m)."""
+    if model.exists() or model.is_symlink():
+        return False
+    return re.fullmatch(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", str(model)) is not None
+
+
 def resolve_model(args: argparse.Namespace, settings: Settings) -> tuple[Path, str, bool]:
     """The model directory, backend and whether it is the demo: --model, else the last model used, else the demo."""
     if args.model is not None:
+        if looks_like_hub_id(args.model):
+            raise UserError(
+                f"{args.model}: no such model directory; as a Hugging Face model id it has to be downloaded into a "
+                f"folder first (opt-tpu-tui downloads nothing), e.g. `huggingface-cli download {args.model} "
+                f"--local-dir {args.model.name}`, then --model {args.model.name}"
+            )
         check_model_dir(args.model)
         return args.model, args.backend, is_demo_model(args.model)
     if settings.last_model:
@@ -226,14 +240,25 @@ def resolve_model(args: argparse.Namespace, settings: Settings) -> tuple[Path, s
     return DEMO_MODEL_DIR, args.backend, True
 
 
-def run_prompt(args: argparse.Namespace, backend: Backend, tokenizer: Tokenizer, settings: SamplingSettings) -> int:
-    if args.prompt == "-":
+def read_prompt(prompt: str) -> str:
+    """The text of ``-p``: ``prompt``, or stdin for ``-`` (saying so on a terminal), refused when empty.
+
+    Called before the model loads, so that a mistake costs no loading time.
+    """
+    if prompt == "-":
+        if sys.stdin.isatty():
+            print("opt-tpu-tui: reading the prompt from stdin until ctrl+d", file=sys.stderr)
         tolerate_bad_bytes(sys.stdin)
         text = valid_text(sys.stdin.read(), "stdin")
     else:
-        text = valid_text(args.prompt, "the prompt")
+        text = valid_text(prompt, "the prompt")
     if not text.strip():
         raise UserError("the prompt is empty")
+    return text
+
+
+def run_prompt(args: argparse.Namespace, backend: Backend, tokenizer: Tokenizer, settings: SamplingSettings) -> int:
+    text = args.prompt
     if args.raw:
         reply: Generation | Reply = Generation(backend, tokenizer, tokenizer.encode(text), settings)
     else:
@@ -320,6 +345,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.raw and args.prompt is None:
             raise UserError("--raw goes with -p/--prompt")
         model_dir, backend_kind, demo = resolve_model(args, saved)
+        if args.prompt is not None:
+            args.prompt = read_prompt(args.prompt)
         if args.prompt is None and not args.chat:
             from opt_tpu_tui.tui import run as run_tui
 

@@ -218,9 +218,27 @@ def test_missing_vocab(capsys, model_copy: Path) -> None:
     assert_one_line_error(code, err, "merges.txt: not found")
 
 
-def test_empty_prompt(capsys, tiny_model: Path) -> None:
-    code, _, err = run_cli(capsys, "--model", str(tiny_model), "-p", "   ")
+@pytest.mark.parametrize("prompt, stdin", [("", ""), ("   ", ""), ("-", " \n")])
+def test_an_empty_prompt_is_refused_before_the_model_loads(capsys, monkeypatch, tmp_path: Path, prompt, stdin) -> None:  # noqa: ANN001
+    (tmp_path / "not-a-model").mkdir()  # loading it would fail: config.json is missing
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    code, _, err = run_cli(capsys, "--model", str(tmp_path / "not-a-model"), "-p", prompt)
     assert_one_line_error(code, err, "the prompt is empty")
+
+
+def test_a_hub_id_as_the_model_says_how_to_download_it(capsys, monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(capsys, "--model", "facebook/opt-125m", "-p", "Hi")
+    assert_one_line_error(
+        code, err, "facebook/opt-125m: no such model directory",
+        "`huggingface-cli download facebook/opt-125m --local-dir opt-125m`, then --model opt-125m",
+    )  # fmt: skip
+    assert list(tmp_path.iterdir()) == []  # nothing was downloaded
+    code, _, err = run_cli(capsys, "--model", "models/opt-125m", "-p", "Hi")  # a missing folder reads the same
+    assert_one_line_error(code, err, "models/opt-125m: no such model directory")
+    code, _, err = run_cli(capsys, "--model", "opt-125m", "-p", "Hi")
+    assert_one_line_error(code, err, "opt-125m: no such model directory")  # no owner/: not an id
+    assert "huggingface-cli" not in err
 
 
 def test_help_shows_each_sampling_default_from_the_saved_settings_and_its_range(capsys) -> None:
