@@ -274,46 +274,6 @@ def run_prompt(args: argparse.Namespace, backend: Backend, tokenizer: Tokenizer,
     return 130 if stats.stop_reason == "cancelled" else 0
 
 
-def run_chat(args: argparse.Namespace, backend: Backend, tokenizer: Tokenizer, settings: SamplingSettings) -> int:
-    session = ChatSession(backend, tokenizer, args.preamble)
-    tolerate_bad_bytes(sys.stdin)
-    print(
-        f"Chatting with {backend.model_name} on {backend.name} ({backend.context_length}-token context). "
-        "Commands: /new, /regen, /quit. Ctrl-C stops a reply, Ctrl-D quits."
-    )
-    while True:
-        try:
-            line = input("you> ")
-        except (EOFError, KeyboardInterrupt):
-            print()
-            return 0
-        command = line.strip()
-        if not command:
-            continue
-        if command == "/quit":
-            return 0
-        if command == "/new":
-            session.turns.clear()
-            print("(new conversation)")
-            continue
-        try:
-            line = valid_text(line, "that line")
-            reply = session.regenerate(settings) if command == "/regen" else session.send(line, settings)
-        except UserError as error:
-            print(f"error: {error}", file=sys.stderr)
-            continue
-        write_out("bot> ")
-        try:
-            with native_stdout_to(paths.native_output_log(), append=True):  # not around input(): line editing
-                stream_out(reply)
-        except KeyboardInterrupt:
-            reply.turn.stopped = True
-            write_out(" [stopped]")
-        write_out("\n")
-        if not args.quiet:
-            print_stats(reply.stats)
-
-
 def settings_for_parser() -> tuple[Settings, str | None, UserError | None]:
     """The saved settings (whose sampling values ``-h`` shows), a warning, and an error that keeps them unread.
 
@@ -366,6 +326,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.prompt is not None:
                 with native_stdout_to(paths.native_output_log(), append=True):
                     return run_prompt(args, backend, tokenizer, settings)
+            from opt_tpu_tui.line_chat import run_chat
+
             return run_chat(args, backend, tokenizer, settings)
         finally:
             backend.close()
