@@ -216,24 +216,25 @@ def run_chat(args: argparse.Namespace, backend: Backend, tokenizer: Tokenizer, s
         if not message.strip():
             continue
         cancel = threading.Event()
-        try:
-            if command == "/regen":
-                reply = session.regenerate(settings, cancel)
-            else:
-                reply = session.send(valid_text(to_model(message), "that line"), settings, cancel)
-        except UserError as error:
-            print(f"error: {error}", file=sys.stderr)
-            continue
-        stream_reply(reply, cancel)
+        with ctrl_c_stops(cancel):  # from before the reply starts, so that no ctrl+c falls between two handlers
+            try:
+                if command == "/regen":
+                    reply = session.regenerate(settings, cancel)
+                else:
+                    reply = session.send(valid_text(to_model(message), "that line"), settings, cancel)
+            except UserError as error:
+                print(f"error: {error}", file=sys.stderr)
+                continue
+            stream_reply(reply)
         if not args.quiet:
             print_stats(reply.stats)
 
 
-def stream_reply(reply: Reply, cancel: threading.Event) -> None:
-    """Print ``reply`` as it streams after ``bot>``; ctrl+c stops it, marked ``[stopped]``."""
-    write_out("bot> ")
+def stream_reply(reply: Reply) -> None:
+    """Print ``reply`` as it streams after ``bot>``; when ctrl+c stopped it, mark it ``[stopped]``."""
     try:
-        with ctrl_c_stops(cancel), native_stdout_to(paths.native_output_log(), append=True):
+        write_out("bot> ")
+        with native_stdout_to(paths.native_output_log(), append=True):
             stream_out(reply)  # native output is parked only here, not around input(): line editing
     except KeyboardInterrupt:  # a second ctrl+c, inside a step
         reply.stats.stop_reason = "cancelled"

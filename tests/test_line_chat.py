@@ -71,6 +71,21 @@ class PtyChild:
         before, self.seen = self.output[self.seen : start], start + len(wanted)
         return before.decode(errors="replace")
 
+    def wait_until_reading(self) -> None:
+        """Wait until the child is blocked reading the terminal, so that a ctrl+c sent now is seen at once.
+
+        CPython's readline looks at signals only when its select() is interrupted: a
+        ctrl+c in the instant between drawing the prompt and calling select() waits for
+        the next key. No person hits that instant; a test sending ctrl+c the moment the
+        prompt shows can. (Linux's /proc tells where the child sleeps; elsewhere, no wait.)
+        """
+        wchan = Path(f"/proc/{self.pid}/wchan")
+        deadline = time.monotonic() + TIMEOUT
+        while wchan.exists() and not any(word in wchan.read_text() for word in ("select", "poll")):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the child never waited for input; it printed:\n{self.output.decode()}")
+            self.read(0.01)
+
     def running(self) -> bool:
         pid, status = os.waitpid(self.pid, os.WNOHANG)
         if pid:
@@ -167,17 +182,22 @@ def test_help_lists_the_commands_and_an_unknown_one_is_refused(app, tmp_path: Pa
 def test_ctrl_c_at_the_prompt_asks_and_a_second_in_a_row_leaves(app, tmp_path: Path) -> None:
     chat = app("-c", "-q", *FAST)
     chat.expect("you> ")
-    chat.send(b"half a line" + CTRL_C)
+    chat.send(b"half a line")
+    chat.expect("half a line")
+    chat.wait_until_reading()
+    chat.send(CTRL_C)
     chat.expect("ctrl+c again leaves")
     chat.expect("you> ")
     assert chat.running()
     chat.send(b"Hi\r")  # a message in between: the next ctrl+c asks again
     chat.expect("bot> ")
     chat.expect("you> ")
+    chat.wait_until_reading()
     chat.send(CTRL_C)
     chat.expect("ctrl+c again leaves")
     chat.expect("you> ")
     assert chat.running()
+    chat.wait_until_reading()
     chat.send(CTRL_C)
     assert chat.exit_code() == 0
     assert sent(tmp_path) == ["Hi"]  # the line ctrl+c dropped was never sent
