@@ -305,8 +305,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.raw and args.prompt is None:
             raise UserError("--raw goes with -p/--prompt")
         model_dir, backend_kind, demo = resolve_model(args, saved)
-        if args.prompt is not None:
-            args.prompt = read_prompt(args.prompt)
         if args.prompt is None and not args.chat:
             from opt_tpu_tui.tui import run as run_tui
 
@@ -315,6 +313,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"opt-tpu-tui: warning: {warning}", file=sys.stderr)
         settings = sampling_settings(args, saved.sampling)
         args.preamble = saved.preamble if args.preamble is None else args.preamble
+        if args.prompt is not None:  # after every check of the flags, before the model loads
+            args.prompt = read_prompt(args.prompt)
         if demo and not args.quiet:
             print(DEMO_NOTICE, file=sys.stderr)
         with native_stdout_to(paths.native_output_log()):  # what the TPU runtime prints, out of the replies

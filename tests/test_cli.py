@@ -226,6 +226,17 @@ def test_an_empty_prompt_is_refused_before_the_model_loads(capsys, monkeypatch, 
     assert_one_line_error(code, err, "the prompt is empty")
 
 
+def test_a_bad_flag_is_refused_before_stdin_is_read(capsys, monkeypatch, tmp_path: Path) -> None:
+    class Unread(io.StringIO):
+        def read(self, *args: object) -> str:
+            raise AssertionError("stdin was read")
+
+    (tmp_path / "not-a-model").mkdir()
+    monkeypatch.setattr(sys, "stdin", Unread())
+    code, _, err = run_cli(capsys, "--model", str(tmp_path / "not-a-model"), "-p", "-", "--top-p", "5")
+    assert_one_line_error(code, err, "top_p must be between 0.01 and 1, got 5")
+
+
 def test_a_hub_id_as_the_model_says_how_to_download_it(capsys, monkeypatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
     code, _, err = run_cli(capsys, "--model", "facebook/opt-125m", "-p", "Hi")
