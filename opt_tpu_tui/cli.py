@@ -227,8 +227,8 @@ def resolve_model(args: argparse.Namespace, settings: Settings) -> tuple[Path, s
         if looks_like_hub_id(args.model):
             raise UserError(
                 f"{args.model}: no such model directory; as a Hugging Face model id it has to be downloaded into a "
-                f"folder first (opt-tpu-tui downloads nothing), e.g. `huggingface-cli download {args.model} "
-                f"--local-dir {args.model.name}`, then --model {args.model.name}"
+                f"folder first (opt-tpu-tui downloads nothing), e.g. `hf download {args.model} --local-dir "
+                f"{args.model.name}` (huggingface-cli in older huggingface_hub), then --model {args.model.name}"
             )
         check_model_dir(args.model)
         return args.model, args.backend, is_demo_model(args.model)

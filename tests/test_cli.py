@@ -242,14 +242,14 @@ def test_a_hub_id_as_the_model_says_how_to_download_it(capsys, monkeypatch, tmp_
     code, _, err = run_cli(capsys, "--model", "facebook/opt-125m", "-p", "Hi")
     assert_one_line_error(
         code, err, "facebook/opt-125m: no such model directory",
-        "`huggingface-cli download facebook/opt-125m --local-dir opt-125m`, then --model opt-125m",
+        "`hf download facebook/opt-125m --local-dir opt-125m`", "then --model opt-125m",
     )  # fmt: skip
     assert list(tmp_path.iterdir()) == []  # nothing was downloaded
     code, _, err = run_cli(capsys, "--model", "models/opt-125m", "-p", "Hi")  # a missing folder reads the same
     assert_one_line_error(code, err, "models/opt-125m: no such model directory")
     code, _, err = run_cli(capsys, "--model", "opt-125m", "-p", "Hi")
     assert_one_line_error(code, err, "opt-125m: no such model directory")  # no owner/: not an id
-    assert "huggingface-cli" not in err
+    assert "hf download" not in err
 
 
 def test_help_shows_each_sampling_default_from_the_saved_settings_and_its_range(capsys) -> None:
