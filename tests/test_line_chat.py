@@ -86,6 +86,17 @@ class PtyChild:
                 raise AssertionError(f"the child never waited for input; it printed:\n{self.output.decode()}")
             self.read(0.01)
 
+    def exchange(self, keys: bytes) -> str:
+        """Send ``keys`` that end a message, wait for the whole reply and the next prompt; returns the reply."""
+        self.send(keys)
+        self.expect("bot> ")
+        return self.expect("you> ")
+
+    def leave(self) -> None:
+        """ctrl+d at the prompt, and the child exits cleanly."""
+        self.send(CTRL_D)
+        assert self.exit_code() == 0
+
     def running(self) -> bool:
         pid, status = os.waitpid(self.pid, os.WNOHANG)
         if pid:
@@ -139,6 +150,20 @@ def app(tmp_path: Path):  # noqa: ANN201 - a function starting PtyChild
         child.close()
 
 
+def chat_at_prompt(app) -> PtyChild:  # noqa: ANN001 - the app fixture
+    """``-c`` on the demo model, quick greedy replies, no stats, waiting at its first prompt."""
+    chat = app("-c", "-q", *FAST)
+    chat.expect("you> ")
+    return chat
+
+
+def type_on_two_lines(chat: PtyChild, first: bytes, second: bytes) -> None:
+    """Type ``first``, continue it with a trailing backslash, end the message with ``second``."""
+    chat.send(first + b"\\\r")
+    chat.expect("...> ")
+    chat.exchange(second + b"\r")
+
+
 def sent(tmp_path: Path) -> list[str]:
     """The messages the model was sent, in order."""
     log = tmp_path / "sent.jsonl"
@@ -146,24 +171,17 @@ def sent(tmp_path: Path) -> list[str]:
 
 
 def test_up_arrow_recalls_the_previous_message(app, tmp_path: Path) -> None:
-    chat = app("-c", "-q", *FAST)
-    chat.expect("you> ")
-    chat.send(b"Hello there\r")
-    chat.expect("bot> ")
-    chat.expect("you> ")
+    chat = chat_at_prompt(app)
+    chat.exchange(b"Hello there\r")
     chat.send(UP)
     chat.expect("Hello there")  # readline shows the recalled line for editing
-    chat.send(b"\r")
-    chat.expect("bot> ")
-    chat.expect("you> ")
-    chat.send(CTRL_D)
-    assert chat.exit_code() == 0
+    chat.exchange(b"\r")
+    chat.leave()
     assert sent(tmp_path) == ["Hello there", "Hello there"]
 
 
 def test_help_lists_the_commands_and_an_unknown_one_is_refused(app, tmp_path: Path) -> None:
-    chat = app("-c", "-q", *FAST)
-    chat.expect("you> ")
+    chat = chat_at_prompt(app)
     chat.send(b"/help\r")
     listing = chat.expect("you> ")
     for command in ("/new", "/regen", "/help", "/quit", "//"):
@@ -171,17 +189,14 @@ def test_help_lists_the_commands_and_an_unknown_one_is_refused(app, tmp_path: Pa
     chat.send(b"/frobnicate now\r")
     chat.expect("unknown command /frobnicate")
     chat.expect("you> ")
-    chat.send(b"//etc/passwd is a file\r")
-    chat.expect("bot> ")
-    chat.expect("you> ")
+    chat.exchange(b"//etc/passwd is a file\r")
     chat.send(b"/quit\r")
     assert chat.exit_code() == 0
     assert sent(tmp_path) == ["/etc/passwd is a file"]
 
 
 def test_ctrl_c_at_the_prompt_asks_and_a_second_in_a_row_leaves(app, tmp_path: Path) -> None:
-    chat = app("-c", "-q", *FAST)
-    chat.expect("you> ")
+    chat = chat_at_prompt(app)
     chat.send(b"half a line")
     chat.expect("half a line")
     chat.wait_until_reading()
@@ -189,9 +204,7 @@ def test_ctrl_c_at_the_prompt_asks_and_a_second_in_a_row_leaves(app, tmp_path: P
     chat.expect("ctrl+c again leaves")
     chat.expect("you> ")
     assert chat.running()
-    chat.send(b"Hi\r")  # a message in between: the next ctrl+c asks again
-    chat.expect("bot> ")
-    chat.expect("you> ")
+    chat.exchange(b"Hi\r")  # a message in between: the next ctrl+c asks again
     chat.wait_until_reading()
     chat.send(CTRL_C)
     chat.expect("ctrl+c again leaves")
@@ -204,10 +217,8 @@ def test_ctrl_c_at_the_prompt_asks_and_a_second_in_a_row_leaves(app, tmp_path: P
 
 
 def test_ctrl_d_leaves(app) -> None:
-    chat = app("-c", "-q", *FAST)
-    chat.expect("you> ")
-    chat.send(CTRL_D)
-    assert chat.exit_code() == 0
+    chat = chat_at_prompt(app)
+    chat.leave()
 
 
 def test_ctrl_c_during_a_reply_stops_it(app, tmp_path: Path) -> None:
@@ -220,31 +231,20 @@ def test_ctrl_c_during_a_reply_stops_it(app, tmp_path: Path) -> None:
     stats = chat.expect("you> ")
     assert "stop: stopped]" in stats, stats
     assert chat.running()  # stopping a reply does not leave
-    chat.send(CTRL_D)
-    assert chat.exit_code() == 0
+    chat.leave()
 
 
 def test_a_trailing_backslash_continues_the_message(app, tmp_path: Path) -> None:
-    chat = app("-c", "-q", *FAST)
-    chat.expect("you> ")
-    chat.send(b"first line \\\r")
-    chat.expect("...> ")
-    chat.send(b"second line\r")
-    chat.expect("bot> ")
-    chat.expect("you> ")
-    chat.send(CTRL_D)
-    assert chat.exit_code() == 0
+    chat = chat_at_prompt(app)
+    type_on_two_lines(chat, b"first line ", b"second line")
+    chat.leave()
     assert sent(tmp_path) == ["first line \nsecond line"]
 
 
 def test_lines_pasted_in_one_go_are_one_message(app, tmp_path: Path) -> None:
-    chat = app("-c", "-q", *FAST)
-    chat.expect("you> ")
-    chat.send(b"def f(x):\r    return x \\\r\rf(2)\r")  # a backslash inside a paste is text
-    chat.expect("bot> ")
-    chat.expect("you> ")
-    chat.send(CTRL_D)
-    assert chat.exit_code() == 0
+    chat = chat_at_prompt(app)
+    chat.exchange(b"def f(x):\r    return x \\\r\rf(2)\r")  # a backslash inside a paste is text
+    chat.leave()
     assert sent(tmp_path) == ["def f(x):\n    return x \\\n\nf(2)"]
 
 
@@ -253,3 +253,4 @@ def test_prompt_from_a_terminal_says_it_reads_stdin(app) -> None:
     child.expect("reading the prompt from stdin until ctrl+d")
     child.send(b"Hello\r" + CTRL_D)
     assert child.exit_code() == 0
+
