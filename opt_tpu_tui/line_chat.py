@@ -2,9 +2,10 @@
 
 It lives apart from cli.py because reading a message is more than ``input()``:
 
-- On a terminal, readline gives line editing and ↑/↓ over the messages of the
-  session (kept in memory only). It is imported only when stdin is a terminal: on a
-  pipe there is nothing to edit, and loading it can write terminal codes to stdout.
+- On a terminal, readline gives line editing and ↑/↓ over the messages typed, in this
+  session and earlier ones (line_history.py keeps them). It is imported only when stdin
+  is a terminal: on a pipe there is nothing to edit, and loading it can write terminal
+  codes to stdout.
 - A line ending in a backslash continues on the next line (the prompt becomes
   ``...>``), and several lines pasted in one go are one message: after a line, input
   already waiting on the terminal is read as more of the same message.
@@ -24,6 +25,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TextIO
 
 from opt_tpu_tui import paths
@@ -31,6 +33,7 @@ from opt_tpu_tui.backends import Backend
 from opt_tpu_tui.chat import ChatSession, Reply
 from opt_tpu_tui.cli import print_stats, stream_out, tolerate_bad_bytes, valid_text, write_out
 from opt_tpu_tui.errors import UserError
+from opt_tpu_tui.line_history import LineHistory
 from opt_tpu_tui.native_output import native_stdout_to
 from opt_tpu_tui.sampling import SamplingSettings
 from opt_tpu_tui.tokenizer import Tokenizer
@@ -43,30 +46,38 @@ COMMANDS = {
     "/help": "this list",
     "/quit": "leave (ctrl+d too)",
 }
-HELP = "\n".join(
-    ["Commands:"]
-    + [f"  {name:<7} {what}" for name, what in COMMANDS.items()]
-    + [
-        "Any other /word is refused; start a message with // to send it with one slash (//etc is /etc).",
-        "Keys: up/down recall earlier messages and ctrl+r searches them (on a terminal); a line ending in \\",
-        "continues on the next; several lines pasted at once are one message. ctrl+c stops a reply; at the",
-        "prompt it drops the line and asks before leaving (ctrl+c again leaves); ctrl+d leaves.",
-    ]
-)
+
+
+def help_text(history: Path) -> str:
+    """What /help prints: the commands, then the keys (``history`` is where typed messages are kept)."""
+    return "\n".join(
+        ["Commands:"]
+        + [f"  {name:<7} {what}" for name, what in COMMANDS.items()]
+        + [
+            "Any other /word is refused; start a message with // to send it with one slash (//etc is /etc).",
+            "Keys: up/down recall earlier messages, of past sessions too, and ctrl+r searches them (on a",
+            f"terminal; they are kept in {history}). A line ending in \\ continues on the next; several lines",
+            "pasted at once are one message. ctrl+c stops a reply; at the prompt it drops the line and asks",
+            "before leaving (ctrl+c again leaves); ctrl+d leaves.",
+        ]
+    )
 
 
 class LineReader:
     """Reads whole messages from stdin: through readline on a terminal, line by line from a pipe."""
 
-    def __init__(self, stdin: TextIO) -> None:
+    def __init__(self, stdin: TextIO, history: LineHistory | None = None) -> None:
         self.stdin = stdin
         self.terminal = _isatty(stdin)
         self.readline = None
+        self.history = history
         if self.terminal:
             import readline
 
             readline.set_auto_history(False)  # a message goes into the history once, whole, not line by line
             self.readline = readline
+            for entry in history.load() if history is not None else ():
+                readline.add_history(entry)
 
     def read_message(self) -> str:
         """The next message, its lines joined by newlines.
@@ -97,6 +108,8 @@ class LineReader:
         message = "\n".join(lines)
         if self.readline is not None and message.strip():
             self.readline.add_history(message)
+            if self.history is not None:
+                self.history.append(message)
         return message
 
     def more_pending(self) -> bool:
@@ -180,7 +193,7 @@ def run_chat(args: argparse.Namespace, backend: Backend, tokenizer: Tokenizer, s
     """The chat loop; returns the exit status (0: the user left)."""
     session = ChatSession(backend, tokenizer, args.preamble)
     tolerate_bad_bytes(sys.stdin)
-    reader = LineReader(sys.stdin)
+    reader = LineReader(sys.stdin, LineHistory(paths.line_history_file()))
     print(
         f"Chatting with {backend.model_name} on {backend.name} ({backend.context_length}-token context). "
         "/help lists the commands; ctrl+c stops a reply, ctrl+d leaves."
@@ -204,7 +217,7 @@ def run_chat(args: argparse.Namespace, backend: Backend, tokenizer: Tokenizer, s
         if command == "/quit":
             return 0
         if command == "/help":
-            print(HELP)
+            print(help_text(paths.line_history_file()))
             continue
         if command == "/new":
             session.turns.clear()

@@ -254,3 +254,15 @@ def test_prompt_from_a_terminal_says_it_reads_stdin(app) -> None:
     child.send(b"Hello\r" + CTRL_D)
     assert child.exit_code() == 0
 
+
+def test_messages_typed_are_recalled_in_a_later_session_from_a_private_file(app, tmp_path: Path) -> None:
+    first = chat_at_prompt(app)
+    type_on_two_lines(first, b"two ", b"lines")
+    first.leave()
+
+    history = tmp_path / "data" / "opt-tpu-tui" / "line-history.jsonl"
+    assert history.stat().st_mode & 0o777 == 0o600 and history.parent.stat().st_mode & 0o777 == 0o700
+    second = chat_at_prompt(app)
+    second.exchange(UP + b"\r")
+    second.leave()
+    assert sent(tmp_path) == ["two \nlines", "two \nlines"]  # one entry, though typed on two lines
