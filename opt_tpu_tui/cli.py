@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
@@ -19,7 +20,7 @@ from opt_tpu_tui.export import run_export
 from opt_tpu_tui.generation import Generation, GenerationStats
 from opt_tpu_tui.native_output import native_stdout_to, park_native_stdout
 from opt_tpu_tui.safe_text import terminal_safe
-from opt_tpu_tui.sampling import SamplingSettings
+from opt_tpu_tui.sampling import LIMITS, SamplingSettings, number
 from opt_tpu_tui.tokenizer import Tokenizer
 
 DEMO_PROMPT = "What is Python, and why do people like it?"
@@ -33,7 +34,9 @@ SAMPLING_FLAGS = {  # flag -> (SamplingSettings field, type, metavar, help)
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(saved: SamplingSettings | None = None) -> argparse.ArgumentParser:
+    """The parser; the sampling flags' help shows ``saved`` (the settings file's values) as defaults, with ranges."""
+    saved = SamplingSettings() if saved is None else saved
     parser = argparse.ArgumentParser(
         prog="opt-tpu-tui",
         description="Chat with Meta's OPT models on a Sophgo BM1684X TPU or the CPU.",
@@ -58,11 +61,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--raw", action="store_true", help="with -p: continue TEXT as plain text, not as a chat")
     parser.add_argument("--preamble", metavar="TEXT", help="text that opens the chat transcript (default: the saved one)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no statistics on stderr")
-    sampling = parser.add_argument_group("sampling")
+    sampling = parser.add_argument_group(
+        "sampling", f"Defaults are the saved settings ({paths.settings_file()}), which the UI's settings pane changes."
+    )
     for flag, (field, kind, metavar, help_text) in SAMPLING_FLAGS.items():
-        sampling.add_argument(flag, dest=field, type=kind, metavar=metavar, help=help_text)
+        help_text = f"{help_text}; default {saved_value(saved, field)}, range {flag_range(field)}"
+        sampling.add_argument(flag, dest=field, type=kind, metavar=metavar, help=help_text.replace("%", "%%"))
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
+
+
+def saved_value(saved: SamplingSettings, field: str) -> str:
+    value = getattr(saved, field)
+    return "a fresh draw each reply" if value is None else number(value)
+
+
+def flag_range(field: str) -> str:
+    low, high, _ = LIMITS[field]
+    return f"{number(low)} to {number(high)}"
 
 
 def build_convert_parser() -> argparse.ArgumentParser:
@@ -134,10 +150,14 @@ def sampling_settings(args: argparse.Namespace, base: SamplingSettings) -> Sampl
     return SamplingSettings(**{**base.to_dict(), **given}).validate()
 
 
+STOP_WORDS = {"cancelled": "stopped"}  # GenerationStats.stop_reason -> what the stats line says
+
+
 def format_stats(stats: GenerationStats) -> str:
+    stop = STOP_WORDS.get(stats.stop_reason or "", stats.stop_reason)
     return (
         f"[{stats.prompt_tokens} prompt tokens ({stats.cached_tokens} cached) in {stats.prefill_seconds:.2f} s, "
-        f"{stats.new_tokens} new at {stats.tokens_per_second:.1f} tok/s, stop: {stats.stop_reason}]"
+        f"{stats.new_tokens} new at {stats.tokens_per_second:.1f} tok/s, stop: {stop}]"
     )
 
 
@@ -196,9 +216,22 @@ def valid_text(text: str, source: str) -> str:
     return text
 
 
+def looks_like_hub_id(model: Path) -> bool:
+    """Whether ``model`` is nothing here but reads as a Hugging Face model id, ``owner/name`` (facebook/opt-125m)."""
+    if model.exists() or model.is_symlink():
+        return False
+    return re.fullmatch(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", str(model)) is not None
+
+
 def resolve_model(args: argparse.Namespace, settings: Settings) -> tuple[Path, str, bool]:
     """The model directory, backend and whether it is the demo: --model, else the last model used, else the demo."""
     if args.model is not None:
+        if looks_like_hub_id(args.model):
+            raise UserError(
+                f"{args.model}: no such model directory; as a Hugging Face model id it has to be downloaded into a "
+                f"folder first (opt-tpu-tui downloads nothing), e.g. `hf download {args.model} --local-dir "
+                f"{args.model.name}` (huggingface-cli in older huggingface_hub), then --model {args.model.name}"
+            )
         check_model_dir(args.model)
         return args.model, args.backend, is_demo_model(args.model)
     if settings.last_model:
@@ -209,14 +242,25 @@ def resolve_model(args: argparse.Namespace, settings: Settings) -> tuple[Path, s
     return DEMO_MODEL_DIR, args.backend, True
 
 
-def run_prompt(args: argparse.Namespace, backend: Backend, tokenizer: Tokenizer, settings: SamplingSettings) -> int:
-    if args.prompt == "-":
+def read_prompt(prompt: str) -> str:
+    """The text of ``-p``: ``prompt``, or stdin for ``-`` (saying so on a terminal), refused when empty.
+
+    Called before the model loads, so that a mistake costs no loading time.
+    """
+    if prompt == "-":
+        if sys.stdin.isatty():
+            print("opt-tpu-tui: reading the prompt from stdin until ctrl+d", file=sys.stderr)
         tolerate_bad_bytes(sys.stdin)
         text = valid_text(sys.stdin.read(), "stdin")
     else:
-        text = valid_text(args.prompt, "the prompt")
+        text = valid_text(prompt, "the prompt")
     if not text.strip():
         raise UserError("the prompt is empty")
+    return text
+
+
+def run_prompt(args: argparse.Namespace, backend: Backend, tokenizer: Tokenizer, settings: SamplingSettings) -> int:
+    text = args.prompt
     if args.raw:
         reply: Generation | Reply = Generation(backend, tokenizer, tokenizer.encode(text), settings)
     else:
@@ -232,44 +276,16 @@ def run_prompt(args: argparse.Namespace, backend: Backend, tokenizer: Tokenizer,
     return 130 if stats.stop_reason == "cancelled" else 0
 
 
-def run_chat(args: argparse.Namespace, backend: Backend, tokenizer: Tokenizer, settings: SamplingSettings) -> int:
-    session = ChatSession(backend, tokenizer, args.preamble)
-    tolerate_bad_bytes(sys.stdin)
-    print(
-        f"Chatting with {backend.model_name} on {backend.name} ({backend.context_length}-token context). "
-        "Commands: /new, /regen, /quit. Ctrl-C stops a reply, Ctrl-D quits."
-    )
-    while True:
-        try:
-            line = input("you> ")
-        except (EOFError, KeyboardInterrupt):
-            print()
-            return 0
-        command = line.strip()
-        if not command:
-            continue
-        if command == "/quit":
-            return 0
-        if command == "/new":
-            session.turns.clear()
-            print("(new conversation)")
-            continue
-        try:
-            line = valid_text(line, "that line")
-            reply = session.regenerate(settings) if command == "/regen" else session.send(line, settings)
-        except UserError as error:
-            print(f"error: {error}", file=sys.stderr)
-            continue
-        write_out("bot> ")
-        try:
-            with native_stdout_to(paths.native_output_log(), append=True):  # not around input(): line editing
-                stream_out(reply)
-        except KeyboardInterrupt:
-            reply.turn.stopped = True
-            write_out(" [stopped]")
-        write_out("\n")
-        if not args.quiet:
-            print_stats(reply.stats)
+def settings_for_parser() -> tuple[Settings, str | None, UserError | None]:
+    """The saved settings (whose sampling values ``-h`` shows), a warning, and an error that keeps them unread.
+
+    An unreadable settings file must not stop ``-h``: the error is raised after parsing.
+    """
+    try:
+        saved, warning = load_settings()
+    except UserError as error:
+        return Settings(), None, error
+    return saved, warning, None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -281,10 +297,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_fetch_simulator(argv[1:])
         if argv[:1] == ["export"]:
             return run_export(argv[1:])
-        args = build_parser().parse_args(argv)
+        saved, warning, unreadable = settings_for_parser()
+        try:
+            args = build_parser(saved.sampling).parse_args(argv)
+        except SystemExit:  # -h, --version, a usage error: the settings' problem is said all the same
+            if warning or unreadable:
+                print(f"opt-tpu-tui: warning: {warning or unreadable}", file=sys.stderr)
+            raise
+        if unreadable is not None:
+            raise unreadable
         if args.raw and args.prompt is None:
             raise UserError("--raw goes with -p/--prompt")
-        saved, warning = load_settings()
         model_dir, backend_kind, demo = resolve_model(args, saved)
         if args.prompt is None and not args.chat:
             from opt_tpu_tui.tui import run as run_tui
@@ -294,6 +317,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"opt-tpu-tui: warning: {warning}", file=sys.stderr)
         settings = sampling_settings(args, saved.sampling)
         args.preamble = saved.preamble if args.preamble is None else args.preamble
+        if args.prompt is not None:  # after every check of the flags, before the model loads
+            args.prompt = read_prompt(args.prompt)
         if demo and not args.quiet:
             print(DEMO_NOTICE, file=sys.stderr)
         with native_stdout_to(paths.native_output_log()):  # what the TPU runtime prints, out of the replies
@@ -305,6 +330,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.prompt is not None:
                 with native_stdout_to(paths.native_output_log(), append=True):
                     return run_prompt(args, backend, tokenizer, settings)
+            from opt_tpu_tui.line_chat import run_chat
+
             return run_chat(args, backend, tokenizer, settings)
         finally:
             backend.close()

@@ -48,6 +48,11 @@ def history_file() -> Path:
     return data_dir() / "history.sqlite3"
 
 
+def line_history_file() -> Path:
+    """The messages typed in ``-c``, for ↑ in later sessions (line_history.py)."""
+    return data_dir() / "line-history.jsonl"
+
+
 def user_themes_dir() -> Path:
     """Extra ``*.tcss`` themes a user drops in; they override shipped ones of the same name."""
     return config_dir() / "themes"

@@ -64,6 +64,14 @@ def test_line_chat_answers_each_line(capsys, monkeypatch, tiny_model: Path) -> N
     assert out.count("bot> ") == 3 and "(new conversation)" in out
 
 
+def test_a_reply_stopped_by_the_user_reads_stopped_in_the_stats_line() -> None:
+    from opt_tpu_tui.cli import format_stats
+    from opt_tpu_tui.generation import GenerationStats
+
+    assert format_stats(GenerationStats(stop_reason="cancelled")).endswith("stop: stopped]")
+    assert format_stats(GenerationStats(stop_reason="eos")).endswith("stop: eos]")
+
+
 def test_help_from_the_console_script() -> None:
     script = Path(sys.executable).parent / "opt-tpu-tui"  # installed beside this python, on PATH or not (.venv/bin)
     result = subprocess.run([str(script), "-h"], capture_output=True, text=True, check=True)
@@ -210,9 +218,65 @@ def test_missing_vocab(capsys, model_copy: Path) -> None:
     assert_one_line_error(code, err, "merges.txt: not found")
 
 
-def test_empty_prompt(capsys, tiny_model: Path) -> None:
-    code, _, err = run_cli(capsys, "--model", str(tiny_model), "-p", "   ")
+@pytest.mark.parametrize("prompt, stdin", [("", ""), ("   ", ""), ("-", " \n")])
+def test_an_empty_prompt_is_refused_before_the_model_loads(capsys, monkeypatch, tmp_path: Path, prompt, stdin) -> None:  # noqa: ANN001
+    (tmp_path / "not-a-model").mkdir()  # loading it would fail: config.json is missing
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    code, _, err = run_cli(capsys, "--model", str(tmp_path / "not-a-model"), "-p", prompt)
     assert_one_line_error(code, err, "the prompt is empty")
+
+
+def test_a_bad_flag_is_refused_before_stdin_is_read(capsys, monkeypatch, tmp_path: Path) -> None:
+    class Unread(io.StringIO):
+        def read(self, *args: object) -> str:
+            raise AssertionError("stdin was read")
+
+    (tmp_path / "not-a-model").mkdir()
+    monkeypatch.setattr(sys, "stdin", Unread())
+    code, _, err = run_cli(capsys, "--model", str(tmp_path / "not-a-model"), "-p", "-", "--top-p", "5")
+    assert_one_line_error(code, err, "top_p must be between 0.01 and 1, got 5")
+
+
+def test_a_hub_id_as_the_model_says_how_to_download_it(capsys, monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(capsys, "--model", "facebook/opt-125m", "-p", "Hi")
+    assert_one_line_error(
+        code, err, "facebook/opt-125m: no such model directory",
+        "`hf download facebook/opt-125m --local-dir opt-125m`", "then --model opt-125m",
+    )  # fmt: skip
+    assert list(tmp_path.iterdir()) == []  # nothing was downloaded
+    code, _, err = run_cli(capsys, "--model", "models/opt-125m", "-p", "Hi")  # a missing folder reads the same
+    assert_one_line_error(code, err, "models/opt-125m: no such model directory")
+    code, _, err = run_cli(capsys, "--model", "opt-125m", "-p", "Hi")
+    assert_one_line_error(code, err, "opt-125m: no such model directory")  # no owner/: not an id
+    assert "hf download" not in err
+
+
+def test_help_shows_each_sampling_default_from_the_saved_settings_and_its_range(capsys) -> None:
+    from opt_tpu_tui.config import Settings, save_settings
+    from opt_tpu_tui.sampling import SamplingSettings
+
+    save_settings(Settings(sampling=SamplingSettings(max_new_tokens=77, temperature=0.25, seed=7)))
+    with pytest.raises(SystemExit) as exit:
+        main(["-h"])
+    assert exit.value.code == 0
+    help_text = " ".join(capsys.readouterr().out.split())  # argparse wraps the lines
+    for expected in (
+        "--max-new-tokens N most tokens in a reply; default 77, range 1 to 4096",
+        "--temperature T 0 picks the likeliest token (greedy); default 0.25, range 0 to 5",
+        "--top-p P nucleus sampling mass; 1 turns it off; default 0.9, range 0.01 to 1",
+        "--top-k K sample among the k likeliest tokens; 0 turns it off; default 50, range 0 to 100000",
+        "--repetition-penalty R above 1 discourages repeating tokens; default 1.1, range 1 to 2",
+        "--seed S seed of the sampler, for a repeatable reply; default 7, range 0 to 4294967295",
+    ):
+        assert expected in help_text
+
+
+def test_help_without_saved_settings_shows_the_built_in_defaults(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["-h"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "default 128, range 1 to 4096" in help_text and "default a fresh draw each reply" in help_text
 
 
 def test_prompt_longer_than_the_context(capsys, tiny_model: Path) -> None:

@@ -1,0 +1,257 @@
+"""``-c``: a chat in the terminal, one message per prompt.
+
+It lives apart from cli.py because reading a message is more than ``input()``:
+
+- On a terminal, readline gives line editing and ↑/↓ over the messages typed, in this
+  session and earlier ones (line_history.py keeps them). It is imported only when stdin
+  is a terminal: on a pipe there is nothing to edit, and loading it can write terminal
+  codes to stdout.
+- A line ending in a backslash continues on the next line (the prompt becomes
+  ``...>``), and several lines pasted in one go are one message: after a line, input
+  already waiting on the terminal is read as more of the same message.
+- A line starting with ``/`` is a command and never reaches the model; an unknown one
+  is refused. ``//`` sends a message that starts with a slash.
+- ctrl+c means "stop" during a reply (the generation ends between two tokens, so the
+  turn and the backend's cache stay consistent) and "leave?" at the prompt: a second
+  ctrl+c in a row leaves, as ctrl+d does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import select
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TextIO
+
+from opt_tpu_tui import paths
+from opt_tpu_tui.backends import Backend
+from opt_tpu_tui.chat import ChatSession, Reply
+from opt_tpu_tui.cli import print_stats, stream_out, tolerate_bad_bytes, valid_text, write_out
+from opt_tpu_tui.errors import UserError
+from opt_tpu_tui.line_history import LineHistory
+from opt_tpu_tui.native_output import native_stdout_to
+from opt_tpu_tui.sampling import SamplingSettings
+from opt_tpu_tui.tokenizer import Tokenizer
+
+PROMPT, MORE = "you> ", "...> "
+PASTE_WAIT = 0.025  # seconds a line waits for the rest of a paste; typing is slower than that, pasting faster
+COMMANDS = {
+    "/new": "start a new conversation",
+    "/regen": "answer the last message again",
+    "/help": "this list",
+    "/quit": "leave (ctrl+d too)",
+}
+
+
+def help_text(history: Path) -> str:
+    """What /help prints: the commands, then the keys (``history`` is where typed messages are kept)."""
+    return "\n".join(
+        ["Commands:"]
+        + [f"  {name:<7} {what}" for name, what in COMMANDS.items()]
+        + [
+            "Any other /word is refused; start a message with // to send it with one slash (//etc is /etc).",
+            "Keys: up/down recall earlier messages, of past sessions too, and ctrl+r searches them (on a",
+            f"terminal; they are kept in {history}). A line ending in \\ continues on the next; several lines",
+            "pasted at once are one message. ctrl+c stops a reply; at the prompt it drops the line and asks",
+            "before leaving (ctrl+c again leaves); ctrl+d leaves.",
+        ]
+    )
+
+
+class LineReader:
+    """Reads whole messages from stdin: through readline on a terminal, line by line from a pipe."""
+
+    def __init__(self, stdin: TextIO, history: LineHistory | None = None) -> None:
+        self.stdin = stdin
+        self.terminal = _isatty(stdin)
+        self.readline = None
+        self.history = history
+        if self.terminal:
+            import readline
+
+            readline.set_auto_history(False)  # a message goes into the history once, whole, not line by line
+            self.readline = readline
+            for entry in history.load() if history is not None else ():
+                readline.add_history(entry)
+
+    def read_message(self) -> str:
+        """The next message, its lines joined by newlines.
+
+        EOFError at ctrl+d (or the end of stdin) on an empty prompt; KeyboardInterrupt
+        at ctrl+c, which drops what was typed of the message. A trailing backslash
+        continues the message only on the last line read: in the middle of a paste it is
+        kept as text.
+        """
+        lines: list[str] = []
+        prompt = PROMPT
+        while True:
+            try:
+                line = input(prompt)
+            except EOFError:
+                if not lines:
+                    raise
+                write_out("\n")
+                break
+            if self.more_pending():
+                lines.append(line)
+            elif line.endswith("\\"):
+                lines.append(line[:-1])
+            else:
+                lines.append(line)
+                break
+            prompt = MORE
+        message = "\n".join(lines)
+        if self.readline is not None and message.strip():
+            self.readline.add_history(message)
+            if self.history is not None:
+                self.history.append(message)
+        return message
+
+    def more_pending(self) -> bool:
+        """Whether input is waiting on the terminal, within PASTE_WAIT: the rest of a paste.
+
+        The terminal is in canonical mode between two reads, where a line without its
+        newline yet does not count as readable; so canonical mode (and echo, so that
+        readline alone shows the text) is off while this looks.
+        """
+        if not self.terminal:
+            return False
+        import termios
+
+        descriptor = self.stdin.fileno()
+        try:
+            cooked = termios.tcgetattr(descriptor)
+        except termios.error:
+            return False
+        raw = list(cooked)
+        raw[3] = cooked[3] & ~(termios.ICANON | termios.ECHO)
+        raw[6] = list(cooked[6])
+        raw[6][termios.VMIN], raw[6][termios.VTIME] = 0, 0
+        termios.tcsetattr(descriptor, termios.TCSANOW, raw)
+        try:
+            ready, _, _ = select.select([descriptor], [], [], PASTE_WAIT)
+        finally:
+            termios.tcsetattr(descriptor, termios.TCSANOW, cooked)
+        return bool(ready)
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+@contextmanager
+def ctrl_c_stops(cancel: threading.Event) -> Iterator[None]:
+    """For the block, ctrl+c sets ``cancel`` (the generation stops before its next token).
+
+    A second ctrl+c raises KeyboardInterrupt as usual, for a step that does not return
+    (a long prefill on a slow device).
+    """
+
+    def stop(signum: int, frame: object) -> None:
+        if cancel.is_set():
+            raise KeyboardInterrupt
+        cancel.set()
+
+    previous = signal.signal(signal.SIGINT, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def command_of(message: str) -> str | None:
+    """The command ``message`` is (``/new``...), or None for a message to the model (``//`` included)."""
+    text = message.strip()
+    if not text.startswith("/") or text.startswith("//"):
+        return None
+    return text
+
+
+def refusal(command: str) -> str:
+    """Why ``command`` is not run: an unknown name, or text after a known one."""
+    name = command.split()[0]
+    if name in COMMANDS:
+        return f"{name} takes nothing after it"
+    return f"unknown command {name}: /help lists the commands (// starts a message with a slash)"
+
+
+def to_model(message: str) -> str:
+    """What the model is sent for ``message``: a leading ``//`` stands for one slash."""
+    stripped = message.lstrip()
+    return stripped[1:] if stripped.startswith("//") else message
+
+
+def run_chat(args: argparse.Namespace, backend: Backend, tokenizer: Tokenizer, settings: SamplingSettings) -> int:
+    """The chat loop; returns the exit status (0: the user left)."""
+    session = ChatSession(backend, tokenizer, args.preamble)
+    tolerate_bad_bytes(sys.stdin)
+    reader = LineReader(sys.stdin, LineHistory(paths.line_history_file()))
+    print(
+        f"Chatting with {backend.model_name} on {backend.name} ({backend.context_length}-token context). "
+        "/help lists the commands; ctrl+c stops a reply, ctrl+d leaves."
+    )
+    leaving = False  # ctrl+c was pressed at the prompt: another one leaves
+    while True:
+        try:
+            message = reader.read_message()
+        except EOFError:
+            write_out("\n")
+            return 0
+        except KeyboardInterrupt:
+            if leaving:
+                write_out("\n")
+                return 0
+            leaving = True
+            write_out("\n(ctrl+c again leaves, ctrl+d too; or type a message)\n")
+            continue
+        leaving = False
+        command = command_of(message)
+        if command == "/quit":
+            return 0
+        if command == "/help":
+            print(help_text(paths.line_history_file()))
+            continue
+        if command == "/new":
+            session.turns.clear()
+            print("(new conversation)")
+            continue
+        if command is not None and command != "/regen":
+            print(f"error: {refusal(command)}", file=sys.stderr)
+            continue
+        if not message.strip():
+            continue
+        cancel = threading.Event()
+        with ctrl_c_stops(cancel):  # from before the reply starts, so that no ctrl+c falls between two handlers
+            try:
+                if command == "/regen":
+                    reply = session.regenerate(settings, cancel)
+                else:
+                    reply = session.send(valid_text(to_model(message), "that line"), settings, cancel)
+            except UserError as error:
+                print(f"error: {error}", file=sys.stderr)
+                continue
+            stream_reply(reply)
+        if not args.quiet:
+            print_stats(reply.stats)
+
+
+def stream_reply(reply: Reply) -> None:
+    """Print ``reply`` as it streams after ``bot>``; when ctrl+c stopped it, mark it ``[stopped]``."""
+    try:
+        write_out("bot> ")
+        with native_stdout_to(paths.native_output_log(), append=True):
+            stream_out(reply)  # native output is parked only here, not around input(): line editing
+    except KeyboardInterrupt:  # a second ctrl+c, inside a step
+        reply.stats.stop_reason = "cancelled"
+        reply.turn.stopped = True
+    if reply.turn.stopped:
+        write_out(" [stopped]")
+    write_out("\n")
