@@ -61,6 +61,10 @@ def build_parser(saved: SamplingSettings | None = None) -> argparse.ArgumentPars
     parser.add_argument("--raw", action="store_true", help="with -p: continue TEXT as plain text, not as a chat")
     parser.add_argument("--preamble", metavar="TEXT", help="text that opens the chat transcript (default: the saved one)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no statistics on stderr")
+    parser.add_argument(
+        "--no-mouse", action="store_true",
+        help="the UI leaves the mouse to the terminal, so its own selection works (also the setting \"mouse\": false)",
+    )  # fmt: skip
     sampling = parser.add_argument_group(
         "sampling", f"Defaults are the saved settings ({paths.settings_file()}), which the UI's settings pane changes."
     )
@@ -312,6 +316,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.prompt is None and not args.chat:
             from opt_tpu_tui.tui import run as run_tui
 
+            if args.no_mouse:
+                saved = replace(saved, mouse=False)  # for this run only: not saved
             return run_tui(model_dir, backend_kind, args.context, demo, saved, [warning] if warning else [])
         if warning:
             print(f"opt-tpu-tui: warning: {warning}", file=sys.stderr)

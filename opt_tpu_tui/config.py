@@ -12,11 +12,13 @@ its default, an unknown key is ignored. Example::
       "theme": "dark",
       "last_model": "/models/opt-125m",
       "backend": "auto",
-      "side_pane": "stats"
+      "side_pane": "stats",
+      "mouse": true
     }
 
 ``seed`` null draws a fresh seed per reply. ``side_pane`` is "stats", "settings" or
-"hidden". A file that is not valid JSON, or holds an out-of-range value, is renamed
+"hidden". ``mouse`` false leaves the mouse to the terminal (its own selection works,
+also over SSH), as ``--no-mouse`` does for one run. A file that is not valid JSON, or holds an out-of-range value, is renamed
 to ``settings.json.corrupt-<time>`` and the defaults are used, with a warning: the
 app never overwrites a file it could not read.
 
@@ -61,6 +63,7 @@ class Settings:
     last_model: str | None = None
     backend: str = "auto"
     side_pane: str = "stats"
+    mouse: bool = True
 
     def validate(self) -> Settings:
         """Return self, or raise UserError naming the first bad value."""
@@ -76,6 +79,8 @@ class Settings:
             raise UserError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.side_pane not in SIDE_PANES:
             raise UserError(f"side_pane must be one of {', '.join(SIDE_PANES)}, got {self.side_pane!r}")
+        if not isinstance(self.mouse, bool):
+            raise UserError(f"mouse must be true or false, got {self.mouse!r}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -87,6 +92,7 @@ class Settings:
             "last_model": self.last_model,
             "backend": self.backend,
             "side_pane": self.side_pane,
+            "mouse": self.mouse,
         }
 
     @classmethod

@@ -243,3 +243,24 @@ def test_copy_reaches_the_terminal_clipboard_and_the_fallback_file(chat_model: P
         assert reply and term("show-buffer") == reply  # OSC 52, as tmux took it
         assert (paths.data_dir() / "clipboard.txt").read_text() == reply
         quit_app(term)
+
+
+# f. the mouse
+
+
+@pytest.mark.parametrize(
+    "flag, setting, tracked",
+    [([], True, "1"), (["--no-mouse"], True, "0"), ([], False, "0")],
+    ids=["default", "flag", "setting"],
+)
+def test_no_mouse_leaves_the_mouse_to_the_terminal(chat_model: Path, flag: list[str], setting: bool, tracked: str) -> None:
+    """tmux knows whether the program in a pane asked for mouse reports (its own selection works when not)."""
+    write_settings()
+    values = json.loads(paths.settings_file().read_text())
+    paths.settings_file().write_text(json.dumps({**values, "mouse": setting}))
+    with tmux.Tmux("mouse") as term:
+        term.start([*tui(chat_model), *flag], 100, 30)
+        term.wait_for(lambda s: READY in s)
+        assert term("display-message", "-p", "-t", term.target, "#{mouse_any_flag}").strip() == tracked
+        quit_app(term)
+    assert json.loads(paths.settings_file().read_text())["mouse"] is setting  # the flag is for one run

@@ -45,7 +45,7 @@ def run(model_dir: Path, backend: str, context: int | None, demo: bool, settings
     )
     try:
         with native_stdout_to(paths.native_output_log()):
-            app.run()
+            app.run(mouse=settings.mouse)
     finally:
         store.close()
     return app.return_code or 0
