@@ -601,3 +601,18 @@ def test_the_readme_key_table_lists_exactly_the_keys_help_shows() -> None:
     table = readme[readme.index("| key | action |") :].split("\n\n")[0]
     listed = [line.split("`")[1] for line in table.splitlines()[2:]]
     assert listed == [key for key, _ in [*all_keys(), *BUILT_IN]]
+
+
+@pytest.mark.parametrize("no_color", [False, True])
+async def test_without_colour_each_message_says_whose_it_is(
+    tokenizer: Tokenizer, monkeypatch: pytest.MonkeyPatch, no_color: bool
+) -> None:
+    if no_color:
+        monkeypatch.setenv("NO_COLOR", "1")  # read (and removed) by the app when it is made
+    app, _ = make_app(tokenizer)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        await send(pilot, "hello there")
+        user, reply = shown(app.screen.query(UserMessage).last()), shown(app.screen.query(ReplyView).last())
+        assert ("you" in user.splitlines()[0]) == no_color
+        assert ("scripted-opt" in reply.splitlines()[0]) == no_color  # with colour, the bars' colours tell them apart
