@@ -356,6 +356,15 @@ class HistoryStore:
         )
         return [Turn(user=u, assistant=a, stopped=bool(s) or not c) for u, a, s, c in rows]
 
+    def rename_conversation(self, conversation_id: int, title: str) -> str:
+        """Give a conversation a new title (made one line, as titles are); returns it."""
+        title = title_for(title)
+        if not title:
+            raise UserError("a conversation needs a title")
+        with self._writing() as db:
+            db.execute("UPDATE conversations SET title = ? WHERE id = ?", (title, conversation_id))
+        return title
+
     def delete_conversation(self, conversation_id: int) -> None:
         with self._writing() as db:
             db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))

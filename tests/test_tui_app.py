@@ -259,6 +259,22 @@ async def test_conversation_list_deletes_after_asking(tokenizer: Tokenizer) -> N
         assert not app.screen.query(UserMessage)  # the open conversation was the deleted one
 
 
+async def test_conversation_list_renames(tokenizer: Tokenizer) -> None:
+    app, _ = make_app(tokenizer, settings=GREEDY)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        await send(pilot, "old title")
+        await pilot.press("ctrl+o")
+        await pilot.pause()
+        await pilot.press("r", "ctrl+u", *"Trip to Rome", "escape")  # escape keeps the old title
+        await pilot.pause()
+        assert [c.title for c in app.store.list_conversations()] == ["old title"]
+        await pilot.press("r", "ctrl+u", *"Trip to Rome", "enter")
+        await pilot.pause()
+        assert [c.title for c in app.store.list_conversations()] == ["Trip to Rome"]
+        assert "Trip to Rome" in str(app.screen.query_one("#conversations-list").get_option_at_index(0).prompt)
+
+
 async def test_corrupt_history_is_set_aside_with_a_warning(tokenizer: Tokenizer) -> None:
     history = paths.history_file()
     history.parent.mkdir(parents=True)

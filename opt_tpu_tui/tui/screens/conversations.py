@@ -1,17 +1,20 @@
-"""The conversation list: reopen or delete past chats."""
+"""The conversation list: reopen, rename or delete past chats."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import replace
 
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Label, OptionList
+from textual.widgets import Input, Label, OptionList
 from textual.widgets.option_list import Option
 
+from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.history import ConversationSummary
 from opt_tpu_tui.safe_text import terminal_safe
 
@@ -24,7 +27,7 @@ def describe(summary: ConversationSummary) -> Text:
     return Text(f"{summary.id:>4}  {when}  {terminal_safe(summary.title)}  ({turns})", no_wrap=True, overflow="ellipsis")
 
 
-TITLE = "Conversations · enter opens · d deletes (asks first) · escape closes"
+TITLE = "Conversations · enter opens · r renames · d deletes (asks first) · escape closes"
 
 
 class ConversationsScreen(ModalScreen[int | None]):
@@ -35,18 +38,24 @@ class ConversationsScreen(ModalScreen[int | None]):
     BINDINGS = [
         Binding("escape", "close", "Close", id="conversations.close"),
         Binding("d,delete", "delete", "Delete", id="conversations.delete"),
+        Binding("r", "rename", "Rename", id="conversations.rename"),
     ]
 
-    def __init__(self, conversations: list[ConversationSummary], delete: object) -> None:
+    def __init__(
+        self, conversations: list[ConversationSummary], delete: Callable[[int], None], rename: Callable[[int, str], str]
+    ) -> None:
         super().__init__()
         self.conversations = conversations
-        self._delete = delete  # callable(id) -> None, supplied by the main screen
+        self._delete = delete  # both supplied by the main screen
+        self._rename = rename  # (id, title) -> the title as saved
+        self._renaming: int | None = None
         self._confirming: int | None = None  # the id a first d asked about: a second d deletes it
 
     def compose(self) -> ComposeResult:
         with Vertical(id="conversations-body"):
             yield Label(TITLE, id="conversations-title", markup=False)
             yield OptionList(*self._options(), id="conversations-list")
+            yield Input(id="conversations-rename", placeholder="new title · enter renames · escape keeps it")
 
     def _options(self) -> list[Option]:
         if not self.conversations:
@@ -68,24 +77,59 @@ class ConversationsScreen(ModalScreen[int | None]):
 
     def action_delete(self) -> None:
         """A first d asks; a second d on the same conversation deletes it."""
-        options = self.query_one(OptionList)
-        index = options.highlighted
-        if index is None or not self.conversations:
+        conversation = self._highlighted()
+        if conversation is None:
             return
-        option = options.get_option_at_index(index)
-        if option.id is None or option.id == "none":
-            return
-        if self._confirming != int(option.id):
-            self._ask(next(c for c in self.conversations if c.id == int(option.id)))
+        if self._confirming != conversation.id:
+            self._ask(conversation)
             return
         self._ask(None)
-        self._delete(int(option.id))  # type: ignore[operator]
-        self.conversations = [c for c in self.conversations if c.id != int(option.id)]
-        options.clear_options()
-        options.add_options(self._options())
-        if self.conversations:
-            options.highlighted = min(index, len(self.conversations) - 1)
+        self._delete(conversation.id)
+        self._refill([c for c in self.conversations if c.id != conversation.id])
         self.notify("Conversation deleted")
 
+    def _refill(self, conversations: list[ConversationSummary]) -> None:
+        """Show ``conversations``, the highlight staying where it was (or on the last one)."""
+        options = self.query_one(OptionList)
+        index = options.highlighted
+        self.conversations = conversations
+        options.clear_options()
+        options.add_options(self._options())
+        if conversations and index is not None:
+            options.highlighted = min(index, len(conversations) - 1)
+
+    def _highlighted(self) -> ConversationSummary | None:
+        options = self.query_one(OptionList)
+        if options.highlighted is None or not self.conversations:
+            return None
+        return self.conversations[options.highlighted]
+
+    def action_rename(self) -> None:
+        conversation = self._highlighted()
+        if conversation is None:
+            return
+        self._renaming = conversation.id
+        box = self.query_one("#conversations-rename", Input)
+        box.value, box.display = conversation.title, True
+        box.focus()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        try:
+            title = self._rename(self._renaming, event.value)  # type: ignore[arg-type]
+        except UserError as refusal:
+            self.notify(str(refusal), severity="warning")
+            return
+        self._refill([replace(c, title=title) if c.id == self._renaming else c for c in self.conversations])
+        self._end_rename()
+
+    def _end_rename(self) -> None:
+        self._renaming = None
+        self.query_one("#conversations-rename", Input).display = False
+        self.query_one(OptionList).focus()
+
     def action_close(self) -> None:
+        if self._renaming is not None:  # escape while renaming keeps the title
+            self._end_rename()
+            return
         self.dismiss(None)

@@ -77,7 +77,7 @@ class MainScreen(Screen[None]):
         Binding("ctrl+r", "regenerate", "Regen", id="chat.regenerate", tooltip="regenerate the last reply"),
         Binding("ctrl+n", "new_conversation", "New", id="chat.new", tooltip="new conversation"),
         Binding("ctrl+o", "conversations", "Chats", id="chat.conversations",
-                tooltip="conversation list: enter opens, d deletes (a second d confirms)"),
+                tooltip="conversation list: enter opens, r renames, d deletes (a second d confirms)"),
         Binding("f2", "pane('settings')", "Settings", id="pane.settings",
                 tooltip="settings pane (↑/↓ step a number, enter or ctrl+s applies)"),
         Binding("f3", "pane('stats')", "Stats", id="pane.stats", tooltip="device-stats pane"),
@@ -435,7 +435,10 @@ class MainScreen(Screen[None]):
         if self._busy():
             return
         self.app.push_screen(
-            ConversationsScreen(self.tui.store.list_conversations(), self._delete_conversation), self._open_conversation
+            ConversationsScreen(
+                self.tui.store.list_conversations(), self._delete_conversation, self.tui.store.rename_conversation
+            ),
+            self._open_conversation,
         )
 
     def _delete_conversation(self, conversation_id: int) -> None:
