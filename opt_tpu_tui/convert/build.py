@@ -39,13 +39,17 @@ def say(message: str) -> None:
 def graph_builders(
     w: OPTWeights, context: int, chunk: int, windows: Sequence[int]
 ) -> dict[str, Callable[[], tuple[Graph, list[str]]]]:
-    """Every net of the model by name, each built only when its compile starts (a 6.7B layer is 800 MB in f32)."""
+    """Every net of the model by name, each built only when its compile starts (a 6.7B layer is 800 MB in f32).
+
+    A builder reads its layer from the checkpoint then (``w.layers[i]``) and drops it with
+    the graph, so the conversion holds a layer per graph being written, not the model.
+    """
     config = w.config
     builders: dict[str, Callable[[], tuple[Graph, list[str]]]] = {}
-    for i, layer in enumerate(w.layers):
+    for i in range(len(w.layers)):
 
-        def prepared(layer=layer) -> PreparedLayer:  # noqa: ANN001 - binds the loop's layer
-            return PreparedLayer.from_weights(layer, config.head_dim)
+        def prepared(i: int = i) -> PreparedLayer:
+            return PreparedLayer.from_weights(w.layers[i], config.head_dim)
 
         builders[prefill_net(i)] = lambda i=i, p=prepared: graphs.block(prefill_net(i), p(), config, context, chunk)
         for window in windows:
@@ -172,9 +176,12 @@ def build_into(
     build = folder / "build"
     done: list[str] = []
 
-    def compile_one(name: str) -> Path:
+    def write_one(name: str) -> Path:
         graph, outputs = builders[name]()
-        bmodel = toolchain.compile_top(graph.write(build / name, outputs), precision, group_size)
+        return graph.write(build / name, outputs)  # the graph's weights are freed before tpuc-opt runs
+
+    def compile_one(name: str) -> Path:
+        bmodel = toolchain.compile_top(write_one(name), precision, group_size)
         done.append(name)
         log(f"compiled {name} ({len(done)}/{len(builders)})")
         return bmodel

@@ -1,0 +1,214 @@
+"""Peak memory of `opt-tpu-tui convert`: does it grow with the model's depth, and what does OPT-6.7B/13B need?
+
+    python bench/convert_memory.py [--widths 1024,4096] [--mode int4] [--jobs 2] [--no-compile] [--no-projection]
+
+Each conversion runs in a child process of its own, which reports its own peak RSS (VmHWM:
+the Python side, reading the checkpoint and writing each graph's MLIR and weights; not
+``ru_maxrss``, which Linux floors at the parent's RSS when the child was forked) and the
+largest RSS of a tpuc-opt run (sampled every 50 ms; ``--jobs`` of them run at once). First two
+random float16 checkpoints of the same widths, 4 and 16 layers, are converted, once with
+the compile step stubbed out (the Python side alone) and once with tpu-mlir's compiler.
+Then, for the projection, checkpoints of OPT-6.7B's and OPT-13B's real widths and vocabulary
+with 2 layers are converted with the compiler stubbed: the Python side's peak does not
+depend on the layer count (the first table shows it), so this is their peak; tpuc-opt's
+is measured on the largest graph of each, the lm_head, compiled alone. Needs the tpu-mlir
+download for the compiled rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+MIB = 2**20
+ROOT = Path(__file__).resolve().parents[1]  # the children run this checkout's opt_tpu_tui
+SHAPES = {"OPT-6.7b": (4096, 16384, 32), "OPT-13b": (5120, 20480, 40)}  # hidden, ffn, heads; vocab 50272
+
+
+def make_checkpoint(folder: Path, hidden: int, ffn: int, heads: int, layers: int, vocab: int) -> Path:
+    """A random float16 OPT in the hub's 6.7B+ layout (``decoder.*``, no lm_head), with a stand-in tokenizer."""
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(0)
+
+    def w(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(np.float16)
+
+    tensors = {"decoder.embed_tokens.weight": w(vocab, hidden), "decoder.embed_positions.weight": w(2050, hidden),
+               "decoder.final_layer_norm.weight": w(hidden), "decoder.final_layer_norm.bias": w(hidden)}  # fmt: skip
+    for i in range(layers):
+        p = f"decoder.layers.{i}."
+        for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            tensors[f"{p}self_attn.{name}.weight"], tensors[f"{p}self_attn.{name}.bias"] = w(hidden, hidden), w(hidden)
+        tensors[f"{p}fc1.weight"], tensors[f"{p}fc1.bias"] = w(ffn, hidden), w(ffn)
+        tensors[f"{p}fc2.weight"], tensors[f"{p}fc2.bias"] = w(hidden, ffn), w(hidden)
+        for ln in ("self_attn_layer_norm", "final_layer_norm"):
+            tensors[f"{p}{ln}.weight"], tensors[f"{p}{ln}.bias"] = w(hidden), w(hidden)
+    folder.mkdir(parents=True)
+    save_file(tensors, str(folder / "model.safetensors"))
+    config = dict(model_type="opt", vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
+                  num_attention_heads=heads, ffn_dim=ffn, max_position_embeddings=2048, word_embed_proj_dim=hidden)  # fmt: skip
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "vocab.json").write_text(json.dumps({"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return folder
+
+
+WATCH = """
+import psutil, sys, threading, time
+from pathlib import Path
+
+def hwm_bytes():  # this process's own peak RSS: ru_maxrss would count the parent's RSS at the fork
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) * 1024
+
+tpuc_peak = [0]
+
+def watch():  # tpuc-opt children, by name: sampled every 50 ms over runs of seconds
+    me = psutil.Process()
+    while True:
+        for child in me.children(recursive=True):
+            try:
+                if child.name() == "tpuc-opt":
+                    tpuc_peak[0] = max(tpuc_peak[0], child.memory_info().rss)
+            except psutil.Error:
+                pass
+        time.sleep(0.05)
+
+threading.Thread(target=watch, daemon=True).start()
+"""
+
+CHILD = WATCH + """
+import json
+from opt_tpu_tui import toolchain
+from opt_tpu_tui.convert.build import convert
+
+model, out, mode, context, jobs, compile_ = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6] == "1"
+if not compile_:
+    def compile_top(top_mlir, mode, group_size=0, scratch=None):
+        bmodel = top_mlir.with_suffix(".bmodel")
+        bmodel.write_bytes(b"stand-in")
+        return bmodel
+    toolchain.compile_top = compile_top
+    toolchain.combine = lambda bmodels, out, scratch: out.write_bytes(b"stand-in")
+convert(Path(model), Path(out), mode, 64 if mode != "f16" else 0, context, jobs=jobs, log=lambda _: None, windows=[context])
+print(json.dumps({"python": hwm_bytes(), "tpuc_opt": tpuc_peak[0]}))
+"""
+
+
+def peak_rss(model: Path, out: Path, mode: str, context: int, jobs: int, compile_: bool) -> dict[str, int]:
+    """Peak RSS in bytes of a conversion in a child process: {"python": its own, "tpuc_opt": its largest child's}."""
+    args = [sys.executable, "-c", CHILD, str(model), str(out), mode, str(context), str(jobs), "1" if compile_ else "0"]
+    return run_child(args)
+
+
+def run_child(args: list[str]) -> dict[str, int]:
+    """The JSON a child process prints last."""
+    result = subprocess.run(args, capture_output=True, text=True, check=False, cwd=ROOT)
+    if result.returncode:
+        raise SystemExit(f"{args[3:]} failed:\n{result.stderr[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def lm_head_compile(hidden: int, vocab: int, mode: str, scratch: Path) -> None:
+    """Write and compile, with tpu-mlir, an lm_head graph of this width and vocabulary (random weights)."""
+    from opt_tpu_tui import toolchain
+    from opt_tpu_tui.convert import graphs
+    from opt_tpu_tui.converted import quantization
+    from opt_tpu_tui.model.checkpoint import OPTWeights
+    from opt_tpu_tui.model.config import OPTConfig
+
+    config = OPTConfig.from_dict(dict(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=1, num_attention_heads=32,
+                                      ffn_dim=4 * hidden, max_position_embeddings=2048, word_embed_proj_dim=hidden))  # fmt: skip
+    rng = np.random.default_rng(0)
+    head = (rng.standard_normal((vocab, hidden), dtype=np.float32) * 0.02).astype(np.float16)
+    ones = np.ones(hidden, np.float32)
+    weights = OPTWeights(config, head, head[:2], [], head, final_ln_w=ones, final_ln_b=ones * 0)
+    graph, outputs = graphs.lm_head("lm_head", weights)
+    mlir = graph.write(scratch / f"lm_head_{hidden}", outputs)
+    del graph, weights, head
+    toolchain.compile_top(mlir, quantization(mode, "f16"), 64 if mode != "f16" else 0)
+
+
+LM_HEAD_CHILD = WATCH + """
+import json
+sys.path.insert(0, sys.argv[1])
+from convert_memory import lm_head_compile
+lm_head_compile(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], Path(sys.argv[5]))
+print(json.dumps({"tpuc_opt": tpuc_peak[0]}))
+"""
+
+
+def lm_head_compile_peak(hidden: int, vocab: int, mode: str, scratch: Path) -> int:
+    """Peak RSS in bytes of tpuc-opt compiling that lm_head (in a child, so no earlier process counts)."""
+    args = [sys.executable, "-c", LM_HEAD_CHILD, str(Path(__file__).resolve().parent), str(hidden), str(vocab), mode,
+            str(scratch)]  # fmt: skip
+    return run_child(args)["tpuc_opt"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--widths", default="1024,4096", help="hidden,ffn of the 4- and 16-layer checkpoints")
+    parser.add_argument("--vocab", type=int, default=8192, help="their vocabulary (small, so the layers dominate)")
+    parser.add_argument("--mode", choices=("f16", "int8", "int4"), default="int4")
+    parser.add_argument("--context", type=int, default=64)
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--no-compile", action="store_true", help="the Python side only (no tpu-mlir needed)")
+    parser.add_argument("--no-projection", action="store_true", help="skip OPT-6.7B/13B (3 GB of scratch files)")
+    args = parser.parse_args()
+    hidden, ffn = map(int, args.widths.split(","))
+    heads = hidden // 64
+
+    with tempfile.TemporaryDirectory(prefix="bench-convert-memory-") as scratch_name:
+        scratch = Path(scratch_name)
+        if not args.no_compile:
+            from opt_tpu_tui import toolchain
+
+            toolchain.fetch()
+        rows = []
+        for compile_ in [False] + ([] if args.no_compile else [True]):
+            peaks = {}
+            for layers in (4, 16):
+                model = scratch / f"opt-{layers}"
+                if not model.exists():
+                    make_checkpoint(model, hidden, ffn, heads, layers, args.vocab)
+                out = scratch / f"out-{layers}-{int(compile_)}"
+                peaks[layers] = peak_rss(model, out, args.mode, args.context, args.jobs, compile_)
+            rows.append((compile_, peaks))
+        layer_mib = (4 * hidden * hidden + 2 * hidden * ffn) * 2 / MIB
+        print(f"\nconvert --mode {args.mode} --context {args.context} --jobs {args.jobs}: random float16 checkpoints, "
+              f"hidden {hidden}, ffn {ffn}, vocab {args.vocab} ({layer_mib:.0f} MiB per layer)")  # fmt: skip
+        print("| compile step | layers | checkpoint | peak RSS, Python side | peak RSS, largest tpuc-opt |")
+        print("|---|---|---|---|---|")
+        for compile_, peaks in rows:
+            for layers, peak in peaks.items():
+                size = (scratch / f"opt-{layers}" / "model.safetensors").stat().st_size / MIB
+                tpuc = f"{peak['tpuc_opt'] / MIB:.0f} MiB" if compile_ else "(stubbed)"
+                print(f"| {'tpu-mlir' if compile_ else 'stubbed'} | {layers} | {size:.0f} MiB | "
+                      f"{peak['python'] / MIB:.0f} MiB | {tpuc} |")  # fmt: skip
+            print(f"| | **16 / 4 layers** | | **{peaks[16]['python'] / peaks[4]['python']:.3f}** | |")
+        if args.no_projection:
+            return
+        print("\nProjected peak RSS for the real models (Python side measured on 2-layer checkpoints of their widths)")
+        print("| model | float16 checkpoint | Python side | tpuc-opt, lm_head graph |")
+        print("|---|---|---|---|")
+        for name, (width, ffn_dim, n_heads) in SHAPES.items():
+            model = make_checkpoint(scratch / name, width, ffn_dim, n_heads, 2, 50272)
+            python = peak_rss(model, scratch / f"{name}-out", args.mode, 512, args.jobs, False)["python"]
+            layers = {"OPT-6.7b": 32, "OPT-13b": 40}[name]
+            full = ((4 * width * width + 2 * width * ffn_dim) * layers + 50272 * width) * 2 / 2**30
+            tpuc = "not measured" if args.no_compile else f"{lm_head_compile_peak(width, 50272, args.mode, scratch) / MIB:.0f} MiB"
+            print(f"| {name} | {full:.1f} GiB | {python / MIB:.0f} MiB | {tpuc} |")
+            for path in model.iterdir():
+                path.unlink()
+
+
+if __name__ == "__main__":
+    main()
