@@ -13,6 +13,7 @@ import os
 import pickle
 import shlex
 import shutil
+import tracemalloc
 import zipfile
 from pathlib import Path
 
@@ -181,3 +182,59 @@ def test_git_lfs_pointers_instead_of_weights_are_one_line_naming_git_lfs_pull(
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "a Git LFS pointer, not the weights" in error, error
     assert f"run `git lfs pull` in {model}" in error
+
+
+def test_the_cpu_backend_holds_the_float32_model_once_reading_one_layer_at_a_time(tmp_path: Path) -> None:
+    """Loading allocates the model it keeps plus about one layer, not the file's tensors and their copies."""
+    from tiny import make_model
+
+    source = make_model(tmp_path / "source", tokenizer=False, vocab_size=512, hidden_size=256, ffn_dim=1024,
+                        num_hidden_layers=8, num_attention_heads=4)  # fmt: skip
+    bin_dir, _ = save_variant(source, tmp_path / "hub", "float16", shards=2, hub_names=True)
+    layer_bytes = (4 * 256 * 256 + 2 * 256 * 1024) * 4  # one layer's matrices in float32: 3 MiB of the model's 26
+    tracemalloc.start()
+    try:
+        backend = CPUBackend(bin_dir, CONTEXT)
+        kept, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    model_bytes = sum(a.nbytes for lw in backend.model.layers for a in vars(lw).values())
+    assert kept >= model_bytes > 8 * layer_bytes
+    assert peak - kept < layer_bytes, f"loading peaked {(peak - kept) / 2**20:.1f} MiB above what it keeps"
+
+
+@pytest.fixture(scope="session")
+def converted_variant(simulator: None, variant, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The variant's .bin and its safetensors twin, each converted at f16 (converted model directories)."""
+    from opt_tpu_tui.convert.build import convert
+
+    name, bin_dir, twin_dir = variant
+    out = tmp_path_factory.mktemp(f"converted-{name}")
+    return tuple(  # type: ignore[return-value]
+        convert(source, out / kind, "f16", context=CONTEXT, chunk=8, windows=[CONTEXT], log=lambda _: None)
+        for kind, source in (("bin", bin_dir), ("twin", twin_dir))
+    )
+
+
+TOLERANCE = 0.01  # of the logits' largest magnitude: float16 weights and activations (tests/test_tpu_backend.py)
+
+
+def tpu_logits(converted: Path) -> list[np.ndarray]:
+    """The converted model's logits (simulator, bmrt) after a prefill of 6 tokens and after one decode step."""
+    from opt_tpu_tui.backends import open_backend
+
+    backend = open_backend(converted, "bmrt")  # one at a time: the runtime is shared within the process
+    try:
+        return [backend.prefill(PROMPT[:6]).copy(), backend.decode(PROMPT[6]).copy()]
+    finally:
+        backend.close()
+
+
+def test_convert_gives_the_logits_of_the_twin_and_of_transformers(converted_variant, variant) -> None:
+    _, bin_dir, _ = variant
+    expected = transformers_logits(bin_dir, PROMPT)[5:7]
+    from_bin, from_twin = (tpu_logits(d) for d in converted_variant)
+    for got, twin, want in zip(from_bin, from_twin, expected):
+        assert np.array_equal(got, twin)
+        assert np.abs(got - want).max() <= TOLERANCE * np.abs(want).max()
+        assert np.argmax(got) == np.argmax(want)
