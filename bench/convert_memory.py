@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,9 +29,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from tpu_host_overhead import BANDWIDTH, traffic  # noqa: E402
+
 MIB = 2**20
 ROOT = Path(__file__).resolve().parents[1]  # the children run this checkout's opt_tpu_tui
-SHAPES = {"OPT-6.7b": (4096, 16384, 32), "OPT-13b": (5120, 20480, 40)}  # hidden, ffn, heads; vocab 50272
+SHAPES = {"OPT-6.7b": (4096, 16384, 32, 32), "OPT-13b": (5120, 20480, 40, 40)}  # hidden, ffn, heads, layers
 
 
 def make_checkpoint(folder: Path, hidden: int, ffn: int, heads: int, layers: int, vocab: int) -> Path:
@@ -181,6 +184,7 @@ def main() -> None:
                     make_checkpoint(model, hidden, ffn, heads, layers, args.vocab)
                 out = scratch / f"out-{layers}-{int(compile_)}"
                 peaks[layers] = peak_rss(model, out, args.mode, args.context, args.jobs, compile_)
+                shutil.rmtree(out)
             rows.append((compile_, peaks))
         layer_mib = (4 * hidden * hidden + 2 * hidden * ffn) * 2 / MIB
         print(f"\nconvert --mode {args.mode} --context {args.context} --jobs {args.jobs}: random float16 checkpoints, "
@@ -199,15 +203,28 @@ def main() -> None:
         print("\nProjected peak RSS for the real models (Python side measured on 2-layer checkpoints of their widths)")
         print("| model | float16 checkpoint | Python side | tpuc-opt, lm_head graph |")
         print("|---|---|---|---|")
-        for name, (width, ffn_dim, n_heads) in SHAPES.items():
+        for name, (width, ffn_dim, n_heads, layers) in SHAPES.items():
             model = make_checkpoint(scratch / name, width, ffn_dim, n_heads, 2, 50272)
             python = peak_rss(model, scratch / f"{name}-out", args.mode, 512, args.jobs, False)["python"]
-            layers = {"OPT-6.7b": 32, "OPT-13b": 40}[name]
             full = ((4 * width * width + 2 * width * ffn_dim) * layers + 50272 * width) * 2 / 2**30
             tpuc = "not measured" if args.no_compile else f"{lm_head_compile_peak(width, 50272, args.mode, scratch) / MIB:.0f} MiB"
             print(f"| {name} | {full:.1f} GiB | {python / MIB:.0f} MiB | {tpuc} |")
-            for path in model.iterdir():
-                path.unlink()
+            shutil.rmtree(model)
+            shutil.rmtree(scratch / f"{name}-out", ignore_errors=True)
+    device_memory()
+
+
+def device_memory() -> None:
+    """The README's device-memory rows for these models, by bench/tpu_host_overhead.py's formulas."""
+    print("\nDevice memory at context 512 (bench/tpu_host_overhead.py's formulas)")
+    print("| model | precision | weights on device | KV cache | read per token | ceiling tok/s |")
+    print("|---|---|---|---|---|---|")
+    for name, (width, ffn_dim, _, layers) in SHAPES.items():
+        for mode in ("int8", "int4"):
+            weights, kv, total = traffic(width, layers, ffn_dim, mode, 512)
+            short = traffic(width, layers, ffn_dim, mode, 128)[2]
+            print(f"| {name} | {mode} | {weights / 1e9:.2f} GB | {kv / 1e9:.2f} GB | {short / 1e9:.2f} / "
+                  f"{total / 1e9:.2f} GB | {BANDWIDTH / short:.1f} / {BANDWIDTH / total:.1f} |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -10,11 +10,13 @@ removed on success and kept on a compile failure, with each graph's compile log.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
+import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,7 +27,6 @@ from opt_tpu_tui.converted import (
     decode_net, decode_windows, prefill_net, quantization,
 )  # fmt: skip
 from opt_tpu_tui.convert import graphs
-from opt_tpu_tui.convert.mlir import Graph
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.model import load_weights
 from opt_tpu_tui.model.checkpoint import OPTWeights
@@ -36,28 +37,70 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def graph_builders(
-    w: OPTWeights, context: int, chunk: int, windows: Sequence[int]
-) -> dict[str, Callable[[], tuple[Graph, list[str]]]]:
-    """Every net of the model by name, each built only when its compile starts (a 6.7B layer is 800 MB in f32).
+class LayerReader:
+    """Decoder layers read from the checkpoint and prepared as the graphs need them, one at a time.
 
-    A builder reads its layer from the checkpoint then (``w.layers[i]``) and drops it with
-    the graph, so the conversion holds a layer per graph being written, not the model.
+    The graphs of a layer (the prefill chunk, each decode window) share one read of it,
+    whether the compile workers write them one after another or at once; a worker that
+    needs the next layer waits until the graphs of the last are written, so the
+    conversion holds one layer, whatever the model's depth and the number of workers.
     """
+
+    def __init__(self, w: OPTWeights) -> None:
+        self.w = w
+        self.changed = threading.Condition()
+        self.index: int | None = None
+        self.layer: PreparedLayer | None = None
+        self.users = 0
+
+    @contextlib.contextmanager
+    def use(self, i: int) -> Iterator[PreparedLayer]:
+        with self.changed:
+            while self.index != i and self.users:
+                self.changed.wait()
+            if self.index != i:
+                self.layer = None  # freed before the next one is read
+                self.layer = PreparedLayer.from_weights(self.w.layers[i], self.w.config.head_dim)
+                self.index = i
+            self.users += 1
+            layer = self.layer
+        try:
+            yield layer  # type: ignore[misc]
+        finally:
+            with self.changed:
+                self.users -= 1
+                self.changed.notify_all()
+
+
+def graph_writers(
+    w: OPTWeights, context: int, chunk: int, windows: Sequence[int]
+) -> dict[str, Callable[[Path], Path]]:
+    """Every net of the model by name: a function writing its MLIR and weights under a folder (returning
+    the .mlir), called when the net's compile starts."""
     config = w.config
-    builders: dict[str, Callable[[], tuple[Graph, list[str]]]] = {}
+    reader = LayerReader(w)
+
+    def block(name: str, i: int, cache: int, rows: int) -> Callable[[Path], Path]:
+        def write(folder: Path) -> Path:
+            with reader.use(i) as layer:
+                graph, outputs = graphs.block(name, layer, config, cache, rows)
+                mlir = graph.write(folder / name, outputs)
+                del graph  # it holds the layer's arrays
+            return mlir
+
+        return write
+
+    def lm_head(folder: Path) -> Path:
+        graph, outputs = graphs.lm_head(LM_HEAD, w)
+        return graph.write(folder / LM_HEAD, outputs)
+
+    writers: dict[str, Callable[[Path], Path]] = {}
     for i in range(len(w.layers)):
-
-        def prepared(i: int = i) -> PreparedLayer:
-            return PreparedLayer.from_weights(w.layers[i], config.head_dim)
-
-        builders[prefill_net(i)] = lambda i=i, p=prepared: graphs.block(prefill_net(i), p(), config, context, chunk)
+        writers[prefill_net(i)] = block(prefill_net(i), i, context, chunk)
         for window in windows:
-            builders[decode_net(i, window)] = lambda i=i, p=prepared, w=window: graphs.block(
-                decode_net(i, w), p(), config, w, 1
-            )
-    builders[LM_HEAD] = lambda: graphs.lm_head(LM_HEAD, w)
-    return builders
+            writers[decode_net(i, window)] = block(decode_net(i, window), i, window, 1)
+    writers[LM_HEAD] = lm_head
+    return writers
 
 
 def check_output_dir(out: Path) -> list[str]:
@@ -144,14 +187,14 @@ def convert(
     if mode != "f16" and (group_size <= 0 or config.hidden_size % group_size):
         raise UserError(f"--group-size must divide the hidden size {config.hidden_size}, got {group_size}")
 
-    builders = graph_builders(w, context, chunk, windows)
+    writers = graph_writers(w, context, chunk, windows)
     precision = quantization(mode, activations)
     toolchain.fetch()  # once, before the workers start: the only download besides `fetch-simulator`
     log(f"converting {model_dir} to {out} ({precision}, group {group_size}, context {context}, chunk {chunk}): "
-        f"{len(builders)} graphs")
+        f"{len(writers)} graphs")
     staging = staging_dir(out)
     try:
-        build_into(staging, builders, precision, group_size, jobs, log)
+        build_into(staging, writers, precision, group_size, jobs, log)
         HostEmbedding.write(staging, w.embed_tokens, w.embed_positions[: context + POSITION_OFFSET], w.project_in)
         for name in TOKENIZER_FILES:
             shutil.copyfile(model_dir / name, staging / name)
@@ -169,25 +212,22 @@ def convert(
 
 
 def build_into(
-    folder: Path, builders: dict[str, Callable[[], tuple[Graph, list[str]]]], precision: str, group_size: int,
-    jobs: int | None, log: Callable[[str], None],
+    folder: Path, writers: dict[str, Callable[[Path], Path]], precision: str, group_size: int, jobs: int | None,
+    log: Callable[[str], None],
 ) -> None:  # fmt: skip
-    """Compile every graph under ``folder/build`` (``jobs`` at once) and combine them into ``folder/model.bmodel``."""
+    """Write and compile every graph under ``folder/build`` (``jobs`` at once) and combine them into
+    ``folder/model.bmodel``. A graph's weights are freed once written, before tpuc-opt runs."""
     build = folder / "build"
     done: list[str] = []
 
-    def write_one(name: str) -> Path:
-        graph, outputs = builders[name]()
-        return graph.write(build / name, outputs)  # the graph's weights are freed before tpuc-opt runs
-
     def compile_one(name: str) -> Path:
-        bmodel = toolchain.compile_top(write_one(name), precision, group_size)
+        bmodel = toolchain.compile_top(writers[name](build), precision, group_size)
         done.append(name)
-        log(f"compiled {name} ({len(done)}/{len(builders)})")
+        log(f"compiled {name} ({len(done)}/{len(writers)})")
         return bmodel
 
     with ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:
-        futures = [pool.submit(compile_one, name) for name in builders]
+        futures = [pool.submit(compile_one, name) for name in writers]
         try:
             bmodels = [future.result() for future in futures]  # the first failure names its graph
         except BaseException:
