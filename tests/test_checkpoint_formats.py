@@ -238,3 +238,22 @@ def test_convert_gives_the_logits_of_the_twin_and_of_transformers(converted_vari
         assert np.array_equal(got, twin)
         assert np.abs(got - want).max() <= TOLERANCE * np.abs(want).max()
         assert np.argmax(got) == np.argmax(want)
+
+
+class RewritesATensor:
+    """Pickles as torch's own tensor rebuild followed by a BUILD that rewrites the tensor's fields."""
+
+    def __init__(self, state: dict) -> None:
+        self.state = state
+
+    def __reduce__(self):  # noqa: ANN204
+        storage = torch.ones(4).storage()  # a TypedStorage: torch.save gives it a persistent id, as for a tensor
+        return torch._utils._rebuild_tensor_v2, (storage, 0, (4,), (1,), False, collections.OrderedDict()), self.state
+
+
+@pytest.mark.filterwarnings("ignore:TypedStorage is deprecated")
+@pytest.mark.parametrize("state", [{"shape": "abcd"}, {"offset": -8}, {"shape": (4, 10**12)}, {"storage": 3}])
+def test_a_tensor_rewritten_after_it_is_built_is_refused(tmp_path: Path, state: dict) -> None:
+    torch.save({"good": torch.zeros(2), "rewritten": RewritesATensor(state)}, tmp_path / "t.bin")
+    with pytest.raises(UserError, match="t.bin: its pickle is not a state dict of named tensors"):
+        read_torch_zip(tmp_path / "t.bin")

@@ -83,11 +83,23 @@ def rebuild_tensor(
     backward_hooks: object = None, metadata: object = None,
 ) -> TensorRecord:  # fmt: skip
     """Stands in for ``torch._utils._rebuild_tensor_v2``; the last three arguments do not matter for weights."""
-    if not isinstance(storage, Storage) or not _counts((offset,)) or not _counts(shape) or not _counts(strides):
+    record = TensorRecord(storage, offset, shape, strides)  # type: ignore[arg-type]
+    if not well_formed(record):
         raise pickle.UnpicklingError("a tensor whose storage, offset, shape or strides are malformed")
-    if len(shape) != len(strides):  # type: ignore[arg-type]
-        raise pickle.UnpicklingError(f"a tensor of shape {shape} with strides {strides}")
-    return TensorRecord(storage, offset, shape, strides)  # type: ignore[arg-type]
+    return record
+
+
+def well_formed(record: object) -> bool:
+    """Whether ``record`` is a TensorRecord of a Storage with counts where counts belong: checked when
+    the tensor is built and again after loading, since a pickle's BUILD can rewrite an object's fields."""
+    if not isinstance(record, TensorRecord) or not isinstance(record.storage, Storage):
+        return False
+    storage = record.storage
+    return (
+        isinstance(storage.key, str) and isinstance(storage.type, StorageType) and _counts((storage.numel,))
+        and _counts((record.offset,)) and _counts(record.shape) and _counts(record.strides)
+        and len(record.shape) == len(record.strides)
+    )  # fmt: skip
 
 
 ALLOWED: dict[tuple[str, str], Any] = {
@@ -193,9 +205,7 @@ def unpickle_state_dict(path: Path, data: bytes) -> dict[str, TensorRecord]:
     except (pickle.UnpicklingError, TypeError, ValueError, EOFError, AttributeError, IndexError, KeyError,
             RecursionError, MemoryError) as error:  # fmt: skip
         raise UserError(f"{path}: not a state dict this reader understands ({type(error).__name__}: {error})") from None
-    if not isinstance(state, dict) or not all(
-        isinstance(k, str) and isinstance(v, TensorRecord) for k, v in state.items()
-    ):
+    if not isinstance(state, dict) or not all(isinstance(k, str) and well_formed(v) for k, v in state.items()):
         raise UserError(f"{path}: its pickle is not a state dict of named tensors")
     return state
 
