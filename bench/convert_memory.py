@@ -9,10 +9,10 @@ largest RSS of a tpuc-opt run (sampled every 50 ms; ``--jobs`` of them run at on
 random float16 checkpoints of the same widths, 4 and 16 layers, are converted, once with
 the compile step stubbed out (the Python side alone) and once with tpu-mlir's compiler.
 Then, for the projection, checkpoints of OPT-6.7B's and OPT-13B's real widths and vocabulary
-with 2 layers are converted with the compiler stubbed: the Python side's peak does not
-depend on the layer count (the first table shows it), so this is their peak; tpuc-opt's
-is measured on the largest graph of each, the lm_head, compiled alone. Needs the tpu-mlir
-download for the compiled rows.
+with 2 layers are converted: the peaks do not depend on the layer count (the first table
+shows it), so these are the real models' peaks. "All processes at once" is the largest
+sum of the Python side's and the tpuc-opt runs' RSS in one sample. Needs the tpu-mlir
+download unless ``--no-compile``.
 """
 
 from __future__ import annotations
@@ -73,16 +73,21 @@ def hwm_bytes():  # this process's own peak RSS: ru_maxrss would count the paren
     return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) * 1024
 
 tpuc_peak = [0]
+together_peak = [0]
 
-def watch():  # tpuc-opt children, by name: sampled every 50 ms over runs of seconds
+def watch():  # tpuc-opt children, by name, and with this process: sampled every 50 ms over runs of seconds
     me = psutil.Process()
     while True:
+        together = me.memory_info().rss
         for child in me.children(recursive=True):
             try:
                 if child.name() == "tpuc-opt":
-                    tpuc_peak[0] = max(tpuc_peak[0], child.memory_info().rss)
+                    rss = child.memory_info().rss
+                    tpuc_peak[0] = max(tpuc_peak[0], rss)
+                    together += rss
             except psutil.Error:
                 pass
+        together_peak[0] = max(together_peak[0], together)
         time.sleep(0.05)
 
 threading.Thread(target=watch, daemon=True).start()
@@ -102,7 +107,7 @@ if not compile_:
     toolchain.compile_top = compile_top
     toolchain.combine = lambda bmodels, out, scratch: out.write_bytes(b"stand-in")
 convert(Path(model), Path(out), mode, 64 if mode != "f16" else 0, context, jobs=jobs, log=lambda _: None, windows=[context])
-print(json.dumps({"python": hwm_bytes(), "tpuc_opt": tpuc_peak[0]}))
+print(json.dumps({"python": hwm_bytes(), "tpuc_opt": tpuc_peak[0], "together": together_peak[0]}))
 """
 
 
@@ -120,42 +125,6 @@ def run_child(args: list[str]) -> dict[str, int]:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def lm_head_compile(hidden: int, vocab: int, mode: str, scratch: Path) -> None:
-    """Write and compile, with tpu-mlir, an lm_head graph of this width and vocabulary (random weights)."""
-    from opt_tpu_tui import toolchain
-    from opt_tpu_tui.convert import graphs
-    from opt_tpu_tui.converted import quantization
-    from opt_tpu_tui.model.checkpoint import OPTWeights
-    from opt_tpu_tui.model.config import OPTConfig
-
-    config = OPTConfig.from_dict(dict(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=1, num_attention_heads=32,
-                                      ffn_dim=4 * hidden, max_position_embeddings=2048, word_embed_proj_dim=hidden))  # fmt: skip
-    rng = np.random.default_rng(0)
-    head = (rng.standard_normal((vocab, hidden), dtype=np.float32) * 0.02).astype(np.float16)
-    ones = np.ones(hidden, np.float32)
-    weights = OPTWeights(config, head, head[:2], [], head, final_ln_w=ones, final_ln_b=ones * 0)
-    graph, outputs = graphs.lm_head("lm_head", weights)
-    mlir = graph.write(scratch / f"lm_head_{hidden}", outputs)
-    del graph, weights, head
-    toolchain.compile_top(mlir, quantization(mode, "f16"), 64 if mode != "f16" else 0)
-
-
-LM_HEAD_CHILD = WATCH + """
-import json
-sys.path.insert(0, sys.argv[1])
-from convert_memory import lm_head_compile
-lm_head_compile(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], Path(sys.argv[5]))
-print(json.dumps({"tpuc_opt": tpuc_peak[0]}))
-"""
-
-
-def lm_head_compile_peak(hidden: int, vocab: int, mode: str, scratch: Path) -> int:
-    """Peak RSS in bytes of tpuc-opt compiling that lm_head (in a child, so no earlier process counts)."""
-    args = [sys.executable, "-c", LM_HEAD_CHILD, str(Path(__file__).resolve().parent), str(hidden), str(vocab), mode,
-            str(scratch)]  # fmt: skip
-    return run_child(args)["tpuc_opt"]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--widths", default="1024,4096", help="hidden,ffn of the 4- and 16-layer checkpoints")
@@ -164,7 +133,7 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=64)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--no-compile", action="store_true", help="the Python side only (no tpu-mlir needed)")
-    parser.add_argument("--no-projection", action="store_true", help="skip OPT-6.7B/13B (3 GB of scratch files)")
+    parser.add_argument("--no-projection", action="store_true", help="skip OPT-6.7B/13B (8 GB of scratch files)")
     args = parser.parse_args()
     hidden, ffn = map(int, args.widths.split(","))
     heads = hidden // 64
@@ -200,15 +169,17 @@ def main() -> None:
             print(f"| | **16 / 4 layers** | | **{peaks[16]['python'] / peaks[4]['python']:.3f}** | |")
         if args.no_projection:
             return
-        print("\nProjected peak RSS for the real models (Python side measured on 2-layer checkpoints of their widths)")
-        print("| model | float16 checkpoint | Python side | tpuc-opt, lm_head graph |")
-        print("|---|---|---|---|")
+        print(f"\nThe real models' widths and vocabulary, 2 layers (the peaks do not grow with the layer count), "
+              f"context 512, one decode window")  # fmt: skip
+        print("| model | float16 checkpoint, all layers | Python side | largest tpuc-opt | all processes at once |")
+        print("|---|---|---|---|---|")
         for name, (width, ffn_dim, n_heads, layers) in SHAPES.items():
             model = make_checkpoint(scratch / name, width, ffn_dim, n_heads, 2, 50272)
-            python = peak_rss(model, scratch / f"{name}-out", args.mode, 512, args.jobs, False)["python"]
+            peak = peak_rss(model, scratch / f"{name}-out", args.mode, 512, args.jobs, not args.no_compile)
             full = ((4 * width * width + 2 * width * ffn_dim) * layers + 50272 * width) * 2 / 2**30
-            tpuc = "not measured" if args.no_compile else f"{lm_head_compile_peak(width, 50272, args.mode, scratch) / MIB:.0f} MiB"
-            print(f"| {name} | {full:.1f} GiB | {python / MIB:.0f} MiB | {tpuc} |")
+            tpuc = "(stubbed)" if args.no_compile else f"{peak['tpuc_opt'] / MIB:.0f} MiB"
+            together = "(stubbed)" if args.no_compile else f"{peak['together'] / MIB:.0f} MiB"
+            print(f"| {name} | {full:.1f} GiB | {peak['python'] / MIB:.0f} MiB | {tpuc} | {together} |")
             shutil.rmtree(model)
             shutil.rmtree(scratch / f"{name}-out", ignore_errors=True)
     device_memory()
