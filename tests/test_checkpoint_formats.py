@@ -168,13 +168,14 @@ def test_a_compressed_storage_is_refused(variant, tmp_path: Path) -> None:
 LFS_POINTER = "version https://git-lfs.github.com/spec/v1\noid sha256:{}\nsize 251000000\n".format("ab" * 32)
 
 
+@pytest.mark.parametrize("layout", ["bin", "safetensors"])
 @pytest.mark.parametrize("command", ["chat", "convert"])
 def test_git_lfs_pointers_instead_of_weights_are_one_line_naming_git_lfs_pull(
-    variant, tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+    variant, tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str, layout: str
 ) -> None:
-    _, bin_dir, _ = variant
-    model = Path(shutil.copytree(bin_dir, tmp_path / "clone"))
-    for weights in model.glob("*.bin"):
+    _, bin_dir, twin_dir = variant
+    model = Path(shutil.copytree(bin_dir if layout == "bin" else twin_dir, tmp_path / "clone"))
+    for weights in [*model.glob("*.bin"), *model.glob("*.safetensors")]:
         weights.write_text(LFS_POINTER)
     args = ["-p", "Hi"] if command == "chat" else ["convert", "--out", str(tmp_path / "out"), "--mode", "f16"]
     argv = ["--model", str(model), *args] if command == "chat" else [args[0], "--model", str(model), *args[1:]]
