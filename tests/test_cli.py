@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
@@ -156,14 +157,19 @@ def test_corrupt_weights(capsys, model_copy: Path) -> None:
     assert_one_line_error(code, err, "model.safetensors: not a readable safetensors file")
 
 
-def test_bfloat16_weights_say_what_to_do(capsys, model_copy: Path) -> None:
+def test_bfloat16_weights_are_widened_to_what_torch_computes_with(capsys, model_copy: Path) -> None:
     import torch
     from safetensors.torch import save_file as save_torch
 
+    from opt_tpu_tui.model import load_weights
+
     tensors = {k: torch.from_numpy(v).to(torch.bfloat16) for k, v in load_file(str(model_copy / "model.safetensors")).items()}
     save_torch(tensors, str(model_copy / "model.safetensors"))
-    code, _, err = run_cli(capsys, "--model", str(model_copy), "-p", "Hi")
-    assert_one_line_error(code, err, "bfloat16 tensors cannot be read", "float16")
+    weights = load_weights(model_copy)
+    expected = tensors["model.decoder.layers.1.fc1.weight"].float().numpy()
+    assert weights.layers[1].fc1_w.dtype == "float32" and np.array_equal(weights.layers[1].fc1_w, expected)
+    code, out, _ = run_cli(capsys, "--model", str(model_copy), "-p", "Hi", *GREEDY)
+    assert code == 0 and out.strip()
 
 
 def test_float16_weights_are_upcast_once(capsys, tiny_model: Path, model_copy: Path) -> None:
@@ -193,10 +199,10 @@ def test_missing_tensor(capsys, model_copy: Path) -> None:
     assert_one_line_error(code, err, "decoder.layers.1.fc2.weight is missing from model.safetensors")
 
 
-def test_pytorch_bin_only_says_how_to_convert(capsys, model_copy: Path) -> None:
+def test_a_pytorch_model_bin_that_is_no_pytorch_checkpoint_is_one_line(capsys, model_copy: Path) -> None:
     (model_copy / "model.safetensors").rename(model_copy / "pytorch_model.bin")
     code, _, err = run_cli(capsys, "--model", str(model_copy), "-p", "Hi")
-    assert_one_line_error(code, err, "only pytorch_model.bin found", "save_pretrained", "safe_serialization=True")
+    assert_one_line_error(code, err, "pytorch_model.bin: not a PyTorch checkpoint")
 
 
 def test_sharded_checkpoint_loads(capsys, tiny_model: Path, tmp_path: Path) -> None:

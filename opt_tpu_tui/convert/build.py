@@ -10,11 +10,14 @@ removed on success and kept on a compile failure, with each graph's compile log.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import shutil
 import sys
+import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,35 +28,106 @@ from opt_tpu_tui.converted import (
     decode_net, decode_windows, prefill_net, quantization,
 )  # fmt: skip
 from opt_tpu_tui.convert import graphs
-from opt_tpu_tui.convert.mlir import Graph
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.model import load_weights
 from opt_tpu_tui.model.checkpoint import OPTWeights
 from opt_tpu_tui.model.config import POSITION_OFFSET
 from opt_tpu_tui.model.forward import PreparedLayer
 
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+def return_large_frees_to_the_system() -> None:
+    """Have malloc map each block over 1 MiB on its own, so that a layer's arrays, once its
+    graphs are written, go back to the system at once.
+
+    glibc raises that threshold to 32 MiB after the first large frees, and then keeps what
+    each compile worker's thread frees in that thread's heap: the Python side's peak then
+    varied by up to a layer from run to run (converting 4 layers of width 1024 peaked
+    between 130 and 168 MiB). A no-op where the C library has no ``mallopt``.
+    """
+    try:
+        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, 2**20)
+    except (AttributeError, OSError):
+        pass
+
+
 def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def graph_builders(
+class LayerReader:
+    """Decoder layers read from the checkpoint and prepared as the graphs need them, one at a time.
+
+    The graphs of a layer (the prefill chunk, each decode window) share one read of it,
+    whether the compile workers write them one after another or at once; a worker that
+    needs the next layer waits until the graphs of the last are written, so the
+    conversion holds one layer, whatever the model's depth and the number of workers.
+    """
+
+    def __init__(self, w: OPTWeights) -> None:
+        self.w = w
+        self.changed = threading.Condition()
+        self.index: int | None = None
+        self.layer: PreparedLayer | None = None
+        self.users = 0
+
+    @contextlib.contextmanager
+    def use(self, i: int) -> Iterator[PreparedLayer]:
+        with self.changed:
+            while self.index != i and self.users:
+                self.changed.wait()
+            if self.index != i:
+                self.layer = None  # freed before the next one is read
+                self.layer = PreparedLayer.from_weights(self.w.layers[i], self.w.config.head_dim)
+                self.index = i
+            self.users += 1
+            layer = self.layer
+        try:
+            yield layer  # type: ignore[misc]
+        finally:
+            with self.changed:
+                self.users -= 1
+                self.changed.notify_all()
+
+    def release(self) -> None:
+        """Drop the layer held once no graph is being written from it (the lm_head needs none)."""
+        with self.changed:
+            while self.users:
+                self.changed.wait()
+            self.index, self.layer = None, None
+
+
+def graph_writers(
     w: OPTWeights, context: int, chunk: int, windows: Sequence[int]
-) -> dict[str, Callable[[], tuple[Graph, list[str]]]]:
-    """Every net of the model by name, each built only when its compile starts (a 6.7B layer is 800 MB in f32)."""
+) -> dict[str, Callable[[Path], Path]]:
+    """Every net of the model by name: a function writing its MLIR and weights under a folder (returning
+    the .mlir), called when the net's compile starts."""
     config = w.config
-    builders: dict[str, Callable[[], tuple[Graph, list[str]]]] = {}
-    for i, layer in enumerate(w.layers):
+    reader = LayerReader(w)
 
-        def prepared(layer=layer) -> PreparedLayer:  # noqa: ANN001 - binds the loop's layer
-            return PreparedLayer.from_weights(layer, config.head_dim)
+    def block(name: str, i: int, cache: int, rows: int) -> Callable[[Path], Path]:
+        def write(folder: Path) -> Path:
+            with reader.use(i) as layer:
+                graph, outputs = graphs.block(name, layer, config, cache, rows)
+                mlir = graph.write(folder / name, outputs)
+                del graph  # it holds the layer's arrays
+            return mlir
 
-        builders[prefill_net(i)] = lambda i=i, p=prepared: graphs.block(prefill_net(i), p(), config, context, chunk)
+        return write
+
+    def lm_head(folder: Path) -> Path:
+        reader.release()  # the last graph: its tpuc-opt run is the conversion's largest
+        graph, outputs = graphs.lm_head(LM_HEAD, w)
+        return graph.write(folder / LM_HEAD, outputs)
+
+    writers: dict[str, Callable[[Path], Path]] = {}
+    for i in range(len(w.layers)):
+        writers[prefill_net(i)] = block(prefill_net(i), i, context, chunk)
         for window in windows:
-            builders[decode_net(i, window)] = lambda i=i, p=prepared, w=window: graphs.block(
-                decode_net(i, w), p(), config, w, 1
-            )
-    builders[LM_HEAD] = lambda: graphs.lm_head(LM_HEAD, w)
-    return builders
+            writers[decode_net(i, window)] = block(decode_net(i, window), i, window, 1)
+    writers[LM_HEAD] = lm_head
+    return writers
 
 
 def check_output_dir(out: Path) -> list[str]:
@@ -140,14 +214,15 @@ def convert(
     if mode != "f16" and (group_size <= 0 or config.hidden_size % group_size):
         raise UserError(f"--group-size must divide the hidden size {config.hidden_size}, got {group_size}")
 
-    builders = graph_builders(w, context, chunk, windows)
+    return_large_frees_to_the_system()
+    writers = graph_writers(w, context, chunk, windows)
     precision = quantization(mode, activations)
     toolchain.fetch()  # once, before the workers start: the only download besides `fetch-simulator`
     log(f"converting {model_dir} to {out} ({precision}, group {group_size}, context {context}, chunk {chunk}): "
-        f"{len(builders)} graphs")
+        f"{len(writers)} graphs")
     staging = staging_dir(out)
     try:
-        build_into(staging, builders, precision, group_size, jobs, log)
+        build_into(staging, writers, precision, group_size, jobs, log)
         HostEmbedding.write(staging, w.embed_tokens, w.embed_positions[: context + POSITION_OFFSET], w.project_in)
         for name in TOKENIZER_FILES:
             shutil.copyfile(model_dir / name, staging / name)
@@ -165,22 +240,22 @@ def convert(
 
 
 def build_into(
-    folder: Path, builders: dict[str, Callable[[], tuple[Graph, list[str]]]], precision: str, group_size: int,
-    jobs: int | None, log: Callable[[str], None],
+    folder: Path, writers: dict[str, Callable[[Path], Path]], precision: str, group_size: int, jobs: int | None,
+    log: Callable[[str], None],
 ) -> None:  # fmt: skip
-    """Compile every graph under ``folder/build`` (``jobs`` at once) and combine them into ``folder/model.bmodel``."""
+    """Write and compile every graph under ``folder/build`` (``jobs`` at once) and combine them into
+    ``folder/model.bmodel``. A graph's weights are freed once written, before tpuc-opt runs."""
     build = folder / "build"
     done: list[str] = []
 
     def compile_one(name: str) -> Path:
-        graph, outputs = builders[name]()
-        bmodel = toolchain.compile_top(graph.write(build / name, outputs), precision, group_size)
+        bmodel = toolchain.compile_top(writers[name](build), precision, group_size)
         done.append(name)
-        log(f"compiled {name} ({len(done)}/{len(builders)})")
+        log(f"compiled {name} ({len(done)}/{len(writers)})")
         return bmodel
 
     with ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:
-        futures = [pool.submit(compile_one, name) for name in builders]
+        futures = [pool.submit(compile_one, name) for name in writers]
         try:
             bmodels = [future.result() for future in futures]  # the first failure names its graph
         except BaseException:

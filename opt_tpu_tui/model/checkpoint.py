@@ -1,4 +1,5 @@
-"""Load an OPT checkpoint saved by Hugging Face (safetensors, single file or sharded).
+"""Load an OPT checkpoint as Hugging Face ships it: safetensors or PyTorch's ``pytorch_model.bin``,
+single file or sharded with an index, float32, float16 or bfloat16, read without torch.
 
 Every OPT size names its tensors a little differently (``model.decoder.*`` for
 125m/1.3b/2.7b, ``decoder.*`` for 350m and 6.7b+, with or without ``lm_head``),
@@ -9,20 +10,20 @@ so the math downstream has a single form.
 
 from __future__ import annotations
 
+import collections.abc
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 
 from opt_tpu_tui.errors import UserError, is_plain_name, read_json_object
 from opt_tpu_tui.model.config import POSITION_OFFSET, OPTConfig
+from opt_tpu_tui.model.lazy_tensor import FLOAT_DTYPES, LazyTensor
+from opt_tpu_tui.model.safetensors_file import read_safetensors
+from opt_tpu_tui.model.torch_zip import read_torch_zip
 
 Array = np.ndarray
-
-CONVERT_HINT = (
-    "convert it to safetensors with: python -c \"from transformers import OPTForCausalLM as M; "
-    "M.from_pretrained('{d}').save_pretrained('{d}', safe_serialization=True)\""
-)
 
 
 @dataclass
@@ -52,7 +53,7 @@ class OPTWeights:
     config: OPTConfig
     embed_tokens: Array  # [vocab, word_embed_proj_dim]
     embed_positions: Array  # [max_positions + 2, hidden]
-    layers: list[LayerWeights]
+    layers: Sequence[LayerWeights]  # CheckpointLayers when loaded: each read when indexed
     lm_head: Array  # [vocab, word_embed_proj_dim]; often the same array as embed_tokens
     project_in: Array | None = None  # [hidden, word_embed_proj_dim]
     project_out: Array | None = None  # [word_embed_proj_dim, hidden]
@@ -92,47 +93,68 @@ def expected_shapes(config: OPTConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+LAYOUTS = (  # (single file, index of shards), in the order they are looked for
+    ("model.safetensors", "model.safetensors.index.json"),
+    ("pytorch_model.bin", "pytorch_model.bin.index.json"),
+)
+LFS_POINTER = b"version https://git-lfs.github.com/spec/v1"
+
+
 def weight_files(model_dir: Path) -> list[Path]:
-    """The safetensors files of a model directory, or a UserError saying what is there instead."""
+    """The weight files of a model directory (safetensors first, then PyTorch's), or a UserError saying what is wrong."""
     if not model_dir.is_dir():
         raise UserError(f"{model_dir}: no such model directory")
-    single = model_dir / "model.safetensors"
-    index = model_dir / "model.safetensors.index.json"
-    if single.is_file():
-        return [single]
-    if index.is_file():
-        weight_map = read_json_object(index, "").get("weight_map")
-        if not isinstance(weight_map, dict) or not all(isinstance(s, str) for s in weight_map.values()):
-            raise UserError(f"{index}: not a valid safetensors index (no weight_map of tensor -> file)")
-        shards = sorted(set(weight_map.values()))
-        outside = [s for s in shards if not is_plain_name(s)]
-        if outside:
-            raise UserError(f"{index}: shard {outside[0]!r} is not a file in {model_dir}; refusing to read it")
-        missing = [s for s in shards if not (model_dir / s).is_file()]
-        if missing:
-            raise UserError(f"{index}: shard {model_dir / missing[0]} is missing")
-        return [model_dir / s for s in shards]
-    if (model_dir / "pytorch_model.bin").is_file() or (model_dir / "pytorch_model.bin.index.json").is_file():
-        raise UserError(
-            f"{model_dir}: only pytorch_model.bin found, which is not read for safety and speed; "
-            + CONVERT_HINT.format(d=model_dir)
-        )
-    raise UserError(f"{model_dir}: no model.safetensors (or sharded model.safetensors.index.json) found")
+    for single_name, index_name in LAYOUTS:
+        single, index = model_dir / single_name, model_dir / index_name
+        if single.is_file():
+            return [check_not_lfs_pointer(single)]
+        if index.is_file():
+            return [check_not_lfs_pointer(p) for p in shard_files(index)]
+    raise UserError(
+        f"{model_dir}: no model.safetensors or pytorch_model.bin found (nor a sharded *.index.json of either)"
+    )
 
 
-def tensor_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
-    """Every tensor's normalised name and shape, from the safetensors headers alone (no data is read)."""
-    from safetensors import SafetensorError, safe_open
+def shard_files(index: Path) -> list[Path]:
+    """The shards an index's weight_map names, each checked to be a file beside it."""
+    weight_map = read_json_object(index, "").get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(s, str) for s in weight_map.values()):
+        raise UserError(f"{index}: not a valid checkpoint index (no weight_map of tensor -> file)")
+    shards = sorted(set(weight_map.values()))
+    outside = [s for s in shards if not is_plain_name(s)]
+    if outside:
+        raise UserError(f"{index}: shard {outside[0]!r} is not a file in {index.parent}; refusing to read it")
+    missing = [s for s in shards if not (index.parent / s).is_file()]
+    if missing:
+        raise UserError(f"{index}: shard {index.parent / missing[0]} is missing")
+    return [index.parent / s for s in shards]
 
-    shapes: dict[str, tuple[int, ...]] = {}
+
+def check_not_lfs_pointer(path: Path) -> Path:
+    """``path``, unless it is the small text file Git LFS leaves where a file's content was not fetched
+    (a clone with GIT_LFS_SKIP_SMUDGE=1, or without git-lfs installed)."""
+    if path.stat().st_size < 1024:
+        with open(path, "rb") as handle:
+            if handle.read(len(LFS_POINTER)) == LFS_POINTER:
+                raise UserError(
+                    f"{path}: a Git LFS pointer, not the weights (the clone skipped them); "
+                    f"run `git lfs pull` in {path.parent}"
+                )
+    return path
+
+
+def normalised(name: str) -> str:
+    """``decoder.*`` whether the checkpoint says ``model.decoder.*`` (125m-2.7b) or ``decoder.*`` (350m, 6.7b+)."""
+    return name[len("model.") :] if name.startswith("model.") else name
+
+
+def open_tensors(files: list[Path]) -> dict[str, LazyTensor]:
+    """Every tensor of the files by normalised name, from their headers or pickles alone (no data is read)."""
+    tensors: dict[str, LazyTensor] = {}
     for path in files:
-        try:
-            with safe_open(str(path), framework="numpy") as handle:
-                for name in handle.keys():
-                    shapes[name.removeprefix("model.")] = tuple(handle.get_slice(name).get_shape())
-        except (SafetensorError, OSError, ValueError, TypeError) as error:
-            raise UserError(f"{path}: not a readable safetensors file ({error})") from None
-    return shapes
+        read = read_safetensors if path.name.endswith(".safetensors") else read_torch_zip
+        tensors.update((normalised(name), tensor) for name, tensor in read(path).items())
+    return tensors
 
 
 def check_shapes(config: OPTConfig, found: dict[str, tuple[int, ...]], model_dir: Path, files: list[Path]) -> None:
@@ -158,80 +180,92 @@ def check_shapes(config: OPTConfig, found: dict[str, tuple[int, ...]], model_dir
             )
 
 
-def read_tensors(path: Path, upcast: bool = True) -> dict[str, Array]:
-    """All tensors of one safetensors file, names normalised, upcast to float32 unless ``upcast`` is False."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
-    try:
-        raw = load_file(str(path))
-    except TypeError as error:
-        if "bfloat16" in str(error):
-            raise UserError(
-                f"{path}: bfloat16 tensors cannot be read by numpy; save the checkpoint as float16 or float32 "
-                "(model.to(torch.float16).save_pretrained(...))"
-            ) from None
-        raise UserError(f"{path}: not a readable safetensors file ({error})") from None
-    except (SafetensorError, OSError, ValueError) as error:
-        raise UserError(f"{path}: not a readable safetensors file ({error})") from None
-    tensors = {}
-    for name, value in raw.items():
-        name = name.removeprefix("model.")
-        if not np.issubdtype(value.dtype, np.floating):
-            raise UserError(f"{path}: tensor {name} has dtype {value.dtype}, expected a float type")
-        tensors[name] = value.astype(np.float32, copy=False) if upcast else value
-    return tensors
-
-
 def load_weights(model_dir: Path, config: OPTConfig | None = None, upcast: bool = True) -> OPTWeights:
-    """Read config.json and the safetensors weights of ``model_dir``, checked against each other.
+    """The weights of ``model_dir``, checked against its config.json before any tensor is read.
 
-    ``upcast=False`` keeps the checkpoint's float dtype: the converter casts one layer at a
-    time, so OPT-6.7B's float16 checkpoint needs 13 GB of RAM instead of 27.
+    The embeddings (and final LayerNorm, projections, an untied lm_head) are read now;
+    each decoder layer is read when ``layers[i]`` is asked for and not kept, so the CPU
+    backend holds the float32 model once and the converter about one layer at a time.
+    ``upcast=False`` keeps float16 as float16 (bfloat16 is always widened to float32).
     """
     model_dir = Path(model_dir)
     files = weight_files(model_dir)
     config = config or OPTConfig.load(model_dir / "config.json")
-    check_shapes(config, tensor_shapes(files), model_dir, files)  # before any tensor is read
-    tensors: dict[str, Array] = {}
-    for path in files:
-        tensors.update(read_tensors(path, upcast))
-    return assemble(config, tensors)
+    tensors = open_tensors(files)
+    check_shapes(config, {name: t.shape for name, t in tensors.items()}, model_dir, files)
+    for name in expected_shapes(config):
+        if name in tensors and tensors[name].dtype not in FLOAT_DTYPES:
+            raise UserError(f"{tensors[name].path}: tensor {name} has dtype {tensors[name].dtype}, expected a float type")
+
+    def read(name: str) -> Array | None:
+        return tensors[name].read(upcast) if name in tensors else None
+
+    return assemble(config, read)
 
 
-def assemble(config: OPTConfig, t: dict[str, Array]) -> OPTWeights:
-    """Group checked tensors into OPTWeights, filling absent biases/affines with zeros/ones."""
+class CheckpointLayers(collections.abc.Sequence):
+    """The decoder layers of a checkpoint, each read from the file when indexed."""
+
+    def __init__(self, config: OPTConfig, read: Callable[[str], Array | None]) -> None:
+        self.config, self.read = config, read
+
+    def __len__(self) -> int:
+        return self.config.num_hidden_layers
+
+    def __getitem__(self, i: int) -> LayerWeights:  # type: ignore[override]
+        if not isinstance(i, int):
+            raise TypeError("layers are read one at a time")
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        return read_layer(self.config, self.read, i % len(self))
+
+
+def _filled(read: Callable[[str], Array | None], name: str, fill: float, size: int) -> Array:
+    """The tensor, or (for an absent bias or LayerNorm affine) ``size`` copies of ``fill``."""
+    value = read(name)
+    return value if value is not None else np.full(size, fill, np.float32)
+
+
+def _required(read: Callable[[str], Array | None], name: str) -> Array:
+    value = read(name)
+    assert value is not None, f"{name} passed check_shapes"
+    return value
+
+
+def read_layer(config: OPTConfig, read: Callable[[str], Array | None], i: int) -> LayerWeights:
+    """Decoder layer ``i``, absent biases and affines filled with zeros and ones."""
     h, f = config.hidden_size, config.ffn_dim
+    p = f"decoder.layers.{i}."
+    attn = p + "self_attn."
 
-    def get(name: str, fill: float, size: int) -> Array:
-        return t[name] if name in t else np.full(size, fill, np.float32)
+    def get(name: str, fill: float, size: int) -> Array:  # a bias or LayerNorm affine
+        return _filled(read, name, fill, size)
 
-    layers = []
-    for i in range(config.num_hidden_layers):
-        p = f"decoder.layers.{i}."
-        attn = p + "self_attn."
-        layers.append(
-            LayerWeights(
-                q_w=t[attn + "q_proj.weight"], q_b=get(attn + "q_proj.bias", 0, h),
-                k_w=t[attn + "k_proj.weight"], k_b=get(attn + "k_proj.bias", 0, h),
-                v_w=t[attn + "v_proj.weight"], v_b=get(attn + "v_proj.bias", 0, h),
-                o_w=t[attn + "out_proj.weight"], o_b=get(attn + "out_proj.bias", 0, h),
-                ln1_w=get(p + "self_attn_layer_norm.weight", 1, h), ln1_b=get(p + "self_attn_layer_norm.bias", 0, h),
-                fc1_w=t[p + "fc1.weight"], fc1_b=get(p + "fc1.bias", 0, f),
-                fc2_w=t[p + "fc2.weight"], fc2_b=get(p + "fc2.bias", 0, h),
-                ln2_w=get(p + "final_layer_norm.weight", 1, h), ln2_b=get(p + "final_layer_norm.bias", 0, h),
-            )
-        )  # fmt: skip
-    embed = t["decoder.embed_tokens.weight"]
+    return LayerWeights(
+        q_w=_required(read, attn + "q_proj.weight"), q_b=get(attn + "q_proj.bias", 0, h),
+        k_w=_required(read, attn + "k_proj.weight"), k_b=get(attn + "k_proj.bias", 0, h),
+        v_w=_required(read, attn + "v_proj.weight"), v_b=get(attn + "v_proj.bias", 0, h),
+        o_w=_required(read, attn + "out_proj.weight"), o_b=get(attn + "out_proj.bias", 0, h),
+        ln1_w=get(p + "self_attn_layer_norm.weight", 1, h), ln1_b=get(p + "self_attn_layer_norm.bias", 0, h),
+        fc1_w=_required(read, p + "fc1.weight"), fc1_b=get(p + "fc1.bias", 0, f),
+        fc2_w=_required(read, p + "fc2.weight"), fc2_b=get(p + "fc2.bias", 0, h),
+        ln2_w=get(p + "final_layer_norm.weight", 1, h), ln2_b=get(p + "final_layer_norm.bias", 0, h),
+    )  # fmt: skip
+
+
+def assemble(config: OPTConfig, read: Callable[[str], Array | None]) -> OPTWeights:
+    """OPTWeights from checked tensors: everything but the layers read now, the layers on demand."""
+    h = config.hidden_size
+    embed = _required(read, "decoder.embed_tokens.weight")
     final = config.has_final_layer_norm
     return OPTWeights(
         config=config,
         embed_tokens=embed,
-        embed_positions=t["decoder.embed_positions.weight"],
-        layers=layers,
-        lm_head=embed if config.tie_word_embeddings else t["lm_head.weight"],
-        project_in=t.get("decoder.project_in.weight"),
-        project_out=t.get("decoder.project_out.weight"),
-        final_ln_w=get("decoder.final_layer_norm.weight", 1, h) if final else None,
-        final_ln_b=get("decoder.final_layer_norm.bias", 0, h) if final else None,
+        embed_positions=_required(read, "decoder.embed_positions.weight"),
+        layers=CheckpointLayers(config, read),
+        lm_head=embed if config.tie_word_embeddings else _required(read, "lm_head.weight"),
+        project_in=read("decoder.project_in.weight"),
+        project_out=read("decoder.project_out.weight"),
+        final_ln_w=_filled(read, "decoder.final_layer_norm.weight", 1, h) if final else None,
+        final_ln_b=_filled(read, "decoder.final_layer_norm.bias", 0, h) if final else None,
     )
