@@ -120,6 +120,11 @@ def weight_files(model_dir: Path) -> list[Path]:
     raise UserError(f"{model_dir}: no model.safetensors (or sharded model.safetensors.index.json) found")
 
 
+def normalised_name(name: str) -> str:
+    """A tensor's name without the ``model.`` that some checkpoints put first (no str.removeprefix: 3.8)."""
+    return name[len("model."):] if name.startswith("model.") else name
+
+
 def tensor_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
     """Every tensor's normalised name and shape, from the safetensors headers alone (no data is read)."""
     from safetensors import SafetensorError, safe_open
@@ -129,7 +134,7 @@ def tensor_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
         try:
             with safe_open(str(path), framework="numpy") as handle:
                 for name in handle.keys():
-                    shapes[name.removeprefix("model.")] = tuple(handle.get_slice(name).get_shape())
+                    shapes[normalised_name(name)] = tuple(handle.get_slice(name).get_shape())
         except (SafetensorError, OSError, ValueError, TypeError) as error:
             raise UserError(f"{path}: not a readable safetensors file ({error})") from None
     return shapes
@@ -176,7 +181,7 @@ def read_tensors(path: Path, upcast: bool = True) -> dict[str, Array]:
         raise UserError(f"{path}: not a readable safetensors file ({error})") from None
     tensors = {}
     for name, value in raw.items():
-        name = name.removeprefix("model.")
+        name = normalised_name(name)
         if not np.issubdtype(value.dtype, np.floating):
             raise UserError(f"{path}: tensor {name} has dtype {value.dtype}, expected a float type")
         tensors[name] = value.astype(np.float32, copy=False) if upcast else value

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Optional
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -23,7 +24,7 @@ def describe(summary: ConversationSummary) -> Text:
     return Text(f"{when}  {terminal_safe(summary.title)}  ({turns})", no_wrap=True, overflow="ellipsis")
 
 
-class ConversationsScreen(ModalScreen[int | None]):
+class ConversationsScreen(ModalScreen[Optional[int]]):  # evaluated at import: no `|` on 3.8
     """Dismisses with the id of the conversation to open, or None."""
 
     CSS_PATH = "modal.tcss"
