@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from safetensors.numpy import load_file, save_file
+from tiny import torch_and_transformers
 
 from opt_tpu_tui.chat import DEFAULT_PREAMBLE, transcript
 from opt_tpu_tui.cli import DEMO_PROMPT, main
@@ -149,7 +150,7 @@ def test_corrupt_weights(capsys, model_copy: Path) -> None:
 
 
 def test_bfloat16_weights_say_what_to_do(capsys, model_copy: Path) -> None:
-    import torch
+    torch, _ = torch_and_transformers()
     from safetensors.torch import save_file as save_torch
 
     tensors = {k: torch.from_numpy(v).to(torch.bfloat16) for k, v in load_file(str(model_copy / "model.safetensors")).items()}
@@ -192,8 +193,7 @@ def test_pytorch_bin_only_says_how_to_convert(capsys, model_copy: Path) -> None:
 
 
 def test_sharded_checkpoint_loads(capsys, tiny_model: Path, tmp_path: Path) -> None:
-    import transformers
-
+    _, transformers = torch_and_transformers()
     sharded = tmp_path / "sharded"
     transformers.OPTForCausalLM.from_pretrained(tiny_model).save_pretrained(sharded, max_shard_size="100KB")
     for name in ("vocab.json", "merges.txt"):
