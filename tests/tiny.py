@@ -36,10 +36,11 @@ TINY: dict[str, Any] = dict(  # make_model's config, before its overrides
     max_position_embeddings=128,
     init_std=0.2,  # wider than the default 0.02, so greedy choices are not near-ties
 )
-# numpy draws for make_model(seed=s) come from default_rng(s + 4): with 0 itself the pre-LN model's
-# greedy decode of tests/test_tpu_backend.py's prompt has a near-tie (top two logits 0.02 % of their
-# scale apart) that float16 on the TPU flips; with 4 the pre- and post-LN gaps are 3.5 % and more.
-NUMPY_SEED_OFFSET = 4
+# numpy draws for make_model(seed=s) come from default_rng(s + 20). tests/test_tpu_backend.py needs the
+# greedy decode of its prompt free of near-ties, which float16 on the TPU flips (with 0 itself the
+# pre-LN model's top two logits come 0.02 % of their scale apart; with 20 no closer than 1.5 % in the
+# pre- and post-LN models), and the pre-LN one to bring a new token after its third.
+NUMPY_SEED_OFFSET = 20
 
 
 def torch_and_transformers() -> tuple[Any, Any]:
