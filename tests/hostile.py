@@ -23,8 +23,11 @@ from __future__ import annotations
 
 import base64
 import json
-from functools import cache
+from functools import lru_cache
 from pathlib import Path
+
+import numpy as np
+from tiny import opt_parameters, save_opt
 
 ESC, BEL = "\x1b", "\x07"
 TITLE = "pwned-title"
@@ -48,7 +51,7 @@ HIDDEN = 16
 MARGIN = 100.0  # lm_head scale: the chosen logit is about MARGIN * sqrt(HIDDEN - 1), the rest near 0
 
 
-@cache
+@lru_cache(maxsize=None)  # functools.cache is 3.9+
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's byte -> printable character table, which byte-level BPE vocabularies are written in."""
     printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
@@ -59,7 +62,8 @@ def bytes_to_unicode() -> dict[int, str]:
             printable.append(b)
             chars.append(256 + extra)
             extra += 1
-    return dict(zip(printable, (chr(c) for c in chars), strict=True))
+    assert len(printable) == len(chars) == 256
+    return dict(zip(printable, (chr(c) for c in chars)))
 
 
 def token_string(text: str) -> str:
@@ -88,34 +92,28 @@ def sequence_ids() -> list[int]:
 
 def make_hostile_model(out_dir: Path) -> Path:
     """Save the checkpoint (config.json, model.safetensors, vocab.json, merges.txt) in ``out_dir``."""
-    import torch
-    import transformers
-
     vocab = vocabulary()
     ids = sequence_ids()
     follows = {t: ids[i + 1] for i, t in enumerate(ids[:-1])}  # token -> the token after it
     dim_of = {t: k for k, t in enumerate(ids)}  # dim k of the residual stream means "next is ids[k]"
     assert len(ids) <= HIDDEN
     model_vocab = len(vocab) + (-len(vocab)) % 8  # padded like real OPT checkpoints
-    config = transformers.OPTConfig(
+    config = dict(
         vocab_size=model_vocab, hidden_size=HIDDEN, num_hidden_layers=1, num_attention_heads=2, ffn_dim=32,
         max_position_embeddings=512, word_embed_proj_dim=HIDDEN, tie_word_embeddings=False,
         bos_token_id=EOS_ID, eos_token_id=EOS_ID, pad_token_id=1, do_layer_norm_before=True,
     )  # fmt: skip
-    model = transformers.OPTForCausalLM(config).eval()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            param.zero_()
-            if "layer_norm" in name and name.endswith("weight"):
-                param.fill_(1.0)
-        embed = model.get_input_embeddings().weight
-        for token in range(model_vocab):
-            embed[token, dim_of[follows.get(token, ids[0])]] = 1.0
-        head = model.get_output_embeddings().weight
-        for token, k in dim_of.items():
-            head[token, k] = MARGIN
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir, safe_serialization=True)
+    weights = {
+        name: np.full(shape, 1.0 if "layer_norm" in name and name.endswith("weight") else 0.0, np.float32)
+        for name, shape in opt_parameters(config).items()
+    }
+    embed = weights["model.decoder.embed_tokens.weight"]
+    for token in range(model_vocab):
+        embed[token, dim_of[follows.get(token, ids[0])]] = 1.0
+    head = weights["lm_head.weight"]
+    for token, k in dim_of.items():
+        head[token, k] = MARGIN
+    save_opt(out_dir, config, weights)  # numpy only: the model is made on Python 3.8 too
     (out_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     (out_dir / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
     return out_dir

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
+from tiny import torch_and_transformers
 
 from opt_tpu_tui.chat import DEFAULT_PREAMBLE, transcript
 from opt_tpu_tui.cli import DEMO_PROMPT, main
@@ -158,7 +159,7 @@ def test_corrupt_weights(capsys, model_copy: Path) -> None:
 
 
 def test_bfloat16_weights_are_widened_to_what_torch_computes_with(capsys, model_copy: Path) -> None:
-    import torch
+    torch, _ = torch_and_transformers()
     from safetensors.torch import save_file as save_torch
 
     from opt_tpu_tui.model import load_weights
@@ -206,8 +207,7 @@ def test_a_pytorch_model_bin_that_is_no_pytorch_checkpoint_is_one_line(capsys, m
 
 
 def test_sharded_checkpoint_loads(capsys, tiny_model: Path, tmp_path: Path) -> None:
-    import transformers
-
+    _, transformers = torch_and_transformers()
     sharded = tmp_path / "sharded"
     transformers.OPTForCausalLM.from_pretrained(tiny_model).save_pretrained(sharded, max_shard_size="100KB")
     for name in ("vocab.json", "merges.txt"):

@@ -13,8 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-import transformers
 
 from opt_tpu_tui.backends import open_model
 from opt_tpu_tui.chat import ChatSession
@@ -25,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from perplexity import perplexity, read_heldout  # noqa: E402
+from tiny import torch_and_transformers  # noqa: E402
 
 # The shipped model scores 64.7 on the first 12 held-out transcripts (all 65: see README); with margin.
 PERPLEXITY_CEILING = 80.0
@@ -36,6 +35,7 @@ def demo():
 
 
 def test_logits_equal_transformers(demo) -> None:
+    torch, transformers = torch_and_transformers()
     backend, tokenizer = demo
     ids = tokenizer.encode("User: How do I read a file?\nAssistant:")
     reference = transformers.OPTForCausalLM.from_pretrained(DEMO_MODEL_DIR, dtype=torch.float32).eval()

@@ -6,9 +6,8 @@ import threading
 from pathlib import Path
 
 import pytest
-import torch
-import transformers
 from scripted import ScriptedBackend
+from tiny import torch_and_transformers
 
 from opt_tpu_tui.backends import open_backend, open_model
 from opt_tpu_tui.chat import STOP_STRINGS, ChatSession, Conversation, Turn, transcript
@@ -106,6 +105,7 @@ def test_stats_count_prefill_and_decode(tokenizer: Tokenizer) -> None:
 
 
 def test_greedy_generation_on_the_cpu_backend_equals_transformers(tiny_model: Path, tokenizer: Tokenizer) -> None:
+    torch, transformers = torch_and_transformers()
     reference = transformers.OPTForCausalLM.from_pretrained(tiny_model).eval()
     prompt = tokenizer.encode("Hello world, this is")
     settings = SamplingSettings(temperature=0, repetition_penalty=1.3, max_new_tokens=40)

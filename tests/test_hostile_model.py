@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from hostile import REPLY, SEQUENCE, make_hostile_model, sequence_ids
+from tiny import torch_and_transformers
 
 from opt_tpu_tui.backends import open_model
 from opt_tpu_tui.chat import ChatSession
@@ -45,9 +46,7 @@ def test_cpu_backend_raw_reply_is_the_hostile_sequence(hostile_model: Path) -> N
 
 
 def test_transformers_greedy_decode_agrees(hostile_model: Path) -> None:
-    import torch
-    import transformers
-
+    torch, transformers = torch_and_transformers()
     from opt_tpu_tui.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.from_dir(hostile_model)

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-import transformers
-from tiny import make_model
+from safetensors.numpy import load_file
+from tiny import TINY, make_model, opt_parameters, torch_and_transformers
 
 from opt_tpu_tui.model import load_weights
 from opt_tpu_tui.model.forward import OPTModel
@@ -26,17 +25,19 @@ PROMPT = [2, 17, 250, 31, 99, 5, 301, 44, 7]
 
 @pytest.fixture(scope="module", params=SHAPES, ids=list(SHAPES))
 def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    _, transformers = torch_and_transformers()
     directory = make_model(tmp_path_factory.mktemp(request.param), tokenizer=False, **SHAPES[request.param])
-    reference = transformers.OPTForCausalLM.from_pretrained(directory).eval()
-    return OPTModel(load_weights(directory)), reference
+    return OPTModel(load_weights(directory)), transformers.OPTForCausalLM.from_pretrained(directory).eval()
 
 
-def reference_logits(reference, ids: list[int]) -> np.ndarray:
+def reference_logits(model, ids: list[int]) -> np.ndarray:
+    torch, _ = torch_and_transformers()
     with torch.no_grad():
-        return reference(torch.tensor([ids])).logits[0].numpy()
+        return model(torch.tensor([ids])).logits[0].numpy()
 
 
 def test_greedy_64_tokens_equal_transformers_generate(pair) -> None:
+    torch, _ = torch_and_transformers()
     model, reference = pair
     with torch.no_grad():
         out = reference.generate(torch.tensor([PROMPT]), max_new_tokens=64, min_new_tokens=64, do_sample=False)
@@ -95,10 +96,29 @@ def test_decode_step_allocates_no_arrays(tmp_path: Path) -> None:
     tracemalloc.start()
     try:
         for token in range(10, 40):
-            tracemalloc.reset_peak()
-            before = tracemalloc.get_traced_memory()[0]
+            tracemalloc.clear_traces()  # zeroes the current and peak counts (reset_peak is 3.9+)
             model.decode(token)
-            peak = tracemalloc.get_traced_memory()[1] - before
+            peak = tracemalloc.get_traced_memory()[1]
             assert peak < 6144, f"a decode step allocated {peak} bytes (one hidden row is 8 KiB)"
     finally:
         tracemalloc.stop()
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_the_numpy_written_checkpoint_is_the_one_transformers_writes(shape: str, tmp_path: Path) -> None:
+    """Without torch (Python 3.8) tests/tiny.py writes checkpoints from numpy: the same tensors, loading cleanly."""
+    torch, transformers = torch_and_transformers()
+    from tiny import random_weights, save_opt
+
+    config = {**TINY, **SHAPES[shape]}
+    config.setdefault("word_embed_proj_dim", config["hidden_size"])
+    model = transformers.OPTForCausalLM(transformers.OPTConfig(**config))
+    model.save_pretrained(tmp_path / "hf", safe_serialization=True)
+    saved = load_file(str(tmp_path / "hf" / "model.safetensors"))
+    assert {name: tuple(value.shape) for name, value in saved.items()} == opt_parameters(config)
+    save_opt(tmp_path / "np", config, random_weights(config, seed=0))
+    loaded, info = transformers.OPTForCausalLM.from_pretrained(tmp_path / "np", output_loading_info=True)
+    assert not any(info.values()), info
+    with torch.no_grad():
+        expected = loaded(torch.tensor([PROMPT])).logits[0].numpy()
+    np.testing.assert_allclose(OPTModel(load_weights(tmp_path / "np")).prefill(PROMPT), expected[-1], atol=1e-4, rtol=1e-4)

@@ -4,14 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-from transformers import (
-    LogitsProcessorList,
-    RepetitionPenaltyLogitsProcessor,
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
-)
+from tiny import torch_and_transformers
 
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.sampling import Sampler, SamplingSettings, softmax, warp
@@ -27,14 +20,15 @@ SETTINGS = [
 
 
 def reference_scores(logits: np.ndarray, settings: SamplingSettings, seen: list[int]) -> np.ndarray:
-    processors = LogitsProcessorList()
+    torch, transformers = torch_and_transformers()
+    processors = transformers.LogitsProcessorList()
     if settings.repetition_penalty != 1.0:
-        processors.append(RepetitionPenaltyLogitsProcessor(settings.repetition_penalty))
-    processors.append(TemperatureLogitsWarper(settings.temperature))
+        processors.append(transformers.RepetitionPenaltyLogitsProcessor(settings.repetition_penalty))
+    processors.append(transformers.TemperatureLogitsWarper(settings.temperature))
     if settings.top_k:
-        processors.append(TopKLogitsWarper(settings.top_k))
+        processors.append(transformers.TopKLogitsWarper(settings.top_k))
     if settings.top_p < 1.0:
-        processors.append(TopPLogitsWarper(settings.top_p))
+        processors.append(transformers.TopPLogitsWarper(settings.top_p))
     out = processors(torch.tensor([seen]), torch.tensor(logits[None]))
     return out[0].numpy()
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
-from tiny import train_tokenizer
-from transformers import GPT2Tokenizer
+from tiny import torch_and_transformers, train_tokenizer
 
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.tokenizer import Tokenizer
@@ -28,12 +28,14 @@ def vocab_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def pair(vocab_dir: Path) -> tuple[Tokenizer, GPT2Tokenizer]:
-    reference = GPT2Tokenizer(
+def pair(vocab_dir: Path) -> tuple[Tokenizer, Any]:
+    """Ours and transformers' GPT2Tokenizer on the same files."""
+    _, transformers = torch_and_transformers()
+    gpt2 = transformers.GPT2Tokenizer(
         str(vocab_dir / "vocab.json"), str(vocab_dir / "merges.txt"),
         bos_token="</s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>", add_prefix_space=False,
     )  # fmt: skip
-    return Tokenizer.from_dir(vocab_dir), reference
+    return Tokenizer.from_dir(vocab_dir), gpt2
 
 
 @pytest.mark.parametrize("name", TEXTS)

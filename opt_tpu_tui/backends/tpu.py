@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, Tuple
 
 import numpy as np
 
@@ -29,7 +29,7 @@ from opt_tpu_tui.backends.base import reusable_prefix
 from opt_tpu_tui.convert.graphs import block_mask
 from opt_tpu_tui.errors import UserError
 
-Shape = tuple[int, ...]
+Shape = Tuple[int, ...]  # evaluated at import: typing.Tuple, as tuple[...] needs Python 3.9
 ACTIVATION_DTYPES = {"f16": "float16", "bf16": "bfloat16"}
 
 

@@ -259,7 +259,8 @@ def build_into(
         try:
             bmodels = [future.result() for future in futures]  # the first failure names its graph
         except BaseException:
-            pool.shutdown(cancel_futures=True)
+            for future in futures:  # those not started yet; shutdown(cancel_futures=True) is Python 3.9+
+                future.cancel()
             raise
     log(f"combining {len(bmodels)} bmodels")
     toolchain.combine(bmodels, folder / BMODEL, build / "scratch")

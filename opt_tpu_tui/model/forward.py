@@ -9,6 +9,7 @@ step allocates no arrays, while prefill uses a workspace sized to its prompt.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 
@@ -17,13 +18,16 @@ from opt_tpu_tui.model.checkpoint import LayerWeights, OPTWeights
 from opt_tpu_tui.model.config import LAYER_NORM_EPS, POSITION_OFFSET, OPTConfig
 
 Array = np.ndarray
+# Row-wise dot product of two [n, h] arrays: numpy 2's vecdot ufunc; numpy 1.24, the newest on
+# Python 3.8, has no vecdot, and einsum gives the same [n] with no [n, h] temporary either.
+row_dot = getattr(np, "vecdot", None) or partial(np.einsum, "ij,ij->i")
 
 
 def layer_norm(x: Array, w: Array, b: Array, out: Array) -> Array:
     """[n, h] -> [n, h], normalised over h; ``out`` may be ``x``."""
     mean = x.mean(-1, keepdims=True)  # [n, 1]
     np.subtract(x, mean, out=out)  # [n, h]
-    var = np.vecdot(out, out)[:, None]  # [n, 1], sum of squares
+    var = row_dot(out, out)[:, None]  # [n, 1], sum of squares
     var *= 1.0 / x.shape[-1]
     var += LAYER_NORM_EPS
     np.sqrt(var, out=var)

@@ -72,7 +72,9 @@ class OptTuiApp(App[int]):
         self.backend: Backend | None = None
         self.tokenizer: Tokenizer | None = None
         self.load_error: str | None = None if loader is not None else NO_MODEL
-        self.chat = MainScreen()
+        # made in on_mount, inside the running loop: on Python 3.8 and 3.9 a widget's asyncio lock binds
+        # to the current loop when it is made, and there is none outside the app's once one has been closed
+        self.chat: MainScreen
         themes, theme_warnings = load_themes()
         self.startup_warnings += theme_warnings
         self.opt_themes: dict[str, Theme] = themes
@@ -91,6 +93,7 @@ class OptTuiApp(App[int]):
         self.theme_changed_signal.subscribe(self, self._remember_theme)
         for warning in self.startup_warnings:
             self.notify(warning, title="Warning", severity="warning", timeout=15)
+        self.chat = MainScreen()
         self.push_screen(self.chat)  # pushed, not the default screen: only pushed screens load their CSS_PATH
 
     def load_model(self) -> None:

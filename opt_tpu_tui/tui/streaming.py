@@ -9,12 +9,12 @@ timer's pace, not per token, and the worker never waits for the UI.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from typing import Callable, Tuple
 
 from opt_tpu_tui.backends.base import Backend
 from opt_tpu_tui.tokenizer import Tokenizer
 
-ModelLoader = Callable[[], "tuple[Backend, Tokenizer]"]
+ModelLoader = Callable[[], Tuple[Backend, Tokenizer]]  # typing's: evaluated at import, 3.8 has no abc subscripts
 """Builds the backend and tokenizer (slow: run it in a worker). Tests inject a scripted one."""
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Optional
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -30,7 +31,7 @@ def describe(summary: ConversationSummary) -> Text:
 TITLE = "Conversations · enter opens · r renames · d deletes (asks first) · escape closes"
 
 
-class ConversationsScreen(ModalScreen[int | None]):
+class ConversationsScreen(ModalScreen[Optional[int]]):  # evaluated at import: no `|` on 3.8
     """Dismisses with the id of the conversation to open, or None."""
 
     CSS_PATH = "modal.tcss"
