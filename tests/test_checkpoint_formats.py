@@ -19,10 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-import transformers
-from safetensors.torch import load_file
-from torch_checkpoints import copy_beside, save_variant, state_dict
+from tiny import NO_REFERENCE
+
+torch = pytest.importorskip("torch", reason=NO_REFERENCE)  # the checkpoints are written by torch.save
+transformers = pytest.importorskip("transformers", reason=NO_REFERENCE)
+from safetensors.torch import load_file  # noqa: E402
+from torch_checkpoints import copy_beside, save_variant, state_dict  # noqa: E402
 
 from opt_tpu_tui.backends.cpu import CPUBackend
 from opt_tpu_tui.cli import main
