@@ -66,8 +66,8 @@ def tui_start(monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
     """Start the TUI as far as its first frame would be: what it would have shown is recorded instead."""
     seen: dict[str, object] = {}
 
-    def run(app: OptTuiApp) -> None:
-        seen.update(warnings=list(app.startup_warnings), writable=app.store.writable)
+    def run(app: OptTuiApp, **options: object) -> None:
+        seen.update(warnings=list(app.startup_warnings), writable=app.store.writable, options=options)
 
     monkeypatch.setattr(OptTuiApp, "run", run)
     return seen
