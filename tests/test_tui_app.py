@@ -542,6 +542,7 @@ async def test_the_status_line_keeps_its_figures_and_shortens_a_long_model_name(
     async with app.run_test(size=(width, 24)) as pilot:
         await ready(pilot)
         await send(pilot, "Hello")
+        app.screen.pane = "hidden"  # the status line as wide as the terminal
         status = app.screen.query_one(StatusLine)
         status.model = "facebook-opt-6.7b-int4-with-a-very-long-directory-name-indeed"
         await pilot.pause()
