@@ -353,7 +353,7 @@ def test_sail_allocates_the_model_and_its_cache_and_no_buffers_per_graph(
     model_dir = converted("pre-ln", "f16")
     manifest = converted_dir.Manifest.load(model_dir)
     compiled = BmodelMemory(model_dir / converted_dir.BMODEL, tmp_path)
-    got = measure(model_dir, build_shim(tmp_path), real_sail_folder)
+    got = measure(model_dir, build_shim(tmp_path), "sail", real_sail_folder)
     assert got["start"] == got["end"] == 0
     assert len(compiled.scratch) == manifest.config.num_hidden_layers * (1 + len(manifest.windows)) + 1
 
@@ -366,3 +366,29 @@ def test_sail_allocates_the_model_and_its_cache_and_no_buffers_per_graph(
     # the old constructor adds the inputs and outputs of every graph on top
     assert got["engine_devio"] - got["engine_load"] == pytest.approx(compiled.io_bytes, rel=0.01)
     assert compiled.io_bytes > 0
+
+
+def test_bmrt_allocates_the_model_its_cache_and_one_shared_scratch(converted, tmp_path: Path) -> None:
+    """As the sail test, on the bmrt backend, which sets BM_RUNTIME_SHARE_MEM: one scratch for every net.
+
+    The bare runtime without the flag shows what it saves: every net's scratch, as model_tool
+    reports them, in place of the largest one.
+    """
+    model_dir = converted("pre-ln", "f16")
+    manifest = converted_dir.Manifest.load(model_dir)
+    compiled = BmodelMemory(model_dir / converted_dir.BMODEL, tmp_path)
+    got = measure(model_dir, build_shim(tmp_path), "bmrt")
+    assert got["start"] == got["end"] == 0
+    assert compiled.largest_scratch == max(compiled.scratch)
+    # the saving is far outside the tolerance, so the assertions below tell the two apart
+    assert compiled.every_net_scratch - compiled.shared_scratch > 0.2 * compiled.shared_scratch
+
+    expected = compiled.shared_scratch + backend_buffers(manifest)
+    assert abs(got["backend_open"] - expected) < 0.05 * expected
+    assert got["backend_open"] - got["runtime_shared"] == backend_buffers(manifest)
+    assert abs(got["runtime_shared"] - compiled.shared_scratch) < 0.05 * compiled.shared_scratch
+    # without the flag: exactly every other net's scratch more
+    assert got["runtime_unshared"] - got["runtime_shared"] == sum(compiled.scratch) - max(compiled.scratch)
+    assert got["runtime_unshared"] == pytest.approx(compiled.every_net_scratch, rel=0.05)
+    assert got["peak_while_running"] == got["backend_open"]
+    assert got["backend_closed"] == 0
