@@ -151,6 +151,11 @@ def _child(model_dir: Path, kind: str) -> dict[str, int]:
     else:
         import sophon.sail as sail
 
+        from opt_tpu_tui.backends.sail import SHARE_MEM
+
+        engine = sail.EngineLLM(str(bmodel), SHARE_MEM, [0])
+        figures["engine_llm_shared"] = counter.live()
+        del engine
         engine = sail.Engine(0)
         assert engine.load(str(bmodel))
         figures["engine_load"] = counter.live()
