@@ -2,10 +2,12 @@
 
     python bench/graph_scratch.py [--model OPT-6.7b] [--mode int4] [--context 512] [--chunk 64]
 
-bmrt loads every net of a bmodel with its own activation scratch (its ``ctx_size``;
-sail's ``Engine`` cannot ask for the runtime's shared-memory flag), so a converted model
-needs the sum of its graphs' scratch on top of weights, instructions and the KV cache, not
-the largest one that ``model_tool --info`` prints as ``runtime:``. This compiles one
+bmrt loads every net of a bmodel with its own activation scratch (its ``ctx_size``)
+unless the runtime's shared-memory flag, ``BM_RUNTIME_SHARE_MEM``, is set before loading;
+then they share one of the largest net's size, the ``runtime:`` figure of ``model_tool
+--info``. Both backends set it (bmrt directly, sail through ``EngineLLM``; sail's fallback,
+``Engine``, cannot), so this shows what the flag saves, and beside it what the graphs'
+instructions take (every graph keeps its own). This compiles one
 layer's graphs (the prefill chunk and each decode window, random weights of the model's
 shape) as ``convert`` would, reads each one's scratch with ``model_tool --info`` and
 scales it to the whole model. Needs the tpu-mlir download.
@@ -26,15 +28,16 @@ from convert_time import LayerGraphs, layer_arguments  # noqa: E402
 from opt_tpu_tui import toolchain  # noqa: E402
 
 
-def scratch_bytes(bmodel: Path, scratch: Path) -> int:
-    """The ``runtime:`` figure of ``model_tool --info`` for a one-net bmodel: that net's activation scratch."""
+def device_bytes(bmodel: Path, scratch: Path) -> tuple[int, int]:
+    """The ``instruct:`` and ``runtime:`` figures of ``model_tool --info`` for a one-net bmodel: its
+    instructions and its activation scratch."""
     tool = toolchain.root()
     command = [str(tool / "bin" / "model_tool"), "--info", str(bmodel)]
     info = subprocess.run(command, env=toolchain.environment(tool, scratch), capture_output=True, text=True).stdout
-    found = re.search(r"device mem size: \d+ \(weight: \d+, instruct: \d+, runtime: (\d+)\)", info)
+    found = re.search(r"device mem size: \d+ \(weight: \d+, instruct: (\d+), runtime: (\d+)\)", info)
     if found is None:
         raise SystemExit(f"model_tool --info printed no device memory line for {bmodel}:\n{info}")
-    return int(found.group(1))
+    return int(found.group(1)), int(found.group(2))
 
 
 def main() -> None:
@@ -45,18 +48,20 @@ def main() -> None:
         toolchain.fetch()
         for i, (label, _, _) in enumerate(layer.shapes):
             bmodel = toolchain.compile_top(layer.write(i, Path(scratch)), layer.precision, layer.group)
-            rows.append((label, scratch_bytes(bmodel, Path(scratch))))
+            rows.append((label, *device_bytes(bmodel, Path(scratch))))
 
     layers = layer.layers
     mb = 1e6
     print(f"\n{args.model} {args.mode}, context {args.context}, chunk {args.chunk}: activation scratch per graph")
-    print(f"| graph | one layer | {layers} layers |")
-    print("|---|---|---|")
-    for label, size in rows:
-        print(f"| {label} | {size / mb:.2f} MB | {layers * size / mb:.1f} MB |")
-    every = layers * sum(size for _, size in rows)
-    print(f"| **every graph's own (now)** | | **{every / mb:.1f} MB** |")
-    print(f"| the largest, shared | | {max(size for _, size in rows) / mb:.1f} MB |")
+    print(f"| graph | scratch, one layer | {layers} layers | instructions, {layers} layers |")
+    print("|---|---|---|---|")
+    for label, instructions, size in rows:
+        print(f"| {label} | {size / mb:.2f} MB | {layers * size / mb:.1f} MB | {layers * instructions / mb:.1f} MB |")
+    every = layers * sum(size for _, _, size in rows)
+    code = layers * sum(instructions for _, instructions, _ in rows)
+    print(f"| every graph's own (no flag; sail's Engine fallback) | | {every / mb:.1f} MB | {code / mb:.1f} MB |")
+    print(f"| **the largest, shared (BM_RUNTIME_SHARE_MEM: bmrt, sail's EngineLLM)** | | "
+          f"**{max(size for _, _, size in rows) / mb:.1f} MB** | |")
 
 
 if __name__ == "__main__":

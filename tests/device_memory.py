@@ -3,8 +3,13 @@
 The simulator has no memory statistics (bmlib's ``bm_get_stat`` and heap queries give
 zeros), so a child process runs with ``bmlib_alloc_shim.c`` preloaded, which counts the
 bytes of every block bmlib hands out and takes back. Run as a script, this module is that
-child: it opens the model through the real ``sophon.sail`` three ways and prints the
-counts as JSON. The reference figures come from the compiler's own ``model_tool``.
+child: it opens the model through the bmrt backend or the real ``sophon.sail``, then
+through the bare runtime several ways, and prints the counts as JSON. The reference
+figures come from the compiler's own ``model_tool``.
+
+libbmrt and sail reach libbmlib through the dynamic linker, so the preloaded counter sees
+their calls; ``bmrt_lib`` calls bmlib through ctypes on the library's own handle, which
+the linker does not interpose, so the child points those two functions at the counter's.
 """
 
 from __future__ import annotations
@@ -65,14 +70,19 @@ class BmodelMemory:
         """Weights, instructions and each net's own scratch: what bmrt allocates without BM_RUNTIME_SHARE_MEM."""
         return self.weights + self.instructions + sum(self.scratch)
 
+    @property
+    def shared_scratch(self) -> int:
+        """Weights, instructions and one scratch of the largest net's size: what sharing the scratch should take."""
+        return self.weights + self.instructions + max(self.scratch)
 
-def measure(model_dir: Path, shim: Path, sail_folder: Path) -> dict[str, int]:
-    """Run this module as the child, with the counter preloaded and the built sail importable; its figures."""
+
+def measure(model_dir: Path, shim: Path, kind: str, sail_folder: Path | None = None) -> dict[str, int]:
+    """Run this module as the child for backend ``kind``, the counter preloaded (and the built sail importable)."""
     env = dict(os.environ)
     env["LD_PRELOAD"] = str(shim)
-    env["PYTHONPATH"] = os.pathsep.join([str(sail_folder), str(REPO), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([*([str(sail_folder)] if sail_folder else []), str(REPO), env.get("PYTHONPATH", "")])
     done = subprocess.run(
-        [sys.executable, __file__, str(model_dir)], env=env, capture_output=True, text=True, timeout=1200
+        [sys.executable, __file__, str(model_dir), kind], env=env, capture_output=True, text=True, timeout=1200
     )
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
@@ -100,16 +110,27 @@ class _Counter:
         return self.lib.shim_peak_bytes()
 
 
-def _child(model_dir: Path) -> dict[str, int]:
+def _count_bmrt_lib(shim: str) -> None:
+    """Make ``bmrt_lib`` allocate and free through the counter's wrappers (they call on into libbmlib)."""
+    from opt_tpu_tui.backends import bmrt_lib
+
+    libs, counter = bmrt_lib.libraries(), ctypes.CDLL(shim)
+    for name in ("bm_malloc_device_byte", "bm_free_device"):
+        real, wrapper = getattr(libs.bmlib, name), getattr(counter, name)
+        wrapper.argtypes, wrapper.restype = real.argtypes, real.restype
+        setattr(libs.bmlib, name, wrapper)
+
+
+def _child(model_dir: Path, kind: str) -> dict[str, int]:
     from opt_tpu_tui.backends import open_backend
 
-    import sophon.sail as sail
-
     counter = _Counter(os.environ["LD_PRELOAD"])
-    bmodel = str(model_dir / "model.bmodel")
-    figures: dict[str, int] = {"start": counter.live()}
+    bmodel = model_dir / "model.bmodel"
+    figures: dict[str, int] = {"start": counter.live(), "handles_start": counter.handles()}
+    if kind == "bmrt":
+        _count_bmrt_lib(os.environ["LD_PRELOAD"])
 
-    backend = open_backend(model_dir, "sail")
+    backend = open_backend(model_dir, kind)
     figures["backend_open"], figures["handles_open"] = counter.live(), counter.handles()
     counter.lib.shim_reset_peak()
     backend.prefill([2, 40, 41, 42])
@@ -119,17 +140,33 @@ def _child(model_dir: Path) -> dict[str, int]:
     backend.close()  # the backend object stays referenced: only close() may free the device
     figures["backend_closed"], figures["handles_closed"] = counter.live(), counter.handles()
 
-    engine = sail.Engine(0)
-    assert engine.load(bmodel)
-    figures["engine_load"] = counter.live()
-    del engine
-    engine = sail.Engine(bmodel, 0, sail.IOMode.DEVIO)
-    figures["engine_devio"] = counter.live()
-    del engine
+    if kind == "bmrt":
+        from opt_tpu_tui.backends.bmrt_lib import Runtime
+
+        for label, share in (("runtime_shared", True), ("runtime_unshared", False)):
+            runtime = Runtime(share_scratch=share)
+            runtime.load(bmodel)
+            figures[label] = counter.live()
+            runtime.close()
+    else:
+        import sophon.sail as sail
+
+        from opt_tpu_tui.backends.sail import SHARE_MEM
+
+        engine = sail.EngineLLM(str(bmodel), SHARE_MEM, [0])
+        figures["engine_llm_shared"] = counter.live()
+        del engine
+        engine = sail.Engine(0)
+        assert engine.load(str(bmodel))
+        figures["engine_load"] = counter.live()
+        del engine
+        engine = sail.Engine(str(bmodel), 0, sail.IOMode.DEVIO)
+        figures["engine_devio"] = counter.live()
+        del engine
     figures["end"] = counter.live()
     del backend
     return figures
 
 
 if __name__ == "__main__":
-    print(json.dumps(_child(Path(sys.argv[1]))), flush=True)
+    print(json.dumps(_child(Path(sys.argv[1]), sys.argv[2])), flush=True)

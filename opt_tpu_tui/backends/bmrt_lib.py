@@ -25,6 +25,9 @@ from opt_tpu_tui.errors import UserError
 
 LIB_ENV = "OPT_TPU_TUI_BMRT_LIB"
 LIBSOPHON = Path("/opt/sophon/libsophon-current/lib")
+# bm_runtime_flag_t (bmdef.h): bit 0, the nets of a bmrt instance share one activation scratch
+# (their neuron memory) of the largest size instead of each having its own
+SHARE_MEM = 1 << 0
 
 
 class Shape(ctypes.Structure):
@@ -175,6 +178,16 @@ class _Libraries:
         ]:  # fmt: skip
             function = getattr(self.bmrt, name)
             function.argtypes, function.restype = args, result
+        # void bmrt_set_flags(void* p_bmrt, uint32_t flags) and uint32_t bmrt_get_flags(void* p_bmrt)
+        # (bmruntime_interface.h); a libsophon without them gives every net its own scratch, which costs
+        # memory but nothing else
+        self.set_flags = getattr(self.bmrt, "bmrt_set_flags", None)
+        self.get_flags = getattr(self.bmrt, "bmrt_get_flags", None)
+        if self.set_flags is None or self.get_flags is None:
+            self.set_flags = self.get_flags = None
+        else:
+            self.set_flags.argtypes, self.set_flags.restype = [vp, ctypes.c_uint32], None
+            self.get_flags.argtypes, self.get_flags.restype = [vp], ctypes.c_uint32
         status = ctypes.c_int  # bm_status_t; bm_dev_free and bm_free_device return void (bmlib_runtime.h)
         for name, args, result in [
             ("bm_dev_request", [ctypes.POINTER(vp), ctypes.c_int], status),
@@ -220,9 +233,18 @@ def libraries(folder: Path | None = None) -> _Libraries:
 
 
 class Runtime:
-    """A bmrt instance on a device, the bmodels loaded into it, and the device memory it allocated."""
+    """A bmrt instance on a device, the bmodels loaded into it, and the device memory it allocated.
 
-    def __init__(self, device: int = 0, lib_dir: Path | None = None) -> None:
+    ``share_scratch`` (the default) sets ``BM_RUNTIME_SHARE_MEM`` before anything is loaded:
+    then every net of the instance runs in one activation scratch of the largest net's size,
+    where without it bmrt allocates each net (each stage) its own. That is safe here because
+    this instance runs one net at a time, to completion (``launch`` and ``launch_tensors``
+    wait), and because what must outlive a launch (the KV cache, inputs, outputs) is device
+    memory of our own from ``malloc``, outside bmrt's scratch. Nets run concurrently on one
+    instance, or outputs left in bmrt's own buffers, would need it off.
+    """
+
+    def __init__(self, device: int = 0, lib_dir: Path | None = None, share_scratch: bool = True) -> None:
         libs = libraries(lib_dir)
         self.bmlib, self.bmrt = libs.bmlib, libs.bmrt
         self.handle = libs.handle(device)
@@ -230,6 +252,12 @@ class Runtime:
         libs.runtimes.add(self)
         if not self.p:
             raise UserError(f"bmrt could not start on TPU device {device}")
+        self.shares_scratch = share_scratch and libs.set_flags is not None
+        if self.shares_scratch:
+            # tpu-mlir 1.30's bmrt ORs the flags in, and with SHARE_MEM also sets SHARE_DYNMEM (bit 2), which
+            # is what makes its nets share their scratch (bit 0 alone is already on by default there); the
+            # header documents it as a plain set, so keep whatever is on
+            libs.set_flags(self.p, libs.get_flags(self.p) | SHARE_MEM)
         self.blocks: list[DeviceMemory] = []
         self._nets: dict[str, Net] = {}
 
