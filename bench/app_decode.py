@@ -79,6 +79,9 @@ def prompt_mode(model: Path, tokens: int, home: Path) -> tuple[float, int]:
 
 def child(model: str, tokens: int, stats_fd: int) -> None:
     """The app as the console script starts it; each saved reply's stats go to ``stats_fd``."""
+    from opt_tpu_tui.launch import ui_blas_threads
+
+    ui_blas_threads()  # as the console script does for the UI, before numpy is imported
     from opt_tpu_tui import cli, config
     from opt_tpu_tui.tui.screens import main as main_screen
 

@@ -1,3 +1,3 @@
-from opt_tpu_tui.cli import run
+from opt_tpu_tui.launch import run
 
 run()
