@@ -23,6 +23,7 @@ from hostile import CLIPBOARD, REPLY, TITLE, VISIBLE, make_hostile_model
 from tiny import make_model
 
 from opt_tpu_tui import paths
+from opt_tpu_tui.chat import Turn
 from opt_tpu_tui.history import HistoryStore
 
 pytestmark = pytest.mark.skipif(not tmux.available(), reason="needs tmux and the installed opt-tpu-tui console script")
@@ -115,13 +116,18 @@ def sent(term: tmux.Tmux, text: str) -> None:
     term.wait_for(lambda s: first_line in s and READY in s and PLACEHOLDER in s, timeout=60)
 
 
-def saved_user_messages() -> list[str]:
+def saved_turns() -> list[Turn]:
+    """Every turn in the history, conversation by conversation."""
     store, warning = HistoryStore.open()
     assert warning is None
     try:
-        return [turn.user for c in store.list_conversations() for turn in store.load(c.id)]
+        return [turn for c in store.list_conversations() for turn in store.load(c.id)]
     finally:
         store.close()
+
+
+def saved_user_messages() -> list[str]:
+    return [turn.user for turn in saved_turns()]
 
 
 def test_a_burst_of_typed_keys_sends_exactly_what_was_typed(chat_model: Path) -> None:
@@ -219,14 +225,6 @@ def test_the_ui_shows_hostile_output_defanged_live_and_reopened(hostile_model: P
 # e. copy and export
 
 
-def saved_replies() -> list[str]:
-    store, _ = HistoryStore.open()
-    try:
-        return [turn.assistant for c in store.list_conversations() for turn in store.load(c.id)]
-    finally:
-        store.close()
-
-
 def test_copy_reaches_the_terminal_clipboard_and_the_fallback_file(chat_model: Path) -> None:
     write_settings()
     with tmux.Tmux("copy") as term:
@@ -239,7 +237,7 @@ def test_copy_reaches_the_terminal_clipboard_and_the_fallback_file(chat_model: P
         assert term.buffers() == ""
         term.keys("F5")
         term.wait_for(lambda s: "Copied the last reply" in s)
-        (reply,) = saved_replies()
+        (reply,) = [turn.assistant for turn in saved_turns()]
         assert reply and term("show-buffer") == reply  # OSC 52, as tmux took it
         assert (paths.data_dir() / "clipboard.txt").read_text() == reply
         quit_app(term)
