@@ -68,7 +68,7 @@ def sampling_flags(tokens: int) -> list[str]:
 
 def prompt_mode(model: Path, tokens: int, home: Path) -> tuple[float, int]:
     """``-p``: tokens per second and new tokens, from its stats line."""
-    command = [sys.executable, "-c", "from opt_tpu_tui.cli import run; run()"]
+    command = [sys.executable, "-c", "from opt_tpu_tui.launch import run; run()"]  # as the console script
     command += ["--model", str(model), "--backend", "cpu", "-p", PROMPT]
     done = subprocess.run(command + sampling_flags(tokens), env=environment(home), capture_output=True, text=True)
     match = re.search(r"(\d+) new at ([\d.]+) tok/s", done.stderr)
@@ -79,9 +79,9 @@ def prompt_mode(model: Path, tokens: int, home: Path) -> tuple[float, int]:
 
 def child(model: str, tokens: int, stats_fd: int) -> None:
     """The app as the console script starts it; each saved reply's stats go to ``stats_fd``."""
-    from opt_tpu_tui.launch import ui_blas_threads
+    from opt_tpu_tui.launch import quiet_blas_threads
 
-    ui_blas_threads()  # as the console script does for the UI, before numpy is imported
+    quiet_blas_threads()  # as the console script does, before numpy is imported
     from opt_tpu_tui import cli, config
     from opt_tpu_tui.tui.screens import main as main_screen
 

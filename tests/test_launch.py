@@ -1,47 +1,28 @@
-"""The console script's thread policy: the UI leaves a core to itself, the headless modes use them all."""
+"""The console script's thread policy: OpenBLAS's idle threads sleep at once, in every mode."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 
-from opt_tpu_tui.launch import starts_the_ui, ui_blas_threads
+from opt_tpu_tui.launch import THREAD_TIMEOUT, quiet_blas_threads
 
 
-@pytest.mark.parametrize(
-    "argv, ui",
-    [
-        ([], True),
-        (["--model", "/models/opt-125m", "--backend", "cpu"], True),
-        (["--preamble", "x", "--no-mouse"], True),
-        (["-p", "Hello"], False),
-        (["-pHello"], False),
-        (["-qp", "Hello"], False),
-        (["--prompt=Hello"], False),
-        (["-c"], False),
-        (["--chat"], False),
-        (["-h"], False),
-        (["convert", "--model", "m", "--out", "o"], False),
-        (["export", "--last"], False),
-    ],
-)
-def test_which_arguments_start_the_ui(argv: list[str], ui: bool) -> None:
-    assert starts_the_ui(argv) is ui
+def test_blas_threads_sleep_when_idle_unless_the_user_says_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENBLAS_THREAD_TIMEOUT", raising=False)
+    quiet_blas_threads()
+    assert os.environ["OPENBLAS_THREAD_TIMEOUT"] == THREAD_TIMEOUT
+    monkeypatch.setenv("OPENBLAS_THREAD_TIMEOUT", "20")
+    quiet_blas_threads()
+    assert os.environ["OPENBLAS_THREAD_TIMEOUT"] == "20"
 
 
-def test_the_ui_caps_blas_threads_at_the_cores_less_one(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
-    monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0, 1, 2, 3, 4, 5, 6, 7}, raising=False)
-    ui_blas_threads()
-    assert os.environ["OPENBLAS_NUM_THREADS"] == "7"
-    monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0}, raising=False)
-    monkeypatch.delenv("OPENBLAS_NUM_THREADS")
-    ui_blas_threads()
-    assert os.environ["OPENBLAS_NUM_THREADS"] == "1"  # never none
-
-
-def test_a_users_own_thread_count_wins(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "3")
-    ui_blas_threads()
-    assert os.environ["OPENBLAS_NUM_THREADS"] == "3"
+def test_the_console_script_sets_it_before_numpy_is_imported() -> None:
+    """OpenBLAS reads the variable once, at numpy's import: the launcher must not import numpy first."""
+    code = "import sys, opt_tpu_tui.launch as l; l.quiet_blas_threads(); print('numpy' in sys.modules)"
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
