@@ -30,6 +30,10 @@ What happens at open, and why:
   nobody holds locked was left by an instance that died with the history open.
 - Several instances may start at once on a fresh machine: the schema is created in a
   ``BEGIN IMMEDIATE`` transaction, with ``IF NOT EXISTS``, so the second finds it made.
+
+Search (:meth:`HistoryStore.search`, the TUI's ctrl+f) scans titles and turns with LIKE:
+no full-text table, so it needs nothing beyond the schema above. A match comes back
+with the turn's index, which the app opens the conversation at.
 """
 
 from __future__ import annotations
