@@ -30,6 +30,10 @@ What happens at open, and why:
   nobody holds locked was left by an instance that died with the history open.
 - Several instances may start at once on a fresh machine: the schema is created in a
   ``BEGIN IMMEDIATE`` transaction, with ``IF NOT EXISTS``, so the second finds it made.
+
+Search (:meth:`HistoryStore.search`, the TUI's ctrl+f) scans titles and turns with LIKE:
+no full-text table, so it needs nothing beyond the schema above. A match comes back
+with the turn's index, which the app opens the conversation at.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from __future__ import annotations
 import fcntl
 import functools
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -51,12 +56,16 @@ from opt_tpu_tui import paths
 from opt_tpu_tui.atomic import fsync_dir, move_aside
 from opt_tpu_tui.chat import Turn
 from opt_tpu_tui.errors import UserError
+from opt_tpu_tui.safe_text import terminal_safe
 
 SCHEMA_VERSION = 1
 TITLE_LENGTH = 60
 BUSY_WAIT = 5.0  # seconds an open waits for another process to let go of the database
 SQLITE_BUSY, SQLITE_LOCKED, SQLITE_CORRUPT, SQLITE_NOTADB = 5, 6, 11, 26
 BUSY_MESSAGES = ("database is locked", "database table is locked", "database schema is locked")
+SEARCH_LIMIT = 50  # results a search returns at most: a screenful or two, and a bounded query
+SNIPPET_BEFORE, SNIPPET_WIDTH = 20, 100  # characters of a snippet before its match, and in all
+LIKE_ESCAPE = "\\"
 CORRUPT_MESSAGES = ("file is not a database", "malformed", "file is encrypted or is not a database")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS conversations (
@@ -93,6 +102,50 @@ class ConversationSummary:
     title: str
     updated: float
     turns: int
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """Where a search matched: a conversation's title, or one field of one of its turns.
+
+    ``turn`` is the turn's index in :meth:`HistoryStore.load`'s list (None for a title),
+    so the app can open the conversation at it. ``snippet`` is one line around the match,
+    safe to print, and ``match`` the match's (start, end) in it, for highlighting.
+    """
+
+    conversation_id: int
+    title: str
+    turn: int | None
+    field: str  # "title", "user" or "assistant"
+    snippet: str
+    match: tuple[int, int]
+
+
+def like_pattern(query: str) -> str:
+    """A LIKE pattern matching ``query`` anywhere, its ``%``, ``_`` and escape character taken literally."""
+    escaped = query.replace(LIKE_ESCAPE, LIKE_ESCAPE * 2).replace("%", LIKE_ESCAPE + "%").replace("_", LIKE_ESCAPE + "_")
+    return f"%{escaped}%"
+
+
+def one_line(text: str) -> str:
+    """Runs of whitespace (newlines too) as one space, control characters visible: a snippet is one safe row."""
+    return terminal_safe(re.sub(r"\s+", " ", text))
+
+
+def snippet(text: str, query: str) -> tuple[str, tuple[int, int]]:
+    """The part of ``text`` around the first case-insensitive ``query``, on one line, and the match's span in it.
+
+    Python's IGNORECASE folds one character at a time, so offsets in ``text`` stay true;
+    where only full case folding finds the match (ß and ss), the snippet is the start.
+    """
+    found = re.search(re.escape(query), text, re.IGNORECASE)
+    start, end = (found.start(), found.end()) if found else (0, 0)
+    left = max(0, start - SNIPPET_BEFORE)
+    right = max(end, left + SNIPPET_WIDTH)
+    before = ("…" if left else "") + one_line(text[left:start])
+    matched = one_line(text[start:end])
+    after = one_line(text[end:right]) + ("…" if right < len(text) else "")
+    return before + matched + after, (len(before), len(before) + len(matched))
 
 
 def title_for(user: str) -> str:
@@ -407,3 +460,48 @@ class HistoryStore:
             "SELECT id FROM turns WHERE conversation_id = ? ORDER BY position DESC LIMIT 1", (conversation_id,)
         )
         return int(rows[0][0]) if rows else None
+
+    # search
+
+    def search(self, query: str, limit: int = SEARCH_LIMIT) -> list[SearchHit]:
+        """Conversations whose title, or a turn's message or reply, holds ``query`` (case-insensitive).
+
+        Newest conversation first, and within one its title, then its latest turns first.
+        LIKE with escaping, so no new table: the schema stays as it is. SQLite's LIKE folds
+        only ASCII case; a query with other letters is compared casefolded, through a
+        Python function on this connection (slower, so only then). Nothing when the
+        history is unavailable or the query is blank.
+        """
+        query = query.strip()
+        if not query or limit <= 0:
+            return []
+        fold = not query.isascii()
+        column = "opt_fold({})" if fold else "{}"
+        with self._lock:
+            if self._db is None:
+                return []
+            if fold:
+                self._db.create_function("opt_fold", 1, lambda text: text.casefold(), deterministic=True)
+        where = " LIKE ? ESCAPE '\\'"
+        matches = " UNION ALL ".join(
+            f"SELECT c.id, c.title, c.updated, {position}, '{field}', {source} FROM {tables} "
+            f"WHERE {column.format(source)}{where}"
+            for field, source, position, tables in (
+                ("title", "c.title", "NULL", "conversations c"),
+                ("user", "t.user", "t.position", "turns t JOIN conversations c ON c.id = t.conversation_id"),
+                ("assistant", "t.assistant", "t.position", "turns t JOIN conversations c ON c.id = t.conversation_id"),
+            )
+        )
+        # The turn's index (what load() returns) is counted only for the hits kept.
+        rows = self._read(
+            f"WITH m(id, title, updated, position, field, text) AS ({matches}) "
+            "SELECT id, title, position, field, text, CASE WHEN position IS NULL THEN NULL ELSE "
+            "(SELECT COUNT(*) FROM turns e WHERE e.conversation_id = m.id AND e.position < m.position) END "
+            "FROM m ORDER BY updated DESC, id DESC, position IS NOT NULL, position DESC, field DESC LIMIT ?",
+            (*[like_pattern(query.casefold() if fold else query)] * 3, limit),
+        )
+        hits = []
+        for cid, title, _, field, text, index in rows:
+            shown, span = snippet(text, query)
+            hits.append(SearchHit(int(cid), str(title), None if index is None else int(index), field, shown, span))
+        return hits

@@ -296,3 +296,76 @@ def test_an_unusable_data_folder_gives_an_unavailable_store_and_one_line(
         store.add_turn(1, "x")
     store.close()
     assert (folder.read_text() == "mine") if trouble == "folder-is-a-file" else list(folder.iterdir()) == []
+
+
+# search
+
+
+def saved(store: HistoryStore, title: str, *turns: tuple[str, str]) -> int:
+    """A conversation titled ``title`` with ``turns`` (user, reply), all complete; returns its id."""
+    cid = store.create_conversation(title)
+    for user, reply in turns:
+        store.save_reply(store.add_turn(cid, user), reply, complete=True)
+    return cid
+
+
+def found(hits: list[history.SearchHit]) -> list[tuple[int, int | None, str]]:
+    return [(hit.conversation_id, hit.turn, hit.field) for hit in hits]
+
+
+def test_search_finds_titles_messages_and_replies_newest_first_case_insensitively(tmp_path: Path) -> None:
+    store, _ = HistoryStore.open(tmp_path / "h.sqlite3")
+    old = saved(store, "Trip planning", ("where to go in ROME?", "Rome in spring."), ("and Paris?", "Paris too."))
+    new = saved(store, "Cooking", ("pasta", "Carbonara, as in rome."))
+    store.rename_conversation(old, "Rome trip")  # a title that no message holds
+    store.save_reply(store.last_turn_id(new) or 0, "Carbonara, as in rome.", complete=True)  # new is the newest again
+    assert found(store.search("rome")) == [
+        (new, 0, "assistant"),
+        (old, None, "title"),  # a conversation's title first, then its turns, latest first
+        (old, 0, "user"),
+        (old, 0, "assistant"),
+    ]
+    assert found(store.search("  PARIS ")) == [(old, 1, "user"), (old, 1, "assistant")]
+    assert store.search("Élan") == [] and store.search("   ") == []
+    saved(store, "accents", ("ÉLAN vital", "élan"))
+    assert [hit.field for hit in store.search("élan")] == ["user", "assistant"]  # beyond ASCII too
+    store.close()
+
+
+def test_search_takes_percent_underscore_and_backslash_literally(tmp_path: Path) -> None:
+    store, _ = HistoryStore.open(tmp_path / "h.sqlite3")
+    plain = saved(store, "plain", ("abc", "nothing special here"))
+    percent = saved(store, "percent", ("how much?", "100% sure"))
+    underscore = saved(store, "underscore", ("snake_case", "ok"))
+    backslash = saved(store, "backslash", ("C:\\temp", "ok"))
+    assert found(store.search("%")) == [(percent, 0, "assistant")]
+    assert found(store.search("_")) == [(underscore, 0, "user")]
+    assert found(store.search("\\")) == [(backslash, 0, "user")]
+    assert found(store.search("e_c")) == [(underscore, 0, "user")]  # not "e", any character, "c"
+    assert found(store.search("0%")) == [(percent, 0, "assistant")]
+    assert plain not in {hit.conversation_id for q in ("%", "_", "\\") for hit in store.search(q)}
+    store.close()
+
+
+def test_search_snippet_is_one_safe_line_around_the_match(tmp_path: Path) -> None:
+    store, _ = HistoryStore.open(tmp_path / "h.sqlite3")
+    reply = "x" * 300 + "\n\x1b]0;owned\x07 the NEEDLE\tis here\n" + "y" * 300
+    saved(store, "long", ("q", reply))
+    (hit,) = store.search("needle")
+    start, end = hit.match
+    assert hit.snippet[start:end] == "NEEDLE"
+    assert "\x1b" not in hit.snippet and "\x07" not in hit.snippet and "␛]0;owned␇" in hit.snippet
+    assert "\n" not in hit.snippet and "\t" not in hit.snippet
+    assert hit.snippet.startswith("…") and hit.snippet.endswith("…") and len(hit.snippet) <= 110
+
+
+def test_search_is_limited_and_nothing_without_a_history(tmp_path: Path) -> None:
+    store, _ = HistoryStore.open(tmp_path / "h.sqlite3")
+    cid = saved(store, "many", *[(f"word {i}", "reply") for i in range(30)])
+    hits = store.search("word", limit=5)
+    assert found(hits) == [(cid, turn, "user") for turn in (29, 28, 27, 26, 25)]  # the latest turns
+    assert len(store.search("word")) == 30 and len(store.search("r")) == history.SEARCH_LIMIT  # 60 match
+    store.close()
+    assert store.search("word") == []  # closed: reads return nothing
+    unavailable, _ = HistoryStore.unavailable(tmp_path / "other.sqlite3", "held elsewhere")
+    assert unavailable.search("word") == []

@@ -23,6 +23,7 @@ from opt_tpu_tui.tokenizer import Tokenizer
 from opt_tpu_tui.tui.screens.help import HelpScreen
 from opt_tpu_tui.tui.app import OptTuiApp
 from opt_tpu_tui.tui.screens.main import MainScreen
+from opt_tpu_tui.tui.screens.search import SearchScreen
 from opt_tpu_tui.tui.widgets.conversation import Line, Notice, ReplyView, Transcript, UserMessage, take_line
 from opt_tpu_tui.tui.widgets.prompt import PromptInput
 from opt_tpu_tui.tui.widgets.settings_form import SettingsForm
@@ -634,3 +635,90 @@ async def test_without_colour_each_message_says_whose_it_is(
         user, reply = shown(app.screen.query(UserMessage).last()), shown(app.screen.query(ReplyView).last())
         assert ("you" in user.splitlines()[0]) == no_color
         assert ("scripted-opt" in reply.splitlines()[0]) == no_color  # with colour, the bars' colours tell them apart
+
+
+def seed_history(turns: int, needle_at: int) -> tuple[int, int]:
+    """An old conversation of ``turns`` turns whose turn ``needle_at`` mentions a needle, then a newer one that does too.
+
+    Returns (old, new) ids: the newer one is listed first, so choosing the old takes ↓.
+    """
+    store, _ = HistoryStore.open()
+    old = store.create_conversation("long chat")
+    for i in range(turns):
+        user = "where is the Needle_42?" if i == needle_at else f"message {i}"
+        store.save_reply(store.add_turn(old, user), f"reply {i}", complete=True)
+    new = store.create_conversation("recent")
+    store.save_reply(store.add_turn(new, "recent"), "a needle_42 here too", complete=True)
+    store.close()
+    return old, new
+
+
+def on_screen(widget: Widget, transcript: Widget) -> bool:
+    """The widget's top row is inside the transcript's visible rows."""
+    region = widget.region
+    return bool(region) and transcript.region.y <= region.y < transcript.region.bottom
+
+
+async def search_for(pilot, text: str) -> None:  # type: ignore[no-untyped-def]
+    """Open the search (ctrl+f), type ``text`` and wait for its results."""
+    await pilot.press("ctrl+f")
+    await wait_until(pilot, lambda: isinstance(pilot.app.screen, SearchScreen))
+    await pilot.press(*text)
+    await wait_until(pilot, lambda: pilot.app.screen.searched == text)
+    await pilot.pause()
+
+
+@pytest.mark.parametrize("size", [(80, 24), (60, 15)], ids=["80x24", "60x15"])
+async def test_search_opens_an_old_conversation_at_a_match_older_than_the_mounted_window(
+    tokenizer: Tokenizer, size: tuple[int, int]
+) -> None:
+    turns, needle_at = Transcript.MOUNTED, 12  # twice the turns mounted: turn 12 is far out of the last window
+    old, new = seed_history(turns, needle_at)
+    app, _ = make_app(tokenizer, settings=GREEDY)
+    async with app.run_test(size=size) as pilot:
+        await ready(pilot)
+        await search_for(pilot, "needle_4")  # "_" taken literally, any case
+        search = app.screen
+        assert [(hit.conversation_id, hit.turn) for hit in search.hits] == [(new, 0), (old, needle_at)]
+        results = search.query_one("#search-results")
+        assert "Needle_4" in shown(results) and "long chat · turn 13 · you" in shown(results)
+        await pilot.press("down", "enter")
+        await wait_until(pilot, lambda: isinstance(app.screen, MainScreen) and app.screen.conversation.id == old)
+        await pilot.pause()
+        transcript = app.screen.query_one(Transcript)
+        found = next(m for m in app.screen.query(UserMessage) if "Needle_42" in str(m.render()))
+        await wait_until(pilot, lambda: on_screen(found, transcript))
+        assert found.has_class("-found")
+        messages = len(app.screen.query(UserMessage)) + len(app.screen.query(ReplyView))
+        assert messages <= Transcript.MOUNTED  # a window, not the whole chat
+        assert 0 < transcript.later_messages and transcript.hidden_messages + messages + transcript.later_messages == 2 * turns
+        await send(pilot, "and now?")  # the chat goes on from its end
+        assert transcript.later_messages == 0
+        assert str(app.screen.query(UserMessage)[-2].render()) == f"message {turns - 1}"
+        assert app.store.load(old)[-1].user == "and now?"
+
+
+async def test_search_closes_with_escape_and_says_when_nothing_matches(tokenizer: Tokenizer) -> None:
+    seed_history(3, 1)
+    app, _ = make_app(tokenizer)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        await search_for(pilot, "100%")
+        assert app.screen.hits == [] and "No conversation holds that." in shown(app.screen.query_one("#search-results"))
+        await pilot.press("enter")  # nothing to open
+        assert isinstance(app.screen, SearchScreen)
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: isinstance(app.screen, MainScreen))
+        assert app.screen.conversation.id is None
+
+
+async def test_search_typed_ahead_with_enter_opens_the_first_match(tokenizer: Tokenizer) -> None:
+    """Over SSH the query and enter can come as one burst, before any result is on screen."""
+    _, new = seed_history(3, 1)
+    app, _ = make_app(tokenizer)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        await pilot.press("ctrl+f", *"needle", "enter")
+        await wait_until(pilot, lambda: isinstance(app.screen, MainScreen) and app.screen.conversation.id == new)
+        reply = replies(app)[-1]
+        assert reply.text == "a needle_42 here too" and reply.has_class("-found")  # the match was in the reply

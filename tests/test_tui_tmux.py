@@ -243,7 +243,34 @@ def test_copy_reaches_the_terminal_clipboard_and_the_fallback_file(chat_model: P
         quit_app(term)
 
 
-# f. the mouse
+# f. search
+
+
+def test_search_opens_an_old_conversation_at_the_match(chat_model: Path) -> None:
+    """ctrl+f, a query, enter: the chat shows the old message that matched, far back in a long conversation."""
+    write_settings()
+    store, _ = HistoryStore.open()
+    old = store.create_conversation("a long chat")
+    for i in range(45):
+        user = "where did we put the Needle_7 form?" if i == 2 else f"message {i}"
+        store.save_reply(store.add_turn(old, user), f"reply {i}", complete=True)
+    store.save_reply(store.add_turn(store.create_conversation("newer"), "newer"), "nothing here", complete=True)
+    store.close()
+    with tmux.Tmux("search") as term:
+        term.start(tui(chat_model), 80, 24)
+        term.wait_for(lambda s: READY in s)
+        term.keys("C-f")
+        term.wait_for(lambda s: "Search chats" in s)
+        term.keys("needle_7", literal=True)
+        screen = term.wait_for(lambda s: "a long chat · turn 3 · you" in s)
+        assert "Needle_7" in screen  # the snippet, with the match
+        term.keys("Enter")
+        screen = term.wait_for(lambda s: "where did we put the Needle_7 form?" in s and "Search chats" not in s)
+        assert "message 44" not in screen  # opened at the match, not at the end
+        quit_app(term)
+
+
+# g. the mouse
 
 
 @pytest.mark.parametrize(

@@ -29,10 +29,11 @@ from opt_tpu_tui.chat import ChatSession, Conversation, Reply
 from opt_tpu_tui.devices import DeviceSample
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.export import clipboard_file, conversation_markdown, export_path, last_code_block, write_text
-from opt_tpu_tui.history import title_for
+from opt_tpu_tui.history import SearchHit, title_for
 from opt_tpu_tui.persist import run_and_save
 from opt_tpu_tui.tui.messages import DeviceSampled, FlushReply, ReplyFinished
 from opt_tpu_tui.tui.screens.conversations import ConversationsScreen
+from opt_tpu_tui.tui.screens.search import SearchScreen
 from opt_tpu_tui.tui.streaming import TokenBuffer
 from opt_tpu_tui.tui.widgets.conversation import Notice, ReplyView, Transcript, UserMessage
 from opt_tpu_tui.tui.widgets.prompt import PromptInput
@@ -78,6 +79,8 @@ class MainScreen(Screen[None]):
         Binding("ctrl+n", "new_conversation", "New", id="chat.new", tooltip="new conversation"),
         Binding("ctrl+o", "conversations", "Chats", id="chat.conversations",
                 tooltip="conversation list: enter opens, r renames, d deletes (a second d confirms)"),
+        Binding("ctrl+f", "search", "Search", id="chat.search", show=False,
+                tooltip="search all conversations: type, ↑/↓ select, enter opens at the match"),
         Binding("f2", "pane('settings')", "Settings", id="pane.settings",
                 tooltip="settings pane (↑/↓ step a number, enter or ctrl+s applies)"),
         Binding("f3", "pane('stats')", "Stats", id="pane.stats", tooltip="device-stats pane"),
@@ -295,6 +298,7 @@ class MainScreen(Screen[None]):
         if self._streaming is not None or self.session is None:
             return self._refuse(self.query_one(PromptInput).refusal or BUSY)
         self.session.preamble = self.tui.settings.preamble
+        await self._back_to_the_end()
         cancel = threading.Event()
         try:
             reply = self.session.send(text, self.tui.settings.sampling, cancel)
@@ -317,6 +321,7 @@ class MainScreen(Screen[None]):
         except UserError as error:
             self.notify(str(error), title="Not regenerated", severity="error")
             return
+        await self._back_to_the_end()
         replies = self.query(ReplyView)
         if replies:
             await replies.last().remove()
@@ -450,24 +455,58 @@ class MainScreen(Screen[None]):
         if conversation_id is not None:
             await self.open_conversation(conversation_id)
 
-    async def open_conversation(self, conversation_id: int) -> None:
-        """Show a saved conversation: its last messages as widgets, the count of the others above."""
-        turns = self.tui.store.load(conversation_id)
-        self.conversation.turns[:] = turns
+    def action_search(self) -> None:
+        if self._busy():
+            return
+        self.app.push_screen(SearchScreen(self.tui.store.search), self._open_match)
+
+    async def _open_match(self, hit: SearchHit | None) -> None:
+        if hit is not None:
+            await self.open_conversation(hit.conversation_id, at=hit.turn, reply=hit.field == "assistant")
+
+    async def open_conversation(self, conversation_id: int, at: int | None = None, *, reply: bool = False) -> None:
+        """Show a saved conversation: its last messages, or with ``at`` (a search's match) the turns around that one,
+        that turn's message (or with ``reply`` its reply) marked and scrolled into view."""
+        self.conversation.turns[:] = self.tui.store.load(conversation_id)
         self.conversation.id = conversation_id
+        await self._show_turns(at, reply)
+        self._show_context()
+        self.query_one(PromptInput).focus()
+
+    async def _show_turns(self, at: int | None = None, reply: bool = False) -> None:
+        """Mount a window of the conversation's turns as widgets, the others counted above and below.
+
+        The window is the last ``Transcript.MOUNTED // 2`` turns, so a long chat opens as
+        fast as a short one; holding turn ``at`` when that is older, a few turns before it
+        for context, and the matched message scrolled to the top of the view.
+        """
+        turns, size = self.conversation.turns, Transcript.MOUNTED // 2
+        start = max(0, len(turns) - size)
+        if at is not None and at < start:
+            start = max(0, at - size // 4)
+        end = min(len(turns), start + size)
         transcript = self.query_one(Transcript)
         await transcript.clear()
         backend = self.tui.backend
         label = backend.model_name if backend else "opt"
-        shown = turns[-(Transcript.MOUNTED // 2) :]
         widgets: list[Static | ReplyView] = []
-        for turn in shown:
+        for turn in turns[start:end]:
             widgets += [UserMessage(turn.user), ReplyView(turn.assistant, label=label, stopped=turn.stopped)]
-        transcript.hidden_messages = 2 * (len(turns) - len(shown))
+        transcript.hidden_messages = 2 * start
         await transcript.add(*widgets)
-        transcript.anchor()  # as after a reply: the newest message at the bottom, however short the chat
-        self._show_context()
-        self.query_one(PromptInput).focus()
+        await transcript.show_later(2 * (len(turns) - end))
+        if at is None or not 0 <= at < len(turns):
+            transcript.anchor()  # as after a reply: the newest message at the bottom, however short the chat
+            return
+        transcript.anchor(False)
+        found = widgets[2 * (at - start) + reply]
+        found.add_class("-found")
+        self.call_after_refresh(transcript.scroll_to_widget, found, top=True, animate=False)
+
+    async def _back_to_the_end(self) -> None:
+        """A conversation opened at an older match shows the latest turns again before it goes on."""
+        if self.query_one(Transcript).later_messages:
+            await self._show_turns()
 
     # copy and export
 

@@ -225,7 +225,8 @@ class Transcript(VerticalScroll):
 
     Only the last ``MOUNTED`` messages are kept as widgets; the older ones are counted
     in a line at the top (they stay in the history), so a long chat costs as much per
-    turn as a short one.
+    turn as a short one. A conversation opened at an older search match shows a window
+    of its turns instead, and counts the later ones in a line at the bottom.
     """
 
     MOUNTED = 40
@@ -234,6 +235,7 @@ class Transcript(VerticalScroll):
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.hidden_messages = 0
+        self.later_messages = 0  # after the window shown (opened at a search match); 0 when the end is shown
         self._hidden_count: Static | None = None  # the line counting them (a query would walk every message)
         self._context_start: Notice | None = None  # the line above the oldest turn still in the prompt
 
@@ -257,6 +259,13 @@ class Transcript(VerticalScroll):
             self._hidden_count = Static(text, classes="notice hidden-count", markup=False)
             await self.mount(self._hidden_count, before=0)
 
+    async def show_later(self, count: int) -> None:
+        """Say, at the bottom, that ``count`` later messages are not shown (the chat goes on from the end)."""
+        self.later_messages = count
+        if count:
+            text = f"▼ {count} later messages are in the history: sending a message shows the latest again"
+            await self.mount(Static(text, classes="notice later-count", markup=False))
+
     async def mark_context_start(self, kept_turns: int) -> None:
         """Show where the model's context now starts: above the first of the last ``kept_turns`` turns.
 
@@ -273,5 +282,5 @@ class Transcript(VerticalScroll):
             await self.mount(self._context_start, before=users[-kept_turns])
 
     async def clear(self) -> None:
-        self.hidden_messages, self._hidden_count, self._context_start = 0, None, None
+        self.hidden_messages, self.later_messages, self._hidden_count, self._context_start = 0, 0, None, None
         await self.remove_children()

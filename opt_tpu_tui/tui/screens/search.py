@@ -1,0 +1,122 @@
+"""Search every saved conversation: type words, pick a match, and the chat opens at it.
+
+The query runs as the user types, after a short pause (each key does not start a scan
+of the whole history), in a thread: the store's LIKE scan is fast on a usual history but
+grows with it, and the UI must not wait on it. A result that arrives after the query
+changed again is dropped. The focus stays in the query box; ↑/↓ move through the results,
+and enter opens the highlighted one (or, typed before any result showed, the first).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Optional
+
+from rich.style import Style
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.timer import Timer
+from textual.widgets import Input, Label, OptionList
+from textual.widgets.option_list import Option
+
+from opt_tpu_tui.history import SearchHit
+from opt_tpu_tui.safe_text import terminal_safe
+
+DEBOUNCE = 0.15  # seconds of no typing before the history is searched
+TITLE = "Search chats · ↑↓ select · enter opens · esc closes"  # fits 60 columns
+WHERE = {"title": "title", "user": "you", "assistant": "reply"}
+MATCH = Style(bold=True, underline=True)  # not a colour: it shows with NO_COLOR too
+
+
+def describe(hit: SearchHit) -> Text:
+    """Two rows: the conversation and where in it, then the snippet with the match marked."""
+    where = WHERE[hit.field] if hit.turn is None else f"turn {hit.turn + 1} · {WHERE[hit.field]}"
+    text = Text(no_wrap=True, overflow="ellipsis")
+    text.append(f"{terminal_safe(hit.title)} · {where}\n", style="dim")
+    text.append("  " + hit.snippet)  # the store made the snippet safe to print
+    start, end = hit.match
+    text.stylize(MATCH, len(text) - len(hit.snippet) + start, len(text) - len(hit.snippet) + end)
+    return text
+
+
+class SearchScreen(ModalScreen[Optional[SearchHit]]):  # evaluated at import: no `|` on 3.8
+    """Dismisses with the chosen match (the main screen opens its conversation at it), or None."""
+
+    CSS_PATH = "modal.tcss"
+    AUTO_FOCUS = "#search-query"
+
+    BINDINGS = [
+        Binding("escape", "close", "Close", id="search.close"),
+        Binding("down", "move('down')", "Next", show=False, id="search.next"),
+        Binding("up", "move('up')", "Previous", show=False, id="search.previous"),
+    ]
+
+    def __init__(self, search: Callable[[str], list[SearchHit]]) -> None:
+        super().__init__()
+        self._search = search  # the store's search, supplied by the main screen
+        self.hits: list[SearchHit] = []
+        self._timer: Timer | None = None
+        self.searched = ""  # the query whose results are shown (tests wait on it)
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="search-body"):
+            yield Label(TITLE, id="search-title", markup=False)
+            yield Input(id="search-query", placeholder="words to find in titles, messages and replies", compact=True)
+            yield OptionList(id="search-results")
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        event.stop()
+        if self._timer is not None:
+            self._timer.stop()
+        self._timer = self.set_timer(DEBOUNCE, lambda: self._run(event.value))
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="search")
+    def _run(self, query: str) -> None:
+        hits = self._search(query)
+        self.app.call_from_thread(self._show, query, hits)
+
+    def _show(self, query: str, hits: list[SearchHit]) -> None:
+        """Show the results of ``query``, unless the user has typed on since (or closed the screen)."""
+        if self.app.screen is not self or query != self.query_one(Input).value:
+            return
+        self.hits, self.searched = hits, query
+        results = self.query_one(OptionList)
+        results.clear_options()
+        if hits:
+            results.add_options([Option(describe(hit)) for hit in hits])
+            results.highlighted = 0
+        elif query.strip():
+            results.add_option(Option("No conversation holds that.", disabled=True))
+
+    def action_move(self, direction: str) -> None:
+        results = self.query_one(OptionList)
+        if direction == "down":
+            results.action_cursor_down()
+        else:
+            results.action_cursor_up()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        """Open the highlighted match; typed ahead of the results (a burst over SSH), the first match of the query."""
+        event.stop()
+        index = self.query_one(OptionList).highlighted
+        if event.value == self.searched:
+            if index is not None and self.hits:
+                self.dismiss(self.hits[index])
+            return
+        hits = self._search(event.value)
+        if hits:
+            self.dismiss(hits[0])
+        else:
+            self._show(event.value, hits)
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        """A click on a result opens it too."""
+        if self.hits:
+            self.dismiss(self.hits[event.option_index])
+
+    def action_close(self) -> None:
+        self.dismiss(None)
