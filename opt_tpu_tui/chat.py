@@ -147,13 +147,26 @@ class ChatSession:
         generation = Generation(self.backend, self.tokenizer, ids, settings, STOP_STRINGS, cancel)
         return Reply(turn, generation, dropped)
 
+    def edit(
+        self, index: int, user: str, settings: SamplingSettings, cancel: threading.Event | None = None
+    ) -> Reply:
+        """Answer ``user`` in place of the message at ``index``: the turns from there on give way.
+
+        (The history keeps them as an alternative: HistoryStore.start_turn.) If the new
+        message cannot be sent, the turns stay as they were.
+        """
+        if not 0 <= index < len(self.turns):
+            raise UserError(f"there is no message {index + 1} to edit")
+        replaced = self.turns[index:]
+        del self.turns[index:]
+        try:
+            return self.send(user, settings, cancel)
+        except UserError:
+            self.turns.extend(replaced)
+            raise
+
     def regenerate(self, settings: SamplingSettings, cancel: threading.Event | None = None) -> Reply:
-        """Drop the last reply and answer the last message again."""
+        """Answer the last message again (its reply gives way)."""
         if not self.turns:
             raise UserError("there is no reply to regenerate")
-        last = self.turns.pop()
-        try:
-            return self.send(last.user, settings, cancel)
-        except UserError:
-            self.turns.append(last)
-            raise
+        return self.edit(len(self.turns) - 1, self.turns[-1].user, settings, cancel)

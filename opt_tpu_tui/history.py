@@ -5,10 +5,18 @@ durable and atomic without rewriting the whole history. WAL with ``synchronous=F
 makes every commit survive a power cut, and a ``kill -9`` mid-reply loses only what
 was generated since the last save (the app saves a few times a second).
 
-Schema (``PRAGMA user_version`` = 1)::
+Schema (``PRAGMA user_version`` = 2)::
 
     conversations(id, title, created, updated)
     turns(id, conversation_id, position, user, assistant, stopped, complete, created)
+    alternatives(id, conversation_id, position, branch, created)
+
+``turns`` is the conversation as shown. Editing the message at a position, or
+regenerating the last reply, replaces the turns from that position on; they are kept
+as one row of ``alternatives`` at that position (``branch``: JSON of those turns and the
+alternatives among them), and showing an alternative swaps it with the turns shown, so
+every variant is kept, whichever is shown. Variants at a position are numbered in the
+order their first turn was written (``created``).
 
 ``complete`` is 0 while a reply streams; a turn found incomplete when a conversation
 is reopened was interrupted (the app died), and is shown as stopped. No Textual import
@@ -40,6 +48,7 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import json
 import os
 import re
 import sqlite3
@@ -58,7 +67,7 @@ from opt_tpu_tui.chat import Turn
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.safe_text import terminal_safe
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 TITLE_LENGTH = 60
 BUSY_WAIT = 5.0  # seconds an open waits for another process to let go of the database
 SQLITE_BUSY, SQLITE_LOCKED, SQLITE_CORRUPT, SQLITE_NOTADB = 5, 6, 11, 26
@@ -85,6 +94,14 @@ CREATE TABLE IF NOT EXISTS turns (
     created REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS turns_by_conversation ON turns(conversation_id, position);
+CREATE TABLE IF NOT EXISTS alternatives (
+    id INTEGER PRIMARY KEY,
+    conversation_id INTEGER NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+    position INTEGER NOT NULL,
+    branch TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alternatives_by_conversation ON alternatives(conversation_id, position);
 """
 
 
@@ -426,22 +443,128 @@ class HistoryStore:
 
     def add_turn(self, conversation_id: int, user: str) -> int:
         """Append a turn whose reply is about to stream; returns its id."""
-        now = time.time()
         with self._writing() as db:
             position = db.execute(
                 "SELECT COALESCE(MAX(position), -1) + 1 FROM turns WHERE conversation_id = ?", (conversation_id,)
             ).fetchone()[0]
-            cursor = db.execute(
-                "INSERT INTO turns(conversation_id, position, user, created) VALUES (?, ?, ?, ?)",
-                (conversation_id, position, user, now),
-            )
-            db.execute("UPDATE conversations SET updated = ? WHERE id = ?", (now, conversation_id))
-            return int(cursor.lastrowid or 0)
+            return self._insert_turn(db, conversation_id, position, user)
 
-    def restart_turn(self, turn_id: int) -> None:
-        """Clear a turn's reply before it is regenerated."""
+    def start_turn(self, conversation_id: int, position: int, user: str) -> int:
+        """A turn at ``position`` whose reply is about to stream; returns its id.
+
+        The turns shown from ``position`` on (an edited message and what followed it, or
+        the reply being regenerated) become an alternative there, in the same transaction:
+        nothing is lost, and :meth:`switch_variant` brings them back. A lone turn with no
+        reply (stopped before its first token) is not worth keeping and is dropped.
+        """
         with self._writing() as db:
-            db.execute("UPDATE turns SET assistant = '', stopped = 0, complete = 0 WHERE id = ?", (turn_id,))
+            self._set_aside(db, conversation_id, position, keep_empty=False)
+            return self._insert_turn(db, conversation_id, position, user)
+
+    @staticmethod
+    def _insert_turn(db: sqlite3.Connection, conversation_id: int, position: int, user: str) -> int:
+        now = time.time()
+        cursor = db.execute(
+            "INSERT INTO turns(conversation_id, position, user, created) VALUES (?, ?, ?, ?)",
+            (conversation_id, position, user, now),
+        )
+        db.execute("UPDATE conversations SET updated = ? WHERE id = ?", (now, conversation_id))
+        return int(cursor.lastrowid or 0)
+
+    # alternatives
+
+    @staticmethod
+    def _set_aside(db: sqlite3.Connection, conversation_id: int, position: int, keep_empty: bool) -> None:
+        """Move the turns from ``position`` on, with the alternatives among them, into one alternative there."""
+        turns = db.execute(
+            "SELECT user, assistant, stopped, complete, created FROM turns "
+            "WHERE conversation_id = ? AND position >= ? ORDER BY position",
+            (conversation_id, position),
+        ).fetchall()
+        nested = db.execute(
+            "SELECT position, branch, created FROM alternatives WHERE conversation_id = ? AND position > ? ORDER BY id",
+            (conversation_id, position),
+        ).fetchall()
+        if not turns:
+            return
+        db.execute("DELETE FROM turns WHERE conversation_id = ? AND position >= ?", (conversation_id, position))
+        db.execute("DELETE FROM alternatives WHERE conversation_id = ? AND position > ?", (conversation_id, position))
+        if not keep_empty and len(turns) == 1 and not turns[0][1] and not nested:
+            return
+        branch = {
+            "turns": [
+                {"user": u, "assistant": a, "stopped": bool(s) or not c, "created": t} for u, a, s, c, t in turns
+            ],
+            "alternatives": [
+                {"position": p, "branch": b, "created": t} for p, b, t in nested  # as stored: not parsed here
+            ],
+        }  # fmt: skip
+        db.execute(
+            "INSERT INTO alternatives(conversation_id, position, branch, created) VALUES (?, ?, ?, ?)",
+            (conversation_id, position, json.dumps(branch), turns[0][4]),
+        )
+
+    @staticmethod
+    def _restore(db: sqlite3.Connection, conversation_id: int, position: int, branch: dict[str, Any]) -> None:
+        """Put an alternative's turns back from ``position`` on, and the alternatives among them."""
+        for offset, turn in enumerate(branch["turns"]):
+            db.execute(
+                "INSERT INTO turns(conversation_id, position, user, assistant, stopped, complete, created) "
+                "VALUES (?, ?, ?, ?, ?, 1, ?)",
+                (conversation_id, position + offset, turn["user"], turn["assistant"], int(turn["stopped"]), turn["created"]),
+            )
+        for nested in branch["alternatives"]:
+            db.execute(
+                "INSERT INTO alternatives(conversation_id, position, branch, created) VALUES (?, ?, ?, ?)",
+                (conversation_id, nested["position"], nested["branch"], nested["created"]),
+            )
+
+    @staticmethod
+    def _variants(db: sqlite3.Connection, conversation_id: int, position: int) -> list[tuple[float, int | None]]:
+        """The variants at ``position`` in their order: (created, alternative id), None for the one shown."""
+        shown = db.execute(
+            "SELECT created FROM turns WHERE conversation_id = ? AND position = ?", (conversation_id, position)
+        ).fetchone()
+        rows = db.execute(
+            "SELECT created, id FROM alternatives WHERE conversation_id = ? AND position = ?", (conversation_id, position)
+        ).fetchall()
+        variants: list[tuple[float, int | None]] = [(float(t), int(i)) for t, i in rows]
+        if shown is not None:
+            variants.append((float(shown[0]), None))
+        return sorted(variants, key=lambda v: (v[0], -1 if v[1] is None else v[1]))
+
+    def variants(self, conversation_id: int) -> dict[int, tuple[int, int]]:
+        """Positions that have alternatives: which variant is shown there (from 1) and how many there are."""
+        with self._lock:
+            if self._db is None:
+                return {}
+            positions = self._db.execute(
+                "SELECT DISTINCT position FROM alternatives WHERE conversation_id = ?", (conversation_id,)
+            ).fetchall()
+            found = {}
+            for (position,) in positions:
+                order = [v[1] for v in self._variants(self._db, conversation_id, position)]
+                if None in order:
+                    found[int(position)] = (order.index(None) + 1, len(order))
+            return found
+
+    def switch_variant(self, conversation_id: int, position: int, step: int) -> None:
+        """Show the next (``step`` 1) or previous (-1) variant at ``position``, wrapping round.
+
+        The turns shown from there on change places with it, in one transaction.
+        """
+        with self._writing() as db:
+            order = [v[1] for v in self._variants(db, conversation_id, position)]
+            if len(order) < 2 or None not in order:
+                raise UserError("that message has no alternatives")
+            chosen = order[(order.index(None) + step) % len(order)]
+            (branch,) = db.execute("SELECT branch FROM alternatives WHERE id = ?", (chosen,)).fetchone()
+            db.execute("DELETE FROM alternatives WHERE id = ?", (chosen,))
+            self._set_aside(db, conversation_id, position, keep_empty=True)
+            try:
+                self._restore(db, conversation_id, position, json.loads(branch))
+            except (ValueError, KeyError, TypeError) as error:  # the transaction rolls back: nothing changes
+                raise UserError(f"{self.path}: that alternative is damaged ({error!r}); it is left as it was") from None
 
     def save_reply(self, turn_id: int, assistant: str, *, stopped: bool = False, complete: bool = False) -> None:
         """Store the reply so far (called while it streams, and once more at its end)."""
@@ -455,11 +578,6 @@ class HistoryStore:
                 (time.time(), turn_id),
             )
 
-    def last_turn_id(self, conversation_id: int) -> int | None:
-        rows = self._read(
-            "SELECT id FROM turns WHERE conversation_id = ? ORDER BY position DESC LIMIT 1", (conversation_id,)
-        )
-        return int(rows[0][0]) if rows else None
 
     # search
 

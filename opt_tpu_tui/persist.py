@@ -38,7 +38,6 @@ def run_and_save(
     conversation: Conversation,
     store: HistoryStore,
     *,
-    regenerate: bool,
     emit: Callable[[str], None],
     interval: float = SAVE_INTERVAL,
 ) -> Outcome:
@@ -46,7 +45,7 @@ def run_and_save(
     turn = reply.turn
     outcome = Outcome()
     try:
-        turn_id = _open_turn(store, conversation, turn.user, regenerate)
+        turn_id = _open_turn(store, conversation, reply)
     except UserError as error:  # the history is busy or unwritable: reply, but say it is not kept
         turn_id, outcome.unsaved = None, str(error)
     except (sqlite3.Error, OSError) as error:
@@ -86,12 +85,13 @@ def run_and_save(
     return outcome
 
 
-def _open_turn(store: HistoryStore, conversation: Conversation, user: str, regenerate: bool) -> int:
-    """The id of the turn the reply is saved into: the last one again, or a new one."""
+def _open_turn(store: HistoryStore, conversation: Conversation, reply: Reply) -> int:
+    """The id of the turn the reply is saved into, at the turn's place in the conversation.
+
+    A regenerated reply or an edited message takes the place of turns already saved:
+    the history keeps those as an alternative (HistoryStore.start_turn).
+    """
     if conversation.id is None:
-        conversation.id = store.create_conversation(user)
-    last = store.last_turn_id(conversation.id) if regenerate else None
-    if last is not None:
-        store.restart_turn(last)
-        return last
-    return store.add_turn(conversation.id, user)
+        conversation.id = store.create_conversation(reply.turn.user)
+    position = next(i for i, turn in enumerate(conversation.turns) if turn is reply.turn)
+    return store.start_turn(conversation.id, position, reply.turn.user)

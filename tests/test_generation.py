@@ -176,6 +176,21 @@ def test_chat_reply_is_trimmed_recorded_and_stops_at_the_next_user_turn(tokenize
     assert "".join(again) == "Paris, of course." and len(session.turns) == 1
 
 
+def test_editing_a_message_answers_it_after_the_turns_before_it_only(tokenizer: Tokenizer) -> None:
+    backend = ScriptedBackend(script_for(tokenizer, " Fine.\nUser: x"), tokenizer.vocab_size, 256)
+    turns = [Turn("one", "1"), Turn("two", "2"), Turn("three", "3")]
+    session = ChatSession(backend, tokenizer, preamble="P.", conversation=Conversation(turns))
+    reply = session.edit(1, "TWO", GREEDY)
+    assert "".join(reply) == "Fine."
+    assert [t.user for t in session.turns] == ["one", "TWO"]
+    assert backend.prefills[-1] == tokenizer.encode("P.\n\nUser: one\nAssistant: 1\nUser: TWO\nAssistant:")
+    with pytest.raises(UserError, match="the message is empty"):
+        session.edit(0, "  ", GREEDY)
+    assert [t.user for t in session.turns] == ["one", "TWO"]  # a refused edit changes nothing
+    with pytest.raises(UserError, match="no message 3"):
+        session.edit(2, "x", GREEDY)
+
+
 def test_chat_drops_the_oldest_turns_to_fit_and_refuses_a_message_too_long(tokenizer: Tokenizer) -> None:
     backend = ScriptedBackend([tokenizer.eos_id], tokenizer.vocab_size, context_length=100)
     turns = [Turn(f"question number {i}", f"answer number {i}") for i in range(6)]

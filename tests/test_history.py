@@ -45,19 +45,95 @@ def test_round_trip_and_listing_order(tmp_path: Path) -> None:
     assert interrupted.stopped  # never completed: shown as stopped
 
 
-def test_stopped_flag_regenerate_and_delete(tmp_path: Path) -> None:
+def test_stopped_flag_and_delete(tmp_path: Path) -> None:
     store, _ = HistoryStore.open(tmp_path / "h.sqlite3")
     cid = store.create_conversation("q")
     turn = store.add_turn(cid, "q")
     store.save_reply(turn, "partial", stopped=True, complete=True)
     assert store.load(cid)[0].stopped
-    assert store.last_turn_id(cid) == turn
-    store.restart_turn(turn)
-    store.save_reply(turn, "again", complete=True)
-    assert [(t.assistant, t.stopped) for t in store.load(cid)] == [("again", False)]
+    store.start_turn(cid, 0, "q")  # regenerated: the stopped reply becomes an alternative
+    assert store.variants(cid) == {0: (2, 2)}
     store.delete_conversation(cid)
     assert store.list_conversations() == [] and store.load(cid) == []
-    assert store._db.execute("SELECT COUNT(*) FROM turns").fetchone()[0] == 0  # turns go with it
+    for table in ("turns", "alternatives"):  # they go with it
+        assert store._db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] == 0
+
+
+def shown(store: HistoryStore, cid: int) -> list[tuple[str, str]]:
+    return [(t.user, t.assistant) for t in store.load(cid)]
+
+
+def chat(store: HistoryStore, cid: int, position: int, user: str, assistant: str) -> None:
+    store.save_reply(store.start_turn(cid, position, user), assistant, complete=True)
+
+
+def test_edits_and_regenerations_keep_every_variant_and_flip_between_them(tmp_path: Path) -> None:
+    store, _ = HistoryStore.open(tmp_path / "h.sqlite3")
+    cid = store.create_conversation("a")
+    chat(store, cid, 0, "a", "A1")
+    chat(store, cid, 1, "b", "B1")
+    chat(store, cid, 2, "c", "C1")
+    chat(store, cid, 2, "c", "C2")  # ctrl+r on the last reply
+    assert shown(store, cid) == [("a", "A1"), ("b", "B1"), ("c", "C2")]
+    assert store.variants(cid) == {2: (2, 2)}
+    chat(store, cid, 1, "b edited", "B2")  # edit the second message: it and all after it are set aside
+    assert shown(store, cid) == [("a", "A1"), ("b edited", "B2")]
+    assert store.variants(cid) == {1: (2, 2)}  # the regenerated reply travels inside the alternative
+    store.switch_variant(cid, 1, -1)
+    assert shown(store, cid) == [("a", "A1"), ("b", "B1"), ("c", "C2")]
+    assert store.variants(cid) == {1: (1, 2), 2: (2, 2)}  # ... and comes back with it
+    store.switch_variant(cid, 2, 1)  # wraps round to the first variant there
+    assert shown(store, cid)[2] == ("c", "C1")
+    store.switch_variant(cid, 1, 1)
+    assert shown(store, cid) == [("a", "A1"), ("b edited", "B2")]
+    store.switch_variant(cid, 1, 1)
+    assert shown(store, cid) == [("a", "A1"), ("b", "B1"), ("c", "C1")]  # the choice made inside it is kept
+    store.close()
+    reopened, _ = HistoryStore.open(tmp_path / "h.sqlite3")
+    assert shown(reopened, cid) == [("a", "A1"), ("b", "B1"), ("c", "C1")]
+    assert reopened.variants(cid) == {1: (1, 2), 2: (1, 2)}
+    with pytest.raises(UserError, match="no alternatives"):
+        reopened.switch_variant(cid, 0, 1)
+
+
+def test_a_reply_stopped_before_its_first_token_is_not_kept(tmp_path: Path) -> None:
+    store, _ = HistoryStore.open(tmp_path / "h.sqlite3")
+    cid = store.create_conversation("a")
+    store.save_reply(store.start_turn(cid, 0, "a"), "", stopped=True, complete=True)
+    chat(store, cid, 0, "a", "A")
+    assert shown(store, cid) == [("a", "A")] and store.variants(cid) == {}
+
+
+def test_a_damaged_alternative_is_one_line_and_changes_nothing(tmp_path: Path) -> None:
+    store, _ = HistoryStore.open(tmp_path / "h.sqlite3")
+    cid = store.create_conversation("a")
+    chat(store, cid, 0, "a", "A1")
+    chat(store, cid, 0, "a", "A2")
+    with store._db:
+        store._db.execute("UPDATE alternatives SET branch = '{not json'")
+    with pytest.raises(UserError, match="damaged") as raised:
+        store.switch_variant(cid, 0, 1)
+    assert "\n" not in str(raised.value)
+    assert shown(store, cid) == [("a", "A2")] and store.variants(cid) == {0: (2, 2)}
+
+
+def test_a_version_1_history_opens_with_its_conversations(tmp_path: Path) -> None:
+    path = tmp_path / "h.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE conversations (id INTEGER PRIMARY KEY, title TEXT NOT NULL, created REAL NOT NULL, updated REAL NOT NULL);"
+        "CREATE TABLE turns (id INTEGER PRIMARY KEY, conversation_id INTEGER NOT NULL REFERENCES conversations(id) "
+        "ON DELETE CASCADE, position INTEGER NOT NULL, user TEXT NOT NULL, assistant TEXT NOT NULL DEFAULT '', "
+        "stopped INTEGER NOT NULL DEFAULT 0, complete INTEGER NOT NULL DEFAULT 0, created REAL NOT NULL);"
+        "INSERT INTO conversations VALUES (1, 'old', 0, 0);"
+        "INSERT INTO turns VALUES (1, 1, 0, 'hi', 'hello', 0, 1, 0);"
+        "PRAGMA user_version=1;"
+    )
+    db.close()
+    store, warning = HistoryStore.open(path)
+    assert warning is None and shown(store, 1) == [("hi", "hello")]
+    chat(store, 1, 0, "hi", "hey")
+    assert store.variants(1) == {0: (2, 2)}
 
 
 def test_schema_version_and_durability_pragmas(tmp_path: Path) -> None:
@@ -318,7 +394,8 @@ def test_search_finds_titles_messages_and_replies_newest_first_case_insensitivel
     old = saved(store, "Trip planning", ("where to go in ROME?", "Rome in spring."), ("and Paris?", "Paris too."))
     new = saved(store, "Cooking", ("pasta", "Carbonara, as in rome."))
     store.rename_conversation(old, "Rome trip")  # a title that no message holds
-    store.save_reply(store.last_turn_id(new) or 0, "Carbonara, as in rome.", complete=True)  # new is the newest again
+    (last,) = store._db.execute("SELECT MAX(id) FROM turns WHERE conversation_id = ?", (new,)).fetchone()
+    store.save_reply(last, "Carbonara, as in rome.", complete=True)  # new is the newest again
     assert found(store.search("rome")) == [
         (new, 0, "assistant"),
         (old, None, "title"),  # a conversation's title first, then its turns, latest first

@@ -44,7 +44,7 @@ def test_a_full_disk_mid_reply_stops_it_at_what_was_saved(tokenizer: Tokenizer, 
     conversation = Conversation()
     shown: list[str] = []
     reply = session(tokenizer, conversation).send("Hi", GREEDY)
-    outcome = run_and_save(reply, conversation, store, regenerate=False, emit=shown.append, interval=0.0)
+    outcome = run_and_save(reply, conversation, store, emit=shown.append, interval=0.0)
     assert outcome.error is not None and "disk is full" in outcome.error and "\n" not in outcome.error
     (turn,) = conversation.turns
     (saved,) = store.load(conversation.id)  # type: ignore[arg-type]
@@ -60,5 +60,5 @@ def test_an_unavailable_history_still_replies_and_says_it_is_not_saved(tokenizer
     assert not store.writable and warning
     conversation = Conversation()
     reply = session(tokenizer, conversation).send("Hi", GREEDY)
-    outcome = run_and_save(reply, conversation, store, regenerate=False, emit=lambda piece: None)
+    outcome = run_and_save(reply, conversation, store, emit=lambda piece: None)
     assert outcome.error is None and outcome.unsaved and conversation.turns[0].assistant == (REPLY * 3).strip()

@@ -132,6 +132,55 @@ async def test_regenerate_replaces_the_last_reply(tokenizer: Tokenizer) -> None:
     assert conversation.turns == 1
 
 
+def users(app) -> list[str]:  # type: ignore[no-untyped-def]
+    """The user messages on the chat screen (under any modal), in order."""
+    chat = next(screen for screen in app.screen_stack if isinstance(screen, MainScreen))
+    return [str(message.render()) for message in chat.query(UserMessage)]
+
+
+async def test_edit_and_resend_keeps_the_replaced_turns_as_variants_to_flip_between(tokenizer: Tokenizer) -> None:
+    app, backend = make_app(tokenizer, settings=GREEDY)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        for text in ("one", "two", "three"):
+            await send(pilot, text)
+        await pilot.press("ctrl+r")
+        await finish(pilot, 4)
+        conversation = app.screen.conversation
+        assert app.store.variants(conversation.id) == {2: (2, 2)}
+        assert replies(app)[-1].border_title.endswith("variant 2/2")
+
+        prompt = app.screen.query_one(PromptInput)
+        prompt.insert("a draft")
+        await pilot.press("ctrl+g")  # the messages, the latest highlighted
+        await pilot.press("up", "enter")  # edit message 2
+        assert prompt.text == "two" and "editing message 2" in str(prompt.border_title)
+        prompt.clear()
+        await pilot.press(*"TWO", "enter")
+        await finish(pilot, 5)
+        assert [t.user for t in conversation.turns] == ["one", "TWO"] and users(app) == ["one", "TWO"]
+        assert tokenizer.decode(backend.prefills[-1]).endswith(f"User: one\nAssistant: {REPLY}\nUser: TWO\nAssistant:")
+        assert app.store.variants(conversation.id) == {1: (2, 2)}
+        assert prompt.text == "" and prompt.border_title is None  # the draft went with the edit
+
+        await pilot.press("ctrl+g", "left")  # message 2 (the latest) shows its other variant: the turns it replaced
+        await pilot.pause()
+        assert users(app) == ["one", "two", "three"]
+        assert app.store.variants(conversation.id) == {1: (1, 2), 2: (2, 2)}
+        await pilot.press("escape")
+        await send(pilot, "four")  # the chat goes on from the variant shown
+        prompt_text = tokenizer.decode(backend.prefills[-1])
+        assert "User: three\n" in prompt_text and "TWO" not in prompt_text
+        assert [t.user for t in app.store.load(conversation.id)] == ["one", "two", "three", "four"]
+
+        prompt.insert("half typed")
+        await pilot.press("ctrl+g", "enter")  # edit the last message, then think better of it
+        assert prompt.text == "four"
+        await pilot.press("escape")
+        assert prompt.text == "half typed" and prompt.border_title is None
+        assert not app.screen.streaming
+
+
 async def test_settings_change_applies_from_the_next_reply(tokenizer: Tokenizer) -> None:
     app, backend = make_app(tokenizer, settings=GREEDY)
     async with app.run_test(size=(120, 40)) as pilot:

@@ -25,7 +25,7 @@ from textual.timer import Timer
 from textual.widgets import ContentSwitcher, Footer, Static
 from textual.worker import get_current_worker
 
-from opt_tpu_tui.chat import ChatSession, Conversation, Reply
+from opt_tpu_tui.chat import ChatSession, Conversation, Reply, Turn
 from opt_tpu_tui.devices import DeviceSample
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.export import clipboard_file, conversation_markdown, export_path, last_code_block, write_text
@@ -33,6 +33,7 @@ from opt_tpu_tui.history import SearchHit, title_for
 from opt_tpu_tui.persist import run_and_save
 from opt_tpu_tui.tui.messages import DeviceSampled, FlushReply, ReplyFinished
 from opt_tpu_tui.tui.screens.conversations import ConversationsScreen
+from opt_tpu_tui.tui.screens.messages import MessagesScreen
 from opt_tpu_tui.tui.screens.search import SearchScreen
 from opt_tpu_tui.tui.streaming import TokenBuffer
 from opt_tpu_tui.tui.widgets.conversation import Notice, ReplyView, Transcript, UserMessage
@@ -61,7 +62,6 @@ class Streaming:
 
     reply: Reply
     view: ReplyView
-    regenerate: bool
     cancel: threading.Event
     buffer: TokenBuffer = field(default_factory=TokenBuffer)
     done: threading.Event = field(default_factory=threading.Event)
@@ -79,6 +79,8 @@ class MainScreen(Screen[None]):
         Binding("ctrl+n", "new_conversation", "New", id="chat.new", tooltip="new conversation"),
         Binding("ctrl+o", "conversations", "Chats", id="chat.conversations",
                 tooltip="conversation list: enter opens, r renames, d deletes (a second d confirms)"),
+        Binding("ctrl+g", "messages", "Messages", id="chat.messages", show=False,
+                tooltip="the chat's messages: enter edits one to resend it, ←/→ show its other variants"),
         Binding("ctrl+f", "search", "Search", id="chat.search", show=False,
                 tooltip="search all conversations: type, ↑/↓ select, enter opens at the match"),
         Binding("f2", "pane('settings')", "Settings", id="pane.settings",
@@ -105,6 +107,8 @@ class MainScreen(Screen[None]):
         self._last: StatsView = StatsView()
         self._device: DeviceSample | None = None
         self._was_narrow: bool | None = None
+        self._editing: int | None = None  # the index of the message being edited in the prompt
+        self._draft = ""  # what the prompt held before the edit began: escape brings it back
         self.finished_replies = 0  # how many replies have ended (tests and the benches wait on it)
 
     @property
@@ -279,6 +283,10 @@ class MainScreen(Screen[None]):
     # sending and streaming
 
     async def on_prompt_input_submitted(self, message: PromptInput.Submitted) -> None:
+        if self._editing is not None:
+            if not await self.resend(self._editing, message.text):
+                self.query_one(PromptInput).give_back(message.text)
+            return
         if not await self.send(message.text):
             self.query_one(PromptInput).give_back(message.text)
 
@@ -306,7 +314,24 @@ class MainScreen(Screen[None]):
             self.notify(str(error), title="Not sent", severity="error")
             return False
         await self.query_one(Transcript).add(UserMessage(reply.turn.user))
-        await self._start(reply, cancel, regenerate=False)
+        await self._start(reply, cancel)
+        return True
+
+    async def resend(self, index: int, text: str) -> bool:
+        """Answer ``text`` in place of message ``index`` (the turns it replaces stay as an alternative)."""
+        if self._streaming is not None or self.session is None:
+            return self._refuse(self.query_one(PromptInput).refusal or BUSY)
+        self.session.preamble = self.tui.settings.preamble
+        cancel = threading.Event()
+        try:
+            reply = self.session.edit(index, text, self.tui.settings.sampling, cancel)
+        except UserError as error:
+            self.notify(str(error), title="Not sent", severity="error")
+            return False
+        self._end_editing()
+        await self._show_turns()
+        await self.query(ReplyView).last().remove()  # the new turn's reply streams in its own view
+        await self._start(reply, cancel)
         return True
 
     async def action_regenerate(self) -> None:
@@ -325,9 +350,9 @@ class MainScreen(Screen[None]):
         replies = self.query(ReplyView)
         if replies:
             await replies.last().remove()
-        await self._start(reply, cancel, regenerate=True)
+        await self._start(reply, cancel)
 
-    async def _start(self, reply: Reply, cancel: threading.Event, regenerate: bool) -> None:
+    async def _start(self, reply: Reply, cancel: threading.Event) -> None:
         backend = self.tui.backend
         view = ReplyView(label=backend.model_name if backend else "opt", streaming=True)
         transcript = self.query_one(Transcript)
@@ -335,7 +360,7 @@ class MainScreen(Screen[None]):
         await transcript.mark_context_start(len(self.conversation.turns) - reply.dropped_turns)
         transcript.anchor()
         self.query_one(StatusLine).first_token = 0.0  # the last reply's figures: back when this one ends
-        self._streaming = Streaming(reply, view, regenerate, cancel)
+        self._streaming = Streaming(reply, view, cancel)
         gc.disable()  # textual.md: gen-2 collections stall the stream for 200-300 ms; collect at the end
         self._flush_timer = self.set_interval(1 / FLUSH_HZ, lambda: self.post_message(FlushReply()))
         self._update_state()
@@ -362,7 +387,7 @@ class MainScreen(Screen[None]):
         app = self.tui
         try:
             outcome = run_and_save(
-                streaming.reply, self.conversation, app.store, regenerate=streaming.regenerate, emit=emit
+                streaming.reply, self.conversation, app.store, emit=emit
             )
         finally:
             streaming.done.set()
@@ -381,6 +406,11 @@ class MainScreen(Screen[None]):
         outcome, turn = message.outcome, streaming.reply.turn
         if turn in self.conversation.turns:
             await streaming.view.finish(turn.assistant, stopped=turn.stopped, error=outcome.error)
+            streaming.view.border_title = self._reply_label(len(self.conversation.turns) - 1, self._variants())
+        elif self.conversation.id is not None:  # not saved, so not sent: the saved turns are the conversation
+            self.conversation.turns[:] = self.tui.store.load(self.conversation.id)
+            await self._show_turns()
+            self.query_one(PromptInput).give_back(turn.user)
         else:  # the message was taken back: nothing of this turn stays on screen either
             await self.query(UserMessage).last().remove()
             await streaming.view.remove_with_parts()
@@ -408,16 +438,18 @@ class MainScreen(Screen[None]):
         return self.pane != "hidden" and (self.narrow or self.query_one("#side").has_focus_within)
 
     def action_stop(self) -> None:
-        """Escape: close a pane that is in the way (back to the prompt); else stop the reply."""
+        """Escape: close a pane that is in the way (back to the prompt); else stop the reply, or the edit."""
         if self._pane_in_the_way:
             if self.narrow:
                 self.pane = "hidden"
             self.query_one(PromptInput).focus()
         elif self._streaming is not None:
             self._streaming.cancel.set()
+        else:
+            self._cancel_editing()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action == "stop" and self._streaming is None and not self._pane_in_the_way:
+        if action == "stop" and self._streaming is None and self._editing is None and not self._pane_in_the_way:
             return None  # shown dimmed in the Footer
         return True
 
@@ -426,6 +458,7 @@ class MainScreen(Screen[None]):
     async def action_new_conversation(self) -> None:
         if self._busy():
             return
+        self._cancel_editing()
         self.conversation.turns.clear()
         self.conversation.id = None
         await self.query_one(Transcript).clear()
@@ -445,6 +478,62 @@ class MainScreen(Screen[None]):
             ),
             self._open_conversation,
         )
+
+    # editing and variants
+
+    def _variants(self) -> dict[int, tuple[int, int]]:
+        """The open conversation's turns that have alternatives: (variant shown, how many)."""
+        return self.tui.store.variants(self.conversation.id) if self.conversation.id is not None else {}
+
+    def _reply_label(self, index: int, variants: dict[int, tuple[int, int]]) -> str:
+        backend = self.tui.backend
+        label = backend.model_name if backend else "opt"
+        shown = variants.get(index)
+        return f"{label} · variant {shown[0]}/{shown[1]}" if shown else label
+
+    def action_messages(self) -> None:
+        if self._busy():
+            return
+        if not self.conversation.turns:
+            self._refuse("There are no messages yet")
+            return
+        self._cancel_editing()  # variants change what the indices point at
+        screen = MessagesScreen(self.conversation.turns, self._variants(), self._switch_variant)
+        self.app.push_screen(screen, self._start_editing)
+
+    def _switch_variant(self, index: int, step: int) -> tuple[list[Turn], dict[int, tuple[int, int]]]:
+        """Show another variant at message ``index`` (the messages screen's ←/→); the chat behind follows."""
+        if self.conversation.id is None:
+            raise UserError("this conversation is not saved, so it keeps no variants")
+        self.tui.store.switch_variant(self.conversation.id, index, step)
+        self.conversation.turns[:] = self.tui.store.load(self.conversation.id)
+        self.call_later(self._show_turns, index)
+        self._show_context()
+        return self.conversation.turns, self._variants()
+
+    def _start_editing(self, index: int | None) -> None:
+        """Put message ``index`` in the prompt; enter resends it, escape brings back what was there."""
+        if index is None:
+            return
+        prompt = self.query_one(PromptInput)
+        self._editing, self._draft = index, prompt.text
+        prompt.text = self.conversation.turns[index].user
+        prompt.move_cursor(prompt.document.end)
+        prompt.border_title = f"editing message {index + 1} · enter resends · esc cancels"
+        prompt.add_class("-editing")
+        prompt.focus()
+
+    def _cancel_editing(self) -> None:
+        """Leave an edit unsent: the prompt gets back what it held before."""
+        if self._editing is not None:
+            self.query_one(PromptInput).text = self._draft
+            self._end_editing()
+
+    def _end_editing(self) -> None:
+        self._editing = None
+        prompt = self.query_one(PromptInput)
+        prompt.border_title = None
+        prompt.remove_class("-editing")
 
     def _delete_conversation(self, conversation_id: int) -> None:
         self.tui.store.delete_conversation(conversation_id)
@@ -467,6 +556,7 @@ class MainScreen(Screen[None]):
     async def open_conversation(self, conversation_id: int, at: int | None = None, *, reply: bool = False) -> None:
         """Show a saved conversation: its last messages, or with ``at`` (a search's match) the turns around that one,
         that turn's message (or with ``reply`` its reply) marked and scrolled into view."""
+        self._cancel_editing()
         self.conversation.turns[:] = self.tui.store.load(conversation_id)
         self.conversation.id = conversation_id
         await self._show_turns(at, reply)
@@ -487,10 +577,11 @@ class MainScreen(Screen[None]):
         end = min(len(turns), start + size)
         transcript = self.query_one(Transcript)
         await transcript.clear()
-        backend = self.tui.backend
-        label = backend.model_name if backend else "opt"
+        variants = self._variants()
         widgets: list[Static | ReplyView] = []
-        for turn in turns[start:end]:
+        for index in range(start, end):
+            turn = turns[index]
+            label = self._reply_label(index, variants)
             widgets += [UserMessage(turn.user), ReplyView(turn.assistant, label=label, stopped=turn.stopped)]
         transcript.hidden_messages = 2 * start
         await transcript.add(*widgets)
