@@ -19,6 +19,7 @@ from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.export import run_export
 from opt_tpu_tui.generation import Generation, GenerationStats
 from opt_tpu_tui.native_output import native_stdout_to, park_native_stdout
+from opt_tpu_tui.plain_text import plain_output
 from opt_tpu_tui.safe_text import terminal_safe
 from opt_tpu_tui.sampling import LIMITS, SamplingSettings, number
 from opt_tpu_tui.tokenizer import Tokenizer
@@ -61,6 +62,11 @@ def build_parser(saved: SamplingSettings | None = None) -> argparse.ArgumentPars
     parser.add_argument("--raw", action="store_true", help="with -p: continue TEXT as plain text, not as a chat")
     parser.add_argument("--preamble", metavar="TEXT", help="text that opens the chat transcript (default: the saved one)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no statistics on stderr")
+    parser.add_argument(
+        "--ascii", action="store_true",
+        help="draw with ASCII only, for a terminal without the Unicode glyphs (a terminal that is not "
+        "UTF-8 gets ASCII stand-ins for what its charset lacks anyway)",
+    )
     parser.add_argument(
         "--no-mouse", action="store_true",
         help="the UI leaves the mouse to the terminal, so its own selection works (also the setting \"mouse\": false)",
@@ -197,6 +203,15 @@ def silence_stdout() -> None:
     os.close(devnull)
 
 
+def plain_streams(ascii_only: bool) -> None:
+    """Stand-ins for what the terminal's charset cannot show, on every stream the app writes (plain_text.py).
+
+    Textual draws on the original stderr, ``-p`` and ``-c`` on stdout.
+    """
+    for stream in {id(s): s for s in (sys.stdout, sys.stderr, sys.__stderr__) if s is not None}.values():
+        plain_output(stream, ascii_only=ascii_only)
+
+
 def print_stats(stats: GenerationStats) -> None:
     """The stats line on stderr, on a line of its own: stdout is flushed first, as both may share a terminal."""
     sys.stdout.flush()
@@ -294,6 +309,7 @@ def settings_for_parser() -> tuple[Settings, str | None, UserError | None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    plain_streams(ascii_only="--ascii" in argv)  # before anything is printed, errors included
     try:
         if argv[:1] == ["convert"]:
             return run_convert(argv[1:])
