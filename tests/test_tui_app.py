@@ -17,6 +17,7 @@ from tui_support import REPLY, finish, make_app, ready, script_ids, send, shown,
 from opt_tpu_tui import paths
 from opt_tpu_tui.config import Settings, load_settings
 from opt_tpu_tui.errors import UserError
+from opt_tpu_tui.export import clipboard_file
 from opt_tpu_tui.history import HistoryStore
 from opt_tpu_tui.sampling import SamplingSettings
 from opt_tpu_tui.tokenizer import Tokenizer
@@ -148,7 +149,7 @@ async def test_edit_and_resend_keeps_the_replaced_turns_as_variants_to_flip_betw
         await finish(pilot, 4)
         conversation = app.screen.conversation
         assert app.store.variants(conversation.id) == {2: (2, 2)}
-        assert replies(app)[-1].border_title.endswith("variant 2/2")
+        assert "‹2/2› variants" in shown(replies(app)[-1])
 
         prompt = app.screen.query_one(PromptInput)
         prompt.insert("a draft")
@@ -172,6 +173,10 @@ async def test_edit_and_resend_keeps_the_replaced_turns_as_variants_to_flip_betw
         prompt_text = tokenizer.decode(backend.prefills[-1])
         assert "User: three\n" in prompt_text and "TWO" not in prompt_text
         assert [t.user for t in app.store.load(conversation.id)] == ["one", "two", "three", "four"]
+
+        await pilot.press("ctrl+g", "up", "up", "m", "c", "escape")  # message 2: copy it, then its reply
+        assert clipboard_file().read_text() == REPLY and app.clipboard == REPLY
+        assert [n.message.split(" (")[0] for n in app._notifications][-2:] == ["Copied message 2", "Copied the reply to message 2"]
 
         prompt.insert("half typed")
         await pilot.press("ctrl+g", "enter")  # edit the last message, then think better of it

@@ -270,6 +270,36 @@ def test_search_opens_an_old_conversation_at_the_match(chat_model: Path) -> None
         quit_app(term)
 
 
+def test_edit_an_earlier_message_and_flip_back(chat_model: Path) -> None:
+    """ctrl+g, ↑, enter, a new text, enter: the edit is answered, the old turns kept as a variant; ← brings them back."""
+    write_settings()
+    with tmux.Tmux("edit") as term:
+        term.start(tui(chat_model), 80, 24)
+        term.wait_for(lambda s: READY in s)
+        for text in ("first words", "second words"):
+            term.keys(text, literal=True)
+            term.wait_for(lambda s, text=text: text in s)
+            term.keys("Enter")
+            sent(term, text)
+        term.keys("C-g")
+        term.wait_for(lambda s: "Messages" in s and "second words" in s)
+        term.keys("Up", "Enter")
+        term.wait_for(lambda s: "editing message 1" in s)
+        term.keys("C-u")
+        term.keys("edited words", literal=True)
+        term.wait_for(lambda s: "edited words" in s)
+        term.keys("Enter")
+        screen = term.wait_for(lambda s: "‹2/2› variants" in s and READY in s and PLACEHOLDER in s)
+        assert "second words" not in screen
+        assert saved_user_messages() == ["edited words"]
+        term.keys("C-g")
+        term.wait_for(lambda s: "Messages ·" in s and "‹2/2› edited words" in s)
+        term.keys("Left", "Escape")
+        term.wait_for(lambda s: "second words" in s and "Messages" not in s)
+        quit_app(term)
+    assert saved_user_messages() == ["first words", "second words"]
+
+
 # g. the mouse
 
 

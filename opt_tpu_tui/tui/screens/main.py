@@ -80,7 +80,7 @@ class MainScreen(Screen[None]):
         Binding("ctrl+o", "conversations", "Chats", id="chat.conversations",
                 tooltip="conversation list: enter opens, r renames, d deletes (a second d confirms)"),
         Binding("ctrl+g", "messages", "Messages", id="chat.messages", show=False,
-                tooltip="the chat's messages: enter edits one to resend it, ←/→ show its other variants"),
+                tooltip="the chat's messages: enter edits one to resend it, ←/→ show its other variants, c/m copy"),
         Binding("ctrl+f", "search", "Search", id="chat.search", show=False,
                 tooltip="search all conversations: type, ↑/↓ select, enter opens at the match"),
         Binding("f2", "pane('settings')", "Settings", id="pane.settings",
@@ -406,7 +406,7 @@ class MainScreen(Screen[None]):
         outcome, turn = message.outcome, streaming.reply.turn
         if turn in self.conversation.turns:
             await streaming.view.finish(turn.assistant, stopped=turn.stopped, error=outcome.error)
-            streaming.view.border_title = self._reply_label(len(self.conversation.turns) - 1, self._variants())
+            streaming.view.show_variant(self._variants().get(len(self.conversation.turns) - 1))
         elif self.conversation.id is not None:  # not saved, so not sent: the saved turns are the conversation
             self.conversation.turns[:] = self.tui.store.load(self.conversation.id)
             await self._show_turns()
@@ -485,12 +485,6 @@ class MainScreen(Screen[None]):
         """The open conversation's turns that have alternatives: (variant shown, how many)."""
         return self.tui.store.variants(self.conversation.id) if self.conversation.id is not None else {}
 
-    def _reply_label(self, index: int, variants: dict[int, tuple[int, int]]) -> str:
-        backend = self.tui.backend
-        label = backend.model_name if backend else "opt"
-        shown = variants.get(index)
-        return f"{label} · variant {shown[0]}/{shown[1]}" if shown else label
-
     def action_messages(self) -> None:
         if self._busy():
             return
@@ -498,7 +492,7 @@ class MainScreen(Screen[None]):
             self._refuse("There are no messages yet")
             return
         self._cancel_editing()  # variants change what the indices point at
-        screen = MessagesScreen(self.conversation.turns, self._variants(), self._switch_variant)
+        screen = MessagesScreen(self.conversation.turns, self._variants(), self._switch_variant, self._copy)
         self.app.push_screen(screen, self._start_editing)
 
     def _switch_variant(self, index: int, step: int) -> tuple[list[Turn], dict[int, tuple[int, int]]]:
@@ -507,7 +501,8 @@ class MainScreen(Screen[None]):
             raise UserError("this conversation is not saved, so it keeps no variants")
         self.tui.store.switch_variant(self.conversation.id, index, step)
         self.conversation.turns[:] = self.tui.store.load(self.conversation.id)
-        self.call_later(self._show_turns, index)
+        older = index < len(self.conversation.turns) - Transcript.MOUNTED // 2
+        self.call_later(self._show_turns, index if older else None)  # the end, unless that misses the message
         self._show_context()
         return self.conversation.turns, self._variants()
 
@@ -577,12 +572,13 @@ class MainScreen(Screen[None]):
         end = min(len(turns), start + size)
         transcript = self.query_one(Transcript)
         await transcript.clear()
+        backend = self.tui.backend
+        label = backend.model_name if backend else "opt"
         variants = self._variants()
         widgets: list[Static | ReplyView] = []
         for index in range(start, end):
-            turn = turns[index]
-            label = self._reply_label(index, variants)
-            widgets += [UserMessage(turn.user), ReplyView(turn.assistant, label=label, stopped=turn.stopped)]
+            turn, variant = turns[index], variants.get(index)
+            widgets += [UserMessage(turn.user), ReplyView(turn.assistant, label=label, stopped=turn.stopped, variant=variant)]
         transcript.hidden_messages = 2 * start
         await transcript.add(*widgets)
         await transcript.show_later(2 * (len(turns) - end))

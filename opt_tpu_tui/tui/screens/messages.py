@@ -1,4 +1,4 @@
-"""The open conversation's messages: pick one to edit and resend, or flip between its variants.
+"""The open conversation's messages: pick one to edit and resend, flip between its variants, or copy it.
 
 Editing a message, or regenerating the last reply, keeps what it replaces as an
 alternative (history.py); a message with alternatives shows "variant i/n", and ←/→
@@ -9,7 +9,7 @@ shown when the list closes is the conversation the next message continues.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -23,7 +23,7 @@ from opt_tpu_tui.chat import Turn
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.safe_text import terminal_safe
 
-TITLE = "Messages · enter edits · ←→ variants · esc closes"  # fits 60 columns
+TITLE = "Messages · enter edits · ←→ variants · c/m copy reply/message · esc"  # fits 80 columns
 Variants = Dict[int, Tuple[int, int]]  # (evaluated at import: no dict[] on 3.8) turn index -> (variant shown, from 1; how many)
 
 
@@ -42,7 +42,8 @@ class MessagesScreen(ModalScreen[Optional[int]]):  # evaluated at import: no `|`
     """Dismisses with the index of the message to edit, or None.
 
     ``switch(index, step)`` (the main screen's) shows another variant at ``index`` and
-    returns the conversation's turns and variants as they now are.
+    returns the conversation's turns and variants as they now are; ``copy(text, what)``
+    copies as f5 does.
     """
 
     CSS_PATH = "modal.tcss"
@@ -53,14 +54,20 @@ class MessagesScreen(ModalScreen[Optional[int]]):  # evaluated at import: no `|`
         Binding("left", "switch(-1)", "Previous variant", id="messages.previous"),
         Binding("right", "switch(1)", "Next variant", id="messages.next"),
         Binding("e", "edit", "Edit", show=False, id="messages.edit"),
+        Binding("c", "copy('reply')", "Copy reply", id="messages.copy_reply"),
+        Binding("m", "copy('message')", "Copy message", id="messages.copy_message"),
     ]
 
     def __init__(
-        self, turns: list[Turn], variants: Variants, switch: Callable[[int, int], tuple[list[Turn], Variants]]
+        self,
+        turns: list[Turn],
+        variants: Variants,
+        switch: Callable[[int, int], Tuple[List[Turn], Variants]],
+        copy: Callable[[str, str], None],
     ) -> None:
         super().__init__()
         self.turns, self.variants = list(turns), variants
-        self._switch = switch
+        self._switch, self._copy = switch, copy
 
     def compose(self) -> ComposeResult:
         with Vertical(id="messages-body"):
@@ -105,6 +112,17 @@ class MessagesScreen(ModalScreen[Optional[int]]):  # evaluated at import: no `|`
         listing.clear_options()
         listing.add_options(self._options())
         listing.highlighted = min(index, len(self.turns) - 1)
+
+    def action_copy(self, part: str) -> None:
+        index = self._highlighted()
+        if index is None:
+            return
+        turn = self.turns[index]
+        text = turn.assistant if part == "reply" else turn.user
+        if not text:
+            self.notify("That message has no reply yet", severity="warning")
+            return
+        self._copy(text, f"the reply to message {index + 1}" if part == "reply" else f"message {index + 1}")
 
     def action_close(self) -> None:
         self.dismiss(None)

@@ -76,7 +76,7 @@ class ReplyView(Static):
 
     def __init__(
         self, text: str = "", *, label: str = "opt", stopped: bool = False, error: str | None = None,
-        streaming: bool = False,
+        streaming: bool = False, variant: tuple[int, int] | None = None,
     ) -> None:  # fmt: skip
         super().__init__(Group(), classes="message assistant-message")  # no rows while it streams
         self.border_title = terminal_safe(label)
@@ -84,6 +84,7 @@ class ReplyView(Static):
         self.stopped = stopped
         self.error = error
         self.streaming = streaming
+        self.variant = variant  # (shown, of how many) when its message has alternatives (ctrl+g flips them)
         self._taken = 0  # how much of self.text is in finished rows
         self._blocks: list[Static] = []  # finished rows, merged
         self._rows: list[Line] = []  # the rows being filled: finished ones, then the one being written, then room
@@ -183,6 +184,11 @@ class ReplyView(Static):
         self._blocks, self._rows = [], []
         self._show()
 
+    def show_variant(self, variant: tuple[int, int] | None) -> None:
+        if variant != self.variant:
+            self.variant = variant
+            self._show()
+
     async def remove_with_parts(self) -> None:
         await self._remove_parts(self.parts)
         await self.remove()
@@ -204,6 +210,8 @@ class ReplyView(Static):
         if self.status:
             colour = self.app.get_css_variables()["error" if self.error else "warning"]
             body.append(Text(self.status, style=Style(color=colour, italic=True)))
+        if self.variant:
+            body.append(Text(f"‹{self.variant[0]}/{self.variant[1]}› variants: ctrl+g, ←/→", style=Style(dim=True)))
         self.update(Group(*body))
 
 
