@@ -89,7 +89,7 @@ def run_and_save(
 def _open_turn(store: HistoryStore, conversation: Conversation, user: str, regenerate: bool) -> int:
     """The id of the turn the reply is saved into: the last one again, or a new one."""
     if conversation.id is None:
-        conversation.id = store.create_conversation(user)
+        conversation.id = store.create_conversation(user, conversation.overrides)
     last = store.last_turn_id(conversation.id) if regenerate else None
     if last is not None:
         store.restart_turn(last)
