@@ -120,7 +120,9 @@ async def test_a_conversations_own_settings_reach_its_replies_only_and_come_back
         assert app.screen.query_one("#field-max_new_tokens", Input).value == "3"
         assert app.screen.query_one("#field-preamble", TextArea).text == "Be terse."
         await pilot.press("f2")
-        await send(pilot, "third")
+        meter = app.screen.query_one(StatusLine).context_used  # counted with its own preamble
+        await send(pilot, "France")  # one token, so the prompt is exactly the meter's count
+        assert len(backend.prefills[-1]) == meter
         assert reply_tokens(app, tokenizer) == script_ids(tokenizer)[:3]
         assert (generations[-1].temperature, preamble_of(tokenizer, backend.prefills[-1])) == (0.5, "Be terse.")
 
