@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from opt_tpu_tui.backends.base import Backend
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.generation import Generation, GenerationStats
+from opt_tpu_tui.overrides import Overrides
 from opt_tpu_tui.sampling import SamplingSettings
 from opt_tpu_tui.tokenizer import Tokenizer
 
@@ -44,10 +45,12 @@ class Turn:
 
 @dataclass
 class Conversation:
-    """The open chat: its turns in order, and its id in the history (None until first saved)."""
+    """The open chat: its turns in order, its id in the history (None until first saved), and its own settings
+    (kept here until it is saved, and saved with it)."""
 
     turns: list[Turn] = field(default_factory=list)
     id: int | None = None
+    overrides: Overrides = field(default_factory=Overrides)
 
 
 def transcript(preamble: str, turns: list[Turn], user: str) -> str:

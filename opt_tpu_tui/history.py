@@ -5,9 +5,9 @@ durable and atomic without rewriting the whole history. WAL with ``synchronous=F
 makes every commit survive a power cut, and a ``kill -9`` mid-reply loses only what
 was generated since the last save (the app saves a few times a second).
 
-Schema (``PRAGMA user_version`` = 2)::
+Schema (``PRAGMA user_version`` = 3)::
 
-    conversations(id, title, created, updated)
+    conversations(id, title, created, updated, settings)
     turns(id, conversation_id, position, user, assistant, stopped, complete, created)
     alternatives(id, conversation_id, position, branch, created)
 
@@ -18,7 +18,8 @@ alternatives among them), and showing an alternative swaps it with the turns sho
 every variant is kept, whichever is shown. Variants at a position are numbered in the
 order their first turn was written (``created``).
 
-``complete`` is 0 while a reply streams; a turn found incomplete when a conversation
+``settings`` is the conversation's own preamble and sampling values as JSON (overrides.py),
+``{}`` for one that follows the global settings. ``complete`` is 0 while a reply streams; a turn found incomplete when a conversation
 is reopened was interrupted (the app died), and is shown as stopped. No Textual import
 here: the store is used from the UI thread and from the reply worker, serialised by
 one lock.
@@ -38,6 +39,9 @@ What happens at open, and why:
   nobody holds locked was left by an instance that died with the history open.
 - Several instances may start at once on a fresh machine: the schema is created in a
   ``BEGIN IMMEDIATE`` transaction, with ``IF NOT EXISTS``, so the second finds it made.
+- An older file is upgraded in place, in that same transaction: new tables come from
+  ``IF NOT EXISTS``, and a column a table gained since (``ADDED_COLUMNS``) is added with
+  ``ALTER TABLE``. A user's history is never set aside for being older.
 
 Search (:meth:`HistoryStore.search`, the TUI's ctrl+f) scans titles and turns with LIKE:
 no full-text table, so it needs nothing beyond the schema above. A match comes back
@@ -65,9 +69,10 @@ from opt_tpu_tui import paths
 from opt_tpu_tui.atomic import fsync_dir, move_aside
 from opt_tpu_tui.chat import Turn
 from opt_tpu_tui.errors import UserError
+from opt_tpu_tui.overrides import Overrides
 from opt_tpu_tui.safe_text import terminal_safe
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 TITLE_LENGTH = 60
 BUSY_WAIT = 5.0  # seconds an open waits for another process to let go of the database
 SQLITE_BUSY, SQLITE_LOCKED, SQLITE_CORRUPT, SQLITE_NOTADB = 5, 6, 11, 26
@@ -81,7 +86,8 @@ CREATE TABLE IF NOT EXISTS conversations (
     id INTEGER PRIMARY KEY,
     title TEXT NOT NULL,
     created REAL NOT NULL,
-    updated REAL NOT NULL
+    updated REAL NOT NULL,
+    settings TEXT NOT NULL DEFAULT '{}'
 );
 CREATE TABLE IF NOT EXISTS turns (
     id INTEGER PRIMARY KEY,
@@ -103,6 +109,11 @@ CREATE TABLE IF NOT EXISTS alternatives (
 );
 CREATE INDEX IF NOT EXISTS alternatives_by_conversation ON alternatives(conversation_id, position);
 """
+# Columns that tables already in older files gained later: (table, column, definition for ALTER TABLE ADD COLUMN).
+# A fresh file gets them from SCHEMA; the definition must match SCHEMA's, with a default for the existing rows.
+ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("conversations", "settings", "settings TEXT NOT NULL DEFAULT '{}'"),  # schema 3
+)
 
 
 class HistoryError(Exception):
@@ -239,13 +250,39 @@ def connect_once(path: Path, timeout: float, check: bool) -> sqlite3.Connection:
             raise HistoryError(f"written by a newer version (schema {version}, this one reads {SCHEMA_VERSION})")
         if check:
             quick_check(db)
-        if version < SCHEMA_VERSION:  # one script: executescript would commit a BEGIN made apart
-            db.executescript(f"BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
+        if version < SCHEMA_VERSION:
+            upgrade(db)
         check_schema(db)
     except BaseException:
         db.close()
         raise
     return db
+
+
+def upgrade(db: sqlite3.Connection) -> None:
+    """Create or upgrade the schema in place, in one ``BEGIN IMMEDIATE`` transaction.
+
+    Statement by statement, not ``executescript`` (which commits a pending transaction
+    first), so the version is read again under the write lock: another instance may
+    have upgraded the file meanwhile, and a column must not be added twice. The schema
+    is checked before the commit, so a file that is not this app's is not altered.
+    """
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            for statement in SCHEMA.split(";"):  # SCHEMA has no ";" inside a statement
+                if statement.strip():
+                    db.execute(statement)
+            for table, column, definition in ADDED_COLUMNS:
+                if column not in table_columns(db, table):
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {definition}")
+            check_schema(db)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
 
 
 class OpenMarker:
@@ -402,13 +439,28 @@ class HistoryStore:
 
     # conversations
 
-    def create_conversation(self, first_user: str) -> int:
+    def create_conversation(self, first_user: str, settings: Overrides | None = None) -> int:
+        """A new conversation titled after its first message, with the settings it was given before it was saved."""
         now = time.time()
         with self._writing() as db:
             cursor = db.execute(
-                "INSERT INTO conversations(title, created, updated) VALUES (?, ?, ?)", (title_for(first_user), now, now)
+                "INSERT INTO conversations(title, created, updated, settings) VALUES (?, ?, ?, ?)",
+                (title_for(first_user), now, now, (settings or Overrides()).to_json()),
             )
             return int(cursor.lastrowid or 0)
+
+    def conversation_settings(self, conversation_id: int) -> tuple[Overrides, str | None]:
+        """A conversation's own settings, and one warning line when what is stored could not all be used."""
+        rows = self._read("SELECT settings FROM conversations WHERE id = ?", (conversation_id,))
+        if not rows:
+            return Overrides(), None
+        settings, problem = Overrides.from_json(rows[0][0])
+        return settings, None if problem is None else f"conversation {conversation_id}: {problem}"
+
+    def set_conversation_settings(self, conversation_id: int, settings: Overrides) -> None:
+        """Replace a conversation's own settings (one UPDATE: atomic). Its place in the list does not change."""
+        with self._writing() as db:
+            db.execute("UPDATE conversations SET settings = ? WHERE id = ?", (settings.to_json(), conversation_id))
 
     def list_conversations(self) -> list[ConversationSummary]:
         """Newest first."""

@@ -92,6 +92,6 @@ def _open_turn(store: HistoryStore, conversation: Conversation, reply: Reply) ->
     the history keeps those as an alternative (HistoryStore.start_turn).
     """
     if conversation.id is None:
-        conversation.id = store.create_conversation(reply.turn.user)
+        conversation.id = store.create_conversation(reply.turn.user, conversation.overrides)
     position = next(i for i, turn in enumerate(conversation.turns) if turn is reply.turn)
     return store.start_turn(conversation.id, position, reply.turn.user)

@@ -22,6 +22,7 @@ from files_support import mode, refuse_writes_under
 from opt_tpu_tui import history
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.history import SCHEMA_VERSION, HistoryStore, HistoryUnavailable, title_for
+from opt_tpu_tui.overrides import Overrides
 
 
 def test_round_trip_and_listing_order(tmp_path: Path) -> None:
@@ -446,3 +447,84 @@ def test_search_is_limited_and_nothing_without_a_history(tmp_path: Path) -> None
     assert store.search("word") == []  # closed: reads return nothing
     unavailable, _ = HistoryStore.unavailable(tmp_path / "other.sqlite3", "held elsewhere")
     assert unavailable.search("word") == []
+
+
+# A version-1 history as that version made it: no settings column on conversations.
+VERSION_1 = """
+CREATE TABLE conversations (id INTEGER PRIMARY KEY, title TEXT NOT NULL, created REAL NOT NULL, updated REAL NOT NULL);
+CREATE TABLE turns (
+    id INTEGER PRIMARY KEY,
+    conversation_id INTEGER NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+    position INTEGER NOT NULL, user TEXT NOT NULL, assistant TEXT NOT NULL DEFAULT '',
+    stopped INTEGER NOT NULL DEFAULT 0, complete INTEGER NOT NULL DEFAULT 0, created REAL NOT NULL
+);
+CREATE INDEX turns_by_conversation ON turns(conversation_id, position);
+INSERT INTO conversations VALUES (7, 'old chat', 1.0, 2.0);
+INSERT INTO turns VALUES (1, 7, 0, 'first question', 'first answer', 0, 1, 1.0);
+INSERT INTO turns VALUES (2, 7, 1, 'second question', 'cut short', 1, 1, 2.0);
+PRAGMA user_version=1;
+"""
+
+
+def test_a_version_1_history_gains_the_settings_column_in_place_and_keeps_everything(tmp_path: Path) -> None:
+    path = tmp_path / "h.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(VERSION_1)
+    db.close()
+    store, warning = HistoryStore.open(path)
+    assert warning is None and not list(tmp_path.glob("*corrupt*"))  # upgraded, not set aside
+    assert store._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert "settings" in history.table_columns(store._db, "conversations")
+    assert [(c.id, c.title, c.turns) for c in store.list_conversations()] == [(7, "old chat", 2)]
+    assert [(t.user, t.assistant, t.stopped) for t in store.load(7)] == [
+        ("first question", "first answer", False), ("second question", "cut short", True)
+    ]  # fmt: skip
+    assert store.conversation_settings(7) == (Overrides(), None)  # follows the defaults
+    store.set_conversation_settings(7, Overrides({"temperature": 0.2}))
+    store.close()
+    store, warning = HistoryStore.open(path)  # and opens again as it is now
+    assert warning is None and store.conversation_settings(7) == (Overrides({"temperature": 0.2}), None)
+
+
+def test_conversation_settings_round_trip_and_a_fresh_file_has_the_column(tmp_path: Path) -> None:
+    store, warning = HistoryStore.open(tmp_path / "h.sqlite3")
+    assert warning is None
+    own = Overrides({"temperature": 0.2, "max_new_tokens": 7, "seed": None}, "Be terse.")
+    cid = store.create_conversation("hello", own)
+    other = store.create_conversation("plain")
+    store.close()
+    store, _ = HistoryStore.open(tmp_path / "h.sqlite3")
+    assert store.conversation_settings(cid) == (own, None)
+    assert store.conversation_settings(other) == (Overrides(), None)
+    store.set_conversation_settings(cid, Overrides())
+    assert store.conversation_settings(cid) == (Overrides(), None)
+    assert store.conversation_settings(12345) == (Overrides(), None)  # deleted meanwhile: the defaults
+
+
+@pytest.mark.parametrize(
+    "stored, kept, said",
+    [
+        ("{not json", Overrides(), "not valid JSON"),
+        ("[1, 2]", Overrides(), "not a JSON object"),
+        (b"\x00\x01", Overrides(), "not text"),
+        ('{"sampling": {"temperature": 9, "top_k": 5}}', Overrides({"top_k": 5}), "temperature must be between"),
+        ('{"sampling": {"max_new_tokens": 2.5}, "preamble": 3}', Overrides(), "whole number"),
+        ('{"sampling": "hot"}', Overrides(), "sampling is not an object"),
+    ],
+)
+def test_bad_settings_in_the_database_give_the_defaults_and_one_warning(
+    tmp_path: Path, stored: object, kept: Overrides, said: str
+) -> None:
+    store, _ = HistoryStore.open(tmp_path / "h.sqlite3")
+    cid = store.create_conversation("q")
+    store._db.execute("UPDATE conversations SET settings = ? WHERE id = ?", (stored, cid))
+    store._db.commit()
+    settings, warning = store.conversation_settings(cid)
+    assert settings == kept
+    assert warning is not None and said in warning and f"conversation {cid}" in warning and "\n" not in warning
+
+
+def test_unknown_settings_keys_from_a_newer_version_are_skipped_quietly(tmp_path: Path) -> None:
+    assert Overrides.from_json('{"sampling": {"min_p": 0.1, "top_p": 0.5}, "style": 1}') == (
+        Overrides({"top_p": 0.5}), None
+    )  # fmt: skip

@@ -157,6 +157,42 @@ def test_a_burst_into_a_settings_field_is_saved(chat_model: Path) -> None:
     assert json.loads(paths.settings_file().read_text())["sampling"]["max_new_tokens"] == 77
 
 
+def test_a_conversations_own_setting_is_saved_with_it_and_comes_back(chat_model: Path) -> None:
+    """f6 turns the pane to this conversation; its value goes into the history, not the settings file."""
+    write_settings()  # max_new_tokens 8
+    with tmux.Tmux("own-settings") as term:
+        term.start(tui(chat_model), 80, 24)
+        term.wait_for(lambda s: READY in s)
+        term.keys("F2")
+        term.wait_for(lambda s: "Scope: defaults (all conversations)" in s)
+        term.keys("F6")
+        term.wait_for(lambda s: "Scope: this conversation" in s)
+        term.keys("BSpace", "BSpace", "BSpace", "3", "C-s")
+        term.wait_for(lambda s: "Max new tokens *" in s)
+        term.keys("F2")
+        term.wait_for(lambda s: "· custom ·" in s and PLACEHOLDER in s)
+        term.keys("hello", literal=True)
+        term.wait_for(lambda s: "hello" in s)
+        term.keys("Enter")
+        sent(term, "hello")
+        quit_app(term)
+    store, _ = HistoryStore.open()
+    (conversation,) = store.list_conversations()
+    own, warning = store.conversation_settings(conversation.id)
+    store.close()
+    assert (dict(own.sampling), own.preamble, warning) == ({"max_new_tokens": 3}, None, None)
+    assert json.loads(paths.settings_file().read_text())["sampling"]["max_new_tokens"] == 8
+    with tmux.Tmux("own-settings-reopen") as term:
+        term.start(tui(chat_model), 80, 24)
+        screen = term.wait_for(lambda s: READY in s)
+        assert "custom" not in screen  # a new conversation follows the defaults
+        term.keys("C-o")
+        term.wait_for(lambda s: "Conversations" in s)
+        term.keys("Enter")
+        term.wait_for(lambda s: "· custom ·" in s and "hello" in s)
+        quit_app(term)
+
+
 # c. hostile model output
 
 

@@ -39,7 +39,8 @@ continues a transcript that starts with the preamble (settings pane).
 | --- | --- |
 {table}
 
-Settings apply from the next reply. Below 100 columns the side pane takes the
+Settings apply from the next reply; f6 in the pane switches between this
+conversation's own settings and the defaults. Below 100 columns the side pane takes the
 whole screen while open: f2/f3/f4 or escape bring the chat back.
 
 Press escape or f1 to close this help.

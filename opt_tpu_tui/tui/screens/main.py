@@ -10,6 +10,7 @@ classes, and the stylesheet does the rest.
 from __future__ import annotations
 
 import gc
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
@@ -30,7 +31,9 @@ from opt_tpu_tui.devices import DeviceSample
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.export import clipboard_file, conversation_markdown, export_path, last_code_block, write_text
 from opt_tpu_tui.history import SearchHit, title_for
+from opt_tpu_tui.overrides import Overrides
 from opt_tpu_tui.persist import run_and_save
+from opt_tpu_tui.sampling import SamplingSettings
 from opt_tpu_tui.tui.messages import DeviceSampled, FlushReply, ReplyFinished
 from opt_tpu_tui.tui.screens.conversations import ConversationsScreen
 from opt_tpu_tui.tui.screens.messages import MessagesScreen
@@ -38,7 +41,7 @@ from opt_tpu_tui.tui.screens.search import SearchScreen
 from opt_tpu_tui.tui.streaming import TokenBuffer
 from opt_tpu_tui.tui.widgets.conversation import Notice, ReplyView, Transcript, UserMessage
 from opt_tpu_tui.tui.widgets.prompt import PromptInput
-from opt_tpu_tui.tui.widgets.settings_form import SettingsForm
+from opt_tpu_tui.tui.widgets.settings_form import CONVERSATION, SettingsForm
 from opt_tpu_tui.tui.widgets.stats import StatsPanel, StatsView
 from opt_tpu_tui.tui.widgets.status import StatusLine
 
@@ -110,6 +113,7 @@ class MainScreen(Screen[None]):
         self._editing: int | None = None  # the index of the message being edited in the prompt
         self._draft = ""  # what the prompt held before the edit began: escape brings it back
         self.finished_replies = 0  # how many replies have ended (tests and the benches wait on it)
+        self._overrides_unsaved = False  # set for a conversation with no id yet: its first reply's end saves them
 
     @property
     def tui(self) -> OptTuiApp:
@@ -145,7 +149,7 @@ class MainScreen(Screen[None]):
 
     async def on_mount(self) -> None:
         app = self.tui
-        self.query_one(SettingsForm).load(app.settings.sampling, app.settings.preamble)
+        self._show_overrides()
         status = self.query_one(StatusLine)
         status.model, status.backend, status.demo = app.model_label, app.backend_label, app.demo
         notices = [Notice(text, kind) for text, kind in app.startup_notices()]
@@ -193,7 +197,7 @@ class MainScreen(Screen[None]):
     def model_loaded(self) -> None:
         app = self.tui
         assert app.backend is not None and app.tokenizer is not None
-        self.session = ChatSession(app.backend, app.tokenizer, app.settings.preamble, self.conversation)
+        self.session = ChatSession(app.backend, app.tokenizer, self.effective_settings()[1], self.conversation)
         status = self.query_one(StatusLine)
         status.model, status.backend = app.backend.model_name, app.backend.name
         status.context_size = app.backend.context_length
@@ -264,8 +268,9 @@ class MainScreen(Screen[None]):
         session, status = self.session, self.query_one(StatusLine)
         if session is None:
             return
+        sampling, session.preamble = self.effective_settings()
         status.context_used = used = session.next_prompt_tokens()
-        status.drops_next = used + session.reserve(self.tui.settings.sampling) > session.backend.context_length
+        status.drops_next = used + session.reserve(sampling) > session.backend.context_length
 
     def _update_state(self) -> None:
         """The status line's state and, matching it, why the prompt would refuse a message now."""
@@ -305,11 +310,11 @@ class MainScreen(Screen[None]):
         """Start a reply to ``text``; False (and a notification) when it cannot be sent."""
         if self._streaming is not None or self.session is None:
             return self._refuse(self.query_one(PromptInput).refusal or BUSY)
-        self.session.preamble = self.tui.settings.preamble
+        sampling, self.session.preamble = self.effective_settings()
         await self._back_to_the_end()
         cancel = threading.Event()
         try:
-            reply = self.session.send(text, self.tui.settings.sampling, cancel)
+            reply = self.session.send(text, sampling, cancel)
         except UserError as error:
             self.notify(str(error), title="Not sent", severity="error")
             return False
@@ -321,10 +326,10 @@ class MainScreen(Screen[None]):
         """Answer ``text`` in place of message ``index`` (the turns it replaces stay as an alternative)."""
         if self._streaming is not None or self.session is None:
             return self._refuse(self.query_one(PromptInput).refusal or BUSY)
-        self.session.preamble = self.tui.settings.preamble
+        sampling, self.session.preamble = self.effective_settings()
         cancel = threading.Event()
         try:
-            reply = self.session.edit(index, text, self.tui.settings.sampling, cancel)
+            reply = self.session.edit(index, text, sampling, cancel)
         except UserError as error:
             self.notify(str(error), title="Not sent", severity="error")
             return False
@@ -341,8 +346,9 @@ class MainScreen(Screen[None]):
             self._refuse("There is no reply to regenerate")
             return
         cancel = threading.Event()
+        sampling, self.session.preamble = self.effective_settings()
         try:
-            reply = self.session.regenerate(self.tui.settings.sampling, cancel)
+            reply = self.session.regenerate(sampling, cancel)
         except UserError as error:
             self.notify(str(error), title="Not regenerated", severity="error")
             return
@@ -423,6 +429,8 @@ class MainScreen(Screen[None]):
             self.notify(outcome.error, title="Reply failed", severity="error", timeout=8)
         if outcome.unsaved:
             self.notify(f"Not saved: {outcome.unsaved}", severity="warning", timeout=8)
+        if self._overrides_unsaved and self.conversation.id is not None:  # set while its first reply streamed
+            self._save_overrides()
         gc.enable()
         # Nothing was collected during the stream, so its garbage is all in the young generations.
         # A full collection would walk the whole heap, which grows through a long chat (Textual's
@@ -461,6 +469,9 @@ class MainScreen(Screen[None]):
         self._cancel_editing()
         self.conversation.turns.clear()
         self.conversation.id = None
+        self.conversation.overrides = Overrides()  # a new conversation follows the defaults
+        self._overrides_unsaved = False
+        self._show_overrides()
         await self.query_one(Transcript).clear()
         self._last = StatsView()
         status = self.query_one(StatusLine)
@@ -552,8 +563,14 @@ class MainScreen(Screen[None]):
         """Show a saved conversation: its last messages, or with ``at`` (a search's match) the turns around that one,
         that turn's message (or with ``reply`` its reply) marked and scrolled into view."""
         self._cancel_editing()
-        self.conversation.turns[:] = self.tui.store.load(conversation_id)
+        store = self.tui.store
+        self.conversation.turns[:] = store.load(conversation_id)
         self.conversation.id = conversation_id
+        self.conversation.overrides, problem = store.conversation_settings(conversation_id)
+        self._overrides_unsaved = False
+        if problem:
+            self.notify(problem, title="Warning", severity="warning", timeout=10)
+        self._show_overrides()
         await self._show_turns(at, reply)
         self._show_context()
         self.query_one(PromptInput).focus()
@@ -650,12 +667,63 @@ class MainScreen(Screen[None]):
 
     # settings
 
+    def effective_settings(self) -> tuple[SamplingSettings, str]:
+        """The sampling values and preamble the open conversation replies with: its own over the defaults."""
+        settings = self.tui.settings
+        return self.conversation.overrides.apply(settings.sampling, settings.preamble)
+
+    def _show_overrides(self) -> None:
+        """The pane and the status line's marker follow the defaults and the conversation's own settings."""
+        settings = self.tui.settings
+        self.query_one(SettingsForm).load(settings.sampling, settings.preamble, self.conversation.overrides)
+        self.query_one(StatusLine).custom = bool(self.conversation.overrides)
+        self._show_context()
+
     def on_settings_form_applied(self, message: SettingsForm.Applied) -> None:
-        if self.tui.update_settings(sampling=message.sampling, preamble=message.preamble):
-            self.notify("Settings saved: they apply from the next reply", timeout=3)
-        if self.session is not None:
-            self.session.preamble = self.tui.settings.preamble
-            self._show_context()
+        if message.scope != CONVERSATION:
+            if self.tui.update_settings(sampling=message.sampling, preamble=message.preamble):
+                kept = sorted(message.changed & self.conversation.overrides.names)  # a default it does not follow
+                note = f"; this conversation keeps its own {', '.join(kept)} (f6)" if kept else ""
+                self.notify(f"Settings saved: they apply from the next reply{note}", timeout=3 + 3 * bool(kept))
+            self._show_overrides()
+            return
+        values = {**message.sampling.to_dict(), "preamble": message.preamble}
+        settings = self.tui.settings
+        try:
+            overrides = self.conversation.overrides.updated(
+                {name: values[name] for name in message.changed}, settings.sampling, settings.preamble
+            )
+        except UserError as error:  # the form checked the values already; this is a second line of defence
+            self.notify(str(error), title="Setting refused", severity="error")
+            return
+        self._set_overrides(overrides)
+
+    def on_settings_form_follow_defaults(self) -> None:
+        if not self.conversation.overrides:
+            self._refuse("This conversation already follows the defaults")
+            return
+        self._set_overrides(Overrides())
+
+    def _set_overrides(self, overrides: Overrides) -> None:
+        """Make ``overrides`` the conversation's own settings, saved now if it is in the history, else with it."""
+        self.conversation.overrides = overrides
+        self._show_overrides()
+        if self.conversation.id is None:
+            self._overrides_unsaved = True
+            self.notify("This conversation's settings: kept with it once it is saved; from the next reply", timeout=4)
+        elif self._save_overrides():
+            self.notify("Saved for this conversation: they apply from the next reply", timeout=3)
+
+    def _save_overrides(self) -> bool:
+        """Write the conversation's own settings to the history; on failure they stay for this run, and it says so."""
+        assert self.conversation.id is not None
+        self._overrides_unsaved = False
+        try:
+            self.tui.store.set_conversation_settings(self.conversation.id, self.conversation.overrides)
+        except (UserError, sqlite3.Error) as error:
+            self.notify(f"This conversation's settings are kept for this run only: {error}", severity="warning")
+            return False
+        return True
 
     # shutdown
 

@@ -1,4 +1,11 @@
-"""The settings pane: one stepper per sampling value, the preamble, and a theme hint.
+"""The settings pane: one stepper per sampling value, the preamble, and which settings it edits.
+
+It edits one of two scopes, switched with f6 and named at its top: the defaults (all
+conversations: the settings file) or this conversation's own settings. In the
+conversation's scope the form shows what the conversation replies with, and marks with
+``*`` the fields that are its own; applying makes the fields the user changed its own,
+except that a value equal to the default follows the default again. f7 drops all of
+the conversation's own settings. The screen decides where applied values go.
 
 Up/Down in a number field steps it by ``sampling.LIMITS``' step, up to the range's
 ends, and only changes the field: Enter in a field or ctrl+s applies the whole form,
@@ -17,9 +24,11 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
+from textual.reactive import reactive
 from textual.widgets import Input, Label, Static, TextArea
 
 from opt_tpu_tui.errors import UserError
+from opt_tpu_tui.overrides import PREAMBLE, Overrides
 from opt_tpu_tui.sampling import LIMITS, SamplingSettings
 from opt_tpu_tui.tui.widgets.ordered_keys import OrderedKeys
 
@@ -32,7 +41,13 @@ FIELDS: dict[str, str] = {  # field -> label
     "seed": "Seed",
 }
 INTEGRAL = ("max_new_tokens", "top_k", "seed")
-HINT = "↑/↓ step · enter or ctrl+s apply · from the next reply"
+HINT = "↑/↓ step · enter or ctrl+s apply · f6 scope · f7 chat follows the defaults · from the next reply"
+CONVERSATION, DEFAULTS = "conversation", "defaults"  # the scopes the pane edits
+SCOPE_LINES = {
+    CONVERSATION: "Scope: this conversation (* = own)",
+    DEFAULTS: "Scope: defaults (all conversations)",
+}
+OWN = " *"  # after the label of a field the conversation sets for itself
 PENDING = "changed, not applied yet: enter or ctrl+s applies"
 
 
@@ -114,8 +129,16 @@ class PreambleInput(OrderedKeys, TextArea):
 
 
 class SettingsForm(VerticalScroll):
-    BINDINGS = [Binding("ctrl+s", "apply", "Apply", id="settings.apply",
-                        tooltip="(settings pane) apply the form, as enter in a field does; from the next reply")]
+    BINDINGS = [
+        Binding("ctrl+s", "apply", "Apply", id="settings.apply",
+                tooltip="(settings pane) apply the form, as enter in a field does; from the next reply"),
+        Binding("f6", "switch_scope", "Scope", id="settings.scope", show=False,
+                tooltip="(settings pane) edit this conversation's own settings or the defaults"),
+        Binding("f7", "follow_defaults", "Defaults", id="settings.follow", show=False,
+                tooltip="(settings pane) this conversation drops its own settings and follows the defaults"),
+    ]  # fmt: skip
+
+    scope = reactive(DEFAULTS)  # what applying changes: CONVERSATION or DEFAULTS
 
     @dataclass
     class Changed(Message):
@@ -125,26 +148,71 @@ class SettingsForm(VerticalScroll):
 
     @dataclass
     class Applied(Message):
+        """The form's values, to go to ``scope``; ``changed`` names the fields the user changed since they were shown."""
+
         sampling: SamplingSettings
         preamble: str
+        scope: str = DEFAULTS
+        changed: frozenset[str] = frozenset()
+
+    class FollowDefaults(Message):
+        """f7: the conversation is to drop its own settings."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self._defaults = (SamplingSettings(), "")
+        self._overrides = Overrides()
+        self._shown: dict[str, str] = {}  # each field's text as last shown: what the user changed is what differs
 
     def compose(self) -> ComposeResult:
+        yield Static(SCOPE_LINES[self.scope], id="settings-scope", markup=False)
         for name, label in FIELDS.items():
             with Horizontal(classes="field"):
-                yield Label(label, classes="field-label")
+                yield Label(label, id=f"label-{name}", classes="field-label")
                 yield StepperInput(name, placeholder="random" if name == "seed" else "")
-        yield Label("Preamble", classes="field-label")
+        yield Label("Preamble", id=f"label-{PREAMBLE}", classes="field-label")
         yield PreambleInput()
         yield Static("", id="settings-error", markup=False)
         yield Static(HINT, id="settings-hint", markup=False)
 
-    def load(self, sampling: SamplingSettings, preamble: str) -> None:
-        """Show the settings now in effect (and clear any error)."""
+    def load(self, sampling: SamplingSettings, preamble: str, overrides: Overrides | None = None) -> None:
+        """Take the defaults and the open conversation's own settings, and show the scope being edited
+        (dropping unapplied edits, and any error)."""
+        self._defaults = (sampling, preamble)
+        self._overrides = overrides if overrides is not None else Overrides()
+        self._show()
+
+    def _show(self) -> None:
+        conversation = self.scope == CONVERSATION
+        sampling, preamble = self._overrides.apply(*self._defaults) if conversation else self._defaults
+        own = self._overrides.names if conversation else frozenset()
+        self._shown = {name: format_value(name, getattr(sampling, name)) for name in FIELDS}
+        self._shown[PREAMBLE] = preamble
         for name in FIELDS:
-            self.query_one(f"#field-{name}", Input).value = format_value(name, getattr(sampling, name))
+            self.query_one(f"#field-{name}", Input).value = self._shown[name]
         self.query_one("#field-preamble", TextArea).text = preamble
+        for name, label in [*FIELDS.items(), (PREAMBLE, "Preamble")]:
+            self.query_one(f"#label-{name}", Label).update(label + (OWN if name in own else ""))
+        self.query_one("#settings-scope", Static).update(SCOPE_LINES[self.scope])
         self.show_error(None)
         self.query_one("#settings-hint", Static).update(HINT)
+
+    def watch_scope(self) -> None:
+        if self.is_mounted:
+            self._show()
+
+    def action_switch_scope(self) -> None:
+        """f6: edit the other scope; unapplied edits are dropped, as the form shows the other settings."""
+        self.scope = DEFAULTS if self.scope == CONVERSATION else CONVERSATION
+
+    def action_follow_defaults(self) -> None:
+        self.post_message(self.FollowDefaults())
+
+    def changed(self) -> frozenset[str]:
+        """The fields whose text differs from what was last shown: what the user changed."""
+        now = {name: self.query_one(f"#field-{name}", Input).value for name in FIELDS}
+        now[PREAMBLE] = self.query_one("#field-preamble", TextArea).text
+        return frozenset(name for name, text in now.items() if text != self._shown.get(name))
 
     def read(self) -> tuple[SamplingSettings, str]:
         """The values in the form, validated; raise UserError naming the first bad one."""
@@ -166,7 +234,7 @@ class SettingsForm(VerticalScroll):
             return
         self.show_error(None)
         self.query_one("#settings-hint", Static).update(HINT)
-        self.post_message(self.Applied(sampling, preamble))
+        self.post_message(self.Applied(sampling, preamble, self.scope, self.changed()))
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()

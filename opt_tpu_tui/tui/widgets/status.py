@@ -1,4 +1,5 @@
-"""The one-line status at the top of the chat: model, context meter, last reply's speed, state, the help key.
+"""The one-line status at the top of the chat: model, context meter, a marker for a conversation with its own
+settings, last reply's speed, state, the help key.
 
 Fed by reactives: setting a value to what it already is repaints nothing, so the line
 costs bytes only when something on it changes. The figures keep their place at any
@@ -16,6 +17,7 @@ from textual.widget import Widget
 from opt_tpu_tui.safe_text import terminal_safe
 
 SEPARATOR = " · "
+CUSTOM = "custom"  # short, so the last reply's tok/s still fits at 80 columns beside it
 NAME_ROOM = 12  # cells of the model's name kept before the speed figures give way
 
 
@@ -29,6 +31,7 @@ class StatusLine(Widget):
     first_token = reactive(0.0)  # seconds to the last reply's first token; 0: none to show (or one streaming)
     speed = reactive(0.0)  # the last reply's decode tokens per second
     state = reactive("loading model…")
+    custom = reactive(False)  # the open conversation has settings of its own
 
     def render(self) -> Text:
         meter = Text()
@@ -40,8 +43,10 @@ class StatusLine(Widget):
         speed = [Text(f"first {self.first_token:.2f} s"), Text(f"{self.speed:.1f} tok/s")] if self.first_token else []
         name = terminal_safe(f"{self.model} on {self.backend}") + (" · DEMO model" if self.demo else "")
         width = self.content_size.width
+        custom = Text(CUSTOM) if self.custom else Text()
         while True:  # too narrow: the last reply's figures go before the model's name is cut below NAME_ROOM
-            right = Text(SEPARATOR).join([part for part in (meter, *speed, Text(self.state), Text("f1 help")) if part])
+            parts = (meter, custom, *speed, Text(self.state), Text("f1 help"))
+            right = Text(SEPARATOR).join([part for part in parts if part])
             room = width - right.cell_len - cell_len(SEPARATOR)
             if room >= min(NAME_ROOM, cell_len(name)) or not speed:
                 break
