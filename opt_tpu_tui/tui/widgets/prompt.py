@@ -22,6 +22,8 @@ class PromptInput(OrderedKeys, TextArea):
     BINDINGS = [
         Binding("enter", "submit", "Send", id="prompt.send", tooltip="send the message"),
         Binding("ctrl+j", "newline", "Line", id="prompt.newline", tooltip="new line in the message"),
+        # Textual 6's TextArea (the one Python 3.8 gets) takes ctrl+f to delete a word: the chat's search wins.
+        Binding("ctrl+f", "screen.search", show=False),
     ]
 
     @dataclass
