@@ -40,6 +40,7 @@ from opt_tpu_tui import paths, toolchain
 PYTHON310_ENV = "OPT_TPU_TUI_PYTHON310"
 QUANTIZE = {"f16": "F16", "int8": "W8F16", "int4": "W4F16"}  # compile.sh's block modes
 BMODEL_NAMES = {"f16": "opt-tiny.bmodel", "int8": "opt-tiny_int8.bmodel", "int4": "opt-tiny_int4.bmodel"}
+NETS = "nets"  # beside the combined bmodel in the cache: one bmodel per compiled net
 VENV_PACKAGES = ["onnx", "psutil"]  # the wheel's [onnx] extra, and psutil, which its tools import undeclared
 
 LAUNCHER = '''"""Run a tpu-mlir tool (argv[1]) with the system libraries first and torch stood in for one call."""
@@ -117,7 +118,10 @@ def source_key(checkpoint: Path, mode: str, seq: int) -> str:
 
 
 def build(checkpoint: Path, mode: str, seq: int) -> Path:
-    """The cached original-layout bmodel of ``checkpoint`` with blocks in ``mode`` (f16, int8, int4)."""
+    """The cached original-layout bmodel of ``checkpoint`` with blocks in ``mode`` (f16, int8, int4).
+
+    Its folder also holds ``nets/``: the bmodel of each net as compiled, before combining.
+    """
     import original_export
 
     cache = paths.cache_dir() / "original-bmodels" / source_key(checkpoint, mode, seq)
@@ -167,6 +171,9 @@ def build(checkpoint: Path, mode: str, seq: int) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
         os.replace(combined, staging / out.name)
+        (staging / NETS).mkdir()
+        for net in bmodels:  # each net alone, for tests that combine a bmodel lacking one
+            os.replace(net, staging / NETS / net.name)
         shutil.rmtree(cache, ignore_errors=True)
         os.replace(staging, cache)
     return out

@@ -67,13 +67,6 @@ def converted(
     return get
 
 
-@pytest.fixture(params=["bmrt", "sail"])
-def tpu_kind(request: pytest.FixtureRequest) -> str:
-    if request.param == "sail":
-        request.getfixturevalue("real_sail")
-    return request.param
-
-
 def greedy(backend: Backend, ids: list[int], steps: int) -> list[int]:
     logits, tokens = backend.prefill(ids), []
     for _ in range(steps):

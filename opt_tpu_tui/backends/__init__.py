@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from opt_tpu_tui import converted, original
+from opt_tpu_tui import converted, original_layout
 from opt_tpu_tui.backends.base import Backend
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.tokenizer import Tokenizer
@@ -17,7 +17,7 @@ def pick_backend(model_dir: Path) -> str:
 
     The simulator is never picked by itself: it checks correctness at seconds per token.
     """
-    if not converted.is_converted(model_dir) and not original.is_original(model_dir):
+    if not converted.is_converted(model_dir) and not original_layout.is_original(model_dir):
         return "cpu"
     from opt_tpu_tui.backends.bmrt_lib import on_device
     from opt_tpu_tui.backends.sail import sail_available

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from opt_tpu_tui import original
+from opt_tpu_tui import original_layout
 from opt_tpu_tui.backends import bmrt_lib
 from opt_tpu_tui.backends.base import Backend
 from opt_tpu_tui.backends.bmrt_lib import Runtime, Shape, Tensor
@@ -66,6 +66,6 @@ class BmrtDriver:
 
 def open_bmrt(model_dir: Path, context: int | None = None, device: int = 0) -> Backend:
     """A converted model directory, or one holding an OPT-TPU (original project) bmodel, run through bmrt."""
-    if original.is_original(model_dir):
+    if original_layout.is_original(model_dir):
         return OriginalBackend("bmrt", model_dir, lambda bmodel: BmrtDriver(bmodel, device), context)
     return TPUBackend("bmrt", model_dir, lambda bmodel: BmrtDriver(bmodel, device), context)

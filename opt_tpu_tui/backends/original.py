@@ -31,12 +31,12 @@ from typing import Any
 
 import numpy as np
 
-from opt_tpu_tui import original
+from opt_tpu_tui import original_layout
 from opt_tpu_tui.backends.base import reusable_prefix
 from opt_tpu_tui.backends.tpu import Driver
 from opt_tpu_tui.converted import CHIP, bmodel_chip
 from opt_tpu_tui.errors import UserError
-from opt_tpu_tui.original import EMBEDDING, LM_HEAD, MASKED, SPLITKV, Sizes, decode_net, prefill_net, strip_ones
+from opt_tpu_tui.original_layout import EMBEDDING, LM_HEAD, MASKED, SPLITKV, Sizes, decode_net, prefill_net, strip_ones
 
 # BM1684X figures for the roofline (../shared/notes/bm1684x.md): 16 TFLOPS float16 (the W8F16/W4F16
 # blocks compute in float16 too), LPDDR4x at about 68 GB/s
@@ -51,8 +51,9 @@ class NewTurn:
     A decode step reads every weight of the bmodel once (memory bound): about the bmodel's
     size over the bandwidth. A prefill always runs SEQ rows: 2 FLOPs per weight of the blocks
     (12 h^2 per layer, OPT's ffn being 4 h) per row, unless reading the weights takes longer.
-    For OPT-6.7B that is 0.41 s a prefill against 0.21 s (f16), 0.11 s (int8) or 0.07 s (int4)
-    a decoded token: a turn of more than 2, 4 or 6 new tokens runs faster as a new prefill.
+    For OPT-6.7B that is 0.41 s a prefill against about 0.21 s (f16), 0.12 s (int8) or 0.07 s
+    (int4) a decoded token: a turn of 2 (f16), 4 (int8) or 6 (int4) new tokens or more runs
+    faster as a new prefill, and a chat turn (a message and its framing) is usually longer.
     """
 
     decode_seconds: float
@@ -75,21 +76,21 @@ class OriginalBackend:
 
     def __init__(self, name: str, model_dir: Path, open_driver: Callable[[Path], Driver], context: int | None = None):
         model_dir = Path(model_dir)
-        bmodel = original.find_bmodel(model_dir)
+        bmodel = original_layout.find_bmodel(model_dir)
         chip = bmodel_chip(bmodel)
         if chip is not None and chip != CHIP:
             raise UserError(f"{bmodel}: compiled for {chip}, but this runtime runs {CHIP} bmodels")
-        config = original.read_config(model_dir)
+        config = original_layout.read_config(model_dir)
         self.name, self.model_name = name, model_dir.resolve().name
         self.reused = 0
         self.ids: list[int] = []  # the tokens whose K/V the cache holds, in order
         self.driver = open_driver(bmodel)
         try:
-            self.sizes = self._check_nets(bmodel, config, model_dir / original.CONFIG)
+            self.sizes = self._check_nets(bmodel, config, model_dir / original_layout.CONFIG)
             if context is not None and not 2 <= context <= self.sizes.seq:
                 raise UserError(f"--context {context}: this bmodel holds at most {self.sizes.seq} tokens")
             self.context_length = context or self.sizes.seq
-            self.vocab_size = config.vocab_size if config else original.vocab_entries(model_dir)
+            self.vocab_size = config.vocab_size if config else original_layout.vocab_entries(model_dir)
             self.new_turn = NewTurn.roofline(self.sizes, bmodel.stat().st_size)
             self._allocate()
         except BaseException:
@@ -234,6 +235,6 @@ def graph_io(model_dir: Path) -> int:
 
     Needed before the bmodel is loaded, so from config.json's layer count (or 64 layers without one).
     """
-    config = original.read_config(model_dir)
+    config = original_layout.read_config(model_dir)
     layers = config.num_hidden_layers if config else 64
     return layers * ((2 + 3) + (4 + 3)) + (2 + 1) + (2 + 2) + (1 + 1)

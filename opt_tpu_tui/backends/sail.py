@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from opt_tpu_tui import original
+from opt_tpu_tui import original_layout
 from opt_tpu_tui.backends.base import Backend
 from opt_tpu_tui.backends.original import OriginalBackend
 from opt_tpu_tui.backends.original import graph_io as original_graph_io
@@ -214,7 +214,7 @@ def graph_io(model_dir: Path) -> int:
 
 def open_sail(model_dir: Path, context: int | None = None, device: int = 0) -> Backend:
     """A converted model directory, or one holding an OPT-TPU (original project) bmodel, run through sail."""
-    if original.is_original(model_dir):
+    if original_layout.is_original(model_dir):
         handles = original_graph_io(Path(model_dir))
         return OriginalBackend("sail", model_dir, lambda bmodel: SailDriver(bmodel, device, graph_io=handles), context)
     return TPUBackend("sail", model_dir, lambda bmodel: SailDriver(bmodel, device, graph_io=graph_io(bmodel.parent)), context)

@@ -25,6 +25,7 @@ from textual.timer import Timer
 from textual.widgets import ContentSwitcher, Footer, Static
 from textual.worker import get_current_worker
 
+from opt_tpu_tui.backends.base import emits_tokens
 from opt_tpu_tui.chat import ChatSession, Conversation, Reply
 from opt_tpu_tui.devices import DeviceSample
 from opt_tpu_tui.errors import UserError
@@ -190,6 +191,7 @@ class MainScreen(Screen[None]):
         status = self.query_one(StatusLine)
         status.model, status.backend = app.backend.model_name, app.backend.name
         status.context_size = app.backend.context_length
+        self.query_one(SettingsForm).greedy_only(emits_tokens(app.backend))
         self._show_context()
         self._update_state()
         self._show_stats()
