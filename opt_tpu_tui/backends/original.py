@@ -48,12 +48,14 @@ PAD_ID = 1  # OPT's <pad>, in the padding rows of a prefill (they are masked)
 class NewTurn:
     """The roofline of one decode step and of one prefill, to choose how a new turn runs.
 
-    A decode step reads every weight of the bmodel once (memory bound): about the bmodel's
-    size over the bandwidth. A prefill always runs SEQ rows: 2 FLOPs per weight of the blocks
-    (12 h^2 per layer, OPT's ffn being 4 h) per row, unless reading the weights takes longer.
-    For OPT-6.7B that is 0.41 s a prefill against about 0.21 s (f16), 0.12 s (int8) or 0.07 s
-    (int4) a decoded token: a turn of 2 (f16), 4 (int8) or 6 (int4) new tokens or more runs
-    faster as a new prefill, and a chat turn (a message and its framing) is usually longer.
+    A decode step is memory bound: it reads every weight of the bmodel once (about the
+    bmodel's size) and moves the float32 KV cache four times over (``block_cache_i`` reads it
+    and writes it again with one slot more, ``splitkv`` reads that and writes it back). A
+    prefill always runs SEQ rows: 2 FLOPs per weight of the blocks (12 h^2 per layer, OPT's
+    ffn being 4 h) per row, unless reading the weights takes longer. For OPT-6.7B (a 0.54 GB
+    cache) that is 0.41 s a prefill against about 0.25 s (f16), 0.15 s (int8) or 0.10 s
+    (int4) a decoded token: a turn of 2 (f16), 3 (int8) or 4 (int4) new tokens or more runs
+    faster as a new prefill, and a chat turn (a message and its framing) is longer than that.
     """
 
     decode_seconds: float
@@ -61,9 +63,10 @@ class NewTurn:
 
     @classmethod
     def roofline(cls, sizes: Sizes, bmodel_bytes: int) -> NewTurn:
-        read = bmodel_bytes / BANDWIDTH
+        cache_bytes = 2 * sizes.layers * sizes.heads * sizes.seq * sizes.head_dim * 4  # K and V, float32
+        weights = bmodel_bytes / BANDWIDTH
         block_weights = sizes.layers * 12 * sizes.hidden**2
-        return cls(read, max(2 * block_weights * sizes.seq / FLOPS, read))
+        return cls(weights + 4 * cache_bytes / BANDWIDTH, max(2 * block_weights * sizes.seq / FLOPS, weights))
 
     def decode_is_faster(self, new_tokens: int) -> bool:
         return new_tokens * self.decode_seconds < self.prefill_seconds
