@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Sequence, Tuple
 
-from opt_tpu_tui.converted import MANIFEST
+from opt_tpu_tui.converted import MANIFEST, bmodel_description, names_string
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.model.config import OPTConfig
 
@@ -49,8 +49,18 @@ def bmodels(model_dir: Path) -> list[Path]:
 
 
 def is_original(model_dir: Path) -> bool:
-    """A folder with a ``*.bmodel`` and no ``manifest.json``: the original's layout (its nets are checked on load)."""
-    return not (Path(model_dir) / MANIFEST).exists() and bool(bmodels(model_dir))
+    """A folder with no ``manifest.json`` and a ``*.bmodel`` naming the original's ``embedding`` or ``splitkv`` net.
+
+    Either one is enough, so a bmodel lacking the other is still taken for one and its
+    missing net named (every net is checked on load); this project's own nets have neither
+    name, so a converted folder that lost its manifest is told so instead.
+    """
+    if (Path(model_dir) / MANIFEST).exists():
+        return False
+    return any(
+        names_string(data, EMBEDDING) or names_string(data, SPLITKV)
+        for data in map(bmodel_description, bmodels(model_dir))
+    )
 
 
 def find_bmodel(model_dir: Path) -> Path:

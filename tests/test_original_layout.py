@@ -145,6 +145,29 @@ def test_a_new_turn_by_decode_steps_or_by_a_new_prefill_gives_the_same_tokens(cl
     assert (results["decode reused"], results["prefill reused"]) == (kept, 0) and kept >= len(first) + 3
 
 
+def test_the_kv_cache_never_crosses_to_the_host(clone_dir, checkpoint: Path) -> None:
+    """Prefill writes the K/V right-aligned from the nets themselves, decode shifts it with splitkv: no copies,
+    no launch but the nets', and the host sends ids, positions and masks and reads the token back only."""
+    tpu = open_backend(clone_dir("f16"), "bmrt")
+    driver, launched, sent, read = tpu.driver, [], [], []
+    launch, upload, download = driver.launch, driver.upload, driver.download
+    driver.launch = lambda net, inputs, outputs: (launched.append(net), launch(net, inputs, outputs))[1]
+    driver.upload = lambda buffer, array: (sent.append(buffer.mem.addr), upload(buffer, array))[1]
+    driver.download = lambda buffer, array: (read.append((buffer.mem.addr, array.nbytes)), download(buffer, array))[1]
+    try:
+        tpu.prefill(Tokenizer.from_dir(checkpoint).encode(TURNS[0]))
+        tpu.decode(42)
+        cache = {buffer.mem.addr for buffer in tpu.k + tpu.v}
+    finally:
+        tpu.close()
+    layers = ["block_0", "block_1"]
+    assert launched == ["embedding", *layers, "lm_head", "embedding"] + [
+        net for i in range(2) for net in (f"block_cache_{i}", "splitkv")
+    ] + ["lm_head"]  # fmt: skip
+    assert len(sent) == 3 + 3 and not cache & set(sent)  # ids, positions, mask per run; never the cache
+    assert [nbytes for _, nbytes in read] == [4, 4] and not cache & {addr for addr, _ in read}  # the token id
+
+
 def test_the_roofline_runs_a_long_turn_of_opt_6_7b_as_a_prefill_and_a_short_one_by_decoding() -> None:
     from opt_tpu_tui.original_layout import Sizes
 
