@@ -165,6 +165,8 @@ async def test_a_greedy_only_model_shows_the_sampling_settings_as_not_applying(t
             assert form.query_one("#settings-greedy").display is moot
             assert [form.query_one(f"#field-{name}", Input).disabled for name in ("temperature", "seed")] == [moot] * 2
             assert form.query_one("#field-max_new_tokens", Input).disabled is False
+            notices = [str(notice.render()) for notice in app.screen.query(Notice)]
+            assert any("decodes greedily" in text for text in notices) is moot
             if moot:
                 await pilot.press("f2")
                 await send(pilot, "hello")

@@ -151,7 +151,13 @@ class OriginalBackend:
 
     @property
     def length(self) -> int:
-        return len(self.ids)
+        """Cache slots in use: from the oldest token held to the newest, masked ones between them included.
+
+        That is ``len(ids)`` but after a turn that kept the cache and masked some of it; the
+        slots, not the tokens, are what runs out at SEQ.
+        """
+        used = np.flatnonzero(self.slots)
+        return self.sizes.seq - int(used[0]) if used.size else 0
 
     def _check(self, ids: list[int], count: int) -> None:
         if count > self.context_length:
@@ -167,8 +173,7 @@ class OriginalBackend:
         self._check(ids, n)
         keep = reusable_prefix(self.ids, ids)
         self._forget_after(keep)
-        first_used = int(np.argmax(self.slots)) if self.slots.any() else self.sizes.seq
-        fits = self.sizes.seq - first_used + n - keep <= self.sizes.seq  # no kept token would be shifted out
+        fits = self.length + n - keep <= self.sizes.seq  # no kept token would be shifted out of the cache
         if keep and fits and self.new_turn.decode_is_faster(n - keep):
             for token in ids[keep:]:
                 found = self.decode(token)
@@ -203,10 +208,8 @@ class OriginalBackend:
 
     def decode(self, token: int) -> int:
         """The greedy token after ``token``, run at the next position; the cache shifts one slot."""
-        pos, d = self.length, self.driver
-        self._check([token], pos + 1)
-        if self.slots[0]:
-            raise UserError(f"context overflow: the cache's {self.sizes.seq} slots are full")
+        pos, d = len(self.ids), self.driver
+        self._check([token], self.length + 1)
         d.upload(self.token_id, np.array([token], np.int32))
         d.upload(self.token_position, np.array([pos], np.int32))
         attend = np.append(self.slots, True)  # the cache's tokens and the new one, in slot SEQ

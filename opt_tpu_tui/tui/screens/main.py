@@ -37,7 +37,7 @@ from opt_tpu_tui.tui.screens.conversations import ConversationsScreen
 from opt_tpu_tui.tui.streaming import TokenBuffer
 from opt_tpu_tui.tui.widgets.conversation import Notice, ReplyView, Transcript, UserMessage
 from opt_tpu_tui.tui.widgets.prompt import PromptInput
-from opt_tpu_tui.tui.widgets.settings_form import SettingsForm
+from opt_tpu_tui.tui.widgets.settings_form import GREEDY_NOTE, SettingsForm
 from opt_tpu_tui.tui.widgets.stats import StatsPanel, StatsView
 from opt_tpu_tui.tui.widgets.status import StatusLine
 
@@ -191,7 +191,10 @@ class MainScreen(Screen[None]):
         status = self.query_one(StatusLine)
         status.model, status.backend = app.backend.model_name, app.backend.name
         status.context_size = app.backend.context_length
-        self.query_one(SettingsForm).greedy_only(emits_tokens(app.backend))
+        greedy = emits_tokens(app.backend)
+        self.query_one(SettingsForm).greedy_only(greedy)
+        if greedy:  # said in the chat too: the settings pane may be closed
+            self.call_later(self.query_one(Transcript).add, Notice(GREEDY_NOTE, "info"))
         self._show_context()
         self._update_state()
         self._show_stats()
