@@ -41,7 +41,8 @@ PYTHON310_ENV = "OPT_TPU_TUI_PYTHON310"
 QUANTIZE = {"f16": "F16", "int8": "W8F16", "int4": "W4F16"}  # compile.sh's block modes
 BMODEL_NAMES = {"f16": "opt-tiny.bmodel", "int8": "opt-tiny_int8.bmodel", "int4": "opt-tiny_int4.bmodel"}
 NETS = "nets"  # beside the combined bmodel in the cache: one bmodel per compiled net
-VENV_PACKAGES = ["onnx", "psutil"]  # the wheel's [onnx] extra, and psutil, which its tools import undeclared
+EXTRAS = "[onnx]"  # onnx, onnxruntime and onnxsim at the versions the wheel pins, for model_transform.py
+VENV_PACKAGES = ["psutil"]  # imported by tpu-mlir's tools, not declared by the wheel
 
 LAUNCHER = '''"""Run a tpu-mlir tool (argv[1]) with the system libraries first and torch stood in for one call."""
 import os, runpy, sys, types
@@ -88,7 +89,8 @@ def venv() -> Path:
         with log.open("w") as out:
             for command in (
                 [python310(), "-m", "venv", str(staging)],
-                [str(staging / "bin" / "python3"), "-m", "pip", "install", "-q", str(wheel), *VENV_PACKAGES],
+                [str(staging / "bin" / "python3"), "-m", "pip", "install", "-q", f"{wheel}{EXTRAS}", *VENV_PACKAGES],
+                [str(staging / "bin" / "python3"), "-c", "import tpu_mlir, onnx, onnxruntime, onnxsim, psutil"],
             ):
                 if subprocess.run(command, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
                     raise RuntimeError(f"making tpu-mlir's Python 3.10 venv failed; the log is {log}")
