@@ -236,15 +236,19 @@ def one_line_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     return err
 
 
+@pytest.mark.parametrize(
+    "left_out, said", [("splitkv", "has no net splitkv"), ("embedding_1", "embedding has stages for [512] tokens")]
+)
 def test_a_bmodel_missing_a_net_is_one_clear_line(
-    built, checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    built, checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], left_out: str, said: str
 ) -> None:
+    """Combined from the nets as compiled, but one (or the embedding's 1-token stage)."""
     nets = sorted((built("f16").parent / "nets").glob("*.bmodel"))
     partial = tmp_path / "opt-tiny.bmodel"
-    toolchain.combine([n for n in nets if n.stem != "splitkv"], partial, tmp_path / "scratch")
+    toolchain.combine([n for n in nets if n.stem != left_out], partial, tmp_path / "scratch")
     model = clone(tmp_path / "clone", checkpoint, partial)
     err = one_line_error(["--model", str(model), "--backend", "bmrt", "-p", "hi"], capsys)
-    assert "has no net splitkv" in err and str(model / partial.name) in err
+    assert said in err and str(model / partial.name) in err
 
 
 def test_a_config_that_contradicts_the_bmodel_s_shapes_is_one_clear_line(

@@ -24,6 +24,7 @@ prompt through prefill again, whichever the graphs' roofline makes faster (``New
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,9 +124,14 @@ class OriginalBackend:
             floats = {t for _, t in got_ins + got_outs} - ({"int32"} if net == LM_HEAD else set())
             if floats != {"float32"}:
                 raise UserError(f"{bmodel}: net {net} has {sorted(floats)} I/O; OPT-TPU's bmodels have float32")
-        tokens = {strip_ones(ins[0]) for ins, _ in d.stages(EMBEDDING)}
-        if (sizes.seq,) not in tokens or (len(tokens) > 1 and () not in tokens):
-            raise UserError(f"{bmodel}: net embedding has stages for {sorted(tokens)} tokens, not for 1 and {sizes.seq}")
+        ins, outs = d.io(EMBEDDING)
+        if [t for _, t in ins] != ["int32", "int32"] or [t for _, t in outs] != ["float32"]:
+            raise UserError(f"{bmodel}: net embedding is not OPT-TPU's (int32 ids and positions -> float32 hidden)")
+        stages = d.stages(EMBEDDING)
+        tokens = {strip_ones(stage_ins[0]) for stage_ins, _ in stages or []}
+        if stages is not None and not {(sizes.seq,), ()} <= tokens:
+            shown = sorted(math.prod(t) for t in tokens)
+            raise UserError(f"{bmodel}: net embedding has stages for {shown} tokens, not for 1 and {sizes.seq}")
         return sizes
 
     def _allocate(self) -> None:

@@ -164,11 +164,11 @@ class SailDriver:
     def net_names(self) -> list[str]:
         return sorted(self.graphs)
 
-    def stages(self, net: str) -> list[tuple[list[tuple[int, ...]], list[tuple[int, ...]]]]:
-        """Every stage's shapes from EngineLLM; an ``Engine`` tells one shape per tensor only."""
+    def stages(self, net: str) -> list[tuple[list[tuple[int, ...]], list[tuple[int, ...]]]] | None:
+        """Every stage's shapes from EngineLLM; an ``Engine`` tells one shape per tensor only, so None."""
         ins, outs = self.io(net)
         if not self.shares_scratch:
-            return [([s for s, _ in ins], [s for s, _ in outs])]
+            return None
         e = self.engine
         return [
             ([tuple(e.get_input_shape(net, k, stage)) for k in range(len(ins))],

@@ -44,8 +44,8 @@ class Driver(Protocol):
         """Every net in the bmodel."""
         ...
 
-    def stages(self, net: str) -> list[tuple[list[Shape], list[Shape]]]:
-        """Input and output shapes of each stage of ``net`` (as far as the runtime tells them)."""
+    def stages(self, net: str) -> list[tuple[list[Shape], list[Shape]]] | None:
+        """Input and output shapes of each stage of ``net``; None where the runtime does not tell them."""
         ...
 
     def alloc(self, shape: Shape, dtype: str, host: bool = False) -> Any:
