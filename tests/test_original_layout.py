@@ -101,6 +101,7 @@ def chat(model: Path, backend: str, monkeypatch: pytest.MonkeyPatch, capsys: pyt
     return capsys.readouterr()
 
 
+@pytest.mark.slow
 def test_the_cli_chats_two_turns_with_the_numpy_backend_s_greedy_tokens(
     clone_dir, checkpoint: Path, tpu_kind: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -122,6 +123,7 @@ def greedy_tokens(backend, ids: list[int], steps: int) -> list[int]:
     return tokens
 
 
+@pytest.mark.slow
 def test_a_new_turn_by_decode_steps_or_by_a_new_prefill_gives_the_same_tokens(clone_dir, checkpoint: Path) -> None:
     """Both ways a turn can run, on prompts that keep all, or only part, of what the cache holds."""
     tokenizer = Tokenizer.from_dir(checkpoint)
@@ -145,6 +147,7 @@ def test_a_new_turn_by_decode_steps_or_by_a_new_prefill_gives_the_same_tokens(cl
     assert (results["decode reused"], results["prefill reused"]) == (kept, 0) and kept >= len(first) + 3
 
 
+@pytest.mark.slow
 def test_the_kv_cache_never_crosses_to_the_host(clone_dir, checkpoint: Path) -> None:
     """Prefill writes the K/V right-aligned from the nets themselves, decode shifts it with splitkv: no copies,
     no launch but the nets', and the host sends ids, positions and masks and reads the token back only."""
@@ -189,6 +192,7 @@ def quantised_blocks(weights: OPTWeights, bits: int) -> OPTWeights:
 TOLERANCE = 0.01  # of the logits' largest magnitude: the TPU's token may lose to the reference's by this much
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["int8", "int4"])
 def test_quantised_blocks_pick_the_tokens_of_numpy_on_the_same_quantised_weights(
     clone_dir, checkpoint: Path, mode: str
@@ -212,6 +216,7 @@ def test_quantised_blocks_pick_the_tokens_of_numpy_on_the_same_quantised_weights
     assert sum(token == int(np.argmax(row)) for token, row in zip(picked, logits)) >= len(picked) - 1
 
 
+@pytest.mark.slow
 def test_generation_stops_at_the_512_tokens_of_the_cache(clone_dir, checkpoint: Path) -> None:
     from opt_tpu_tui.generation import Generation
     from opt_tpu_tui.sampling import SamplingSettings
