@@ -12,6 +12,7 @@ from pathlib import Path
 
 from opt_tpu_tui import __version__, paths
 from opt_tpu_tui.backends import BACKENDS, Backend, check_model_dir, open_model
+from opt_tpu_tui.backends.base import emits_tokens
 from opt_tpu_tui.chat import ChatSession, Reply
 from opt_tpu_tui.config import Settings, changed_values, load_settings, update_settings_file
 from opt_tpu_tui.demo import DEMO_MODEL_DIR, DEMO_NOTICE, is_demo_model
@@ -25,6 +26,10 @@ from opt_tpu_tui.sampling import LIMITS, SamplingSettings, number
 from opt_tpu_tui.tokenizer import Tokenizer
 
 DEMO_PROMPT = "What is Python, and why do people like it?"
+GREEDY_NOTICE = (  # an OPT-TPU bmodel's lm_head ends in top-1: it gives the token, not logits
+    "opt-tpu-tui: this model decodes greedily (its bmodel picks each token on the TPU): "
+    "--temperature, --top-p, --top-k, --repetition-penalty and --seed do not apply"
+)
 SAMPLING_FLAGS = {  # flag -> (SamplingSettings field, type, metavar, help)
     "--max-new-tokens": ("max_new_tokens", int, "N", "most tokens in a reply"),
     "--temperature": ("temperature", float, "T", "0 picks the likeliest token (greedy)"),
@@ -345,6 +350,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(DEMO_NOTICE, file=sys.stderr)
         with native_stdout_to(paths.native_output_log()):  # what the TPU runtime prints, out of the replies
             backend, tokenizer = open_model(model_dir, backend_kind, args.context)
+        if emits_tokens(backend) and not args.quiet:
+            print(GREEDY_NOTICE, file=sys.stderr)
         try:
             if not demo:  # written only when it changed: several instances may share the file
                 remembered = replace(saved, last_model=str(model_dir.resolve()), backend=backend_kind)

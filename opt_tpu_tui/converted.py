@@ -143,23 +143,33 @@ def is_converted(model_dir: Path) -> bool:
     return (Path(model_dir) / MANIFEST).is_file()
 
 
-def bmodel_chip(path: Path) -> str | None:
-    """The chip a bmodel was compiled for, read from its header, or None if it cannot be told.
+def bmodel_description(path: Path) -> bytes:
+    """The start of a bmodel's flatbuffer (chip, net names, shapes), or b"" if ``path`` is not a readable bmodel.
 
-    A bmodel starts with a 16-byte header (magic 0xFF55AAEE, header size, flatbuffer size)
-    whose flatbuffer holds the chip's name as a length-prefixed string.
+    A bmodel starts with a 16-byte header (magic 0xFF55AAEE, header size, flatbuffer size);
+    the flatbuffer holds names as length-prefixed, NUL-terminated strings.
     """
     try:
         with open(path, "rb") as handle:
             head = handle.read(16)
             if len(head) < 16 or int.from_bytes(head[:4], "little") != 0xFF55AAEE:
-                return None
+                return b""
             size, flat = int.from_bytes(head[4:8], "little"), int.from_bytes(head[8:12], "little")
             handle.seek(size)
-            data = handle.read(min(flat, 1 << 20))
+            return handle.read(min(flat, 1 << 20))
     except OSError:
-        return None
-    found = re.search(rb"[\x04-\x0c]\x00\x00\x00((?:BM|CV|SG|MARS|SGTPU)[0-9A-Z]{1,8})\x00", data)
+        return b""
+
+
+def names_string(data: bytes, name: str) -> bool:
+    """Whether a bmodel's flatbuffer ``data`` holds the string ``name`` (a net's name, say)."""
+    raw = name.encode()
+    return len(raw).to_bytes(4, "little") + raw + b"\x00" in data
+
+
+def bmodel_chip(path: Path) -> str | None:
+    """The chip a bmodel was compiled for, read from its header, or None if it cannot be told."""
+    found = re.search(rb"[\x04-\x0c]\x00\x00\x00((?:BM|CV|SG|MARS|SGTPU)[0-9A-Z]{1,8})\x00", bmodel_description(path))
     return found.group(1).decode() if found else None
 
 

@@ -1,6 +1,7 @@
 """The decode loop: prefill, then sample and decode token by token until a stop.
 
-Backend-agnostic: a backend only supplies logits. The loop streams text pieces,
+Backend-agnostic: a backend only supplies logits (or, for a model that picks greedily
+on the device, the token itself). The loop streams text pieces,
 holds back text that might be the start of a stop string, checks a cancel event
 between tokens, and keeps live timing for the UI's stats pane.
 """
@@ -12,7 +13,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from opt_tpu_tui.backends.base import Backend
+from opt_tpu_tui.backends.base import Backend, emits_tokens
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.sampling import Sampler, SamplingSettings
 from opt_tpu_tui.tokenizer import Tokenizer
@@ -61,7 +62,8 @@ class Generation:
                 f"the prompt is {n_prompt} tokens, but the context holds {backend.context_length}: shorten it"
             )
         stats.prompt_tokens = n_prompt
-        sample = Sampler(self.settings, vocab_limit=self.tokenizer.vocab_size)
+        sampler = Sampler(self.settings, vocab_limit=self.tokenizer.vocab_size)
+        sample = (lambda token, _: int(token)) if emits_tokens(backend) else sampler  # the model chose greedily
         seen = list(self.prompt_ids)
         stream = self.tokenizer.stream()
         stops = StopStringFilter(self.stop_strings)

@@ -81,6 +81,14 @@ def real_sail_folder(real_sail: ModuleType) -> Path:
     return _real_sail.folder
 
 
+@pytest.fixture(params=["bmrt", "sail"])
+def tpu_kind(request: pytest.FixtureRequest) -> str:
+    """Each TPU driver in turn: bmrt, and sail where the real binding is built (else that case skips)."""
+    if request.param == "sail":
+        request.getfixturevalue("real_sail")
+    return request.param
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Simulator tests last: once the simulator is open it slows every test after it."""
     items.sort(key=lambda item: "simulator" in getattr(item, "fixturenames", ()))

@@ -57,3 +57,12 @@ class ScriptedBackend:
 
     def close(self) -> None:
         self.closed = True
+
+
+class GreedyScriptedBackend(ScriptedBackend):
+    """The same script from a backend whose model picks the token itself (as an OPT-TPU bmodel): ids, not logits."""
+
+    emits_tokens = True
+
+    def _next(self) -> int:  # type: ignore[override]
+        return int(np.argmax(super()._next()))

@@ -6,7 +6,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from scripted import ScriptedBackend
+from scripted import GreedyScriptedBackend, ScriptedBackend
 from tiny import torch_and_transformers
 
 from opt_tpu_tui.backends import open_backend, open_model
@@ -40,6 +40,14 @@ def test_stops_at_eos_without_emitting_it(tokenizer: Tokenizer) -> None:
     assert text == "Hello world"
     assert generation.stats.stop_reason == "eos"
     assert generation.tokens == script[:-2]
+
+
+def test_a_model_that_emits_token_ids_decodes_greedily_whatever_the_sampling_settings(tokenizer: Tokenizer) -> None:
+    script = script_for(tokenizer, "Hello world") + [tokenizer.eos_id, 50]
+    hot = SamplingSettings(temperature=1.5, top_k=0, top_p=1.0, repetition_penalty=2.0, max_new_tokens=100, seed=1)
+    text, generation = run(GreedyScriptedBackend(script, tokenizer.vocab_size), tokenizer, hot)
+    assert (text, generation.tokens, generation.stats.stop_reason) == ("Hello world", script[:-2], "eos")
+    assert generation.stats.decode_steps == len(script) - 2
 
 
 def test_stops_at_max_new_tokens(tokenizer: Tokenizer) -> None:

@@ -8,7 +8,6 @@ drives the real UI headless (Textual's Pilot) to the same greedy reply.
 
 from __future__ import annotations
 
-import glob
 import os
 import shutil
 import subprocess
@@ -17,6 +16,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from pythons import pyenv_python
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON38_ENV = "OPT_TPU_TUI_PYTHON38"  # .ci/run sets it; else pyenv's newest 3.8 or python3.8 on PATH
@@ -61,15 +61,7 @@ PILOT = textwrap.dedent(
 
 def python38() -> str | None:
     """The Python 3.8 interpreter to install into, or None where there is none."""
-    named = os.environ.get(PYTHON38_ENV)
-    if named:
-        return named
-    try:
-        root = subprocess.run(["pyenv", "root"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        root = ""
-    found = sorted(glob.glob(f"{root}/versions/3.8.*/bin/python3"), key=lambda p: [int(x) for x in p.split("/")[-3].split(".")])
-    return found[-1] if root and found else shutil.which("python3.8")
+    return pyenv_python("3.8", PYTHON38_ENV)
 
 
 @pytest.mark.slow

@@ -67,13 +67,6 @@ def converted(
     return get
 
 
-@pytest.fixture(params=["bmrt", "sail"])
-def tpu_kind(request: pytest.FixtureRequest) -> str:
-    if request.param == "sail":
-        request.getfixturevalue("real_sail")
-    return request.param
-
-
 def greedy(backend: Backend, ids: list[int], steps: int) -> list[int]:
     logits, tokens = backend.prefill(ids), []
     for _ in range(steps):
@@ -260,6 +253,8 @@ def test_a_missing_vocab_and_a_missing_manifest_are_named(converted, tpu_kind: s
     with pytest.raises(UserError, match="vocab.json: not found"):
         open_model(model_dir, tpu_kind)
     (model_dir / "manifest.json").unlink()
+    with pytest.raises(UserError, match="manifest.json: not found"):  # its bmodel is not taken for an OPT-TPU one
+        open_backend(model_dir, tpu_kind)
     (model_dir / "model.bmodel").unlink()
     with pytest.raises(UserError, match="manifest.json: not found"):
         open_backend(model_dir, tpu_kind)

@@ -11,6 +11,7 @@ import pytest
 from textual.binding import Binding
 from textual.widget import Widget
 from textual.widgets import Input, Markdown
+from scripted import GreedyScriptedBackend
 from tiny import train_tokenizer
 from tui_support import REPLY, finish, make_app, ready, script_ids, send, shown, wait_until
 
@@ -205,6 +206,26 @@ async def test_settings_change_applies_from_the_next_reply(tokenizer: Tokenizer)
         await send(pilot, "second")
         assert len(backend.prefills) == first_tokens + 1
         assert tokenizer.encode(" " + app.screen.conversation.turns[-1].assistant, add_bos=False) == script_ids(tokenizer)[:3]
+
+
+async def test_a_greedy_only_model_shows_the_sampling_settings_as_not_applying(tokenizer: Tokenizer) -> None:
+    greedy = GreedyScriptedBackend(script_ids(tokenizer), tokenizer.vocab_size, context_length=512)
+    for backend, moot in ((None, False), (greedy, True)):
+        app, _ = make_app(tokenizer, settings=GREEDY, loader=(lambda: (backend, tokenizer)) if backend else None)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await ready(pilot)
+            await pilot.press("f2")
+            await pilot.pause()
+            form = app.screen.query_one(SettingsForm)
+            assert form.query_one("#settings-greedy").display is moot
+            assert [form.query_one(f"#field-{name}", Input).disabled for name in ("temperature", "seed")] == [moot] * 2
+            assert form.query_one("#field-max_new_tokens", Input).disabled is False
+            notices = [str(notice.render()) for notice in app.screen.query(Notice)]
+            assert any("decodes greedily" in text for text in notices) is moot
+            if moot:
+                await pilot.press("f2")
+                await send(pilot, "hello")
+                assert app.screen.conversation.turns[-1].assistant == REPLY  # the model's own tokens, unsampled
 
 
 async def test_stepping_changes_the_field_and_only_enter_applies_once(tokenizer: Tokenizer) -> None:
@@ -499,7 +520,8 @@ async def test_help_and_palette_list_every_action(tokenizer: Tokenizer) -> None:
         await pilot.pause()
         assert isinstance(app.screen, HelpScreen)
         shown = app.screen.query_one(Markdown).source
-        for binding in (*keys, *PromptInput.BINDINGS):  # help is built from the bindings: none is missing
+        explained = [b for b in PromptInput.BINDINGS if isinstance(b, Binding) and b.tooltip]  # (its ctrl+f is the chat's)
+        for binding in (*keys, *explained):  # help is built from the bindings: none is missing
             assert f"| `{binding.key_display or binding.key}` | {binding.tooltip} |" in shown
         await pilot.press("escape")
         await pilot.pause()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from opt_tpu_tui import converted
+from opt_tpu_tui import converted, original_layout
 from opt_tpu_tui.backends.base import Backend
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.tokenizer import Tokenizer
@@ -13,11 +13,11 @@ BACKENDS = ("auto", "cpu", "bmrt", "sail")
 
 
 def pick_backend(model_dir: Path) -> str:
-    """What "auto" means for ``model_dir``: a converted bmodel runs on sail, else bmrt on a box; a checkpoint on the cpu.
+    """What "auto" means for ``model_dir``: a bmodel (converted, or OPT-TPU's) runs on sail, else bmrt on a box; a checkpoint on the cpu.
 
     The simulator is never picked by itself: it checks correctness at seconds per token.
     """
-    if not converted.is_converted(model_dir):
+    if not converted.is_converted(model_dir) and not original_layout.is_original(model_dir):
         return "cpu"
     from opt_tpu_tui.backends.bmrt_lib import on_device
     from opt_tpu_tui.backends.sail import sail_available

@@ -17,7 +17,9 @@ class Backend(Protocol):
     that it already holds (see ``reusable_prefix``), so the next turn of a chat runs only
     its new tokens; ``decode`` appends one token at the next position. Both return float32
     logits over ``vocab_size`` rows for the last position; the array may be a view into a
-    buffer that the next call overwrites.
+    buffer that the next call overwrites. A backend whose model picks the token itself (an
+    OPT-TPU bmodel's lm_head ends in top-1) sets ``emits_tokens`` and returns that token id
+    instead (``emits_tokens``): it decodes greedily, and sampling settings do not apply.
     """
 
     name: str  # "cpu", "bmrt", "sail": shown in the UI
@@ -31,13 +33,18 @@ class Backend(Protocol):
         """Tokens now in the cache."""
         ...
 
-    def prefill(self, ids: list[int]) -> np.ndarray: ...
+    def prefill(self, ids: list[int]) -> np.ndarray | int: ...
 
-    def decode(self, token: int) -> np.ndarray: ...
+    def decode(self, token: int) -> np.ndarray | int: ...
 
     def close(self) -> None:
         """Free device memory or other resources; the backend is unusable afterwards."""
         ...
+
+
+def emits_tokens(backend: object) -> bool:
+    """Whether ``backend``'s prefill and decode return the next token's id (greedy, chosen on the device), not logits."""
+    return bool(getattr(backend, "emits_tokens", False))
 
 
 def reusable_prefix(cached: Sequence[int], ids: Sequence[int]) -> int:

@@ -11,8 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
+from opt_tpu_tui import original_layout
 from opt_tpu_tui.backends import bmrt_lib
+from opt_tpu_tui.backends.base import Backend
 from opt_tpu_tui.backends.bmrt_lib import Runtime, Shape, Tensor
+from opt_tpu_tui.backends.original import OriginalBackend
 from opt_tpu_tui.backends.tpu import TPUBackend
 
 
@@ -33,6 +36,12 @@ class BmrtDriver:
     def io(self, net: str) -> tuple[list[tuple[tuple[int, ...], str]], list[tuple[tuple[int, ...], str]]]:
         found = self.runtime.net(net)
         return list(zip(found.input_shapes, found.input_dtypes)), list(zip(found.output_shapes, found.output_dtypes))
+
+    def net_names(self) -> list[str]:
+        return self.runtime.net_names()
+
+    def stages(self, net: str) -> list[tuple[list[tuple[int, ...]], list[tuple[int, ...]]]]:
+        return self.runtime.net(net).stages
 
     def alloc(self, shape: tuple[int, ...], dtype: str, host: bool = False) -> Tensor:
         nbytes = math.prod(shape) * bmrt_lib.HOST[dtype].itemsize
@@ -55,5 +64,8 @@ class BmrtDriver:
         self.runtime.close()
 
 
-def open_bmrt(model_dir: Path, context: int | None = None, device: int = 0) -> TPUBackend:
+def open_bmrt(model_dir: Path, context: int | None = None, device: int = 0) -> Backend:
+    """A converted model directory, or one holding an OPT-TPU (original project) bmodel, run through bmrt."""
+    if original_layout.is_original(model_dir):
+        return OriginalBackend("bmrt", model_dir, lambda bmodel: BmrtDriver(bmodel, device), context)
     return TPUBackend("bmrt", model_dir, lambda bmodel: BmrtDriver(bmodel, device), context)

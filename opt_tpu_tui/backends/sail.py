@@ -16,6 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from opt_tpu_tui import original_layout
+from opt_tpu_tui.backends.base import Backend
+from opt_tpu_tui.backends.original import OriginalBackend
+from opt_tpu_tui.backends.original import graph_io as original_graph_io
 from opt_tpu_tui.backends.tpu import TPUBackend, expected_io
 from opt_tpu_tui.converted import Manifest
 from opt_tpu_tui.errors import UserError
@@ -138,7 +142,8 @@ class SailDriver:
             if not self.engine.load(str(bmodel)):
                 self.close()
                 raise UserError(f"{bmodel}: sail could not load it (not a bmodel, or one for another chip)")
-        self.dtypes = {sail.Dtype.BM_FLOAT16: "float16", sail.Dtype.BM_BFLOAT16: "bfloat16", sail.Dtype.BM_FLOAT32: "float32"}
+        self.dtypes = {sail.Dtype.BM_FLOAT16: "float16", sail.Dtype.BM_BFLOAT16: "bfloat16", sail.Dtype.BM_FLOAT32: "float32",
+                       sail.Dtype.BM_INT32: "int32"}  # fmt: skip
         self.codes = {name: code for code, name in self.dtypes.items()}
         self.graphs = set(self.engine.get_graph_names())
         self.names: dict[str, tuple[list[Any], list[Any]]] = {}
@@ -156,6 +161,21 @@ class SailDriver:
             [(tuple(e.get_output_shape(net, n)), self.dtypes.get(e.get_output_dtype(net, n), "other")) for n in outs],
         )
 
+    def net_names(self) -> list[str]:
+        return sorted(self.graphs)
+
+    def stages(self, net: str) -> list[tuple[list[tuple[int, ...]], list[tuple[int, ...]]]] | None:
+        """Every stage's shapes from EngineLLM; an ``Engine`` tells one shape per tensor only, so None."""
+        ins, outs = self.io(net)
+        if not self.shares_scratch:
+            return None
+        e = self.engine
+        return [
+            ([tuple(e.get_input_shape(net, k, stage)) for k in range(len(ins))],
+             [tuple(e.get_output_shape(net, k, stage)) for k in range(len(outs))])
+            for stage in range(e.get_stage_num(net))
+        ]  # fmt: skip
+
     def alloc(self, shape: tuple[int, ...], dtype: str, host: bool = False) -> Any:
         return self.sail.Tensor(self.handle, list(shape), self.codes[dtype], host, True)
 
@@ -163,8 +183,9 @@ class SailDriver:
         return self.sail.Tensor(buffer, list(shape), offset, True)
 
     def upload(self, buffer: Any, array: np.ndarray) -> None:
-        """16-bit data goes in as its uint16 bits, in the tensor's own shape (sail checks both)."""
-        buffer.update_data(np.ascontiguousarray(array).reshape(buffer.shape()).view(np.uint16))
+        """16-bit data goes in as its uint16 bits, in the tensor's own shape (sail checks both); 32-bit as it is."""
+        data = np.ascontiguousarray(array).reshape(buffer.shape())
+        buffer.update_data(data.view(np.uint16) if data.dtype.itemsize == 2 else data)
         if buffer.is_sys_data_valid():  # update_data filled the host copy only
             buffer.sync_s2d()
 
@@ -173,9 +194,9 @@ class SailDriver:
             raise ValueError("only a tensor allocated with host=True can be downloaded")
         buffer.sync_d2s()
         bits = buffer.asnumpy()
-        if bits.dtype.itemsize != 2:
-            raise RuntimeError(f"sophon.sail gave {bits.dtype} for a 16-bit tensor; this sail is not supported")
-        array.view(np.uint16)[...] = bits.view(np.uint16).reshape(array.shape)
+        if bits.dtype.itemsize != array.dtype.itemsize:
+            raise RuntimeError(f"sophon.sail gave {bits.dtype} for a tensor of {array.dtype}; this sail is not supported")
+        array.reshape(-1).view(bits.dtype)[...] = bits.reshape(-1)
 
     def launch(self, net: str, inputs: list[Any], outputs: list[Any]) -> None:
         ins, outs = self.names[net]
@@ -191,5 +212,9 @@ def graph_io(model_dir: Path) -> int:
     return sum(len(ins) + len(outs) for ins, outs in expected_io(Manifest.load(model_dir)).values())
 
 
-def open_sail(model_dir: Path, context: int | None = None, device: int = 0) -> TPUBackend:
+def open_sail(model_dir: Path, context: int | None = None, device: int = 0) -> Backend:
+    """A converted model directory, or one holding an OPT-TPU (original project) bmodel, run through sail."""
+    if original_layout.is_original(model_dir):
+        handles = original_graph_io(Path(model_dir))
+        return OriginalBackend("sail", model_dir, lambda bmodel: SailDriver(bmodel, device, graph_io=handles), context)
     return TPUBackend("sail", model_dir, lambda bmodel: SailDriver(bmodel, device, graph_io=graph_io(bmodel.parent)), context)

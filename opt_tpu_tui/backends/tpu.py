@@ -40,6 +40,14 @@ class Driver(Protocol):
         """(shape, dtype name) of each input and output of ``net``; UserError if the bmodel has no such net."""
         ...
 
+    def net_names(self) -> list[str]:
+        """Every net in the bmodel."""
+        ...
+
+    def stages(self, net: str) -> list[tuple[list[Shape], list[Shape]]] | None:
+        """Input and output shapes of each stage of ``net``; None where the runtime does not tell them."""
+        ...
+
     def alloc(self, shape: Shape, dtype: str, host: bool = False) -> Any:
         """Device memory for a whole tensor; ``host``: the host downloads it (sail keeps a host copy)."""
         ...

@@ -26,6 +26,7 @@ from textual.timer import Timer
 from textual.widgets import ContentSwitcher, Footer, Static
 from textual.worker import get_current_worker
 
+from opt_tpu_tui.backends.base import emits_tokens
 from opt_tpu_tui.chat import ChatSession, Conversation, Reply, Turn
 from opt_tpu_tui.devices import DeviceSample
 from opt_tpu_tui.errors import UserError
@@ -41,7 +42,7 @@ from opt_tpu_tui.tui.screens.search import SearchScreen
 from opt_tpu_tui.tui.streaming import TokenBuffer
 from opt_tpu_tui.tui.widgets.conversation import Notice, ReplyView, Transcript, UserMessage
 from opt_tpu_tui.tui.widgets.prompt import PromptInput
-from opt_tpu_tui.tui.widgets.settings_form import CONVERSATION, SettingsForm
+from opt_tpu_tui.tui.widgets.settings_form import CONVERSATION, GREEDY_NOTE, SettingsForm
 from opt_tpu_tui.tui.widgets.stats import StatsPanel, StatsView
 from opt_tpu_tui.tui.widgets.status import StatusLine
 
@@ -201,6 +202,10 @@ class MainScreen(Screen[None]):
         status = self.query_one(StatusLine)
         status.model, status.backend = app.backend.model_name, app.backend.name
         status.context_size = app.backend.context_length
+        greedy = emits_tokens(app.backend)
+        self.query_one(SettingsForm).greedy_only(greedy)
+        if greedy:  # said in the chat too: the settings pane may be closed
+            self.call_later(self.query_one(Transcript).add, Notice(GREEDY_NOTE, "info"))
         self._show_context()
         self._update_state()
         self._show_stats()

@@ -47,6 +47,8 @@ SCOPE_LINES = {
     CONVERSATION: "Scope: this conversation (* = own)",
     DEFAULTS: "Scope: defaults (all conversations)",
 }
+SAMPLING_ONLY = ("temperature", "top_p", "top_k", "repetition_penalty", "seed")  # moot for a greedy-only model
+GREEDY_NOTE = "This model decodes greedily (it picks each token on the TPU): sampling settings do not apply to it."
 OWN = " *"  # after the label of a field the conversation sets for itself
 PENDING = "changed, not applied yet: enter or ctrl+s applies"
 
@@ -172,8 +174,20 @@ class SettingsForm(VerticalScroll):
                 yield StepperInput(name, placeholder="random" if name == "seed" else "")
         yield Label("Preamble", id=f"label-{PREAMBLE}", classes="field-label")
         yield PreambleInput()
+        yield Static(GREEDY_NOTE, id="settings-greedy", markup=False)
         yield Static("", id="settings-error", markup=False)
         yield Static(HINT, id="settings-hint", markup=False)
+
+    def on_mount(self) -> None:
+        self.greedy_only(False)
+
+    def greedy_only(self, greedy: bool) -> None:
+        """Show the sampling fields as not applying (disabled, with a note) for a model that decodes greedily."""
+        for name in SAMPLING_ONLY:
+            field = self.query_one(f"#field-{name}", Input)
+            field.disabled = greedy
+            field.tooltip = GREEDY_NOTE if greedy else None
+        self.query_one("#settings-greedy", Static).display = greedy
 
     def load(self, sampling: SamplingSettings, preamble: str, overrides: Overrides | None = None) -> None:
         """Take the defaults and the open conversation's own settings, and show the scope being edited
