@@ -41,7 +41,9 @@ What happens at open, and why:
   ``BEGIN IMMEDIATE`` transaction, with ``IF NOT EXISTS``, so the second finds it made.
 - An older file is upgraded in place, in that same transaction: new tables come from
   ``IF NOT EXISTS``, and a column a table gained since (``ADDED_COLUMNS``) is added with
-  ``ALTER TABLE``. A user's history is never set aside for being older.
+  ``ALTER TABLE``. A user's history is never set aside for being older, nor for being
+  newer: a file a newer version wrote (a downgrade) makes the store unavailable, with
+  the file untouched, since that version still needs it as it is.
 
 Search (:meth:`HistoryStore.search`, the TUI's ctrl+f) scans titles and turns with LIKE:
 no full-text table, so it needs nothing beyond the schema above. A match comes back
@@ -118,6 +120,10 @@ ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
 
 class HistoryError(Exception):
     """The database file is damaged (raised inside; the store sets the file aside with a warning)."""
+
+
+class NewerSchema(Exception):
+    """The file was written by a newer version of the app: not damaged, so left exactly as it is."""
 
 
 class HistoryUnavailable(UserError):
@@ -247,7 +253,7 @@ def connect_once(path: Path, timeout: float, check: bool) -> sqlite3.Connection:
         db.execute("PRAGMA foreign_keys=ON")
         version = db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
-            raise HistoryError(f"written by a newer version (schema {version}, this one reads {SCHEMA_VERSION})")
+            raise NewerSchema(f"written by a newer opt-tpu-tui (schema {version}; this one reads {SCHEMA_VERSION})")
         if check:
             quick_check(db)
         if version < SCHEMA_VERSION:
@@ -381,6 +387,9 @@ class HistoryStore:
             return cls.unavailable(path, f"cannot write there ({getattr(error, 'strerror', None) or error})")
         try:
             db = connect(path, busy_wait, check=bool(stale))
+        except NewerSchema as error:  # a downgrade: the newer app still needs the file as it is
+            marker.release()
+            return cls.unavailable(path, f"{error}, left as it is")
         except (sqlite3.DatabaseError, HistoryError) as error:
             kind = "corrupt" if isinstance(error, HistoryError) else sqlite_kind(error)
             if kind != "corrupt":

@@ -159,7 +159,6 @@ def test_garbage_file_is_moved_aside_with_a_warning(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "script, said",
     [
-        (f"PRAGMA user_version={SCHEMA_VERSION + 1};", ["newer version"]),  # not overwritten: set aside
         (  # the right version with the wrong tables
             f"CREATE TABLE conversations (id INTEGER PRIMARY KEY); PRAGMA user_version={SCHEMA_VERSION};",
             ["conversations table lacks", "title"],
@@ -176,6 +175,23 @@ def test_a_database_this_version_cannot_use_is_set_aside(tmp_path: Path, script:
     assert len(list(tmp_path.glob("h.sqlite3.corrupt-*"))) == 1
     store.create_conversation("fresh")  # and a fresh history works in its place
     assert [c.title for c in store.list_conversations()] == ["fresh"]
+
+
+def test_a_history_from_a_newer_version_is_left_as_it_is(tmp_path: Path) -> None:
+    """Going back to an older version must not hide the newer one's history: nothing is renamed or written."""
+    path = tmp_path / "h.sqlite3"
+    newer, _ = HistoryStore.open(path)
+    newer.create_conversation("kept")
+    newer._db.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    newer.close()
+    before = path.read_bytes()
+    store, warning = HistoryStore.open(path)
+    assert warning is not None and "newer opt-tpu-tui" in warning and "left as it is" in warning
+    assert not store.writable and store.list_conversations() == []
+    with pytest.raises(HistoryUnavailable):
+        store.create_conversation("x")
+    store.close()
+    assert path.read_bytes() == before and not list(tmp_path.glob("h.sqlite3.corrupt-*"))
 
 
 def test_title_is_one_short_line() -> None:
