@@ -78,7 +78,8 @@ class MainScreen(Screen[None]):
     VERTICAL_BREAKPOINTS = [(0, "-too-short"), (MIN_HEIGHT, "-tall")]
     BINDINGS = [
         Binding("escape", "stop", "Stop", id="chat.stop",
-                tooltip="stop the reply (the partial reply is kept, marked stopped); first closes a pane over the chat"),
+                tooltip="stop the reply (the partial reply is kept, marked stopped); "
+                "first closes a pane over the chat; leaves an edit unsent"),
         Binding("ctrl+r", "regenerate", "Regen", id="chat.regenerate", tooltip="regenerate the last reply"),
         Binding("ctrl+n", "new_conversation", "New", id="chat.new", tooltip="new conversation"),
         Binding("ctrl+o", "conversations", "Chats", id="chat.conversations",
