@@ -774,6 +774,35 @@ async def test_search_opens_an_old_conversation_at_a_match_older_than_the_mounte
         assert app.store.load(old)[-1].user == "and now?"
 
 
+def screen_rows(app: OptTuiApp) -> list[str]:
+    """What the terminal shows, row by row (the compositor's whole frame)."""
+    return [strip.text for strip in app.screen._compositor.render_strips()]
+
+
+@pytest.mark.parametrize("deep", [True, False], ids=["deep-in-a-tall-reply", "near-its-top"])
+async def test_search_scrolls_to_the_matched_line_of_a_tall_reply(tokenizer: Tokenizer, deep: bool) -> None:
+    """A match 60 paragraphs down a reply shows on screen, not just the reply's top; a match near the
+    top shows the reply from its first line."""
+    paragraphs = [f"Paragraph {i} of a long answer." for i in range(80)]
+    paragraphs[60 if deep else 1] = "Here the CHARTREUSE_zebra grazes."
+    store, _ = HistoryStore.open()
+    cid = store.create_conversation("tall")
+    store.save_reply(store.add_turn(cid, "tell me everything"), "\n\n".join(paragraphs), complete=True)
+    store.save_reply(store.add_turn(cid, "thanks"), "you are welcome", complete=True)
+    store.close()
+    app, _ = make_app(tokenizer)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        await search_for(pilot, "chartreuse_ZEBRA")
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: isinstance(app.screen, MainScreen) and app.screen.conversation.id == cid)
+        await wait_until(pilot, lambda: any("CHARTREUSE_zebra" in row for row in screen_rows(app)))
+        rows = screen_rows(app)
+        assert ("Paragraph 0 of" in "".join(rows)) is not deep  # deep: scrolled past the reply's top
+        if deep:  # the match near the top of the view, a line above it for context
+            assert [i for i, row in enumerate(rows) if "CHARTREUSE_zebra" in row] == [2], rows
+
+
 async def test_search_closes_with_escape_and_says_when_nothing_matches(tokenizer: Tokenizer) -> None:
     seed_history(3, 1)
     app, _ = make_app(tokenizer)

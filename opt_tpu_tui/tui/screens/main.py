@@ -23,6 +23,7 @@ from textual.containers import Horizontal, Vertical
 from textual.reactive import reactive
 from textual.screen import Screen
 from textual.timer import Timer
+from textual.widget import Widget
 from textual.widgets import ContentSwitcher, Footer, Static
 from textual.worker import get_current_worker
 
@@ -40,7 +41,7 @@ from opt_tpu_tui.tui.screens.conversations import ConversationsScreen
 from opt_tpu_tui.tui.screens.messages import MessagesScreen
 from opt_tpu_tui.tui.screens.search import SearchScreen
 from opt_tpu_tui.tui.streaming import TokenBuffer
-from opt_tpu_tui.tui.widgets.conversation import Notice, ReplyView, Transcript, UserMessage
+from opt_tpu_tui.tui.widgets.conversation import Notice, ReplyView, Transcript, UserMessage, row_of
 from opt_tpu_tui.tui.widgets.prompt import PromptInput
 from opt_tpu_tui.tui.widgets.settings_form import CONVERSATION, GREEDY_NOTE, SettingsForm
 from opt_tpu_tui.tui.widgets.stats import StatsPanel, StatsView
@@ -563,11 +564,14 @@ class MainScreen(Screen[None]):
 
     async def _open_match(self, hit: SearchHit | None) -> None:
         if hit is not None:
-            await self.open_conversation(hit.conversation_id, at=hit.turn, reply=hit.field == "assistant")
+            matched = hit.snippet[hit.match[0] : hit.match[1]]
+            await self.open_conversation(hit.conversation_id, at=hit.turn, reply=hit.field == "assistant", matched=matched)
 
-    async def open_conversation(self, conversation_id: int, at: int | None = None, *, reply: bool = False) -> None:
+    async def open_conversation(
+        self, conversation_id: int, at: int | None = None, *, reply: bool = False, matched: str = ""
+    ) -> None:
         """Show a saved conversation: its last messages, or with ``at`` (a search's match) the turns around that one,
-        that turn's message (or with ``reply`` its reply) marked and scrolled into view."""
+        that turn's message (or with ``reply`` its reply) marked and scrolled to the ``matched`` text."""
         self._cancel_editing()
         store = self.tui.store
         self.conversation.turns[:] = store.load(conversation_id)
@@ -577,16 +581,17 @@ class MainScreen(Screen[None]):
         if problem:
             self.notify(problem, title="Warning", severity="warning", timeout=10)
         self._show_overrides()
-        await self._show_turns(at, reply)
+        await self._show_turns(at, reply, matched)
         self._show_context()
         self.query_one(PromptInput).focus()
 
-    async def _show_turns(self, at: int | None = None, reply: bool = False) -> None:
+    async def _show_turns(self, at: int | None = None, reply: bool = False, matched: str = "") -> None:
         """Mount a window of the conversation's turns as widgets, the others counted above and below.
 
         The window is the last ``Transcript.MOUNTED // 2`` turns, so a long chat opens as
         fast as a short one; holding turn ``at`` when that is older, a few turns before it
-        for context, and the matched message scrolled to the top of the view.
+        for context, and the matched message scrolled to the top of the view (one line above
+        the ``matched`` text when that is further down a tall message).
         """
         turns, size = self.conversation.turns, Transcript.MOUNTED // 2
         start = max(0, len(turns) - size)
@@ -611,7 +616,15 @@ class MainScreen(Screen[None]):
         transcript.anchor(False)
         found = widgets[2 * (at - start) + reply]
         found.add_class("-found")
-        self.call_after_refresh(transcript.scroll_to_widget, found, top=True, animate=False)
+        self.call_after_refresh(self._scroll_to_match, transcript, found, matched)
+
+    @staticmethod
+    def _scroll_to_match(transcript: Transcript, found: Widget, matched: str) -> None:
+        top = found.virtual_region.y  # the message's top, unless the match is below the view from there
+        row = top + row_of(found, matched)
+        if row >= top + transcript.scrollable_content_region.height:
+            top = row - 1  # a line above the match, for context
+        transcript.scroll_to(y=top, animate=False)
 
     async def _back_to_the_end(self) -> None:
         """A conversation opened at an older match shows the latest turns again before it goes on."""

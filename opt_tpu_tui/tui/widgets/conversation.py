@@ -9,6 +9,8 @@ becomes a single Markdown widget, rendered once.
 
 from __future__ import annotations
 
+import re
+from bisect import bisect_right
 from collections.abc import Iterator
 
 from rich.cells import cell_len
@@ -17,6 +19,7 @@ from rich.markdown import Markdown as RichMarkdown
 from rich.style import Style
 from rich.text import Text
 from textual.containers import VerticalScroll
+from textual.geometry import Region
 from textual.widget import Widget
 from textual.widgets import Static
 
@@ -45,6 +48,24 @@ def take_line(text: str, width: int) -> tuple[str, str] | None:
     if space > 0:
         return head[:space], text[space + 1 :]
     return head[: max(1, fits)], text[max(1, fits) :]
+
+
+def row_of(widget: Widget, text: str) -> int:
+    """The row of ``widget``, border included, where ``text`` first shows, case and line breaks aside (0 if it does not).
+
+    Read from the rows the widget draws, so a match deep in a tall reply can be scrolled
+    to, not just the reply's top. Markdown may hide the text (inside a link's target,
+    say); the top serves then.
+    """
+    words = text.split()
+    if not words:
+        return 0
+    starts, flat = [], ""
+    for strip in widget.render_lines(Region(0, 0, *widget.outer_size)):
+        starts.append(len(flat))
+        flat += strip.text + "\n"
+    found = re.search(r"\s+".join(map(re.escape, words)), flat, re.IGNORECASE)
+    return bisect_right(starts, found.start()) - 1 if found else 0
 
 
 class Line(Static):
