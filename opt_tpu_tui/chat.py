@@ -98,7 +98,7 @@ class ChatSession:
         self.tokenizer = tokenizer
         self.preamble = preamble
         self.conversation = conversation if conversation is not None else Conversation()
-        self._first_kept: Turn | None = None  # the oldest turn in the last prompt
+        self._first_kept: Turn | None = None  # the oldest turn in the last prompt (first_kept)
 
     @property
     def turns(self) -> list[Turn]:
@@ -115,31 +115,56 @@ class ChatSession:
         """
         if not user.strip():
             raise UserError("the message is empty")
+        ids, dropped = self._fit(self.turns, user, reserve, self.first_kept(reserve))
         context = self.backend.context_length
-        history = self.turns
-        first = self._first_kept_index()
+        if len(ids) >= context:
+            raise UserError(f"the message is {len(ids)} tokens with the preamble, but the context holds {context}")
+        return ids, dropped
+
+    def _fit(self, history: list[Turn], user: str, reserve: int, first: int) -> tuple[list[int], int]:
+        """The prompt for ``user`` after ``history`` from turn ``first`` on, with more turns left out while
+        it leaves less than ``reserve`` free (a quarter of the context more from the first drop on)."""
+        context = self.backend.context_length
         room = context
         for dropped in range(first, len(history) + 1):
             ids = self.tokenizer.encode(transcript(self.preamble, history[dropped:], user))
             if len(ids) + reserve <= room:
-                self._first_kept = history[dropped] if dropped < len(history) else None
                 return ids, dropped
-            room = context - context // 4  # from the first drop on
-        if len(ids) >= context:
-            raise UserError(f"the message is {len(ids)} tokens with the preamble, but the context holds {context}")
+            room = context - context // 4
         return ids, len(history)
 
-    def _first_kept_index(self) -> int:
-        return next((i for i, turn in enumerate(self.turns) if turn is self._first_kept), 0)
+    def first_kept(self, reserve: int) -> int:
+        """The index of the oldest turn the model still sees: the first one the last prompt held.
+
+        A conversation opened from the history (or whose turns changed under the session:
+        an edit, another variant) has no last prompt here; its boundary is settled where its
+        last message, sent with this ``reserve``, would have needed the fewest turns left
+        out, so the meter and the marker say what the next prompt holds, never more than
+        the context.
+        """
+        turns = self.turns
+        for index, turn in enumerate(turns):
+            if turn is self._first_kept:
+                return index
+        if not turns:
+            return 0
+        fits = (
+            first for first in range(len(turns) - 1)
+            if len(self.tokenizer.encode(transcript(self.preamble, turns[first:-1], turns[-1].user))) + reserve
+            <= self.backend.context_length
+        )  # fmt: skip
+        first = next(fits, len(turns) - 1)
+        self._first_kept = turns[first]
+        return first
 
     def reserve(self, settings: SamplingSettings) -> int:
         """The room a reply is given in the context: its token limit, at most half the context."""
         return min(settings.max_new_tokens, self.backend.context_length // 2)
 
-    def next_prompt_tokens(self) -> int:
+    def next_prompt_tokens(self, reserve: int) -> int:
         """Tokens the next prompt takes before the user's words: the preamble, the turns still
         kept, and the frame of the new turn ("User:" ... "Assistant:"). The context meter."""
-        kept = self.turns[self._first_kept_index() :]
+        kept = self.turns[self.first_kept(reserve) :]
         return len(self.tokenizer.encode(transcript(self.preamble, kept, "")))
 
     def send(self, user: str, settings: SamplingSettings, cancel: threading.Event | None = None) -> Reply:
@@ -147,6 +172,7 @@ class ChatSession:
         ids, dropped = self.prompt_ids(user, self.reserve(settings))
         turn = Turn(user=user)
         self.turns.append(turn)
+        self._first_kept = self.turns[dropped]  # the new turn itself when every earlier one was dropped
         generation = Generation(self.backend, self.tokenizer, ids, settings, STOP_STRINGS, cancel)
         return Reply(turn, generation, dropped)
 

@@ -214,3 +214,30 @@ def test_chat_drops_the_oldest_turns_to_fit_and_refuses_a_message_too_long(token
         session.send("word " * 80, settings)
     with pytest.raises(UserError, match="the message is empty"):
         session.send("   ", settings)
+
+
+def test_the_meter_never_exceeds_the_context_when_every_earlier_turn_was_dropped_or_the_chat_is_reopened(
+    tokenizer: Tokenizer,
+) -> None:
+    """The meter is what the next prompt holds before the user's words: after a message that left every
+    earlier turn out, and for a saved chat that outgrew the context, opened in a new session."""
+    context, settings = 100, SamplingSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=8)
+    backend = ScriptedBackend(script_for(tokenizer, " ok") + [tokenizer.eos_id], tokenizer.vocab_size, context)
+    session = ChatSession(backend, tokenizer, preamble="P.")
+    list(session.send("word " * 20, settings))  # 2 tokens a word
+    reply = session.send("word " * 25, settings)  # too long to keep the first turn beside it
+    list(reply)
+    assert reply.dropped_turns == 1
+    reserve = session.reserve(settings)
+    meter = session.next_prompt_tokens(reserve)
+    assert session.first_kept(reserve) == 1 and meter <= context
+    assert meter == len(tokenizer.encode(transcript("P.", session.turns[1:], "")))
+    list(session.send("France", settings))
+    assert backend.prefills[-1] == tokenizer.encode(transcript("P.", session.turns[1:2], "France"))
+    assert len(tokenizer.encode(" France", add_bos=False)) == 1 and len(backend.prefills[-1]) == meter  # as in the TUI test
+
+    live = session.next_prompt_tokens(reserve)
+
+    saved = [Turn(t.user, t.assistant) for t in session.turns]  # as loaded from the history
+    reopened = ChatSession(backend, tokenizer, preamble="P.", conversation=Conversation(saved))
+    assert reopened.first_kept(reserve) == 1 and reopened.next_prompt_tokens(reserve) == live <= context

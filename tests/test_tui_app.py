@@ -613,6 +613,28 @@ async def test_a_reopened_conversation_shows_its_context_use(tokenizer: Tokenize
         assert len(backend.prefills[-1]) == meter
 
 
+async def test_a_reopened_chat_that_outgrew_the_context_shows_what_the_next_prompt_keeps(tokenizer: Tokenizer) -> None:
+    """Not the whole chat's tokens (that read 565/512 before): the turns the model still sees, and the marker."""
+    store, _ = HistoryStore.open()
+    cid = store.create_conversation("long")
+    for i in range(12):
+        store.save_reply(store.add_turn(cid, f"question number {i}"), f"the answer number {i}", complete=True)
+    store.close()
+    settings = Settings(sampling=SamplingSettings(temperature=0.0, repetition_penalty=1.0, max_new_tokens=16))
+    app, backend = make_app(tokenizer, settings=settings)
+    backend.context_length = 120
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        await app.screen.open_conversation(cid)
+        await pilot.pause()
+        status = app.screen.query_one(StatusLine)
+        meter = status.context_used
+        assert 0 < meter <= 120 and status.drops_next  # as a live chat shows it after the last reply: full
+        assert len(app.screen.query(".context-start")) == 1
+        await send(pilot, "France")
+        assert len(backend.prefills[-1]) + 16 <= 120 and len(backend.prefills[-1]) < meter  # more turns left out
+
+
 @pytest.mark.parametrize("width", [60, 80, 120])
 async def test_the_status_line_keeps_its_figures_and_shortens_a_long_model_name(tokenizer: Tokenizer, width: int) -> None:
     app, _ = make_app(tokenizer)

@@ -276,8 +276,9 @@ class MainScreen(Screen[None]):
         if session is None:
             return
         sampling, session.preamble = self.effective_settings()
-        status.context_used = used = session.next_prompt_tokens()
-        status.drops_next = used + session.reserve(sampling) > session.backend.context_length
+        reserve = session.reserve(sampling)
+        status.context_used = used = session.next_prompt_tokens(reserve)
+        status.drops_next = used + reserve > session.backend.context_length
 
     def _update_state(self) -> None:
         """The status line's state and, matching it, why the prompt would refuse a message now."""
@@ -370,7 +371,7 @@ class MainScreen(Screen[None]):
         view = ReplyView(label=backend.model_name if backend else "opt", streaming=True)
         transcript = self.query_one(Transcript)
         await transcript.add(view)
-        await transcript.mark_context_start(len(self.conversation.turns) - reply.dropped_turns)
+        await self._mark_context_start()
         transcript.anchor()
         self.query_one(StatusLine).first_token = 0.0  # the last reply's figures: back when this one ends
         self._streaming = Streaming(reply, view, cancel)
@@ -610,6 +611,7 @@ class MainScreen(Screen[None]):
         transcript.hidden_messages = 2 * start
         await transcript.add(*widgets)
         await transcript.show_later(2 * (len(turns) - end))
+        await self._mark_context_start()
         if at is None or not 0 <= at < len(turns):
             transcript.anchor()  # as after a reply: the newest message at the bottom, however short the chat
             return
@@ -625,6 +627,13 @@ class MainScreen(Screen[None]):
         if row >= top + transcript.scrollable_content_region.height:
             top = row - 1  # a line above the match, for context
         transcript.scroll_to(y=top, animate=False)
+
+    async def _mark_context_start(self) -> None:
+        """The transcript's line above the oldest turn the model still sees (none while all are seen)."""
+        if self.session is not None and not self.query_one(Transcript).later_messages:  # (a window: the end unseen)
+            reserve = self.session.reserve(self.effective_settings()[0])
+            kept = len(self.conversation.turns) - self.session.first_kept(reserve)
+            await self.query_one(Transcript).mark_context_start(kept)
 
     async def _back_to_the_end(self) -> None:
         """A conversation opened at an older match shows the latest turns again before it goes on."""
