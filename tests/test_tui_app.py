@@ -435,7 +435,7 @@ async def test_wide_layout_shows_stats_beside_the_chat(tokenizer: Tokenizer) -> 
         chat, side = app.screen.query_one("#chat"), app.screen.query_one("#side")
         assert chat.display and side.display and chat.region.width + side.region.width == 120
         table = dict(rows(panel.view))
-        assert table["Backend"] == "scripted" and table["Context"] == "0 / 4096"
+        assert table["Backend"] == "scripted" and table["KV cache"] == "0 / 4096"
         assert table["Host mem"] == "2.0 GiB / 8.0 GiB"
         await pilot.pause()
         shown = [line for line in panel.query(".stats-row") if line.display]

@@ -19,7 +19,7 @@ from opt_tpu_tui.devices import DeviceSample, human_bytes
 from opt_tpu_tui.safe_text import terminal_safe
 
 SPARK_POINTS = 30
-NAMES = ("Backend", "Model", "Context", "Prefill", "Decode", "TPU", "TPU mem", "Chip temp", "Host CPU", "Host mem")
+NAMES = ("Backend", "Model", "KV cache", "Prefill", "Decode", "TPU", "TPU mem", "Chip temp", "Host CPU", "Host mem")
 NAME_WIDTH = max(len(name) for name in NAMES) + 1
 UNAVAILABLE = "unavailable"
 
@@ -63,7 +63,7 @@ def rows(view: StatsView) -> list[tuple[str, str]]:
     out = [
         ("Backend", view.backend),
         ("Model", view.model),
-        ("Context", f"{view.context_used} / {view.context_size}" if view.context_size else "—"),
+        ("KV cache", f"{view.context_used} / {view.context_size}" if view.context_size else "—"),
         ("Prefill", prefill(view)),
         ("Decode", "—" if view.tokens_per_second is None else f"{view.tokens_per_second:.1f} tok/s"),
     ]
