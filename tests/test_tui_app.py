@@ -796,6 +796,24 @@ async def test_search_opens_an_old_conversation_at_a_match_older_than_the_mounte
         assert app.store.load(old)[-1].user == "and now?"
 
 
+async def test_a_message_too_long_for_the_context_comes_back_with_the_cursor_where_typing_goes_on(
+    tokenizer: Tokenizer,
+) -> None:
+    app, backend = make_app(tokenizer)
+    backend.context_length = 64
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        prompt = app.screen.query_one(PromptInput)
+        prompt.focus()
+        long = " ".join(["word"] * 60) + "\nlast line"
+        prompt.insert(long)
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: prompt.text == long)
+        await pilot.press(*"XYZ")
+        assert prompt.text == long + "XYZ"  # not "XYZword word ...": the cursor stayed at the end
+        assert not app.store.list_conversations()
+
+
 def screen_rows(app: OptTuiApp) -> list[str]:
     """What the terminal shows, row by row (the compositor's whole frame)."""
     return [strip.text for strip in app.screen._compositor.render_strips()]

@@ -51,5 +51,9 @@ class PromptInput(OrderedKeys, TextArea):
         self.insert("\n")
 
     def give_back(self, text: str) -> None:
-        """A message that could not be sent returns to the box, before anything typed since."""
-        self.text = text + self.text
+        """A message that could not be sent returns to the box, before anything typed since; the cursor
+        stays where it was in that (at the end of the message when nothing was typed), so typing goes on."""
+        typed, (row, column) = self.text, self.cursor_location
+        self.text = text + typed
+        lines = text.split("\n")
+        self.cursor_location = (row + len(lines) - 1, column + len(lines[-1]) if row == 0 else column)
