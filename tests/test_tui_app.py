@@ -814,6 +814,25 @@ async def test_a_message_too_long_for_the_context_comes_back_with_the_cursor_whe
         assert not app.store.list_conversations()
 
 
+@pytest.mark.parametrize("size", [(60, 15), (80, 24)], ids=["60x15", "80x24"])
+async def test_the_conversation_list_keeps_one_row_an_entry_and_its_whole_header(
+    tokenizer: Tokenizer, size: tuple[int, int]
+) -> None:
+    store, _ = HistoryStore.open()
+    cid = store.create_conversation("apple banana cherry " * 8)
+    store.save_reply(store.add_turn(cid, "fruit"), "yes", complete=True)
+    store.close()
+    app, _ = make_app(tokenizer)
+    async with app.run_test(size=size) as pilot:
+        await ready(pilot)
+        await pilot.press("ctrl+o")
+        await wait_until(pilot, lambda: any("1 turn " in row for row in screen_rows(app)))
+        rows = screen_rows(app)
+        entry = [row for row in rows if "apple banana" in row]
+        assert len(entry) == 1 and "…" in entry[0] and "1 turn " in entry[0], rows
+        assert "escape closes" in " ".join(" ".join(row.replace("│", " ").split()) for row in rows), rows
+
+
 def screen_rows(app: OptTuiApp) -> list[str]:
     """What the terminal shows, row by row (the compositor's whole frame)."""
     return [strip.text for strip in app.screen._compositor.render_strips()]

@@ -24,8 +24,8 @@ def describe(summary: ConversationSummary) -> Text:
     """One line of the list; the title is a user's message, so shown as plain, safe text."""
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(summary.updated))
     turns = f"{summary.turns} turn{'s' if summary.turns != 1 else ''}"
-    # The number is what `opt-tpu-tui export ID` takes.
-    return Text(f"{summary.id:>4}  {when}  {terminal_safe(summary.title)}  ({turns})", no_wrap=True, overflow="ellipsis")
+    # The number is what `opt-tpu-tui export ID` takes; the title goes last, where a long one is cut.
+    return Text(f"{summary.id:>4}  {when}  {turns:<9}  {terminal_safe(summary.title)}", no_wrap=True, overflow="ellipsis")
 
 
 TITLE = "Conversations · enter opens · r renames · d deletes (asks first) · escape closes"
