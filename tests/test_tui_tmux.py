@@ -261,21 +261,39 @@ def test_the_ui_shows_hostile_output_defanged_live_and_reopened(hostile_model: P
 # e. copy and export
 
 
-def test_copy_reaches_the_terminal_clipboard_and_the_fallback_file(chat_model: Path) -> None:
+def copy_a_reply(term: tmux.Tmux, model: Path, width: int, height: int) -> None:
+    """Start the UI, send a message, and once the reply is done copy it (f5): its notice shows."""
     write_settings()
+    term.start(tui(model), width, height)
+    term.wait_for(lambda s: READY in s)
+    term.keys("hello there", literal=True)
+    term.wait_for(lambda s: "hello there" in s)
+    term.keys("Enter")
+    sent(term, "hello there")
+    assert term.buffers() == ""
+    term.keys("F5")
+    term.wait_for(lambda s: "Copied the last" in s)
+
+
+def test_copy_reaches_the_terminal_clipboard_and_the_fallback_file(chat_model: Path) -> None:
     with tmux.Tmux("copy") as term:
-        term.start(tui(chat_model), 100, 30)
-        term.wait_for(lambda s: READY in s)
-        term.keys("hello there", literal=True)
-        term.wait_for(lambda s: "hello there" in s)
-        term.keys("Enter")
-        sent(term, "hello there")
-        assert term.buffers() == ""
-        term.keys("F5")
-        term.wait_for(lambda s: "Copied the last reply" in s)
+        copy_a_reply(term, chat_model, 100, 30)
         (reply,) = [turn.assistant for turn in saved_turns()]
         assert reply and term("show-buffer") == reply  # OSC 52, as tmux took it
         assert (paths.data_dir() / "clipboard.txt").read_text() == reply
+        quit_app(term)
+
+
+def test_a_notice_leaves_the_terminal_when_it_times_out(chat_model: Path) -> None:
+    """The copy's notice (6 s) is gone from the terminal a few seconds after its timeout, after a reply.
+
+    Textual had dropped it, but its cells stayed drawn until a resize: the hidden side
+    pane's stats, updated every second, had its layout map rebuilt between the notice's
+    removal and the next layout, which then saw nothing to repaint (tui/compositor.py).
+    """
+    with tmux.Tmux("notice") as term:
+        copy_a_reply(term, chat_model, 80, 24)
+        term.wait_for(lambda s: "Copied the last" not in s and "clipboard.txt" not in s, timeout=6 + 4)
         quit_app(term)
 
 

@@ -18,6 +18,7 @@ from textual.widgets.option_list import Option
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.history import ConversationSummary
 from opt_tpu_tui.safe_text import terminal_safe
+from opt_tpu_tui.tui.compositor import DrawnScreen
 
 
 def describe(summary: ConversationSummary) -> Text:
@@ -31,7 +32,7 @@ def describe(summary: ConversationSummary) -> Text:
 TITLE = "Conversations · enter opens · r renames · d deletes (asks first) · escape closes"
 
 
-class ConversationsScreen(ModalScreen[Optional[int]]):  # evaluated at import: no `|` on 3.8
+class ConversationsScreen(DrawnScreen, ModalScreen[Optional[int]]):  # evaluated at import: no `|` on 3.8
     """Dismisses with the id of the conversation to open, or None."""
 
     CSS_PATH = "modal.tcss"

@@ -10,6 +10,8 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Markdown
 
+from opt_tpu_tui.tui.compositor import DrawnScreen
+
 # Keys that are Textual's own or belong to widgets without a tooltip of ours.
 BUILT_IN: list[tuple[str, str]] = [
     ("tab / shift+tab", "move between the prompt, transcript and panes"),
@@ -58,7 +60,7 @@ def all_keys() -> list[tuple[str, str]]:
                      *OptTuiApp.BINDINGS])  # fmt: skip
 
 
-class HelpScreen(ModalScreen[None]):
+class HelpScreen(DrawnScreen, ModalScreen[None]):
     CSS_PATH = "modal.tcss"
     BINDINGS = [Binding("escape,f1,q", "dismiss", "Close", id="help.close")]
 

@@ -36,6 +36,7 @@ from opt_tpu_tui.history import SearchHit, title_for
 from opt_tpu_tui.overrides import Overrides
 from opt_tpu_tui.persist import run_and_save
 from opt_tpu_tui.sampling import SamplingSettings
+from opt_tpu_tui.tui.compositor import DrawnScreen
 from opt_tpu_tui.tui.messages import DeviceSampled, FlushReply, ReplyFinished
 from opt_tpu_tui.tui.screens.conversations import ConversationsScreen
 from opt_tpu_tui.tui.screens.messages import MessagesScreen
@@ -72,7 +73,7 @@ class Streaming:
     done: threading.Event = field(default_factory=threading.Event)
 
 
-class MainScreen(Screen[None]):
+class MainScreen(DrawnScreen, Screen[None]):
     CSS_PATH = "main.tcss"
     AUTO_FOCUS = "#prompt"
     HORIZONTAL_BREAKPOINTS = [(0, "-too-narrow"), (MIN_WIDTH, "-narrow"), (WIDE, "-wide")]

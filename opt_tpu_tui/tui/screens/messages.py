@@ -22,6 +22,7 @@ from textual.widgets.option_list import Option
 from opt_tpu_tui.chat import Turn
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.safe_text import terminal_safe
+from opt_tpu_tui.tui.compositor import DrawnScreen
 
 TITLE = "Messages · enter edits · ←→ variants · c/m copy reply/message · esc"  # fits 80 columns
 Variants = Dict[int, Tuple[int, int]]  # (evaluated at import: no dict[] on 3.8) turn index -> (variant shown, from 1; how many)
@@ -38,7 +39,7 @@ def describe(index: int, turn: Turn, variants: Variants) -> Text:
     return text
 
 
-class MessagesScreen(ModalScreen[Optional[int]]):  # evaluated at import: no `|` on 3.8
+class MessagesScreen(DrawnScreen, ModalScreen[Optional[int]]):  # evaluated at import: no `|` on 3.8
     """Dismisses with the index of the message to edit, or None.
 
     ``switch(index, step)`` (the main screen's) shows another variant at ``index`` and

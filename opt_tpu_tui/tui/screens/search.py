@@ -25,6 +25,7 @@ from textual.widgets.option_list import Option
 
 from opt_tpu_tui.history import SearchHit
 from opt_tpu_tui.safe_text import terminal_safe
+from opt_tpu_tui.tui.compositor import DrawnScreen
 
 DEBOUNCE = 0.15  # seconds of no typing before the history is searched
 TITLE = "Search chats · ↑↓ select · enter opens · esc closes"  # fits 60 columns
@@ -43,7 +44,7 @@ def describe(hit: SearchHit) -> Text:
     return text
 
 
-class SearchScreen(ModalScreen[Optional[SearchHit]]):  # evaluated at import: no `|` on 3.8
+class SearchScreen(DrawnScreen, ModalScreen[Optional[SearchHit]]):  # evaluated at import: no `|` on 3.8
     """Dismisses with the chosen match (the main screen opens its conversation at it), or None."""
 
     CSS_PATH = "modal.tcss"
