@@ -33,6 +33,11 @@ What happens at open, and why:
   ``busy_wait`` seconds, then the store is *unavailable*: ``writable`` is False, reads
   return nothing, writes raise :class:`HistoryUnavailable`, and one warning line says
   so. Nothing is renamed. The same goes for a folder or file that cannot be written.
+- Damage met later, while the store is in use (SQLite says corrupt or not a database on a
+  query; text that is not UTF-8), makes the store unavailable for the rest of the run: the
+  call that met it raises :class:`HistoryUnavailable` with the one line, and this
+  instance's marker is left behind saying so, so the next start sets the file aside even
+  if the integrity check would miss what SQLite met. The file is not touched meanwhile.
 - ``PRAGMA quick_check`` reads the whole file (23 s for 786 MB), so it runs only after
   an unclean shutdown. Each open store holds an flock on its own marker file
   (``history.sqlite3.open-<pid>-<id>``) and removes it at :meth:`close`; a marker that
@@ -83,6 +88,7 @@ SEARCH_LIMIT = 50  # results a search returns at most: a screenful or two, and a
 SNIPPET_BEFORE, SNIPPET_WIDTH = 20, 100  # characters of a snippet before its match, and in all
 LIKE_ESCAPE = "\\"
 CORRUPT_MESSAGES = ("file is not a database", "malformed", "file is encrypted or is not a database")
+NOT_UTF8 = "could not decode to utf-8"  # Python's own error, no SQLite code: the app writes only UTF-8 text
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS conversations (
     id INTEGER PRIMARY KEY,
@@ -189,8 +195,13 @@ def title_for(user: str) -> str:
 
 
 def sqlite_kind(error: sqlite3.Error) -> str:
-    """"busy", "corrupt" or "other": the error code where Python gives it (3.11+), else the message."""
+    """"busy", "corrupt" or "other": the error code where Python gives it (3.11+), else the message.
+
+    Text that is not UTF-8 is damage too: the bytes of a damaged page landed in a message.
+    """
     code = getattr(error, "sqlite_errorcode", None)
+    if NOT_UTF8 in str(error).lower():
+        return "corrupt"
     if code is not None:
         primary = code & 0xFF  # extended codes keep the primary one in the low byte
         if primary in (SQLITE_BUSY, SQLITE_LOCKED):
@@ -330,6 +341,27 @@ class OpenMarker:
                 os.close(fd)
         return stale
 
+    def abandon(self, reason: str) -> None:
+        """Leave the marker unlocked with ``reason`` in it: the next start sets the file aside (:meth:`damage`)."""
+        if self._fd is None:
+            return
+        os.write(self._fd, reason.encode("utf-8", "replace"))
+        os.fsync(self._fd)
+        os.close(self._fd)
+        self._fd = None
+
+    @staticmethod
+    def damage(markers: list[Path]) -> str | None:
+        """What a marker among ``markers`` (left behind) says SQLite found damaged while it ran, if one does."""
+        for marker in markers:
+            try:
+                said = marker.read_text("utf-8", "replace").strip()
+            except OSError:
+                continue
+            if said:
+                return said
+        return None
+
     def release(self) -> None:
         """Remove the marker (before unlocking it: unlocked and present means a crash)."""
         if self._fd is None:
@@ -385,6 +417,9 @@ class HistoryStore:
             marker = OpenMarker.create(path)
         except (OSError, UserError) as error:
             return cls.unavailable(path, f"cannot write there ({getattr(error, 'strerror', None) or error})")
+        damage = OpenMarker.damage(stale)
+        if damage is not None:  # an earlier run met damage in use: the integrity check might not see it
+            return cls.start_afresh(path, marker, damage, busy_wait, stale)
         try:
             db = connect(path, busy_wait, check=bool(stale))
         except NewerSchema as error:  # a downgrade: the newer app still needs the file as it is
@@ -395,7 +430,7 @@ class HistoryStore:
             if kind != "corrupt":
                 marker.release()
                 return cls.unavailable(path, "another opt-tpu-tui holds it" if kind == "busy" else str(error))
-            return cls.start_afresh(path, marker, str(error), busy_wait)
+            return cls.start_afresh(path, marker, str(error), busy_wait, stale)
         for old in stale:
             old.unlink(missing_ok=True)
         if created:
@@ -408,13 +443,20 @@ class HistoryStore:
         return cls(path, None, problem=problem), problem
 
     @classmethod
-    def start_afresh(cls, path: Path, marker: OpenMarker, problem: str, busy_wait: float) -> tuple[HistoryStore, str]:
-        """Set a damaged ``path`` (and its -wal/-shm) aside and open a new one in its place."""
+    def start_afresh(
+        cls, path: Path, marker: OpenMarker, problem: str, busy_wait: float, stale: list[Path]
+    ) -> tuple[HistoryStore, str]:
+        """Set a damaged ``path`` (and its -wal/-shm) aside and open a new one in its place.
+
+        The markers of the runs that used it (``stale``) go too: the new file needs no check.
+        """
         stamp = time.strftime("%Y%m%d-%H%M%S")
         aside = move_aside(path, stamp)
         for side in side_files(path):
             if side.exists():
                 move_aside(side, stamp)
+        for old in stale:
+            old.unlink(missing_ok=True)
         prepare_files(path)
         return cls(path, connect(path, busy_wait, check=False), marker), (
             f"{path}: {problem}; moved it to {aside.name} and started a new history"
@@ -431,20 +473,48 @@ class HistoryStore:
                 self._marker.release()
 
     @contextmanager
+    def _using(self) -> Iterator[sqlite3.Connection | None]:
+        """The connection (None when unavailable), under the lock; damage SQLite reports becomes :meth:`_damaged`."""
+        with self._lock:
+            try:
+                yield self._db
+            except sqlite3.DatabaseError as error:
+                if self._db is None or sqlite_kind(error) != "corrupt":
+                    raise
+                raise self._damaged(error) from None
+
+    def _damaged(self, error: sqlite3.Error) -> HistoryUnavailable:
+        """SQLite found the file damaged while in use: unavailable from now on, and set aside at the next start.
+
+        The connection is closed and this instance's marker left behind saying why, so the
+        next start moves the file aside as one damaged at open (the file itself is not touched).
+        """
+        assert self._db is not None
+        self._db.close()
+        self._db = None
+        said = "a message's text is not UTF-8" if NOT_UTF8 in str(error).lower() else one_line(str(error))[:80]
+        self.problem = (
+            f"{self.path}: the history is damaged ({said}); nothing more is saved this run, and the next start "
+            f"moves it aside (to {self.path.name}.corrupt-<time>) and starts a new history"
+        )
+        if self._marker is not None:
+            self._marker.abandon(f"SQLite found it damaged while in use ({said})")
+            self._marker = None
+        return HistoryUnavailable(self.problem)
+
+    @contextmanager
     def _writing(self) -> Iterator[sqlite3.Connection]:
         """The connection inside a transaction, under the lock; HistoryUnavailable when there is none."""
-        with self._lock:
-            if self._db is None:
+        with self._using() as db:
+            if db is None:
                 raise HistoryUnavailable(self.problem)
-            with self._db:
-                yield self._db
+            with db:
+                yield db
 
     def _read(self, sql: str, parameters: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        """Rows of a query; none when the history is unavailable."""
-        with self._lock:
-            if self._db is None:
-                return []
-            return self._db.execute(sql, parameters).fetchall()
+        """Rows of a query; none when the history is unavailable (HistoryUnavailable when it is found damaged)."""
+        with self._using() as db:
+            return [] if db is None else db.execute(sql, parameters).fetchall()
 
     # conversations
 
@@ -596,15 +666,15 @@ class HistoryStore:
 
     def variants(self, conversation_id: int) -> dict[int, tuple[int, int]]:
         """Positions that have alternatives: which variant is shown there (from 1) and how many there are."""
-        with self._lock:
-            if self._db is None:
+        with self._using() as db:
+            if db is None:
                 return {}
-            positions = self._db.execute(
+            positions = db.execute(
                 "SELECT DISTINCT position FROM alternatives WHERE conversation_id = ?", (conversation_id,)
             ).fetchall()
             found = {}
             for (position,) in positions:
-                order = [v[1] for v in self._variants(self._db, conversation_id, position)]
+                order = [v[1] for v in self._variants(db, conversation_id, position)]
                 if None in order:
                     found[int(position)] = (order.index(None) + 1, len(order))
             return found
@@ -656,11 +726,11 @@ class HistoryStore:
             return []
         fold = not query.isascii()
         column = "opt_fold({})" if fold else "{}"
-        with self._lock:
-            if self._db is None:
+        with self._using() as db:
+            if db is None:
                 return []
             if fold:
-                self._db.create_function("opt_fold", 1, lambda text: text.casefold(), deterministic=True)
+                db.create_function("opt_fold", 1, lambda text: text.casefold(), deterministic=True)
         where = " LIKE ? ESCAPE '\\'"
         matches = " UNION ALL ".join(
             f"SELECT c.id, c.title, c.updated, {position}, '{field}', {source} FROM {tables} "

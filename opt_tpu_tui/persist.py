@@ -4,8 +4,8 @@ The reply is saved a few times a second as it streams, so a kill loses at most t
 last ``interval`` seconds. Whatever goes wrong with the history, the screen, the
 session's turns and the file end in agreement:
 
-- the history is held by another opt-tpu-tui (``HistoryUnavailable``, a UserError): the
-  reply runs unsaved, and the caller is told so in one line;
+- the history is held by another opt-tpu-tui, or is found damaged (``HistoryUnavailable``,
+  a UserError): the reply runs (or goes on) unsaved, and the caller is told so in one line;
 - a save fails (a full disk): the reply stops there and its text goes back to what was
   last saved, marked stopped, which is how the incomplete turn on disk reopens;
 - the message itself cannot be saved: no reply runs, and the turn is taken back.
@@ -57,11 +57,14 @@ def run_and_save(
 
     def save(**end: bool) -> bool:
         """Save the reply so far; on failure take it back to what was saved, and say so."""
-        nonlocal saved
+        nonlocal saved, turn_id
         if turn_id is None:
             return True
         try:
             store.save_reply(turn_id, turn.assistant, **end)
+        except UserError as error:  # the history was found damaged: the reply goes on unsaved, and says so
+            turn_id, outcome.unsaved = None, str(error)
+            return True
         except (sqlite3.Error, OSError) as error:
             turn.assistant, turn.stopped = saved, True
             outcome.error = f"could not save the reply, so it ends at what was saved before: {error}"

@@ -827,3 +827,60 @@ async def test_search_typed_ahead_with_enter_opens_the_first_match(tokenizer: To
         await wait_until(pilot, lambda: isinstance(app.screen, MainScreen) and app.screen.conversation.id == new)
         reply = replies(app)[-1]
         assert reply.text == "a needle_42 here too" and reply.has_class("-found")  # the match was in the reply
+
+
+def damaged_history() -> Path:
+    """The default history with two conversations, its pages past the first overwritten (the header intact)."""
+    path = paths.history_file()
+    store, _ = HistoryStore.open(path)
+    for n in range(2):
+        cid = store.create_conversation(f"chat {n}")
+        for i in range(20):
+            store.save_reply(store.add_turn(cid, f"question {n}.{i} " + "x" * 300), "answer " + "y" * 300, complete=True)
+    store.close()
+    data = bytearray(path.read_bytes())
+    data[4096::97] = b"\xab" * len(data[4096::97])
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("first", ["ctrl+o", "ctrl+f", "send"])
+async def test_a_history_found_damaged_while_running_is_one_warning_and_the_chat_goes_on(
+    tokenizer: Tokenizer, first: str
+) -> None:
+    path = damaged_history()
+    damaged = path.read_bytes()
+    app, _ = make_app(tokenizer, settings=GREEDY)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        if first == "send":
+            await send(pilot, "hello")
+        else:
+            await pilot.press(first)
+            await pilot.pause()
+            if first == "ctrl+f":
+                await pilot.press(*"question")
+                await wait_until(pilot, lambda: app.screen.searched == "question")
+                assert "damaged" in str(app.screen.query_one("#search-results").get_option_at_index(0).prompt)
+            await pilot.press("escape")
+            await pilot.pause()
+        said = [n.message for n in app._notifications if "damaged" in n.message]
+        assert said and all(len(line.splitlines()) == 1 for line in said)
+        assert str(path) in said[0] and "next start" in said[0] and "h.sqlite3.corrupt-" not in said[0]
+        assert not app.store.writable and isinstance(app.screen, MainScreen)
+        if first != "send":
+            await send(pilot, "hello")  # not refused: the reply runs, unsaved, and says so
+        assert [m.render().plain for m in app.screen.query(UserMessage)] == ["hello"]
+        assert replies(app)[-1].text == REPLY
+        assert any(n.message.startswith("Not saved:") for n in app._notifications)
+        for key in ("ctrl+o", "ctrl+f"):  # unavailable now: each says why, in one line
+            await pilot.press(key)
+            await pilot.pause()
+            assert isinstance(app.screen, MainScreen)
+    app.store.close()
+    assert path.read_bytes() == damaged and not list(path.parent.glob("*corrupt*"))
+    store, warning = HistoryStore.open(path)  # the next start sets it aside and starts afresh
+    assert warning is not None and "moved it to history.sqlite3.corrupt-" in warning
+    (aside,) = path.parent.glob("history.sqlite3.corrupt-*")
+    assert aside.read_bytes() == damaged and store.writable and store.list_conversations() == []
+    store.close()
