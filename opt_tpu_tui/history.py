@@ -66,7 +66,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,6 +130,10 @@ class HistoryError(Exception):
 
 class NewerSchema(Exception):
     """The file was written by a newer version of the app: not damaged, so left exactly as it is."""
+
+
+class ConversationGone(Exception):
+    """The conversation a turn was to be written into is not in the history: another instance deleted it."""
 
 
 class HistoryUnavailable(UserError):
@@ -518,15 +522,24 @@ class HistoryStore:
 
     # conversations
 
-    def create_conversation(self, first_user: str, settings: Overrides | None = None) -> int:
-        """A new conversation titled after its first message, with the settings it was given before it was saved."""
+    def create_conversation(
+        self, first_user: str, settings: Overrides | None = None, turns: Sequence[Turn] = ()
+    ) -> int:
+        """A new conversation titled after its first message, with the settings it was given before it was saved,
+        and ``turns`` already in it (finished: what an instance held of a conversation deleted elsewhere)."""
         now = time.time()
         with self._writing() as db:
             cursor = db.execute(
                 "INSERT INTO conversations(title, created, updated, settings) VALUES (?, ?, ?, ?)",
                 (title_for(first_user), now, now, (settings or Overrides()).to_json()),
             )
-            return int(cursor.lastrowid or 0)
+            conversation_id = int(cursor.lastrowid or 0)
+            db.executemany(
+                "INSERT INTO turns(conversation_id, position, user, assistant, stopped, complete, created) "
+                "VALUES (?, ?, ?, ?, ?, 1, ?)",
+                [(conversation_id, n, t.user, t.assistant, int(t.stopped), now) for n, t in enumerate(turns)],
+            )
+            return conversation_id
 
     def conversation_settings(self, conversation_id: int) -> tuple[Overrides, str | None]:
         """A conversation's own settings, and one warning line when what is stored could not all be used."""
@@ -587,8 +600,11 @@ class HistoryStore:
         the reply being regenerated) become an alternative there, in the same transaction:
         nothing is lost, and :meth:`switch_variant` brings them back. A lone turn with no
         reply (stopped before its first token) is not worth keeping and is dropped.
+        :class:`ConversationGone` when another instance deleted the conversation.
         """
         with self._writing() as db:
+            if db.execute("SELECT 1 FROM conversations WHERE id = ?", (conversation_id,)).fetchone() is None:
+                raise ConversationGone(conversation_id)
             self._set_aside(db, conversation_id, position, keep_empty=False)
             return self._insert_turn(db, conversation_id, position, user)
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from opt_tpu_tui.chat import Conversation, Reply
 from opt_tpu_tui.errors import UserError
-from opt_tpu_tui.history import HistoryStore
+from opt_tpu_tui.history import ConversationGone, HistoryStore
 
 SAVE_INTERVAL = 0.5  # seconds between saves of a streaming reply
 
@@ -31,6 +31,13 @@ class Outcome:
 
     error: str | None = None
     unsaved: str | None = None
+    notice: str | None = None  # what else the user should know (the conversation was saved anew)
+
+
+GONE = (
+    "This conversation was deleted in another opt-tpu-tui: what is on screen is saved again as a new "
+    "conversation, with this message (ctrl+n starts an empty one)"
+)
 
 
 def run_and_save(
@@ -45,7 +52,7 @@ def run_and_save(
     turn = reply.turn
     outcome = Outcome()
     try:
-        turn_id = _open_turn(store, conversation, reply)
+        turn_id = _open_turn(store, conversation, reply, outcome)
     except UserError as error:  # the history is busy or unwritable: reply, but say it is not kept
         turn_id, outcome.unsaved = None, str(error)
     except (sqlite3.Error, OSError) as error:
@@ -88,13 +95,20 @@ def run_and_save(
     return outcome
 
 
-def _open_turn(store: HistoryStore, conversation: Conversation, reply: Reply) -> int:
+def _open_turn(store: HistoryStore, conversation: Conversation, reply: Reply, outcome: Outcome) -> int:
     """The id of the turn the reply is saved into, at the turn's place in the conversation.
 
     A regenerated reply or an edited message takes the place of turns already saved:
-    the history keeps those as an alternative (HistoryStore.start_turn).
+    the history keeps those as an alternative (HistoryStore.start_turn). A conversation
+    another instance deleted is saved again, as a new one, from the turns this one holds.
     """
     if conversation.id is None:
         conversation.id = store.create_conversation(reply.turn.user, conversation.overrides)
     position = next(i for i, turn in enumerate(conversation.turns) if turn is reply.turn)
-    return store.start_turn(conversation.id, position, reply.turn.user)
+    try:
+        return store.start_turn(conversation.id, position, reply.turn.user)
+    except ConversationGone:
+        first = conversation.turns[0].user
+        conversation.id = store.create_conversation(first, conversation.overrides, conversation.turns[:position])
+        outcome.notice = GONE
+        return store.start_turn(conversation.id, position, reply.turn.user)

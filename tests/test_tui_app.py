@@ -884,3 +884,25 @@ async def test_a_history_found_damaged_while_running_is_one_warning_and_the_chat
     (aside,) = path.parent.glob("history.sqlite3.corrupt-*")
     assert aside.read_bytes() == damaged and store.writable and store.list_conversations() == []
     store.close()
+
+
+async def test_a_conversation_deleted_in_another_instance_is_saved_again_with_the_new_message(
+    tokenizer: Tokenizer,
+) -> None:
+    app, _ = make_app(tokenizer, settings=GREEDY)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        await send(pilot, "first")
+        deleted = app.screen.conversation.id
+        other, _ = HistoryStore.open()  # another instance on the same data dir: ctrl+o, d, d
+        other.delete_conversation(deleted)
+        other.close()
+        await send(pilot, "second")
+        assert [m.render().plain for m in app.screen.query(UserMessage)] == ["first", "second"]
+        assert [r.text for r in replies(app)] == [REPLY, REPLY]
+        said = [n.message for n in app._notifications]
+        assert any("deleted in another opt-tpu-tui" in line and "new conversation" in line for line in said)
+        assert not any("FOREIGN KEY" in line for line in said)
+        (summary,) = app.store.list_conversations()
+        assert summary.id == app.screen.conversation.id and summary.title == "first"  # (SQLite may reuse the id)
+        assert [(t.user, t.assistant) for t in app.store.load(summary.id)] == [("first", REPLY), ("second", REPLY)]

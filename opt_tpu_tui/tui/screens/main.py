@@ -439,6 +439,8 @@ class MainScreen(Screen[None]):
             self.notify(outcome.error, title="Reply failed", severity="error", timeout=8)
         if outcome.unsaved:
             self.notify(f"Not saved: {outcome.unsaved}", severity="warning", timeout=8)
+        if outcome.notice:
+            self.notify(outcome.notice, severity="warning", timeout=12)
         if self._overrides_unsaved and self.conversation.id is not None:  # set while its first reply streamed
             self._save_overrides()
         gc.enable()
