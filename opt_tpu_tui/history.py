@@ -51,8 +51,10 @@ What happens at open, and why:
   the file untouched, since that version still needs it as it is.
 
 Search (:meth:`HistoryStore.search`, the TUI's ctrl+f) scans titles and turns with LIKE:
-no full-text table, so it needs nothing beyond the schema above. A match comes back
-with the turn's index, which the app opens the conversation at.
+no full-text table, so it needs nothing beyond the schema above. The variants not shown
+are JSON, so they are parsed and compared in Python. A match comes back with the turn's
+index, which the app opens the conversation at, and for one in a variant not shown, the
+way to show it (:meth:`HistoryStore.show_variant`).
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Tuple
 
 from opt_tpu_tui import paths
 from opt_tpu_tui.atomic import fsync_dir, move_aside
@@ -148,12 +150,17 @@ class ConversationSummary:
     turns: int
 
 
+Variant = Tuple[Tuple[int, float], ...]  # the alternatives, by (position, created), that lead to a variant
+
+
 @dataclass(frozen=True)
 class SearchHit:
     """Where a search matched: a conversation's title, or one field of one of its turns.
 
     ``turn`` is the turn's index in :meth:`HistoryStore.load`'s list (None for a title),
-    so the app can open the conversation at it. ``snippet`` is one line around the match,
+    so the app can open the conversation at it; for a match in a variant not shown, its
+    index once :meth:`HistoryStore.show_variant` has shown that variant (``variant``).
+    ``snippet`` is one line around the match,
     safe to print, and ``match`` the match's (start, end) in it, for highlighting.
     """
 
@@ -163,6 +170,13 @@ class SearchHit:
     field: str  # "title", "user" or "assistant"
     snippet: str
     match: tuple[int, int]
+    variant: Variant = ()  # in a variant not shown: what show_variant takes to show it
+
+
+def order_key(updated: float, cid: int, index: int | None, field: str, variant: bool = False) -> tuple[Any, ...]:
+    """Where a search hit sorts: newest conversation first, then its title, the turns shown (latest first,
+    the message before its reply), then the other variants' turns."""
+    return (-float(updated), -int(cid), 0 if index is None else 1 + variant, -int(index or 0), field != "user")
 
 
 def like_pattern(query: str) -> str:
@@ -705,13 +719,31 @@ class HistoryStore:
             if len(order) < 2 or None not in order:
                 raise UserError("that message has no alternatives")
             chosen = order[(order.index(None) + step) % len(order)]
-            (branch,) = db.execute("SELECT branch FROM alternatives WHERE id = ?", (chosen,)).fetchone()
-            db.execute("DELETE FROM alternatives WHERE id = ?", (chosen,))
-            self._set_aside(db, conversation_id, position, keep_empty=True)
-            try:
-                self._restore(db, conversation_id, position, json.loads(branch))
-            except (ValueError, KeyError, TypeError) as error:  # the transaction rolls back: nothing changes
-                raise UserError(f"{self.path}: that alternative is damaged ({error!r}); it is left as it was") from None
+            assert chosen is not None  # the variant shown is only one of at least two
+            self._swap_in(db, conversation_id, position, chosen)
+
+    def show_variant(self, conversation_id: int, variant: Variant) -> None:
+        """Show the variant a search found (:attr:`SearchHit.variant`): each alternative on the way to it, by
+        (position, created), changes places with the turns shown there, all in one transaction."""
+        with self._writing() as db:
+            for position, created in variant:
+                row = db.execute(
+                    "SELECT id FROM alternatives WHERE conversation_id = ? AND position = ? AND created = ?",
+                    (conversation_id, position, created),
+                ).fetchone()
+                if row is None:  # the transaction rolls back: nothing changes
+                    raise UserError("that variant is not there any more (changed in another opt-tpu-tui?)")
+                self._swap_in(db, conversation_id, position, int(row[0]))
+
+    def _swap_in(self, db: sqlite3.Connection, conversation_id: int, position: int, chosen: int) -> None:
+        """Alternative ``chosen`` at ``position`` changes places with the turns shown from there on."""
+        (branch,) = db.execute("SELECT branch FROM alternatives WHERE id = ?", (chosen,)).fetchone()
+        db.execute("DELETE FROM alternatives WHERE id = ?", (chosen,))
+        self._set_aside(db, conversation_id, position, keep_empty=True)
+        try:
+            self._restore(db, conversation_id, position, json.loads(branch))
+        except (ValueError, KeyError, TypeError) as error:  # the transaction rolls back: nothing changes
+            raise UserError(f"{self.path}: that alternative is damaged ({error!r}); it is left as it was") from None
 
     def save_reply(self, turn_id: int, assistant: str, *, stopped: bool = False, complete: bool = False) -> None:
         """Store the reply so far (called while it streams, and once more at its end)."""
@@ -731,7 +763,8 @@ class HistoryStore:
     def search(self, query: str, limit: int = SEARCH_LIMIT) -> list[SearchHit]:
         """Conversations whose title, or a turn's message or reply, holds ``query`` (case-insensitive).
 
-        Newest conversation first, and within one its title, then its latest turns first.
+        The turns of every variant count, shown or not. Newest conversation first, and
+        within one its title, then its latest turns shown first, then the other variants'.
         LIKE with escaping, so no new table: the schema stays as it is. SQLite's LIKE folds
         only ASCII case; a query with other letters is compared casefolded, through a
         Python function on this connection (slower, so only then). Nothing when the
@@ -760,13 +793,51 @@ class HistoryStore:
         # The turn's index (what load() returns) is counted only for the hits kept.
         rows = self._read(
             f"WITH m(id, title, updated, position, field, text) AS ({matches}) "
-            "SELECT id, title, position, field, text, CASE WHEN position IS NULL THEN NULL ELSE "
+            "SELECT id, title, updated, field, text, CASE WHEN position IS NULL THEN NULL ELSE "
             "(SELECT COUNT(*) FROM turns e WHERE e.conversation_id = m.id AND e.position < m.position) END "
             "FROM m ORDER BY updated DESC, id DESC, position IS NOT NULL, position DESC, field DESC LIMIT ?",
             (*[like_pattern(query.casefold() if fold else query)] * 3, limit),
         )
+        found = [
+            (order_key(updated, cid, index, field), cid, title, index, field, text, ())
+            for cid, title, updated, field, text, index in rows
+        ] + self._search_variants(query)
         hits = []
-        for cid, title, _, field, text, index in rows:
+        for _, cid, title, index, field, text, variant in sorted(found, key=lambda hit: hit[0])[:limit]:
             shown, span = snippet(text, query)
-            hits.append(SearchHit(int(cid), str(title), None if index is None else int(index), field, shown, span))
+            hits.append(
+                SearchHit(int(cid), str(title), None if index is None else int(index), field, shown, span, variant)
+            )
         return hits
+
+    def _search_variants(self, query: str) -> list[tuple[Any, ...]]:
+        """Matches in the variants not shown, as search's rows (after the conversation's turns shown).
+
+        Their text is JSON (nested alternatives JSON inside it), which LIKE cannot read
+        through escapes, so each is parsed and compared casefolded; a damaged one is skipped.
+        """
+        wanted = query.casefold()
+        rows = self._read(
+            "SELECT a.conversation_id, c.title, c.updated, a.position, a.created, a.branch "
+            "FROM alternatives a JOIN conversations c ON c.id = a.conversation_id"
+        )
+        found: list[tuple[Any, ...]] = []
+
+        def walk(cid: int, title: str, updated: float, position: int, branch: str, path: Variant) -> None:
+            try:
+                parsed = json.loads(branch)
+                turns = [(str(t["user"]), str(t["assistant"])) for t in parsed["turns"]]
+                nested = [(int(n["position"]), float(n["created"]), str(n["branch"])) for n in parsed["alternatives"]]
+            except (ValueError, KeyError, TypeError):
+                return
+            for offset, (user, assistant) in enumerate(turns):
+                for field, text in (("user", user), ("assistant", assistant)):
+                    if wanted in text.casefold():
+                        key = (*order_key(updated, cid, position + offset, field, variant=True), path)
+                        found.append((key, cid, title, position + offset, field, text, path))
+            for at, created, inner in nested:
+                walk(cid, title, updated, at, inner, (*path, (at, created)))
+
+        for cid, title, updated, position, created, branch in rows:
+            walk(int(cid), str(title), float(updated), int(position), str(branch), ((int(position), float(created)),))
+        return found

@@ -604,3 +604,28 @@ def test_damage_met_while_running_is_one_line_then_unavailable_and_the_next_star
     again, warning = HistoryStore.open(path)  # the fresh file is not set aside in its turn
     assert warning is None and [c.title for c in again.list_conversations()] == ["fresh"]
     again.close()
+
+
+def test_search_finds_text_in_variants_not_shown_and_show_variant_brings_it_back(tmp_path: Path) -> None:
+    store, _ = HistoryStore.open(tmp_path / "h.sqlite3")
+    cid = store.create_conversation("a")
+    chat(store, cid, 0, "a", "A1")
+    chat(store, cid, 1, "b", "B1 with a kiwi")
+    chat(store, cid, 2, "c", "C1 ÉLAN")
+    chat(store, cid, 2, "c", "C2")  # regenerated: C1 is a variant inside what the edit sets aside
+    chat(store, cid, 1, "b edited", "B2")  # edited: b, B1 and c (with C1 and C2) set aside
+    assert shown(store, cid) == [("a", "A1"), ("b edited", "B2")]
+    (kiwi,) = store.search("KIWI")
+    assert (kiwi.conversation_id, kiwi.turn, kiwi.field) == (cid, 1, "assistant") and kiwi.variant
+    assert kiwi.snippet[kiwi.match[0] : kiwi.match[1]] == "kiwi"
+    (elan,) = store.search("élan")  # in a variant nested inside another, beyond ASCII too
+    assert (elan.turn, elan.field, len(elan.variant)) == (2, "assistant", 2)
+    assert [hit.variant == () for hit in store.search("b")] == [True, True, False, False]  # the turns shown first
+    store.show_variant(cid, elan.variant)
+    assert shown(store, cid) == [("a", "A1"), ("b", "B1 with a kiwi"), ("c", "C1 ÉLAN")]
+    assert store.variants(cid) == {1: (1, 2), 2: (1, 2)}
+    assert not store.search("kiwi")[0].variant and store.search("B2")[0].variant  # now the other way round
+    with pytest.raises(UserError, match="not there"):
+        store.show_variant(cid, elan.variant)  # shown already: nothing changes
+    assert shown(store, cid)[2] == ("c", "C1 ÉLAN")
+    store.close()

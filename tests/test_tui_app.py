@@ -906,3 +906,27 @@ async def test_a_conversation_deleted_in_another_instance_is_saved_again_with_th
         (summary,) = app.store.list_conversations()
         assert summary.id == app.screen.conversation.id and summary.title == "first"  # (SQLite may reuse the id)
         assert [(t.user, t.assistant) for t in app.store.load(summary.id)] == [("first", REPLY), ("second", REPLY)]
+
+
+async def test_search_finds_an_edited_away_message_and_opens_its_variant(tokenizer: Tokenizer) -> None:
+    store, _ = HistoryStore.open()
+    cid = store.create_conversation("plans")
+    chats = [(0, "plans", "ok"), (1, "visit the kiwi farm", "Sure."), (1, "visit the museum", "Fine.")]
+    for position, user, reply in chats:
+        store.save_reply(store.start_turn(cid, position, user), reply, complete=True)  # the last edits message 2
+    store.close()
+    app, _ = make_app(tokenizer, settings=GREEDY)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        await search_for(pilot, "kiwi")
+        search = app.screen
+        assert [(hit.conversation_id, hit.turn, hit.field) for hit in search.hits] == [(cid, 1, "user")]
+        assert "turn 2 · you · another variant" in shown(search.query_one("#search-results"))
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: isinstance(app.screen, MainScreen) and app.screen.conversation.id == cid)
+        await pilot.pause()
+        messages = [str(m.render()) for m in app.screen.query(UserMessage)]
+        assert messages == ["plans", "visit the kiwi farm"]  # the variant that holds the match is shown
+        assert app.screen.query(UserMessage)[1].has_class("-found")
+        assert [t.user for t in app.screen.conversation.turns] == messages
+        assert app.store.variants(cid) == {1: (1, 2)}  # the other one is kept, a variant in its turn

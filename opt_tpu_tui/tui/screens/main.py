@@ -589,9 +589,17 @@ class MainScreen(Screen[None]):
         self.app.push_screen(SearchScreen(self.tui.store.search), self._open_match)
 
     async def _open_match(self, hit: SearchHit | None) -> None:
-        if hit is not None:
-            matched = hit.snippet[hit.match[0] : hit.match[1]]
-            await self.open_conversation(hit.conversation_id, at=hit.turn, reply=hit.field == "assistant", matched=matched)
+        if hit is None:
+            return
+        at = hit.turn
+        if hit.variant:  # the match is in a variant not shown: show it first, as ←/→ in ctrl+g would
+            try:
+                self.tui.store.show_variant(hit.conversation_id, hit.variant)
+            except UserError as error:  # gone meanwhile, or damaged: the conversation opens as it is
+                self.notify(str(error), title="Variant not shown", severity="warning", timeout=8)
+                at = None
+        matched = hit.snippet[hit.match[0] : hit.match[1]]
+        await self.open_conversation(hit.conversation_id, at=at, reply=hit.field == "assistant", matched=matched)
 
     async def open_conversation(
         self, conversation_id: int, at: int | None = None, *, reply: bool = False, matched: str = ""

@@ -36,6 +36,8 @@ MATCH = Style(bold=True, underline=True)  # not a colour: it shows with NO_COLOR
 def describe(hit: SearchHit) -> Text:
     """Two rows: the conversation and where in it, then the snippet with the match marked."""
     where = WHERE[hit.field] if hit.turn is None else f"turn {hit.turn + 1} · {WHERE[hit.field]}"
+    if hit.variant:
+        where += " · another variant"  # opening it shows that variant
     text = Text(no_wrap=True, overflow="ellipsis")
     text.append(f"{terminal_safe(hit.title)} · {where}\n", style="dim")
     text.append("  " + hit.snippet)  # the store made the snippet safe to print
