@@ -33,6 +33,11 @@ What happens at open, and why:
   ``busy_wait`` seconds, then the store is *unavailable*: ``writable`` is False, reads
   return nothing, writes raise :class:`HistoryUnavailable`, and one warning line says
   so. Nothing is renamed. The same goes for a folder or file that cannot be written.
+- Damage met later, while the store is in use (SQLite says corrupt or not a database on a
+  query; text that is not UTF-8), makes the store unavailable for the rest of the run: the
+  call that met it raises :class:`HistoryUnavailable` with the one line, and this
+  instance's marker is left behind saying so, so the next start sets the file aside even
+  if the integrity check would miss what SQLite met. The file is not touched meanwhile.
 - ``PRAGMA quick_check`` reads the whole file (23 s for 786 MB), so it runs only after
   an unclean shutdown. Each open store holds an flock on its own marker file
   (``history.sqlite3.open-<pid>-<id>``) and removes it at :meth:`close`; a marker that
@@ -46,8 +51,10 @@ What happens at open, and why:
   the file untouched, since that version still needs it as it is.
 
 Search (:meth:`HistoryStore.search`, the TUI's ctrl+f) scans titles and turns with LIKE:
-no full-text table, so it needs nothing beyond the schema above. A match comes back
-with the turn's index, which the app opens the conversation at.
+no full-text table, so it needs nothing beyond the schema above. The variants not shown
+are JSON, so they are parsed and compared in Python. A match comes back with the turn's
+index, which the app opens the conversation at, and for one in a variant not shown, the
+way to show it (:meth:`HistoryStore.show_variant`).
 """
 
 from __future__ import annotations
@@ -61,11 +68,11 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Tuple
 
 from opt_tpu_tui import paths
 from opt_tpu_tui.atomic import fsync_dir, move_aside
@@ -83,6 +90,7 @@ SEARCH_LIMIT = 50  # results a search returns at most: a screenful or two, and a
 SNIPPET_BEFORE, SNIPPET_WIDTH = 20, 100  # characters of a snippet before its match, and in all
 LIKE_ESCAPE = "\\"
 CORRUPT_MESSAGES = ("file is not a database", "malformed", "file is encrypted or is not a database")
+NOT_UTF8 = "could not decode to utf-8"  # Python's own error, no SQLite code: the app writes only UTF-8 text
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS conversations (
     id INTEGER PRIMARY KEY,
@@ -126,6 +134,10 @@ class NewerSchema(Exception):
     """The file was written by a newer version of the app: not damaged, so left exactly as it is."""
 
 
+class ConversationGone(Exception):
+    """The conversation a turn was to be written into is not in the history: another instance deleted it."""
+
+
 class HistoryUnavailable(UserError):
     """A write to a history this instance could not open; the message is the one line the user saw at start."""
 
@@ -138,12 +150,17 @@ class ConversationSummary:
     turns: int
 
 
+Variant = Tuple[Tuple[int, float], ...]  # the alternatives, by (position, created), that lead to a variant
+
+
 @dataclass(frozen=True)
 class SearchHit:
     """Where a search matched: a conversation's title, or one field of one of its turns.
 
     ``turn`` is the turn's index in :meth:`HistoryStore.load`'s list (None for a title),
-    so the app can open the conversation at it. ``snippet`` is one line around the match,
+    so the app can open the conversation at it; for a match in a variant not shown, its
+    index once :meth:`HistoryStore.show_variant` has shown that variant (``variant``).
+    ``snippet`` is one line around the match,
     safe to print, and ``match`` the match's (start, end) in it, for highlighting.
     """
 
@@ -153,6 +170,13 @@ class SearchHit:
     field: str  # "title", "user" or "assistant"
     snippet: str
     match: tuple[int, int]
+    variant: Variant = ()  # in a variant not shown: what show_variant takes to show it
+
+
+def order_key(updated: float, cid: int, index: int | None, field: str, variant: bool = False) -> tuple[Any, ...]:
+    """Where a search hit sorts: newest conversation first, then its title, the turns shown (latest first,
+    the message before its reply), then the other variants' turns."""
+    return (-float(updated), -int(cid), 0 if index is None else 1 + variant, -int(index or 0), field != "user")
 
 
 def like_pattern(query: str) -> str:
@@ -189,8 +213,13 @@ def title_for(user: str) -> str:
 
 
 def sqlite_kind(error: sqlite3.Error) -> str:
-    """"busy", "corrupt" or "other": the error code where Python gives it (3.11+), else the message."""
+    """"busy", "corrupt" or "other": the error code where Python gives it (3.11+), else the message.
+
+    Text that is not UTF-8 is damage too: the bytes of a damaged page landed in a message.
+    """
     code = getattr(error, "sqlite_errorcode", None)
+    if NOT_UTF8 in str(error).lower():
+        return "corrupt"
     if code is not None:
         primary = code & 0xFF  # extended codes keep the primary one in the low byte
         if primary in (SQLITE_BUSY, SQLITE_LOCKED):
@@ -330,6 +359,27 @@ class OpenMarker:
                 os.close(fd)
         return stale
 
+    def abandon(self, reason: str) -> None:
+        """Leave the marker unlocked with ``reason`` in it: the next start sets the file aside (:meth:`damage`)."""
+        if self._fd is None:
+            return
+        os.write(self._fd, reason.encode("utf-8", "replace"))
+        os.fsync(self._fd)
+        os.close(self._fd)
+        self._fd = None
+
+    @staticmethod
+    def damage(markers: list[Path]) -> str | None:
+        """What a marker among ``markers`` (left behind) says SQLite found damaged while it ran, if one does."""
+        for marker in markers:
+            try:
+                said = marker.read_text("utf-8", "replace").strip()
+            except OSError:
+                continue
+            if said:
+                return said
+        return None
+
     def release(self) -> None:
         """Remove the marker (before unlocking it: unlocked and present means a crash)."""
         if self._fd is None:
@@ -385,6 +435,9 @@ class HistoryStore:
             marker = OpenMarker.create(path)
         except (OSError, UserError) as error:
             return cls.unavailable(path, f"cannot write there ({getattr(error, 'strerror', None) or error})")
+        damage = OpenMarker.damage(stale)
+        if damage is not None:  # an earlier run met damage in use: the integrity check might not see it
+            return cls.start_afresh(path, marker, damage, busy_wait, stale)
         try:
             db = connect(path, busy_wait, check=bool(stale))
         except NewerSchema as error:  # a downgrade: the newer app still needs the file as it is
@@ -395,7 +448,7 @@ class HistoryStore:
             if kind != "corrupt":
                 marker.release()
                 return cls.unavailable(path, "another opt-tpu-tui holds it" if kind == "busy" else str(error))
-            return cls.start_afresh(path, marker, str(error), busy_wait)
+            return cls.start_afresh(path, marker, str(error), busy_wait, stale)
         for old in stale:
             old.unlink(missing_ok=True)
         if created:
@@ -408,13 +461,20 @@ class HistoryStore:
         return cls(path, None, problem=problem), problem
 
     @classmethod
-    def start_afresh(cls, path: Path, marker: OpenMarker, problem: str, busy_wait: float) -> tuple[HistoryStore, str]:
-        """Set a damaged ``path`` (and its -wal/-shm) aside and open a new one in its place."""
+    def start_afresh(
+        cls, path: Path, marker: OpenMarker, problem: str, busy_wait: float, stale: list[Path]
+    ) -> tuple[HistoryStore, str]:
+        """Set a damaged ``path`` (and its -wal/-shm) aside and open a new one in its place.
+
+        The markers of the runs that used it (``stale``) go too: the new file needs no check.
+        """
         stamp = time.strftime("%Y%m%d-%H%M%S")
         aside = move_aside(path, stamp)
         for side in side_files(path):
             if side.exists():
                 move_aside(side, stamp)
+        for old in stale:
+            old.unlink(missing_ok=True)
         prepare_files(path)
         return cls(path, connect(path, busy_wait, check=False), marker), (
             f"{path}: {problem}; moved it to {aside.name} and started a new history"
@@ -431,32 +491,69 @@ class HistoryStore:
                 self._marker.release()
 
     @contextmanager
+    def _using(self) -> Iterator[sqlite3.Connection | None]:
+        """The connection (None when unavailable), under the lock; damage SQLite reports becomes :meth:`_damaged`."""
+        with self._lock:
+            try:
+                yield self._db
+            except sqlite3.DatabaseError as error:
+                if self._db is None or sqlite_kind(error) != "corrupt":
+                    raise
+                raise self._damaged(error) from None
+
+    def _damaged(self, error: sqlite3.Error) -> HistoryUnavailable:
+        """SQLite found the file damaged while in use: unavailable from now on, and set aside at the next start.
+
+        The connection is closed and this instance's marker left behind saying why, so the
+        next start moves the file aside as one damaged at open (the file itself is not touched).
+        """
+        assert self._db is not None
+        self._db.close()
+        self._db = None
+        said = "a message's text is not UTF-8" if NOT_UTF8 in str(error).lower() else one_line(str(error))[:80]
+        self.problem = (
+            f"{self.path}: the history is damaged ({said}); nothing more is saved this run, and the next start "
+            f"moves it aside (to {self.path.name}.corrupt-<time>) and starts a new history"
+        )
+        if self._marker is not None:
+            self._marker.abandon(f"SQLite found it damaged while in use ({said})")
+            self._marker = None
+        return HistoryUnavailable(self.problem)
+
+    @contextmanager
     def _writing(self) -> Iterator[sqlite3.Connection]:
         """The connection inside a transaction, under the lock; HistoryUnavailable when there is none."""
-        with self._lock:
-            if self._db is None:
+        with self._using() as db:
+            if db is None:
                 raise HistoryUnavailable(self.problem)
-            with self._db:
-                yield self._db
+            with db:
+                yield db
 
     def _read(self, sql: str, parameters: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        """Rows of a query; none when the history is unavailable."""
-        with self._lock:
-            if self._db is None:
-                return []
-            return self._db.execute(sql, parameters).fetchall()
+        """Rows of a query; none when the history is unavailable (HistoryUnavailable when it is found damaged)."""
+        with self._using() as db:
+            return [] if db is None else db.execute(sql, parameters).fetchall()
 
     # conversations
 
-    def create_conversation(self, first_user: str, settings: Overrides | None = None) -> int:
-        """A new conversation titled after its first message, with the settings it was given before it was saved."""
+    def create_conversation(
+        self, first_user: str, settings: Overrides | None = None, turns: Sequence[Turn] = ()
+    ) -> int:
+        """A new conversation titled after its first message, with the settings it was given before it was saved,
+        and ``turns`` already in it (finished: what an instance held of a conversation deleted elsewhere)."""
         now = time.time()
         with self._writing() as db:
             cursor = db.execute(
                 "INSERT INTO conversations(title, created, updated, settings) VALUES (?, ?, ?, ?)",
                 (title_for(first_user), now, now, (settings or Overrides()).to_json()),
             )
-            return int(cursor.lastrowid or 0)
+            conversation_id = int(cursor.lastrowid or 0)
+            db.executemany(
+                "INSERT INTO turns(conversation_id, position, user, assistant, stopped, complete, created) "
+                "VALUES (?, ?, ?, ?, ?, 1, ?)",
+                [(conversation_id, n, t.user, t.assistant, int(t.stopped), now) for n, t in enumerate(turns)],
+            )
+            return conversation_id
 
     def conversation_settings(self, conversation_id: int) -> tuple[Overrides, str | None]:
         """A conversation's own settings, and one warning line when what is stored could not all be used."""
@@ -517,8 +614,11 @@ class HistoryStore:
         the reply being regenerated) become an alternative there, in the same transaction:
         nothing is lost, and :meth:`switch_variant` brings them back. A lone turn with no
         reply (stopped before its first token) is not worth keeping and is dropped.
+        :class:`ConversationGone` when another instance deleted the conversation.
         """
         with self._writing() as db:
+            if db.execute("SELECT 1 FROM conversations WHERE id = ?", (conversation_id,)).fetchone() is None:
+                raise ConversationGone(conversation_id)
             self._set_aside(db, conversation_id, position, keep_empty=False)
             return self._insert_turn(db, conversation_id, position, user)
 
@@ -596,15 +696,15 @@ class HistoryStore:
 
     def variants(self, conversation_id: int) -> dict[int, tuple[int, int]]:
         """Positions that have alternatives: which variant is shown there (from 1) and how many there are."""
-        with self._lock:
-            if self._db is None:
+        with self._using() as db:
+            if db is None:
                 return {}
-            positions = self._db.execute(
+            positions = db.execute(
                 "SELECT DISTINCT position FROM alternatives WHERE conversation_id = ?", (conversation_id,)
             ).fetchall()
             found = {}
             for (position,) in positions:
-                order = [v[1] for v in self._variants(self._db, conversation_id, position)]
+                order = [v[1] for v in self._variants(db, conversation_id, position)]
                 if None in order:
                     found[int(position)] = (order.index(None) + 1, len(order))
             return found
@@ -619,13 +719,31 @@ class HistoryStore:
             if len(order) < 2 or None not in order:
                 raise UserError("that message has no alternatives")
             chosen = order[(order.index(None) + step) % len(order)]
-            (branch,) = db.execute("SELECT branch FROM alternatives WHERE id = ?", (chosen,)).fetchone()
-            db.execute("DELETE FROM alternatives WHERE id = ?", (chosen,))
-            self._set_aside(db, conversation_id, position, keep_empty=True)
-            try:
-                self._restore(db, conversation_id, position, json.loads(branch))
-            except (ValueError, KeyError, TypeError) as error:  # the transaction rolls back: nothing changes
-                raise UserError(f"{self.path}: that alternative is damaged ({error!r}); it is left as it was") from None
+            assert chosen is not None  # the variant shown is only one of at least two
+            self._swap_in(db, conversation_id, position, chosen)
+
+    def show_variant(self, conversation_id: int, variant: Variant) -> None:
+        """Show the variant a search found (:attr:`SearchHit.variant`): each alternative on the way to it, by
+        (position, created), changes places with the turns shown there, all in one transaction."""
+        with self._writing() as db:
+            for position, created in variant:
+                row = db.execute(
+                    "SELECT id FROM alternatives WHERE conversation_id = ? AND position = ? AND created = ?",
+                    (conversation_id, position, created),
+                ).fetchone()
+                if row is None:  # the transaction rolls back: nothing changes
+                    raise UserError("that variant is not there any more (changed in another opt-tpu-tui?)")
+                self._swap_in(db, conversation_id, position, int(row[0]))
+
+    def _swap_in(self, db: sqlite3.Connection, conversation_id: int, position: int, chosen: int) -> None:
+        """Alternative ``chosen`` at ``position`` changes places with the turns shown from there on."""
+        (branch,) = db.execute("SELECT branch FROM alternatives WHERE id = ?", (chosen,)).fetchone()
+        db.execute("DELETE FROM alternatives WHERE id = ?", (chosen,))
+        self._set_aside(db, conversation_id, position, keep_empty=True)
+        try:
+            self._restore(db, conversation_id, position, json.loads(branch))
+        except (ValueError, KeyError, TypeError) as error:  # the transaction rolls back: nothing changes
+            raise UserError(f"{self.path}: that alternative is damaged ({error!r}); it is left as it was") from None
 
     def save_reply(self, turn_id: int, assistant: str, *, stopped: bool = False, complete: bool = False) -> None:
         """Store the reply so far (called while it streams, and once more at its end)."""
@@ -645,7 +763,8 @@ class HistoryStore:
     def search(self, query: str, limit: int = SEARCH_LIMIT) -> list[SearchHit]:
         """Conversations whose title, or a turn's message or reply, holds ``query`` (case-insensitive).
 
-        Newest conversation first, and within one its title, then its latest turns first.
+        The turns of every variant count, shown or not. Newest conversation first, and
+        within one its title, then its latest turns shown first, then the other variants'.
         LIKE with escaping, so no new table: the schema stays as it is. SQLite's LIKE folds
         only ASCII case; a query with other letters is compared casefolded, through a
         Python function on this connection (slower, so only then). Nothing when the
@@ -656,11 +775,11 @@ class HistoryStore:
             return []
         fold = not query.isascii()
         column = "opt_fold({})" if fold else "{}"
-        with self._lock:
-            if self._db is None:
+        with self._using() as db:
+            if db is None:
                 return []
             if fold:
-                self._db.create_function("opt_fold", 1, lambda text: text.casefold(), deterministic=True)
+                db.create_function("opt_fold", 1, lambda text: text.casefold(), deterministic=True)
         where = " LIKE ? ESCAPE '\\'"
         matches = " UNION ALL ".join(
             f"SELECT c.id, c.title, c.updated, {position}, '{field}', {source} FROM {tables} "
@@ -674,13 +793,51 @@ class HistoryStore:
         # The turn's index (what load() returns) is counted only for the hits kept.
         rows = self._read(
             f"WITH m(id, title, updated, position, field, text) AS ({matches}) "
-            "SELECT id, title, position, field, text, CASE WHEN position IS NULL THEN NULL ELSE "
+            "SELECT id, title, updated, field, text, CASE WHEN position IS NULL THEN NULL ELSE "
             "(SELECT COUNT(*) FROM turns e WHERE e.conversation_id = m.id AND e.position < m.position) END "
             "FROM m ORDER BY updated DESC, id DESC, position IS NOT NULL, position DESC, field DESC LIMIT ?",
             (*[like_pattern(query.casefold() if fold else query)] * 3, limit),
         )
+        found = [
+            (order_key(updated, cid, index, field), cid, title, index, field, text, ())
+            for cid, title, updated, field, text, index in rows
+        ] + self._search_variants(query)
         hits = []
-        for cid, title, _, field, text, index in rows:
+        for _, cid, title, index, field, text, variant in sorted(found, key=lambda hit: hit[0])[:limit]:
             shown, span = snippet(text, query)
-            hits.append(SearchHit(int(cid), str(title), None if index is None else int(index), field, shown, span))
+            hits.append(
+                SearchHit(int(cid), str(title), None if index is None else int(index), field, shown, span, variant)
+            )
         return hits
+
+    def _search_variants(self, query: str) -> list[tuple[Any, ...]]:
+        """Matches in the variants not shown, as search's rows (after the conversation's turns shown).
+
+        Their text is JSON (nested alternatives JSON inside it), which LIKE cannot read
+        through escapes, so each is parsed and compared casefolded; a damaged one is skipped.
+        """
+        wanted = query.casefold()
+        rows = self._read(
+            "SELECT a.conversation_id, c.title, c.updated, a.position, a.created, a.branch "
+            "FROM alternatives a JOIN conversations c ON c.id = a.conversation_id"
+        )
+        found: list[tuple[Any, ...]] = []
+
+        def walk(cid: int, title: str, updated: float, position: int, branch: str, path: Variant) -> None:
+            try:
+                parsed = json.loads(branch)
+                turns = [(str(t["user"]), str(t["assistant"])) for t in parsed["turns"]]
+                nested = [(int(n["position"]), float(n["created"]), str(n["branch"])) for n in parsed["alternatives"]]
+            except (ValueError, KeyError, TypeError):
+                return
+            for offset, (user, assistant) in enumerate(turns):
+                for field, text in (("user", user), ("assistant", assistant)):
+                    if wanted in text.casefold():
+                        key = (*order_key(updated, cid, position + offset, field, variant=True), path)
+                        found.append((key, cid, title, position + offset, field, text, path))
+            for at, created, inner in nested:
+                walk(cid, title, updated, at, inner, (*path, (at, created)))
+
+        for cid, title, updated, position, created, branch in rows:
+            walk(int(cid), str(title), float(updated), int(position), str(branch), ((int(position), float(created)),))
+        return found

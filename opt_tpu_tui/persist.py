@@ -4,8 +4,8 @@ The reply is saved a few times a second as it streams, so a kill loses at most t
 last ``interval`` seconds. Whatever goes wrong with the history, the screen, the
 session's turns and the file end in agreement:
 
-- the history is held by another opt-tpu-tui (``HistoryUnavailable``, a UserError): the
-  reply runs unsaved, and the caller is told so in one line;
+- the history is held by another opt-tpu-tui, or is found damaged (``HistoryUnavailable``,
+  a UserError): the reply runs (or goes on) unsaved, and the caller is told so in one line;
 - a save fails (a full disk): the reply stops there and its text goes back to what was
   last saved, marked stopped, which is how the incomplete turn on disk reopens;
 - the message itself cannot be saved: no reply runs, and the turn is taken back.
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from opt_tpu_tui.chat import Conversation, Reply
 from opt_tpu_tui.errors import UserError
-from opt_tpu_tui.history import HistoryStore
+from opt_tpu_tui.history import ConversationGone, HistoryStore
 
 SAVE_INTERVAL = 0.5  # seconds between saves of a streaming reply
 
@@ -31,6 +31,13 @@ class Outcome:
 
     error: str | None = None
     unsaved: str | None = None
+    notice: str | None = None  # what else the user should know (the conversation was saved anew)
+
+
+GONE = (
+    "This conversation was deleted in another opt-tpu-tui: what is on screen is saved again as a new "
+    "conversation, with this message (ctrl+n starts an empty one)"
+)
 
 
 def run_and_save(
@@ -45,7 +52,7 @@ def run_and_save(
     turn = reply.turn
     outcome = Outcome()
     try:
-        turn_id = _open_turn(store, conversation, reply)
+        turn_id = _open_turn(store, conversation, reply, outcome)
     except UserError as error:  # the history is busy or unwritable: reply, but say it is not kept
         turn_id, outcome.unsaved = None, str(error)
     except (sqlite3.Error, OSError) as error:
@@ -57,11 +64,14 @@ def run_and_save(
 
     def save(**end: bool) -> bool:
         """Save the reply so far; on failure take it back to what was saved, and say so."""
-        nonlocal saved
+        nonlocal saved, turn_id
         if turn_id is None:
             return True
         try:
             store.save_reply(turn_id, turn.assistant, **end)
+        except UserError as error:  # the history was found damaged: the reply goes on unsaved, and says so
+            turn_id, outcome.unsaved = None, str(error)
+            return True
         except (sqlite3.Error, OSError) as error:
             turn.assistant, turn.stopped = saved, True
             outcome.error = f"could not save the reply, so it ends at what was saved before: {error}"
@@ -85,13 +95,20 @@ def run_and_save(
     return outcome
 
 
-def _open_turn(store: HistoryStore, conversation: Conversation, reply: Reply) -> int:
+def _open_turn(store: HistoryStore, conversation: Conversation, reply: Reply, outcome: Outcome) -> int:
     """The id of the turn the reply is saved into, at the turn's place in the conversation.
 
     A regenerated reply or an edited message takes the place of turns already saved:
-    the history keeps those as an alternative (HistoryStore.start_turn).
+    the history keeps those as an alternative (HistoryStore.start_turn). A conversation
+    another instance deleted is saved again, as a new one, from the turns this one holds.
     """
     if conversation.id is None:
         conversation.id = store.create_conversation(reply.turn.user, conversation.overrides)
     position = next(i for i, turn in enumerate(conversation.turns) if turn is reply.turn)
-    return store.start_turn(conversation.id, position, reply.turn.user)
+    try:
+        return store.start_turn(conversation.id, position, reply.turn.user)
+    except ConversationGone:
+        first = conversation.turns[0].user
+        conversation.id = store.create_conversation(first, conversation.overrides, conversation.turns[:position])
+        outcome.notice = GONE
+        return store.start_turn(conversation.id, position, reply.turn.user)

@@ -81,3 +81,16 @@ async def test_the_app_copies_the_reply_and_its_code_and_exports(tiny_model: Pat
         path = paths.data_dir() / "exports" / f"conversation-{app.screen.conversation.id}.md"
         await wait_until(pilot, path.exists)
         assert "show me code" in path.read_text() and "print('hi')" in path.read_text()
+
+
+def test_export_from_a_history_found_damaged_is_one_line_and_the_file_is_kept(capsys: pytest.CaptureFixture[str]) -> None:
+    for n in range(2):
+        saved([(f"question {n}.{i} " + "x" * 300, "answer " + "y" * 300) for i in range(20)])
+    path = paths.history_file()
+    data = bytearray(path.read_bytes())
+    data[4096::97] = b"\xab" * len(data[4096::97])  # damaged pages behind an intact header
+    path.write_bytes(data)
+    assert cli.main(["export", "--last"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "damaged" in err and "Traceback" not in err
+    assert path.read_bytes() == data  # kept as it is; the next start sets it aside

@@ -544,3 +544,88 @@ def test_unknown_settings_keys_from_a_newer_version_are_skipped_quietly(tmp_path
     assert Overrides.from_json('{"sampling": {"min_p": 0.1, "top_p": 0.5}, "style": 1}') == (
         Overrides({"top_p": 0.5}), None
     )  # fmt: skip
+
+
+def damage_pages(path: Path) -> None:
+    """Overwrite bytes all through the file past its first page: the header is intact, so open() accepts it."""
+    data = bytearray(path.read_bytes())
+    data[4096::97] = b"\xab" * len(data[4096::97])
+    path.write_bytes(data)
+
+
+def two_conversations(path: Path) -> None:
+    store, _ = HistoryStore.open(path)
+    for n in range(2):
+        saved(store, f"chat {n}", *[(f"question {n}.{i} " + "x" * 300, "answer " + "y" * 300) for i in range(20)])
+    store.close()
+
+
+@pytest.mark.parametrize(
+    "use",
+    [
+        lambda store: store.list_conversations(),
+        lambda store: store.search("question"),
+        lambda store: store.load(1),
+        lambda store: store.variants(1),
+        lambda store: store.add_turn(1, "more"),
+    ],
+    ids=["list", "search", "load", "variants", "write"],
+)
+def test_damage_met_while_running_is_one_line_then_unavailable_and_the_next_start_sets_it_aside(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, use: Callable[[HistoryStore], Any]
+) -> None:
+    path = tmp_path / "h.sqlite3"
+    two_conversations(path)
+    damage_pages(path)
+    damaged = path.read_bytes()
+    store, warning = HistoryStore.open(path)
+    assert warning is None and store.writable  # the header is intact: open() cannot tell
+    with pytest.raises(HistoryUnavailable) as raised:
+        for _ in range(3):  # a read may get through before SQLite meets a damaged page
+            use(store)
+            store.list_conversations()
+            store.search("answer")
+    said = str(raised.value)
+    assert len(said.splitlines()) == 1 and str(path) in said and "damaged" in said and "next start" in said
+    assert "h.sqlite3.corrupt-" in said
+    assert not store.writable and store.problem == said
+    assert store.list_conversations() == [] and store.search("question") == []  # unavailable from now on
+    with pytest.raises(HistoryUnavailable):
+        store.create_conversation("x")
+    store.close()
+    assert path.read_bytes() == damaged and not list(tmp_path.glob("*corrupt*"))  # not touched this run
+    monkeypatch.setattr(history, "quick_check", lambda db: None)  # damage the check might miss is set aside all the same
+    fresh, warning = HistoryStore.open(path)
+    assert warning is not None and "moved it to h.sqlite3.corrupt-" in warning and "damaged" in warning
+    (aside,) = tmp_path.glob("h.sqlite3.corrupt-*")
+    assert aside.read_bytes() == damaged
+    assert fresh.list_conversations() == [] and fresh.create_conversation("fresh")
+    fresh.close()
+    again, warning = HistoryStore.open(path)  # the fresh file is not set aside in its turn
+    assert warning is None and [c.title for c in again.list_conversations()] == ["fresh"]
+    again.close()
+
+
+def test_search_finds_text_in_variants_not_shown_and_show_variant_brings_it_back(tmp_path: Path) -> None:
+    store, _ = HistoryStore.open(tmp_path / "h.sqlite3")
+    cid = store.create_conversation("a")
+    chat(store, cid, 0, "a", "A1")
+    chat(store, cid, 1, "b", "B1 with a kiwi")
+    chat(store, cid, 2, "c", "C1 ÉLAN")
+    chat(store, cid, 2, "c", "C2")  # regenerated: C1 is a variant inside what the edit sets aside
+    chat(store, cid, 1, "b edited", "B2")  # edited: b, B1 and c (with C1 and C2) set aside
+    assert shown(store, cid) == [("a", "A1"), ("b edited", "B2")]
+    (kiwi,) = store.search("KIWI")
+    assert (kiwi.conversation_id, kiwi.turn, kiwi.field) == (cid, 1, "assistant") and kiwi.variant
+    assert kiwi.snippet[kiwi.match[0] : kiwi.match[1]] == "kiwi"
+    (elan,) = store.search("élan")  # in a variant nested inside another, beyond ASCII too
+    assert (elan.turn, elan.field, len(elan.variant)) == (2, "assistant", 2)
+    assert [hit.variant == () for hit in store.search("b")] == [True, True, False, False]  # the turns shown first
+    store.show_variant(cid, elan.variant)
+    assert shown(store, cid) == [("a", "A1"), ("b", "B1 with a kiwi"), ("c", "C1 ÉLAN")]
+    assert store.variants(cid) == {1: (1, 2), 2: (1, 2)}
+    assert not store.search("kiwi")[0].variant and store.search("B2")[0].variant  # now the other way round
+    with pytest.raises(UserError, match="not there"):
+        store.show_variant(cid, elan.variant)  # shown already: nothing changes
+    assert shown(store, cid)[2] == ("c", "C1 ÉLAN")
+    store.close()

@@ -886,3 +886,106 @@ async def test_search_typed_ahead_with_enter_opens_the_first_match(tokenizer: To
         await wait_until(pilot, lambda: isinstance(app.screen, MainScreen) and app.screen.conversation.id == new)
         reply = replies(app)[-1]
         assert reply.text == "a needle_42 here too" and reply.has_class("-found")  # the match was in the reply
+
+
+def damaged_history() -> Path:
+    """The default history with two conversations, its pages past the first overwritten (the header intact)."""
+    path = paths.history_file()
+    store, _ = HistoryStore.open(path)
+    for n in range(2):
+        cid = store.create_conversation(f"chat {n}")
+        for i in range(20):
+            store.save_reply(store.add_turn(cid, f"question {n}.{i} " + "x" * 300), "answer " + "y" * 300, complete=True)
+    store.close()
+    data = bytearray(path.read_bytes())
+    data[4096::97] = b"\xab" * len(data[4096::97])
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("first", ["ctrl+o", "ctrl+f", "send"])
+async def test_a_history_found_damaged_while_running_is_one_warning_and_the_chat_goes_on(
+    tokenizer: Tokenizer, first: str
+) -> None:
+    path = damaged_history()
+    damaged = path.read_bytes()
+    app, _ = make_app(tokenizer, settings=GREEDY)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        if first == "send":
+            await send(pilot, "hello")
+        else:
+            await pilot.press(first)
+            await pilot.pause()
+            if first == "ctrl+f":
+                await pilot.press(*"question")
+                await wait_until(pilot, lambda: app.screen.searched == "question")
+                assert "damaged" in str(app.screen.query_one("#search-results").get_option_at_index(0).prompt)
+            await pilot.press("escape")
+            await pilot.pause()
+        said = [n.message for n in app._notifications if "damaged" in n.message]
+        assert said and all(len(line.splitlines()) == 1 for line in said)
+        assert str(path) in said[0] and "next start" in said[0] and "h.sqlite3.corrupt-" not in said[0]
+        assert not app.store.writable and isinstance(app.screen, MainScreen)
+        if first != "send":
+            await send(pilot, "hello")  # not refused: the reply runs, unsaved, and says so
+        assert [m.render().plain for m in app.screen.query(UserMessage)] == ["hello"]
+        assert replies(app)[-1].text == REPLY
+        assert any(n.message.startswith("Not saved:") for n in app._notifications)
+        for key in ("ctrl+o", "ctrl+f"):  # unavailable now: each says why, in one line
+            await pilot.press(key)
+            await pilot.pause()
+            assert isinstance(app.screen, MainScreen)
+    app.store.close()
+    assert path.read_bytes() == damaged and not list(path.parent.glob("*corrupt*"))
+    store, warning = HistoryStore.open(path)  # the next start sets it aside and starts afresh
+    assert warning is not None and "moved it to history.sqlite3.corrupt-" in warning
+    (aside,) = path.parent.glob("history.sqlite3.corrupt-*")
+    assert aside.read_bytes() == damaged and store.writable and store.list_conversations() == []
+    store.close()
+
+
+async def test_a_conversation_deleted_in_another_instance_is_saved_again_with_the_new_message(
+    tokenizer: Tokenizer,
+) -> None:
+    app, _ = make_app(tokenizer, settings=GREEDY)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        await send(pilot, "first")
+        deleted = app.screen.conversation.id
+        other, _ = HistoryStore.open()  # another instance on the same data dir: ctrl+o, d, d
+        other.delete_conversation(deleted)
+        other.close()
+        await send(pilot, "second")
+        assert [m.render().plain for m in app.screen.query(UserMessage)] == ["first", "second"]
+        assert [r.text for r in replies(app)] == [REPLY, REPLY]
+        said = [n.message for n in app._notifications]
+        assert any("deleted in another opt-tpu-tui" in line and "new conversation" in line for line in said)
+        assert not any("FOREIGN KEY" in line for line in said)
+        (summary,) = app.store.list_conversations()
+        assert summary.id == app.screen.conversation.id and summary.title == "first"  # (SQLite may reuse the id)
+        assert [(t.user, t.assistant) for t in app.store.load(summary.id)] == [("first", REPLY), ("second", REPLY)]
+
+
+async def test_search_finds_an_edited_away_message_and_opens_its_variant(tokenizer: Tokenizer) -> None:
+    store, _ = HistoryStore.open()
+    cid = store.create_conversation("plans")
+    chats = [(0, "plans", "ok"), (1, "visit the kiwi farm", "Sure."), (1, "visit the museum", "Fine.")]
+    for position, user, reply in chats:
+        store.save_reply(store.start_turn(cid, position, user), reply, complete=True)  # the last edits message 2
+    store.close()
+    app, _ = make_app(tokenizer, settings=GREEDY)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        await search_for(pilot, "kiwi")
+        search = app.screen
+        assert [(hit.conversation_id, hit.turn, hit.field) for hit in search.hits] == [(cid, 1, "user")]
+        assert "turn 2 · you · another variant" in shown(search.query_one("#search-results"))
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: isinstance(app.screen, MainScreen) and app.screen.conversation.id == cid)
+        await pilot.pause()
+        messages = [str(m.render()) for m in app.screen.query(UserMessage)]
+        assert messages == ["plans", "visit the kiwi farm"]  # the variant that holds the match is shown
+        assert app.screen.query(UserMessage)[1].has_class("-found")
+        assert [t.user for t in app.screen.conversation.turns] == messages
+        assert app.store.variants(cid) == {1: (1, 2)}  # the other one is kept, a variant in its turn

@@ -86,7 +86,11 @@ class ConversationsScreen(DrawnScreen, ModalScreen[Optional[int]]):  # evaluated
             self._ask(conversation)
             return
         self._ask(None)
-        self._delete(conversation.id)
+        try:
+            self._delete(conversation.id)
+        except UserError as error:  # the history is unavailable, or found damaged: nothing was deleted
+            self.notify(str(error), title="Not deleted", severity="error", timeout=10)
+            return
         self._refill([c for c in self.conversations if c.id != conversation.id])
         self.notify("Conversation deleted")
 

@@ -423,7 +423,10 @@ class MainScreen(DrawnScreen, Screen[None]):
             await streaming.view.finish(turn.assistant, stopped=turn.stopped, error=outcome.error)
             streaming.view.show_variant(self._variants().get(len(self.conversation.turns) - 1))
         elif self.conversation.id is not None:  # not saved, so not sent: the saved turns are the conversation
-            self.conversation.turns[:] = self.tui.store.load(self.conversation.id)
+            try:
+                self.conversation.turns[:] = self.tui.store.load(self.conversation.id)
+            except UserError as error:
+                self._history_failed(error)
             await self._show_turns()
             self.query_one(PromptInput).give_back(turn.user)
         else:  # the message was taken back: nothing of this turn stays on screen either
@@ -438,6 +441,8 @@ class MainScreen(DrawnScreen, Screen[None]):
             self.notify(outcome.error, title="Reply failed", severity="error", timeout=8)
         if outcome.unsaved:
             self.notify(f"Not saved: {outcome.unsaved}", severity="warning", timeout=8)
+        if outcome.notice:
+            self.notify(outcome.notice, severity="warning", timeout=12)
         if self._overrides_unsaved and self.conversation.id is not None:  # set while its first reply streamed
             self._save_overrides()
         gc.enable()
@@ -490,20 +495,41 @@ class MainScreen(DrawnScreen, Screen[None]):
         self.query_one(PromptInput).focus()
 
     def action_conversations(self) -> None:
-        if self._busy():
+        if self._busy() or self._no_history():
+            return
+        try:
+            conversations = self.tui.store.list_conversations()
+        except UserError as error:
+            self._history_failed(error)
             return
         self.app.push_screen(
-            ConversationsScreen(
-                self.tui.store.list_conversations(), self._delete_conversation, self.tui.store.rename_conversation
-            ),
+            ConversationsScreen(conversations, self._delete_conversation, self.tui.store.rename_conversation),
             self._open_conversation,
         )
+
+    def _no_history(self) -> bool:
+        """The history is unavailable (held elsewhere, or found damaged): say why rather than show nothing."""
+        store = self.tui.store
+        if store.writable:
+            return False
+        self.notify(store.problem, title="No history", severity="warning", timeout=10)
+        return True
+
+    def _history_failed(self, error: UserError) -> None:
+        """A read found the history damaged (it is unavailable from now on): the one line that says so."""
+        self.notify(str(error), title="History damaged", severity="error", timeout=20)
 
     # editing and variants
 
     def _variants(self) -> dict[int, tuple[int, int]]:
         """The open conversation's turns that have alternatives: (variant shown, how many)."""
-        return self.tui.store.variants(self.conversation.id) if self.conversation.id is not None else {}
+        if self.conversation.id is None:
+            return {}
+        try:
+            return self.tui.store.variants(self.conversation.id)
+        except UserError as error:
+            self._history_failed(error)
+            return {}
 
     def action_messages(self) -> None:
         if self._busy():
@@ -560,25 +586,39 @@ class MainScreen(DrawnScreen, Screen[None]):
             await self.open_conversation(conversation_id)
 
     def action_search(self) -> None:
-        if self._busy():
+        if self._busy() or self._no_history():
             return
         self.app.push_screen(SearchScreen(self.tui.store.search), self._open_match)
 
     async def _open_match(self, hit: SearchHit | None) -> None:
-        if hit is not None:
-            matched = hit.snippet[hit.match[0] : hit.match[1]]
-            await self.open_conversation(hit.conversation_id, at=hit.turn, reply=hit.field == "assistant", matched=matched)
+        if hit is None:
+            return
+        at = hit.turn
+        if hit.variant:  # the match is in a variant not shown: show it first, as ←/→ in ctrl+g would
+            try:
+                self.tui.store.show_variant(hit.conversation_id, hit.variant)
+            except UserError as error:  # gone meanwhile, or damaged: the conversation opens as it is
+                self.notify(str(error), title="Variant not shown", severity="warning", timeout=8)
+                at = None
+        matched = hit.snippet[hit.match[0] : hit.match[1]]
+        await self.open_conversation(hit.conversation_id, at=at, reply=hit.field == "assistant", matched=matched)
 
     async def open_conversation(
         self, conversation_id: int, at: int | None = None, *, reply: bool = False, matched: str = ""
     ) -> None:
         """Show a saved conversation: its last messages, or with ``at`` (a search's match) the turns around that one,
         that turn's message (or with ``reply`` its reply) marked and scrolled to the ``matched`` text."""
-        self._cancel_editing()
         store = self.tui.store
-        self.conversation.turns[:] = store.load(conversation_id)
+        try:
+            turns = store.load(conversation_id)
+            overrides, problem = store.conversation_settings(conversation_id)
+        except UserError as error:  # the open chat stays as it is
+            self._history_failed(error)
+            return
+        self._cancel_editing()
+        self.conversation.turns[:] = turns
         self.conversation.id = conversation_id
-        self.conversation.overrides, problem = store.conversation_settings(conversation_id)
+        self.conversation.overrides = overrides
         self._overrides_unsaved = False
         if problem:
             self.notify(problem, title="Warning", severity="warning", timeout=10)

@@ -23,6 +23,7 @@ from textual.timer import Timer
 from textual.widgets import Input, Label, OptionList
 from textual.widgets.option_list import Option
 
+from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.history import SearchHit
 from opt_tpu_tui.safe_text import terminal_safe
 from opt_tpu_tui.tui.compositor import DrawnScreen
@@ -36,6 +37,8 @@ MATCH = Style(bold=True, underline=True)  # not a colour: it shows with NO_COLOR
 def describe(hit: SearchHit) -> Text:
     """Two rows: the conversation and where in it, then the snippet with the match marked."""
     where = WHERE[hit.field] if hit.turn is None else f"turn {hit.turn + 1} · {WHERE[hit.field]}"
+    if hit.variant:
+        where += " · another variant"  # opening it shows that variant
     text = Text(no_wrap=True, overflow="ellipsis")
     text.append(f"{terminal_safe(hit.title)} · {where}\n", style="dim")
     text.append("  " + hit.snippet)  # the store made the snippet safe to print
@@ -77,17 +80,25 @@ class SearchScreen(DrawnScreen, ModalScreen[Optional[SearchHit]]):  # evaluated 
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="search")
     def _run(self, query: str) -> None:
-        hits = self._search(query)
+        try:
+            hits = self._search(query)
+        except UserError as error:  # the history was found damaged: said in the list, in one line
+            self.app.call_from_thread(self._show, query, [], str(error))
+            return
         self.app.call_from_thread(self._show, query, hits)
 
-    def _show(self, query: str, hits: list[SearchHit]) -> None:
-        """Show the results of ``query``, unless the user has typed on since (or closed the screen)."""
+    def _show(self, query: str, hits: list[SearchHit], problem: str | None = None) -> None:
+        """Show the results of ``query``, unless the user has typed on since (or closed the screen);
+        ``problem`` instead when the history could not be searched."""
         if self.app.screen is not self or query != self.query_one(Input).value:
             return
         self.hits, self.searched = hits, query
         results = self.query_one(OptionList)
         results.clear_options()
-        if hits:
+        if problem:
+            results.add_option(Option(Text(problem, no_wrap=True, overflow="ellipsis"), disabled=True))
+            self.notify(problem, title="History damaged", severity="error", timeout=20)
+        elif hits:
             results.add_options([Option(describe(hit)) for hit in hits])
             results.highlighted = 0
         elif query.strip():
@@ -108,7 +119,11 @@ class SearchScreen(DrawnScreen, ModalScreen[Optional[SearchHit]]):  # evaluated 
             if index is not None and self.hits:
                 self.dismiss(self.hits[index])
             return
-        hits = self._search(event.value)
+        try:
+            hits = self._search(event.value)
+        except UserError as error:
+            self._show(event.value, [], str(error))
+            return
         if hits:
             self.dismiss(hits[0])
         else:
