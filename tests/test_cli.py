@@ -289,7 +289,9 @@ def test_prompt_longer_than_the_context(capsys, tiny_model: Path) -> None:
     code, _, err = run_cli(capsys, "--model", str(tiny_model), "--context", "32", "-p", "word " * 100)
     assert_one_line_error(code, err, "but the context holds 32")
     code, _, err = run_cli(capsys, "--model", str(tiny_model), "--context", "4096", "-p", "Hi")
-    assert_one_line_error(code, err, "context 4096 is out of range: this model allows 1 to 128 tokens")
+    assert_one_line_error(code, err, "--context 4096 is out of range: this model allows 2 to 128 tokens")
+    code, _, err = run_cli(capsys, "--model", str(tiny_model), "--context", "0", "-p", "Hi")
+    assert_one_line_error(code, err, "--context 0 is out of range: a model allows 2 tokens at least")
 
 
 def test_out_of_range_sampling_flag(capsys, tiny_model: Path) -> None:

@@ -72,7 +72,7 @@ def open_model(model_dir: Path, kind: str = "auto", context: int | None = None) 
     model_dir = Path(model_dir)
     check_model_dir(model_dir)
     if context is not None and context < 2:
-        raise UserError(f"--context must be at least 2 tokens, got {context}")
+        raise UserError(f"--context {context} is out of range: a model allows 2 tokens at least")
     tokenizer = Tokenizer.from_dir(model_dir)
     backend = open_backend(model_dir, kind, context)
     if tokenizer.max_id >= backend.vocab_size:

@@ -147,8 +147,8 @@ class OPTModel:
         config = weights.config
         limit = config.max_position_embeddings
         context = limit if context is None else context
-        if not 1 <= context <= limit:
-            raise UserError(f"context {context} is out of range: this model allows 1 to {limit} tokens")
+        if not 2 <= context <= limit:  # a prompt's one token and a reply's, at least
+            raise UserError(f"--context {context} is out of range: this model allows 2 to {limit} tokens")
         self.config = config
         self.context = context
         self.layers = [PreparedLayer.from_weights(lw, config.head_dim) for lw in weights.layers]
