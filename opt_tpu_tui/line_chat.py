@@ -19,9 +19,12 @@ It lives apart from cli.py because reading a message is more than ``input()``:
 from __future__ import annotations
 
 import argparse
+import functools
+import os
 import select
 import signal
 import sys
+import textwrap
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,19 +51,31 @@ COMMANDS = {
 }
 
 
-def help_text(history: Path) -> str:
-    """What /help prints: the commands, then the keys (``history`` is where typed messages are kept)."""
+def help_text(history: Path, width: int = 80) -> str:
+    """What /help prints: the commands, then the keys (``history`` is where typed messages are kept),
+    wrapped at ``width`` columns (the terminal's), so no line breaks in mid-phrase on a narrow one."""
+    paragraphs = [
+        "Any other /word is refused; start a message with // to send it with one slash (//etc is /etc).",
+        "Keys: up/down recall earlier messages, of past sessions too, and ctrl+r searches them (on a "
+        f"terminal; they are kept in {history}).",
+        "A line ending in \\ continues on the next; several lines pasted at once are one message.",
+        "ctrl+c stops a reply; at the prompt it drops the line and asks before leaving (ctrl+c again "
+        "leaves); ctrl+d leaves.",
+    ]
+    fill = functools.partial(textwrap.fill, width=max(20, width - 1), break_on_hyphens=False, break_long_words=False)
     return "\n".join(
         ["Commands:"]
-        + [f"  {name:<7} {what}" for name, what in COMMANDS.items()]
-        + [
-            "Any other /word is refused; start a message with // to send it with one slash (//etc is /etc).",
-            "Keys: up/down recall earlier messages, of past sessions too, and ctrl+r searches them (on a",
-            f"terminal; they are kept in {history}). A line ending in \\ continues on the next; several lines",
-            "pasted at once are one message. ctrl+c stops a reply; at the prompt it drops the line and asks",
-            "before leaving (ctrl+c again leaves); ctrl+d leaves.",
-        ]
+        + [fill(what, initial_indent=f"  {name:<7} ", subsequent_indent=" " * 10) for name, what in COMMANDS.items()]
+        + [fill(paragraph) for paragraph in paragraphs]
     )
+
+
+def terminal_width(stream: TextIO) -> int:
+    """The columns of the terminal ``stream`` is (80 for a pipe or a file)."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (OSError, ValueError, AttributeError):
+        return 80
 
 
 class LineReader:
@@ -217,7 +232,7 @@ def run_chat(args: argparse.Namespace, backend: Backend, tokenizer: Tokenizer, s
         if command == "/quit":
             return 0
         if command == "/help":
-            print(help_text(paths.line_history_file()))
+            print(help_text(paths.line_history_file(), terminal_width(sys.stdin)))
             continue
         if command == "/new":
             session.turns.clear()

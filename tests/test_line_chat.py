@@ -84,6 +84,7 @@ def test_help_lists_the_commands_and_an_unknown_one_is_refused(app, tmp_path: Pa
     listing = chat.expect("you> ")
     for command in ("/new", "/regen", "/help", "/quit", "//"):
         assert command in listing
+    assert 80 < max(map(len, listing.splitlines())) < 120  # wrapped at the pty's 120 columns
     chat.send(b"/frobnicate now\r")
     chat.expect("unknown command /frobnicate")
     chat.expect("you> ")
@@ -164,3 +165,14 @@ def test_messages_typed_are_recalled_in_a_later_session_from_a_private_file(app,
     second.exchange(UP + b"\r")
     second.leave()
     assert sent(tmp_path) == ["two \nlines", "two \nlines"]  # one entry, though typed on two lines
+
+
+@pytest.mark.parametrize("width", [60, 80])
+def test_help_is_wrapped_at_the_terminal_width_between_words(width: int) -> None:
+    from opt_tpu_tui.line_chat import help_text
+
+    text = help_text(Path("/home/u/.local/share/opt-tpu-tui/line-history"), width)
+    lines = text.splitlines()
+    assert all(len(line) < width for line in lines if "line-history" not in line), lines
+    assert " ".join(text.split()).count("ctrl+c again leaves") == 1  # a phrase is never lost in the wrapping
+    assert all(not line.startswith(" them") for line in lines)
