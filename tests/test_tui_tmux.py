@@ -291,6 +291,25 @@ def test_a_burst_in_the_conversation_list_asks_before_deleting_the_one_moved_to(
     assert saved_user_messages() == ["newer chat"]
 
 
+def test_the_settings_pane_keeps_the_focus_visible_when_the_window_narrows(chat_model: Path) -> None:
+    """The pane beside the chat holds the focus; narrowed below 100 columns it covers the chat, so keys land in sight."""
+    write_settings()
+    with tmux.Tmux("narrow-focus") as term:
+        start_chat(term, chat_model, 120, 40)
+        term.keys("F2")
+        term.wait_for(lambda s: "Max new tokens" in s)
+        term.resize(60, 15)
+        term.wait_for_lines(lambda lines: len(lines) == 15 and READY not in "\n".join(lines))  # the chat is covered
+        term.keys("BSpace", "BSpace", "42")
+        term.wait_for(lambda s: re.search(r"Max new tokens +42\b", s) is not None)  # typed where it shows
+        term.keys("Enter")
+        term.wait_for(lambda s: "Settings saved" in s)
+        term.keys("Escape")  # closes the pane: the chat and its empty prompt are back
+        term.wait_for(lambda s: READY in s and PLACEHOLDER in s and "Max new tokens" not in s)
+        quit_app(term)
+    assert settings_file_sampling()["max_new_tokens"] == 42
+
+
 # c. hostile model output
 
 
