@@ -18,8 +18,11 @@ first key's binding has run (it runs once the key has bubbled back up), before a
 screen is mounted and focused, and before a ``focus()`` (a later callback) takes hold:
 ``ctrl+g`` up enter sent the prompt's draft while the messages list opened. So
 ``KeysInTurn`` holds each key (and paste) until the app has settled from the one before:
-every message queue in the app empty, the key's handlers, bindings and what they set off
-(a screen's mounting, a focus change, a list's highlight message) all done. Then the key
+the app and every widget waiting for its next message (none queued, none being handled),
+so the key's handlers, bindings and what they set off (a screen's mounting, a focus
+change, a list's highlight message) are all done. Textual keeps no count of that, so
+it is read from its queue's internals (``_queue.Queue``, the same in Textual 6 and 8);
+a key waits SETTLE_LIMIT at most, so a stuck widget delays keys but cannot eat them. Then the key
 goes where the focus now is, as Textual would have sent it.
 """
 
