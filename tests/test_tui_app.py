@@ -456,6 +456,24 @@ async def test_growing_past_the_breakpoint_opens_the_pane_and_keeps_the_prompt_f
         assert app.screen.query_one("#prompt").text == "ok"
 
 
+
+async def test_narrowing_keeps_the_settings_pane_that_holds_the_focus_over_the_chat(tokenizer: Tokenizer) -> None:
+    """Hidden, the pane would keep the focus and every key typed would go nowhere in sight."""
+    app, _ = make_app(tokenizer, settings=GREEDY)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(pilot)
+        await pilot.press("f2")
+        field = app.screen.query_one("#field-max_new_tokens", Input)
+        await wait_until(pilot, lambda: app.focused is field)
+        await pilot.resize_terminal(60, 15)
+        await wait_until(pilot, lambda: app.screen.narrow)
+        await pilot.pause()
+        assert app.screen.pane == "settings" and field.region.width > 0 and app.focused is field
+        await pilot.press("escape")  # closes the pane over the chat: back to the prompt
+        await wait_until(pilot, lambda: app.screen.pane == "hidden")
+        await pilot.press("o", "k")
+        assert app.screen.query_one("#prompt").text == "ok"
+
 async def test_model_load_error_is_shown_not_raised(tokenizer: Tokenizer) -> None:
     def broken():  # type: ignore[no-untyped-def]
         raise UserError("/models/x: config.json not found")

@@ -193,6 +193,123 @@ def test_a_conversations_own_setting_is_saved_with_it_and_comes_back(chat_model:
         quit_app(term)
 
 
+
+def start_chat(term: tmux.Tmux, model: Path, width: int, height: int) -> None:
+    """The chat over ``model`` in a ``width`` x ``height`` window, ready for keys."""
+    term.start(tui(model), width, height)
+    term.wait_for(lambda s: READY in s)
+
+
+def send_two(term: tmux.Tmux) -> None:
+    """Two messages typed and sent one by one (the messages list then has something to go up to)."""
+    for text in ("first words", "second words"):
+        term.keys(text, literal=True)
+        term.wait_for(lambda s, text=text: text in s)
+        term.keys("Enter")
+        sent(term, text)
+
+
+def settings_file_sampling() -> dict[str, object]:
+    return json.loads(paths.settings_file().read_text())["sampling"]
+
+
+def test_a_burst_that_opens_the_messages_list_goes_on_in_it(chat_model: Path) -> None:
+    """ctrl+g up enter in one burst: up and enter pick message 1 to edit; the draft in the prompt is not sent."""
+    write_settings()
+    with tmux.Tmux("burst-messages") as term:
+        start_chat(term, chat_model, 80, 24)
+        send_two(term)
+        term.keys("draft text", literal=True)
+        term.wait_for(lambda s: "draft text" in s)
+        term.keys("C-g", "Up", "Enter")
+        screen = term.wait_for(lambda s: "editing message 1" in s and "Messages ·" not in s)
+        assert "draft text" not in screen
+        term.keys("Escape")  # the edit left unsent: the draft comes back
+        term.wait_for(lambda s: "draft text" in s and "editing message" not in s)
+        quit_app(term)
+    assert saved_user_messages() == ["first words", "second words"]
+
+
+def test_a_burst_that_opens_search_types_into_the_search_box(chat_model: Path) -> None:
+    write_settings()
+    with tmux.Tmux("burst-search") as term:
+        start_chat(term, chat_model, 80, 24)
+        term.keys("C-f", "hello")
+        term.wait_for(lambda s: "Search chats" in s and "No conversation holds that." in s)
+        query = [line for line in term.lines() if "hello" in line]
+        assert len(query) == 1, term.screen()  # in the search box, not also in the prompt behind it
+        term.keys("Escape")
+        term.wait_for(lambda s: "Search chats" not in s and PLACEHOLDER in s)  # the prompt is still empty
+        quit_app(term)
+
+
+def test_a_burst_that_moves_to_the_next_settings_field_types_into_it(chat_model: Path) -> None:
+    write_settings()  # max_new_tokens 8, temperature 0
+    with tmux.Tmux("burst-tab") as term:
+        start_chat(term, chat_model, 120, 40)
+        term.keys("F2")
+        term.wait_for(lambda s: "Max new tokens" in s)
+        term.keys("Tab", "C-u", "2", "Enter")
+        term.wait_for(lambda s: "Settings saved" in s)
+        quit_app(term)
+    sampling = settings_file_sampling()
+    assert (sampling["max_new_tokens"], sampling["temperature"]) == (8, 2.0)
+
+
+def test_a_burst_that_opens_the_messages_list_from_the_settings_pane_leaves_the_settings_alone(
+    chat_model: Path,
+) -> None:
+    """At 80 columns the pane covers the chat; ctrl+g up enter edits message 1 and steps no hidden field."""
+    write_settings()
+    with tmux.Tmux("burst-settings-messages") as term:
+        start_chat(term, chat_model, 80, 24)
+        send_two(term)
+        term.keys("F2")
+        term.wait_for(lambda s: "Max new tokens" in s)
+        term.keys("C-g", "Up", "Enter")
+        screen = term.wait_for(lambda s: "editing message 1" in s and "Messages ·" not in s)
+        assert "Settings saved" not in screen
+        quit_app(term)
+    assert settings_file_sampling()["max_new_tokens"] == 8
+
+
+def test_a_burst_in_the_conversation_list_asks_before_deleting_the_one_moved_to(chat_model: Path) -> None:
+    write_settings()
+    store, _ = HistoryStore.open()
+    for title in ("older chat", "newer chat"):
+        store.save_reply(store.add_turn(store.create_conversation(title), title), "a reply", complete=True)
+    store.close()
+    with tmux.Tmux("burst-delete") as term:
+        start_chat(term, chat_model, 80, 24)
+        term.keys("C-o")
+        term.wait_for(lambda s: "Conversations ·" in s)
+        term.keys("Down", "d")
+        term.wait_for(lambda s: "Delete “older chat”? d again deletes it" in s)
+        term.keys("d")
+        term.wait_for(lambda s: "Conversation deleted" in s)
+        quit_app(term)
+    assert saved_user_messages() == ["newer chat"]
+
+
+def test_the_settings_pane_keeps_the_focus_visible_when_the_window_narrows(chat_model: Path) -> None:
+    """The pane beside the chat holds the focus; narrowed below 100 columns it covers the chat, so keys land in sight."""
+    write_settings()
+    with tmux.Tmux("narrow-focus") as term:
+        start_chat(term, chat_model, 120, 40)
+        term.keys("F2")
+        term.wait_for(lambda s: "Max new tokens" in s)
+        term.resize(60, 15)
+        term.wait_for_lines(lambda lines: len(lines) == 15 and READY not in "\n".join(lines))  # the chat is covered
+        term.keys("BSpace", "BSpace", "42")
+        term.wait_for(lambda s: re.search(r"Max new tokens +42\b", s) is not None)  # typed where it shows
+        term.keys("Enter")
+        term.wait_for(lambda s: "Settings saved" in s)
+        term.keys("Escape")  # closes the pane: the chat and its empty prompt are back
+        term.wait_for(lambda s: READY in s and PLACEHOLDER in s and "Max new tokens" not in s)
+        quit_app(term)
+    assert settings_file_sampling()["max_new_tokens"] == 42
+
+
 # c. hostile model output
 
 

@@ -33,12 +33,13 @@ from opt_tpu_tui.tui.screens.help import HelpScreen
 from opt_tpu_tui.tui.screens.main import MainScreen, Monitor
 from opt_tpu_tui.tui.streaming import ModelLoader
 from opt_tpu_tui.tui.themes import load_themes
+from opt_tpu_tui.tui.widgets.ordered_keys import KeysInTurn
 
 log = logging.getLogger("opt_tpu_tui.tui")
 NO_MODEL = "no model: start with opt-tpu-tui --model DIR (a Hugging Face OPT or converted bmodel directory)"
 
 
-class OptTuiApp(App[int]):
+class OptTuiApp(KeysInTurn, App[int]):  # keys and pastes in the order typed: ordered_keys.py
     TITLE = "opt-tpu-tui"
     BINDINGS = [
         Binding("f1", "help", "Help", id="app.help", show=False, tooltip="help: every key"),  # the status line shows "f1 help"

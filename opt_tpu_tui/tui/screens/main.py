@@ -177,8 +177,12 @@ class MainScreen(DrawnScreen, Screen[None]):
         self.call_later(self._fit_pane)
 
     def _fit_pane(self) -> None:
-        """On the first layout and when the width crosses WIDE: the saved pane opens only if it fits beside."""
-        if self.narrow != self._was_narrow:
+        """On the first layout and when the width crosses WIDE: the saved pane opens only if it fits beside.
+
+        A pane that holds the focus stays as it is, over the chat when narrow: hidden, it
+        would keep the focus and the keys typed would go nowhere the user can see.
+        """
+        if self.narrow != self._was_narrow and not self.query_one("#side").has_focus_within:
             self.pane = "hidden" if self.narrow else self.tui.settings.side_pane
         self._was_narrow = self.narrow
 
@@ -462,13 +466,17 @@ class MainScreen(DrawnScreen, Screen[None]):
     def action_stop(self) -> None:
         """Escape: close a pane that is in the way (back to the prompt); else stop the reply, or the edit."""
         if self._pane_in_the_way:
-            if self.narrow:
-                self.pane = "hidden"
-            self.query_one(PromptInput).focus()
+            self._focus_prompt()
         elif self._streaming is not None:
             self._streaming.cancel.set()
         else:
             self._cancel_editing()
+
+    def _focus_prompt(self) -> None:
+        """The prompt takes the focus, and a pane over it (narrow) closes: what is typed shows."""
+        if self.narrow:
+            self.pane = "hidden"
+        self.query_one(PromptInput).focus()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "stop" and self._streaming is None and self._editing is None and not self._pane_in_the_way:
@@ -492,7 +500,7 @@ class MainScreen(DrawnScreen, Screen[None]):
         status.first_token = status.speed = 0.0
         self._show_context()
         self._show_stats()
-        self.query_one(PromptInput).focus()
+        self._focus_prompt()
 
     def action_conversations(self) -> None:
         if self._busy() or self._no_history():
@@ -562,7 +570,7 @@ class MainScreen(DrawnScreen, Screen[None]):
         prompt.move_cursor(prompt.document.end)
         prompt.border_title = f"editing message {index + 1} · enter resends · esc cancels"
         prompt.add_class("-editing")
-        prompt.focus()
+        self._focus_prompt()
 
     def _cancel_editing(self) -> None:
         """Leave an edit unsent: the prompt gets back what it held before."""
@@ -625,7 +633,7 @@ class MainScreen(DrawnScreen, Screen[None]):
         self._show_overrides()
         await self._show_turns(at, reply, matched)
         self._show_context()
-        self.query_one(PromptInput).focus()
+        self._focus_prompt()
 
     async def _show_turns(self, at: int | None = None, reply: bool = False, matched: str = "") -> None:
         """Mount a window of the conversation's turns as widgets, the others counted above and below.
