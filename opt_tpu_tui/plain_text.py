@@ -93,6 +93,15 @@ def is_utf8(stream: TextIO) -> bool:
         return False
 
 
+def can_show(text: str, stream: TextIO) -> bool:
+    """Whether ``stream`` writes ``text`` as it is (no stand-ins): its charset has every character."""
+    try:
+        text.encode(getattr(stream, "encoding", None) or "ascii")
+    except (UnicodeEncodeError, LookupError):
+        return False
+    return True
+
+
 def plain_output(stream: TextIO, *, ascii_only: bool = False) -> bool:
     """Make ``stream`` write stand-ins for what its charset (or with ``ascii_only``, ASCII) cannot carry.
 

@@ -89,6 +89,7 @@ def test_the_ui_sends_only_ascii_when_the_terminal_needs_it(hostile_model: Path,
     assert b"\\u25" not in output  # no box drawing written as Python escapes
     text = re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", output).decode("ascii")
     assert "Send" in text and VISIBLE in text
+    assert "enter Send" in text and "? Send" not in text  # the footer names the key it cannot draw
 
 
 @needs_script

@@ -9,6 +9,7 @@ with a scripted backend.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from typing import Any
@@ -26,6 +27,7 @@ from opt_tpu_tui.demo import DEMO_NOTICE
 from opt_tpu_tui.devices import DeviceMonitor
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.history import HistoryStore
+from opt_tpu_tui.plain_text import can_show
 from opt_tpu_tui.tokenizer import Tokenizer
 from opt_tpu_tui.tui.driver import driver_for
 from opt_tpu_tui.tui.messages import ModelFailed, ModelLoaded
@@ -170,6 +172,12 @@ class OptTuiApp(KeysInTurn, App[int]):  # keys and pastes in the order typed: or
             self.update_settings(theme=theme.name)
 
     # actions
+
+    def get_key_display(self, binding: Binding) -> str:
+        """Textual's key glyph (⏎ for enter), or the key's name where the terminal cannot show it (its
+        stand-in would be a bare '?' in the footer: plain_text.py)."""
+        shown = super().get_key_display(binding)
+        return shown if can_show(shown, sys.__stderr__) else binding.key
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
