@@ -166,6 +166,8 @@ class MainScreen(DrawnScreen, Screen[None]):
         self.set_class(pane != "hidden", "-side-open")
         if pane != "hidden":
             self.query_one(ContentSwitcher).current = pane
+        if pane == "stats":
+            self._show_stats()  # what was sampled while it was hidden
 
     def on_resize(self) -> None:
         width, height = self.app.size
@@ -256,6 +258,10 @@ class MainScreen(DrawnScreen, Screen[None]):
         self.query_one(StatusLine).context_used = self._last.context_used
 
     def _show_stats(self) -> None:
+        """The stats pane's lines and speed graph, when it is open: an update of a hidden widget costs
+        Textual a re-read of the whole layout, each second. Opening the pane shows what it missed."""
+        if self.pane != "stats":
+            return
         app, last = self.tui, self._last
         backend = app.backend
         self.query_one(StatsPanel).show(

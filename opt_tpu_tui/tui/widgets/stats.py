@@ -87,6 +87,7 @@ class StatsPanel(Vertical):
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self._speeds: deque[float] = deque([0.0] * SPARK_POINTS, maxlen=SPARK_POINTS)
         self._shown: dict[str, str | None] = {name: None for name in NAMES}
+        self._speeds_drawn = True
         self.view = StatsView()
 
     def compose(self) -> ComposeResult:
@@ -98,8 +99,9 @@ class StatsPanel(Vertical):
         yield Sparkline(list(self._speeds), id="spark")
 
     def show(self, view: StatsView) -> None:
-        """Show ``view``, repainting only the lines whose text changed."""
+        """Show ``view``, repainting only the lines whose text changed (and the speeds taken while hidden)."""
         self.view = view
+        self._show_speeds()
         values = dict(rows(view))
         for name in NAMES:
             value = values.get(name)
@@ -112,6 +114,13 @@ class StatsPanel(Vertical):
                 line.update(Text.assemble((name.ljust(NAME_WIDTH), "bold"), terminal_safe(value), no_wrap=True, overflow="ellipsis"))
 
     def add_speed(self, tokens_per_second: float) -> None:
+        """Take a speed; it is drawn by the next :meth:`show` (none while the pane is hidden)."""
         self._speeds.append(tokens_per_second)
+        self._speeds_drawn = False
+
+    def _show_speeds(self) -> None:
+        if self._speeds_drawn:
+            return
+        self._speeds_drawn = True
         self.query_one(Sparkline).data = list(self._speeds)
         self.query_one("#spark-label", Label).update(f"tok/s (peak {max(self._speeds):.1f})")
