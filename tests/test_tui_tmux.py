@@ -291,6 +291,22 @@ def test_a_burst_in_the_conversation_list_asks_before_deleting_the_one_moved_to(
     assert saved_user_messages() == ["newer chat"]
 
 
+def test_an_escape_in_a_burst_is_a_key_of_its_own(chat_model: Path) -> None:
+    """Over SSH escape and the next keys can arrive in one read: Textual 8 took them for alt+key (or dropped
+    the escape before a control key), so escape ctrl+f hello left the list open and hello nowhere."""
+    write_settings()
+    with tmux.Tmux("burst-escape") as term:
+        start_chat(term, chat_model, 80, 24)
+        term.keys("C-o")
+        term.wait_for(lambda s: "Conversations ·" in s)
+        term.keys("Escape", "C-f", "hello")  # one send-keys: one read
+        term.wait_for(lambda s: "Search chats" in s and "hello" in s)
+        term.keys("Escape", "abc")
+        screen = term.wait_for(lambda s: "Search chats" not in s and "abc" in s)
+        assert PLACEHOLDER not in screen  # typed into the prompt
+        quit_app(term)
+
+
 def test_the_settings_pane_keeps_the_focus_visible_when_the_window_narrows(chat_model: Path) -> None:
     """The pane beside the chat holds the focus; narrowed below 100 columns it covers the chat, so keys land in sight."""
     write_settings()
