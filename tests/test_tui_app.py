@@ -967,10 +967,15 @@ async def test_a_history_found_damaged_while_running_is_one_warning_and_the_chat
         assert [m.render().plain for m in app.screen.query(UserMessage)] == ["hello"]
         assert replies(app)[-1].text == REPLY
         assert any(n.message.startswith("Not saved:") for n in app._notifications)
-        for key in ("ctrl+o", "ctrl+f"):  # unavailable now: each says why, in one line
-            await pilot.press(key)
+        for keys, shown_in in ((["ctrl+o", "r", *"newname", "enter"], "#conversations-list"),
+                               (["ctrl+f", *"zzzquery", "enter"], "#search-results")):  # fmt: skip
+            await pilot.press(*keys)  # a burst: the list opens all the same, saying why, and takes what follows
             await pilot.pause()
-            assert isinstance(app.screen, MainScreen)
+            assert not isinstance(app.screen, MainScreen)
+            assert "No history this run" in str(app.screen.query_one(shown_in).get_option_at_index(0).prompt)
+            await pilot.press("escape")
+            await wait_until(pilot, lambda: isinstance(app.screen, MainScreen))
+        assert [m.render().plain for m in app.screen.query(UserMessage)] == ["hello"]  # nothing typed was sent
     app.store.close()
     assert path.read_bytes() == damaged and not list(path.parent.glob("*corrupt*"))
     store, warning = HistoryStore.open(path)  # the next start sets it aside and starts afresh

@@ -44,10 +44,12 @@ class ConversationsScreen(DrawnScreen, ModalScreen[Optional[int]]):  # evaluated
     ]
 
     def __init__(
-        self, conversations: list[ConversationSummary], delete: Callable[[int], None], rename: Callable[[int, str], str]
-    ) -> None:
+        self, conversations: list[ConversationSummary], delete: Callable[[int], None], rename: Callable[[int, str], str],
+        problem: str | None = None,
+    ) -> None:  # fmt: skip
         super().__init__()
         self.conversations = conversations
+        self._problem = problem  # why there is no history to list, shown in its place
         self._delete = delete  # both supplied by the main screen
         self._rename = rename  # (id, title) -> the title as saved
         self._renaming: int | None = None
@@ -59,7 +61,13 @@ class ConversationsScreen(DrawnScreen, ModalScreen[Optional[int]]):  # evaluated
             yield OptionList(*self._options(), id="conversations-list")
             yield Input(id="conversations-rename", placeholder="new title · enter renames · escape keeps it")
 
+    def on_mount(self) -> None:
+        if self._problem:
+            self.notify(self._problem, title="No history", severity="warning", timeout=10)  # the whole line
+
     def _options(self) -> list[Option]:
+        if self._problem:
+            return [Option(Text(self._problem, no_wrap=True, overflow="ellipsis"), id="none", disabled=True)]
         if not self.conversations:
             return [Option("No saved conversations yet.", id="none", disabled=True)]
         return [Option(describe(c), id=str(c.id)) for c in self.conversations]

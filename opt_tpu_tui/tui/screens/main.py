@@ -509,25 +509,27 @@ class MainScreen(DrawnScreen, Screen[None]):
         self._focus_prompt()
 
     def action_conversations(self) -> None:
-        if self._busy() or self._no_history():
+        if self._busy():
             return
+        store = self.tui.store
         try:
-            conversations = self.tui.store.list_conversations()
-        except UserError as error:
+            conversations = store.list_conversations()
+        except UserError as error:  # found damaged now: the list says why too
             self._history_failed(error)
-            return
+            conversations = []
         self.app.push_screen(
-            ConversationsScreen(conversations, self._delete_conversation, self.tui.store.rename_conversation),
+            ConversationsScreen(conversations, self._delete_conversation, store.rename_conversation, self._no_history()),
             self._open_conversation,
         )
 
-    def _no_history(self) -> bool:
-        """The history is unavailable (held elsewhere, or found damaged): say why rather than show nothing."""
+    def _no_history(self) -> str | None:
+        """Why the history is unavailable (held elsewhere, found damaged), for a list to show in place of entries.
+
+        The list opens all the same: keys typed after ctrl+o or ctrl+f in one burst go to
+        it, not into the prompt, where enter would send them to the model.
+        """
         store = self.tui.store
-        if store.writable:
-            return False
-        self.notify(store.problem, title="No history", severity="warning", timeout=10)
-        return True
+        return None if store.writable else f"No history this run: {store.problem}"
 
     def _history_failed(self, error: UserError) -> None:
         """A read found the history damaged (it is unavailable from now on): the one line that says so."""
@@ -600,9 +602,9 @@ class MainScreen(DrawnScreen, Screen[None]):
             await self.open_conversation(conversation_id)
 
     def action_search(self) -> None:
-        if self._busy() or self._no_history():
+        if self._busy():
             return
-        self.app.push_screen(SearchScreen(self.tui.store.search), self._open_match)
+        self.app.push_screen(SearchScreen(self.tui.store.search, self._no_history()), self._open_match)
 
     async def _open_match(self, hit: SearchHit | None) -> None:
         if hit is None:

@@ -59,9 +59,11 @@ class SearchScreen(DrawnScreen, ModalScreen[Optional[SearchHit]]):  # evaluated 
         Binding("up", "move('up')", "Previous", show=False, id="search.previous"),
     ]
 
-    def __init__(self, search: Callable[[str], list[SearchHit]]) -> None:
+    def __init__(self, search: Callable[[str], list[SearchHit]], problem: str | None = None) -> None:
         super().__init__()
         self._search = search  # the store's search, supplied by the main screen
+        self._problem = problem  # why there is no history to search, shown in place of results
+        self._said: str | None = None  # the problem last told in a notice
         self.hits: list[SearchHit] = []
         self._timer: Timer | None = None
         self.searched = ""  # the query whose results are shown (tests wait on it)
@@ -72,6 +74,10 @@ class SearchScreen(DrawnScreen, ModalScreen[Optional[SearchHit]]):  # evaluated 
             yield Input(id="search-query", placeholder="words to find in titles, messages and replies", compact=True)
             yield OptionList(id="search-results")
 
+    def on_mount(self) -> None:
+        if self._problem:
+            self._show("", [], self._problem)
+
     def on_input_changed(self, event: Input.Changed) -> None:
         event.stop()
         if self._timer is not None:
@@ -81,11 +87,17 @@ class SearchScreen(DrawnScreen, ModalScreen[Optional[SearchHit]]):  # evaluated 
     @work(thread=True, exclusive=True, exit_on_error=False, group="search")
     def _run(self, query: str) -> None:
         try:
-            hits = self._search(query)
+            hits = self._find(query)
         except UserError as error:  # the history was found damaged: said in the list, in one line
             self.app.call_from_thread(self._show, query, [], str(error))
             return
         self.app.call_from_thread(self._show, query, hits)
+
+    def _find(self, query: str) -> list[SearchHit]:
+        """The store's search, or the reason there is none (the list shows it, typed-ahead keys land here)."""
+        if self._problem:
+            raise UserError(self._problem)
+        return self._search(query)
 
     def _show(self, query: str, hits: list[SearchHit], problem: str | None = None) -> None:
         """Show the results of ``query``, unless the user has typed on since (or closed the screen);
@@ -97,7 +109,9 @@ class SearchScreen(DrawnScreen, ModalScreen[Optional[SearchHit]]):  # evaluated 
         results.clear_options()
         if problem:
             results.add_option(Option(Text(problem, no_wrap=True, overflow="ellipsis"), disabled=True))
-            self.notify(problem, title="History damaged", severity="error", timeout=20)
+            if problem != self._said:
+                self.notify(problem, title="No history", severity="error", timeout=20)  # the whole line, once
+                self._said = problem
         elif hits:
             results.add_options([Option(describe(hit)) for hit in hits])
             results.highlighted = 0
@@ -120,7 +134,7 @@ class SearchScreen(DrawnScreen, ModalScreen[Optional[SearchHit]]):  # evaluated 
                 self.dismiss(self.hits[index])
             return
         try:
-            hits = self._search(event.value)
+            hits = self._find(event.value)
         except UserError as error:
             self._show(event.value, [], str(error))
             return
