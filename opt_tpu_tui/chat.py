@@ -139,8 +139,7 @@ class ChatSession:
         A conversation opened from the history (or whose turns changed under the session:
         an edit, another variant) has no last prompt here; its boundary is settled where its
         last message, sent with this ``reserve``, would have needed the fewest turns left
-        out, so the meter and the marker say what the next prompt holds, never more than
-        the context.
+        out, so the meter and the marker say what the next prompt holds.
         """
         turns = self.turns
         for index, turn in enumerate(turns):

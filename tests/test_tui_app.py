@@ -648,6 +648,20 @@ async def test_a_reopened_conversation_shows_its_context_use(tokenizer: Tokenize
         assert len(backend.prefills[-1]) == meter
 
 
+async def test_a_turn_that_filled_the_context_shows_it_full_not_past_it(tokenizer: Tokenizer) -> None:
+    """A message and its reply took the whole context (the reply stopped there): 128/128 full, not past it."""
+    app, backend = make_app(tokenizer, settings=GREEDY, script=script_ids(tokenizer, "and so on " * 100, eos=False))
+    backend.context_length = 128
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        await send(pilot, "France")
+        assert backend.length == 128  # the reply ran to the end of the context
+        status = app.screen.query_one(StatusLine)
+        assert status.context_used == 128 and status.drops_next
+        await send(pilot, "France")
+        assert backend.prefills[-1] == backend.prefills[0]  # the turn that filled the context was left out
+
+
 async def test_a_reopened_chat_that_outgrew_the_context_shows_what_the_next_prompt_keeps(tokenizer: Tokenizer) -> None:
     """Not the whole chat's tokens (that read 565/512 before): the turns the model still sees, and the marker."""
     store, _ = HistoryStore.open()

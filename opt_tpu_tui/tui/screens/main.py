@@ -287,9 +287,10 @@ class MainScreen(DrawnScreen, Screen[None]):
         if session is None:
             return
         sampling, session.preamble = self.effective_settings()
-        reserve = session.reserve(sampling)
-        status.context_used = used = session.next_prompt_tokens(reserve)
-        status.drops_next = used + reserve > session.backend.context_length
+        reserve, context = session.reserve(sampling), session.backend.context_length
+        used = session.next_prompt_tokens(reserve)
+        status.drops_next = used + reserve > context
+        status.context_used = min(used, context)  # past it (a turn that filled the context): full, 64/64
 
     def _update_state(self) -> None:
         """The status line's state and, matching it, why the prompt would refuse a message now."""
