@@ -6,6 +6,7 @@ import argparse
 import os
 import re
 import sys
+import textwrap
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -182,6 +183,22 @@ def stream_out(pieces: Iterable[str]) -> None:
         write_out(terminal_safe(piece))
 
 
+def terminal_width(stream: object) -> int | None:
+    """The columns of the terminal ``stream`` is; None for a pipe or a file."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns  # type: ignore[attr-defined]
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def for_terminal(text: str, width: int | None) -> str:
+    """``text`` wrapped between words at ``width`` columns (the terminal's own wrap breaks words); as it is
+    for a pipe or a file (None), where one line a message is easier to read back."""
+    if width is None:
+        return text
+    return textwrap.fill(text, width=max(20, width - 1), break_on_hyphens=False, break_long_words=False)
+
+
 def write_out(text: str) -> None:
     """Write and flush ``text`` to stdout; a failed write (a full disk, a closed pipe) ends the run cleanly.
 
@@ -347,11 +364,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.prompt is not None:  # after every check of the flags, before the model loads
             args.prompt = read_prompt(args.prompt)
         if demo and not args.quiet:
-            print(DEMO_NOTICE, file=sys.stderr)
+            print(for_terminal(DEMO_NOTICE, terminal_width(sys.stderr)), file=sys.stderr)
         with native_stdout_to(paths.native_output_log()):  # what the TPU runtime prints, out of the replies
             backend, tokenizer = open_model(model_dir, backend_kind, args.context)
         if emits_tokens(backend) and not args.quiet:
-            print(GREEDY_NOTICE, file=sys.stderr)
+            print(for_terminal(GREEDY_NOTICE, terminal_width(sys.stderr)), file=sys.stderr)
         try:
             if not demo:  # written only when it changed: several instances may share the file
                 remembered = replace(saved, last_model=str(model_dir.resolve()), backend=backend_kind)

@@ -19,12 +19,9 @@ It lives apart from cli.py because reading a message is more than ``input()``:
 from __future__ import annotations
 
 import argparse
-import functools
-import os
 import select
 import signal
 import sys
-import textwrap
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,7 +31,9 @@ from typing import TextIO
 from opt_tpu_tui import paths
 from opt_tpu_tui.backends import Backend
 from opt_tpu_tui.chat import ChatSession, Reply
-from opt_tpu_tui.cli import print_stats, stream_out, tolerate_bad_bytes, valid_text, write_out
+from opt_tpu_tui.cli import (
+    for_terminal, print_stats, stream_out, terminal_width, tolerate_bad_bytes, valid_text, write_out,
+)
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.line_history import LineHistory
 from opt_tpu_tui.native_output import native_stdout_to
@@ -51,9 +50,9 @@ COMMANDS = {
 }
 
 
-def help_text(history: Path, width: int = 80) -> str:
+def help_text(history: Path, width: int | None = 80) -> str:
     """What /help prints: the commands, then the keys (``history`` is where typed messages are kept),
-    wrapped at ``width`` columns (the terminal's), so no line breaks in mid-phrase on a narrow one."""
+    wrapped at ``width`` columns (the terminal's; 80 for a pipe), so no line breaks in mid-word."""
     paragraphs = [
         "Any other /word is refused; start a message with // to send it with one slash (//etc is /etc).",
         "Keys: up/down recall earlier messages, of past sessions too, and ctrl+r searches them (on a "
@@ -62,20 +61,9 @@ def help_text(history: Path, width: int = 80) -> str:
         "ctrl+c stops a reply; at the prompt it drops the line and asks before leaving (ctrl+c again "
         "leaves); ctrl+d leaves.",
     ]
-    fill = functools.partial(textwrap.fill, width=max(20, width - 1), break_on_hyphens=False, break_long_words=False)
-    return "\n".join(
-        ["Commands:"]
-        + [fill(what, initial_indent=f"  {name:<7} ", subsequent_indent=" " * 10) for name, what in COMMANDS.items()]
-        + [fill(paragraph) for paragraph in paragraphs]
-    )
-
-
-def terminal_width(stream: TextIO) -> int:
-    """The columns of the terminal ``stream`` is (80 for a pipe or a file)."""
-    try:
-        return os.get_terminal_size(stream.fileno()).columns
-    except (OSError, ValueError, AttributeError):
-        return 80
+    width = width or 80
+    commands = [f"  {name:<7} {what}" for name, what in COMMANDS.items()]  # short: no wrap needed
+    return "\n".join(["Commands:", *commands] + [for_terminal(paragraph, width) for paragraph in paragraphs])
 
 
 class LineReader:
@@ -210,8 +198,11 @@ def run_chat(args: argparse.Namespace, backend: Backend, tokenizer: Tokenizer, s
     tolerate_bad_bytes(sys.stdin)
     reader = LineReader(sys.stdin, LineHistory(paths.line_history_file()))
     print(
-        f"Chatting with {backend.model_name} on {backend.name} ({backend.context_length}-token context). "
-        "/help lists the commands; ctrl+c stops a reply, ctrl+d leaves."
+        for_terminal(
+            f"Chatting with {backend.model_name} on {backend.name} ({backend.context_length}-token context). "
+            "/help lists the commands; ctrl+c stops a reply, ctrl+d leaves.",
+            terminal_width(sys.stdin),
+        )
     )
     leaving = False  # ctrl+c was pressed at the prompt: another one leaves
     while True:

@@ -25,7 +25,7 @@ def app(tmp_path: Path):  # noqa: ANN201 - a function starting PtyChild
     """Start the app on a pty with its own settings and data folders; the sent messages go to ``sent``."""
     children: list[PtyChild] = []
 
-    def start(*args: str, slow: float | None = None) -> PtyChild:
+    def start(*args: str, slow: float | None = None, size: tuple[int, int] = (120, 30)) -> PtyChild:
         env = {
             **os.environ,
             "XDG_CONFIG_HOME": str(tmp_path / "config"),
@@ -39,7 +39,7 @@ def app(tmp_path: Path):  # noqa: ANN201 - a function starting PtyChild
         env.pop("LINE_CHILD_SLOW", None)
         if slow is not None:
             env["LINE_CHILD_SLOW"] = str(slow)
-        child = PtyChild([sys.executable, str(CHILD), *args], env)
+        child = PtyChild([sys.executable, str(CHILD), *args], env, size)
         children.append(child)
         return child
 
@@ -176,3 +176,15 @@ def test_help_is_wrapped_at_the_terminal_width_between_words(width: int) -> None
     assert all(len(line) < width for line in lines if "line-history" not in line), lines
     assert " ".join(text.split()).count("ctrl+c again leaves") == 1  # a phrase is never lost in the wrapping
     assert all(not line.startswith(" them") for line in lines)
+
+
+def test_the_opening_lines_are_wrapped_between_words_on_a_narrow_terminal(app) -> None:  # noqa: ANN001
+    """The terminal's own wrap broke them mid-word ("Pyt" / "hon docs") at 60 and 80 columns."""
+    chat = app("-c", *FAST, size=(60, 30))
+    opening = chat.expect("you> ")
+    lines = [line for line in opening.replace("\r", "").splitlines() if line.strip()]
+    assert all(len(line) < 60 for line in lines), lines
+    words = " ".join(opening.split())
+    assert "trained on the Python docs" in words and "/help lists the commands" in words
+    chat.send(b"/quit\r")
+    assert chat.exit_code() == 0
