@@ -2,8 +2,9 @@
 settings, last reply's speed, state, the help key.
 
 Fed by reactives: setting a value to what it already is repaints nothing, so the line
-costs bytes only when something on it changes. The figures keep their place at any
-width from 60 columns: the model's name is what gets shortened.
+costs bytes only when something on it changes. The context meter, state and help key
+keep their place at any width from 60 columns; the last reply's figures give way where
+they would leave the model's name under NAME_ROOM cells, and the name is shortened.
 """
 
 from __future__ import annotations
