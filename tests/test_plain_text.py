@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import subprocess
 import time
 import unicodedata
@@ -97,3 +98,20 @@ def test_the_ui_keeps_unicode_on_a_utf8_terminal(hostile_model: Path) -> None:
     """The stand-ins are a fallback: a UTF-8 terminal still gets the real glyphs (and the checks above can fail)."""
     output = run_ui(hostile_model, {})
     assert "␛".encode() in output and any(b >= 0x80 for b in output)
+
+
+def test_a_key_the_terminal_cannot_draw_is_shown_by_its_stand_in_or_its_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from textual.binding import Binding
+
+    from opt_tpu_tui.tui.app import OptTuiApp
+
+    monkeypatch.setattr(sys, "__stderr__", io.TextIOWrapper(io.BytesIO(), encoding="ascii"))
+    display = OptTuiApp.get_key_display
+    app = object.__new__(OptTuiApp)  # the method reads only the binding and the stream
+    assert display(app, Binding("up", "step(1)", key_display="↑↓")) == "^v"
+    assert display(app, Binding("enter", "submit")) == "enter"  # ⏎ has no stand-in but ?
+    assert display(app, Binding("ctrl+j", "newline")) == "^j"
+    monkeypatch.setattr(sys, "__stderr__", io.TextIOWrapper(io.BytesIO(), encoding="utf-8"))
+    assert display(app, Binding("enter", "submit")) == "⏎"

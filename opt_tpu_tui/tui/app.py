@@ -27,7 +27,7 @@ from opt_tpu_tui.demo import DEMO_NOTICE
 from opt_tpu_tui.devices import DeviceMonitor
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.history import HistoryStore
-from opt_tpu_tui.plain_text import can_show
+from opt_tpu_tui.plain_text import can_show, stand_in
 from opt_tpu_tui.tokenizer import Tokenizer
 from opt_tpu_tui.tui.driver import driver_for
 from opt_tpu_tui.tui.messages import ModelFailed, ModelLoaded
@@ -174,10 +174,13 @@ class OptTuiApp(KeysInTurn, App[int]):  # keys and pastes in the order typed: or
     # actions
 
     def get_key_display(self, binding: Binding) -> str:
-        """Textual's key glyph (⏎ for enter), or the key's name where the terminal cannot show it (its
-        stand-in would be a bare '?' in the footer: plain_text.py)."""
+        """Textual's key glyph (⏎ for enter); where the terminal cannot show it, its ASCII stand-in (↑↓ is ^v),
+        or the key's name where that would be a bare '?' (plain_text.py)."""
         shown = super().get_key_display(binding)
-        return shown if can_show(shown, sys.__stderr__) else binding.key
+        if can_show(shown, sys.__stderr__):
+            return shown
+        ascii_only = "".join(stand_in(char) for char in shown)
+        return binding.key if "?" in ascii_only else ascii_only
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
