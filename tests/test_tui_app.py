@@ -882,6 +882,26 @@ async def test_the_conversation_list_keeps_one_row_an_entry_and_its_whole_header
         assert "escape closes" in " ".join(" ".join(row.replace("│", " ").split()) for row in rows), rows
 
 
+async def test_lines_typed_or_pasted_while_a_reply_streams_stay_apart_and_are_told_once(tokenizer: Tokenizer) -> None:
+    """An unbracketed paste is keys with enters; while a reply streams the enters cannot send, and the
+    lines ran together ('...14L03 ...'), with a notice stacked for each."""
+    app, _ = make_app(tokenizer, settings=GREEDY, delay=0.05, script=script_ids(tokenizer, "and so on " * 20))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        prompt = app.screen.query_one(PromptInput)
+        prompt.insert("first")
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: app.screen.in_flight is not None)
+        await pilot.press(*"L01 a", "enter", *"L02 b", "enter", *"L03 c")
+        assert app.screen.in_flight is not None  # still streaming: nothing was sent
+        assert prompt.text == "L01 a\nL02 b\nL03 c"
+        assert sum("streaming" in n.message for n in app._notifications) == 1
+        await finish(pilot, 1)
+        await pilot.press("enter")
+        await finish(pilot, 2)
+        assert app.screen.conversation.turns[-1].user == "L01 a\nL02 b\nL03 c"
+
+
 def screen_rows(app: OptTuiApp) -> list[str]:
     """What the terminal shows, row by row (the compositor's whole frame)."""
     return [strip.text for strip in app.screen._compositor.render_strips()]

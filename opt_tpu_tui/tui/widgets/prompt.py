@@ -4,11 +4,13 @@ Many terminals send the same byte for Enter and Shift+Enter, so the newline key 
 ctrl+j (a line feed, which every terminal can type). Both are the box's own bindings,
 run in key order (ordered_keys.py), so a burst such as ``hello`` Enter sends exactly
 ``hello``. Sending empties the box in the same step, so keys typed right after Enter
-start the next message instead of being lost to a later clear.
+start the next message instead of being lost to a later clear. While a message cannot be
+sent (a reply streams), Enter breaks the line instead, so lines pasted then stay apart.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from textual.binding import Binding
@@ -16,6 +18,8 @@ from textual.message import Message
 from textual.widgets import TextArea
 
 from opt_tpu_tui.tui.widgets.ordered_keys import OrderedKeys
+
+REFUSAL_QUIET = 5.0  # seconds: a refusal is told once in this long, however many enters it meets
 
 
 class PromptInput(OrderedKeys, TextArea):
@@ -36,14 +40,21 @@ class PromptInput(OrderedKeys, TextArea):
             soft_wrap=True, show_line_numbers=False, tab_behavior="focus", compact=True, **kwargs)  # type: ignore[arg-type]
         self.cursor_blink = False  # a blinking cursor sends bytes twice a second over SSH for nothing
         self.refusal: str | None = None  # why a message cannot be sent now (a reply is streaming, ...)
+        self._told: tuple[str | None, float] = (None, 0.0)  # the refusal last told, and when
 
     def action_submit(self) -> None:
         if not self.text.strip():
             return
         if self.refusal:
-            self.notify(self.refusal, severity="warning")
+            # Not sent now, but the line break stays: lines typed, or pasted without brackets, while a
+            # reply streams are kept apart instead of run together. Told once, not once a line.
+            self.insert("\n")
+            told, at = self._told
+            if self.refusal != told or time.monotonic() - at > REFUSAL_QUIET:
+                self._told = (self.refusal, time.monotonic())
+                self.notify(self.refusal, severity="warning")
             return
-        text = self.text
+        text = self.text.rstrip("\n")  # the breaks of refused enters at its end
         self.clear()
         self.post_message(self.Submitted(text))
 
