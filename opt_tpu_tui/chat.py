@@ -147,14 +147,17 @@ class ChatSession:
                 return index
         if not turns:
             return 0
-        fits = (
-            first for first in range(len(turns) - 1)
-            if len(self.tokenizer.encode(transcript(self.preamble, turns[first:-1], turns[-1].user))) + reserve
-            <= self.backend.context_length
-        )  # fmt: skip
-        first = next(fits, len(turns) - 1)
-        self._first_kept = turns[first]
-        return first
+        def fits(first: int) -> bool:
+            ids = self.tokenizer.encode(transcript(self.preamble, turns[first:-1], turns[-1].user))
+            return len(ids) + reserve <= self.backend.context_length
+
+        # Fewer turns never take more tokens: a bisection, so a 300-turn chat opens in a few encodes.
+        low, high = 0, len(turns) - 1  # the last message alone is kept however long it is
+        while low < high:
+            middle = (low + high) // 2
+            low, high = (low, middle) if fits(middle) else (middle + 1, high)
+        self._first_kept = turns[low]
+        return low
 
     def reserve(self, settings: SamplingSettings) -> int:
         """The room a reply is given in the context: its token limit, at most half the context."""
