@@ -115,16 +115,16 @@ class ChatSession:
         """
         if not user.strip():
             raise UserError("the message is empty")
-        ids, dropped = self._fit(self.turns, user, reserve, self.first_kept(reserve))
+        ids, dropped = self._fit(user, reserve, self.first_kept(reserve))
         context = self.backend.context_length
         if len(ids) >= context:
             raise UserError(f"the message is {len(ids)} tokens with the preamble, but the context holds {context}")
         return ids, dropped
 
-    def _fit(self, history: list[Turn], user: str, reserve: int, first: int) -> tuple[list[int], int]:
-        """The prompt for ``user`` after ``history`` from turn ``first`` on, with more turns left out while
+    def _fit(self, user: str, reserve: int, first: int) -> tuple[list[int], int]:
+        """The prompt for ``user`` after the turns from ``first`` on, with more turns left out while
         it leaves less than ``reserve`` free (a quarter of the context more from the first drop on)."""
-        context = self.backend.context_length
+        context, history = self.backend.context_length, self.turns
         room = context
         for dropped in range(first, len(history) + 1):
             ids = self.tokenizer.encode(transcript(self.preamble, history[dropped:], user))
@@ -147,6 +147,7 @@ class ChatSession:
                 return index
         if not turns:
             return 0
+
         def fits(first: int) -> bool:
             ids = self.tokenizer.encode(transcript(self.preamble, turns[first:-1], turns[-1].user))
             return len(ids) + reserve <= self.backend.context_length
