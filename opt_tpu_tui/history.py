@@ -91,6 +91,9 @@ SNIPPET_BEFORE, SNIPPET_WIDTH = 20, 100  # characters of a snippet before its ma
 LIKE_ESCAPE = "\\"
 CORRUPT_MESSAGES = ("file is not a database", "malformed", "file is encrypted or is not a database")
 NOT_UTF8 = "could not decode to utf-8"  # Python's own error, no SQLite code: the app writes only UTF-8 text
+INSERT_FINISHED_TURN = (  # a turn whose reply is done: one put back from a variant, or copied into a new conversation
+    "INSERT INTO turns(conversation_id, position, user, assistant, stopped, complete, created) VALUES (?, ?, ?, ?, ?, 1, ?)"
+)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS conversations (
     id INTEGER PRIMARY KEY,
@@ -549,8 +552,7 @@ class HistoryStore:
             )
             conversation_id = int(cursor.lastrowid or 0)
             db.executemany(
-                "INSERT INTO turns(conversation_id, position, user, assistant, stopped, complete, created) "
-                "VALUES (?, ?, ?, ?, ?, 1, ?)",
+                INSERT_FINISHED_TURN,
                 [(conversation_id, n, t.user, t.assistant, int(t.stopped), now) for n, t in enumerate(turns)],
             )
             return conversation_id
@@ -668,12 +670,13 @@ class HistoryStore:
     @staticmethod
     def _restore(db: sqlite3.Connection, conversation_id: int, position: int, branch: dict[str, Any]) -> None:
         """Put an alternative's turns back from ``position`` on, and the alternatives among them."""
-        for offset, turn in enumerate(branch["turns"]):
-            db.execute(
-                "INSERT INTO turns(conversation_id, position, user, assistant, stopped, complete, created) "
-                "VALUES (?, ?, ?, ?, ?, 1, ?)",
-                (conversation_id, position + offset, turn["user"], turn["assistant"], int(turn["stopped"]), turn["created"]),
-            )
+        db.executemany(
+            INSERT_FINISHED_TURN,
+            [
+                (conversation_id, position + offset, turn["user"], turn["assistant"], int(turn["stopped"]), turn["created"])
+                for offset, turn in enumerate(branch["turns"])
+            ],
+        )
         for nested in branch["alternatives"]:
             db.execute(
                 "INSERT INTO alternatives(conversation_id, position, branch, created) VALUES (?, ?, ?, ?)",
