@@ -515,8 +515,7 @@ class MainScreen(DrawnScreen, Screen[None]):
         store = self.tui.store
         try:
             conversations = store.list_conversations()
-        except UserError as error:  # found damaged now: the list says why too
-            self._history_failed(error)
+        except UserError:  # found damaged now: the store is unavailable, and the list says why (and tells it once)
             conversations = []
         self.app.push_screen(
             ConversationsScreen(conversations, self._delete_conversation, store.rename_conversation, self._no_history()),
