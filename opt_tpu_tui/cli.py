@@ -20,7 +20,7 @@ from opt_tpu_tui.demo import DEMO_MODEL_DIR, DEMO_NOTICE, is_demo_model
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.export import run_export
 from opt_tpu_tui.generation import Generation, GenerationStats
-from opt_tpu_tui.native_output import native_stdout_to, park_native_stdout
+from opt_tpu_tui.native_output import native_stdout_to, park_native_stdout, terminal_size
 from opt_tpu_tui.plain_text import plain_output
 from opt_tpu_tui.safe_text import terminal_safe
 from opt_tpu_tui.sampling import LIMITS, SamplingSettings, number
@@ -186,9 +186,10 @@ def stream_out(pieces: Iterable[str]) -> None:
 def terminal_width(stream: object) -> int | None:
     """The columns of the terminal ``stream`` is; None for a pipe or a file."""
     try:
-        return os.get_terminal_size(stream.fileno()).columns  # type: ignore[attr-defined]
-    except (OSError, ValueError, AttributeError):
+        size = terminal_size((stream.fileno(),))  # type: ignore[attr-defined]
+    except (OSError, ValueError, AttributeError):  # no descriptor at all (a replaced stream)
         return None
+    return size[0] if size else None
 
 
 def for_terminal(text: str, width: int | None) -> str:

@@ -2,7 +2,8 @@
 
 The TPU runtime's libraries print to file descriptor 1: bmrt when it loads a model, the
 simulator on every launch. In the UI that text would land in the middle of the screen,
-and with ``-p`` in the middle of the reply (``opt-tpu-tui -p … > reply.txt``).
+and with ``-p`` in the middle of the reply (``opt-tpu-tui -p … > reply.txt``). So while
+descriptor 1 points elsewhere, the terminal's size is asked of the others (terminal_size).
 """
 
 from __future__ import annotations
@@ -87,3 +88,15 @@ def park_native_stdout(path: Path) -> None:
         )  # fmt: skip
     os.dup2(log, 1)
     os.close(log)
+
+
+def terminal_size(descriptors: tuple[int, ...]) -> tuple[int, int] | None:
+    """The size of the first of ``descriptors`` that is a terminal, as (columns, lines)."""
+    for fd in descriptors:
+        try:
+            size = os.get_terminal_size(fd)
+        except (OSError, ValueError):
+            continue
+        if size.columns > 0 and size.lines > 0:
+            return size.columns, size.lines
+    return None

@@ -17,13 +17,14 @@ are unaffected: they are known sequences, never an escape before a lone key.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterable
 
 from textual import events
 from textual._xterm_parser import XTermParser
 from textual.driver import Driver
+
+from opt_tpu_tui.native_output import terminal_size
 
 
 class EscapeKeepingParser(XTermParser):
@@ -33,18 +34,6 @@ class EscapeKeepingParser(XTermParser):
         if alt:  # Textual 8 only: the escape it took for alt
             yield events.Key("escape", "\x1b")
         yield from super()._sequence_to_key_events(sequence)
-
-
-def terminal_size(descriptors: tuple[int, ...]) -> tuple[int, int] | None:
-    """The size of the first of ``descriptors`` that is a terminal, as (columns, lines)."""
-    for fd in descriptors:
-        try:
-            size = os.get_terminal_size(fd)
-        except (OSError, ValueError):
-            continue
-        if size.columns > 0 and size.lines > 0:
-            return size.columns, size.lines
-    return None
 
 
 def driver_for(default: type[Driver]) -> type[Driver]:
