@@ -34,6 +34,7 @@ from opt_tpu_tui.tui.messages import ModelFailed, ModelLoaded
 from opt_tpu_tui.tui.screens.help import HelpScreen
 from opt_tpu_tui.tui.screens.main import MainScreen, Monitor
 from opt_tpu_tui.tui.streaming import ModelLoader
+from opt_tpu_tui.tui.terminal_copy import CopiedTerminal
 from opt_tpu_tui.tui.themes import load_themes
 from opt_tpu_tui.tui.widgets.ordered_keys import KeysInTurn
 
@@ -41,7 +42,7 @@ log = logging.getLogger("opt_tpu_tui.tui")
 NO_MODEL = "no model: start with opt-tpu-tui --model DIR (a Hugging Face OPT or converted bmodel directory)"
 
 
-class OptTuiApp(KeysInTurn, App[int]):  # keys and pastes in the order typed: ordered_keys.py
+class OptTuiApp(CopiedTerminal, KeysInTurn, App[int]):  # writes what changed: terminal_copy.py; keys in order: ordered_keys.py
     TITLE = "opt-tpu-tui"
     BINDINGS = [
         Binding("f1", "help", "Help", id="app.help", show=False, tooltip="help: every key"),  # the status line shows "f1 help"
