@@ -78,7 +78,9 @@ class Line(Static):
     def write(self, text: str) -> None:
         if text != self.text:
             self.text = text
-            self.update(Text(text or " ", no_wrap=True))  # " ": an empty row keeps its height
+            # " ": an empty row keeps its height. No layout: the row's size never changes, and a
+            # layout of the whole screen on every batch of tokens was most of the UI's work
+            self.update(Text(text or " ", no_wrap=True), layout=False)
 
 
 class ReplyView(Static):
@@ -90,8 +92,9 @@ class ReplyView(Static):
     this one. Each batch of tokens rewrites the row being written and nothing else; when the
     rows run out, the written ones become one block and new empty rows are mounted, in
     one frame (the anchored transcript scrolls to them in the same layout). That is one
-    full repaint per two thirds of a screen of text, and the cost per token does not grow
-    with the reply. When the reply ends it is rendered once, as Markdown with how it ended,
+    full repaint per two thirds of a screen of text (which reaches the terminal as a
+    scroll of its own and the new rows: tui/terminal_copy.py), and the cost per token does
+    not grow with the reply. When the reply ends it is rendered once, as Markdown with how it ended,
     by this one widget (one widget a reply keeps each layout of a long chat cheap).
     """
 
@@ -151,13 +154,18 @@ class ReplyView(Static):
         return max(1, self._transcript.content_region.width - 3)
 
     async def _new_rows(self) -> None:
-        """The rows are full: merge them into a block and mount fresh room after it, in one frame."""
+        """The rows are full: their text becomes a block mounted before them, and they are emptied, in one frame.
+
+        The same rows serve again: mounting fresh ones (a third of the screen's widgets,
+        each styled and laid out) cost more than the rest of the move together.
+        """
         with self.app.batch_update():
             block = self._block([row.text for row in self._rows])
-            await self._mount_parts([block], after=self._rows[-1])
-            await self._remove_parts(self._rows)
+            await self._transcript.mount(block, before=self._rows[0])
+            for row in self._rows:
+                row.write("")
             self._blocks.append(block)
-            self._rows, self._filled = await self._room(after=block), 0
+            self._filled = 0
 
     def _block(self, lines: list[str]) -> Static:
         return Static(Text("\n".join(lines), no_wrap=True), classes="reply-part reply-block")

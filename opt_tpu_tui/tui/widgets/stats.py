@@ -109,9 +109,11 @@ class StatsPanel(Vertical):
                 continue
             self._shown[name] = value
             line = self.query_one(f"#{row_id(name)}", Static)
+            shown_before = line.display
             line.display = value is not None
             if value is not None:
-                line.update(Text.assemble((name.ljust(NAME_WIDTH), "bold"), terminal_safe(value), no_wrap=True, overflow="ellipsis"))
+                text = Text.assemble((name.ljust(NAME_WIDTH), "bold"), terminal_safe(value), no_wrap=True, overflow="ellipsis")
+                line.update(text, layout=not shown_before)  # a line's new value keeps its one row: no layout then
 
     def add_speed(self, tokens_per_second: float) -> None:
         """Take a speed; it is drawn by the next :meth:`show` (none while the pane is hidden)."""
