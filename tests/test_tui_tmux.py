@@ -14,6 +14,8 @@ import json
 import os
 import re
 import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from opt_tpu_tui.history import HistoryStore
 
 pytestmark = pytest.mark.skipif(not tmux.available(), reason="needs tmux and the installed opt-tpu-tui console script")
 
+SCRIPTED_APP = Path(__file__).parent / "scripted_app.py"
 READY = "· ready ·"
 PLACEHOLDER = "Message · enter sends"  # the empty prompt box
 FOOTER_WORDS = ("Send", "Stop", "Regen", "New", "Chats")
@@ -427,6 +430,38 @@ def test_a_notice_leaves_the_terminal_when_it_times_out(chat_model: Path) -> Non
     with tmux.Tmux("notice") as term:
         copy_a_reply(term, chat_model, 80, 24)
         term.wait_for(lambda s: "Copied the last" not in s and "clipboard.txt" not in s, timeout=6 + 4)
+        quit_app(term)
+
+
+def test_what_streaming_left_on_the_screen_is_what_a_full_repaint_draws() -> None:
+    """After a reply long enough to scroll the transcript many times, tmux shows what Textual draws afresh.
+
+    The app writes only what changed since its copy of the screen, and moves scrolled
+    rows with the terminal's scroll region (tui/terminal_copy.py). Were that copy ever
+    wrong, stale cells would stay on the screen. A resize makes Textual repaint every
+    cell as it means them: the screen, colours too, must be the same before and after.
+    The reply streams at a box's pace (a scripted backend, 300 tokens a second).
+    """
+    with tmux.Tmux("copy") as term:
+        term.start([sys.executable, str(SCRIPTED_APP), "--tokens", "1200", "--rate", "300"], 64, 18)
+        term.wait_for_lines(laid_out(18))
+        term.keys("Tell me a long story", "Enter")
+
+        def coloured() -> str:
+            return term("capture-pane", "-p", "-e", "-t", term.target)
+
+        term.wait_for(lambda s: READY not in s)
+        term.wait_for(lambda s: READY in s, timeout=60)  # the reply has ended (the prompt scrolled away long ago)
+        streamed = ""
+        while streamed != (streamed := coloured()):  # and its last frame is drawn
+            time.sleep(0.5)
+        term.resize(72, 18)
+        time.sleep(1)
+        term.resize(64, 18)
+        deadline = time.monotonic() + 10
+        while (repainted := coloured()) != streamed and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert repainted.split("\n") == streamed.split("\n"), "the streamed screen differs from a full repaint of it"
         quit_app(term)
 
 
