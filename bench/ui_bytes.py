@@ -1,17 +1,22 @@
 """Terminal bytes the app writes while it streams and while it sits idle (what an SSH link carries).
 
-The real app (OptTuiApp over a scripted backend from tests/) runs in a child process on
-a pseudo-terminal, TERM=xterm-256color, COLORTERM unset; this process counts every
+The real app (OptTuiApp over a scripted backend: tests/scripted_app.py) runs in a child
+process on a pseudo-terminal, TERM=xterm-256color, COLORTERM unset; this process counts every
 byte it reads from the pty master. The child reports each token the backend produces
 on a pipe (timestamps on the shared monotonic clock), so bytes can be put against
 tokens without looking inside the app. Keys reach the app as a user's would, through
 the pty.
 
 For each rate and size it prints bytes per token over the first and the last 200
-tokens and their ratio (the view must not get dearer as the reply grows), bytes/s over
-the stream, and idle bytes/s over IDLE_WINDOW seconds from IDLE_AFTER seconds after the
-reply's last token, first with no side pane (the run streams with it hidden), then after
-F3 shows the stats pane.
+tokens and their ratio (the view must not get dearer as the reply grows), bytes/s and
+the app's CPU share of one core over the stream, and idle bytes/s over IDLE_WINDOW
+seconds from IDLE_AFTER seconds after the reply's last token, first with no side pane
+(the run streams with it hidden), then after F3 shows the stats pane. Each is run twice:
+the app, and as reference the same app writing every update as Textual makes it,
+without the copy of the screen that lets the app write only what changed and scroll
+in the terminal (tui/terminal_copy.py).
+
+pyte (a dev dependency) reads the screen to know when the app is ready.
 
     python bench/ui_bytes.py [--tokens 2000] [--rates 20,200] [--sizes 80x24,120x40]
 """
@@ -32,69 +37,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyte
+
 ROOT = Path(__file__).resolve().parents[1]
+SCRIPTED_APP = ROOT / "tests" / "scripted_app.py"
 IDLE_AFTER = 2.0  # seconds after the last token before idle is measured (the final render is done by then)
 IDLE_WINDOW = 3.0
 WINDOW = 200  # tokens in the first/last window
 F3 = b"\x1bOR"  # xterm's F3
 CTRL_Q = b"\x11"
 GOALS = {"bytes_per_token_80x24": 200, "last_over_first": 1.15, "idle_no_pane": 0.0}
-
-
-# the child: the app on the pty
-
-
-def child(tokens: int, rate: float, progress_fd: int) -> None:
-    """Run the app; the backend writes "<token number> <monotonic time>" to ``progress_fd`` per token."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from scripted import ScriptedBackend
-    from tiny import train_tokenizer
-    from tui_support import FixedMonitor, script_ids
-
-    from opt_tpu_tui.config import Settings
-    from opt_tpu_tui.history import HistoryStore
-    from opt_tpu_tui.sampling import SamplingSettings
-    from opt_tpu_tui.tokenizer import Tokenizer
-    from opt_tpu_tui.tui.app import OptTuiApp
-
-    text = (
-        "The quick brown fox jumps over the lazy dog. Hello world, this is a small test of the tokenizer "
-        "and the model.\n\n"
-    )
-    tokenizer = Tokenizer.from_dir(train_tokenizer(Path(tempfile.mkdtemp()) / "tok"))
-    script: list[int] = []
-    while len(script) < tokens:
-        script += script_ids(tokenizer, text, eos=False)
-    script = script[:tokens] + [tokenizer.eos_id]
-    progress = os.fdopen(progress_fd, "w", buffering=1)
-
-    class Reporting(ScriptedBackend):
-        def prefill(self, ids: list[int]):  # type: ignore[no-untyped-def]
-            logits = super().prefill(ids)
-            progress.write(f"{self._step} {time.monotonic()}\n")
-            return logits
-
-        def decode(self, token: int):  # type: ignore[no-untyped-def]
-            logits = super().decode(token)
-            progress.write(f"{self._step} {time.monotonic()}\n")
-            return logits
-
-    backend = Reporting(script, tokenizer.vocab_size, context_length=4096, delay=1.0 / rate)
-    backend.model_name = "scripted-opt"
-    sampling = SamplingSettings(max_new_tokens=tokens + 10, temperature=0.0, repetition_penalty=1.0)
-    store, _ = HistoryStore.open()
-    app = OptTuiApp(
-        settings=Settings(sampling=sampling, side_pane="hidden"),
-        store=store,
-        loader=lambda: (backend, tokenizer),  # type: ignore[arg-type,return-value]
-        model_label="scripted-opt",
-        backend_label="scripted",
-        monitor_factory=FixedMonitor,
-    )
-    app.run()
-
-
-# the parent: the terminal
 
 
 @dataclass
@@ -104,7 +56,9 @@ class Run:
     process: subprocess.Popen[bytes]
     writes: list[tuple[float, int]] = field(default_factory=list)  # (monotonic time, bytes read)
     token_times: dict[int, float] = field(default_factory=dict)  # script step (1 = first token) -> time
-    tail: bytes = b""
+    screen: pyte.Screen = field(default_factory=lambda: pyte.Screen(80, 24))
+    unread: bytearray = field(default_factory=bytearray)  # output not yet fed to ``screen``
+    cpu: dict[int, float] = field(default_factory=dict)  # script step -> the app's CPU seconds (user + system) then
     _pending: bytes = b""
 
     def pump(self, seconds: float) -> None:
@@ -120,7 +74,7 @@ class Run:
                     data = b""
                 if data:
                     self.writes.append((now, len(data)))
-                    self.tail = (self.tail + data)[-8192:]
+                    self.unread += data
             if self.progress in ready:
                 data = os.read(self.progress, 65536)
                 self._pending += data
@@ -128,19 +82,34 @@ class Run:
                 for line in lines:
                     step, stamp = line.split()
                     self.token_times[int(step)] = float(stamp)
+                    self.cpu[int(step)] = cpu_seconds(self.process.pid)
 
     def until(self, condition, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
         deadline = time.monotonic() + timeout
         while not condition():
             if time.monotonic() > deadline:
-                raise SystemExit(f"timed out waiting for {what}; the terminal's last bytes: {self.tail[-400:]!r}")
+                raise SystemExit(f"timed out waiting for {what}; the screen showed:\n" + "\n".join(self.screen.display))
             self.pump(0.05)
+
+    def shows(self, text: str) -> bool:
+        """Whether the screen shows ``text`` (the app writes only the cells that change, so the
+        bytes need not hold it whole). Fed only when asked: never while the reply streams."""
+        stream = pyte.ByteStream(self.screen)
+        stream.feed(bytes(self.unread))
+        self.unread.clear()
+        return any(text in line for line in self.screen.display)
 
     def bytes_between(self, start: float, end: float) -> int:
         return sum(n for t, n in self.writes if start <= t < end)
 
 
-def measure(tokens: int, rate: float, cols: int, rows: int) -> dict[str, float]:
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process ``pid`` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(tokens: int, rate: float, cols: int, rows: int, textual_writes: bool = False) -> dict[str, float]:
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
     progress_read, progress_write = os.pipe()
@@ -149,18 +118,19 @@ def measure(tokens: int, rate: float, cols: int, rows: int) -> dict[str, float]:
     env.update(TERM="xterm-256color", XDG_CONFIG_HOME=str(home / "config"), XDG_DATA_HOME=str(home / "data"))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH", ""), str(ROOT)) if p)
     process = subprocess.Popen(
-        [sys.executable, __file__, "--child", str(tokens), str(rate), str(progress_write)],
+        [sys.executable, str(SCRIPTED_APP), "--tokens", str(tokens), "--rate", str(rate), "--progress", str(progress_write),
+         *(["--textual-writes"] if textual_writes else [])],
         stdin=slave, stdout=slave, stderr=slave, env=env, pass_fds=(progress_write,), start_new_session=True,
         preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
     )  # fmt: skip
     os.close(slave)
     os.close(progress_write)
-    run = Run(master, progress_read, process)
+    run = Run(master, progress_read, process, screen=pyte.Screen(cols, rows))
     try:
-        run.until(lambda: b"ready" in run.tail, 60, "the model to load")
+        run.until(lambda: run.shows("ready"), 60, "the model to load")
         run.pump(0.5)
         os.write(master, b"Tell me a long story")
-        run.until(lambda: b"story" in run.tail, 10, "the typed prompt to show")
+        run.until(lambda: run.shows("a long story"), 10, "the typed prompt to show")
         os.write(master, b"\r")
         run.until(lambda: tokens + 1 in run.token_times, tokens / rate * 3 + 60, "the reply to end")
         end = run.token_times[tokens + 1]  # the EOS step: the reply's text is all out
@@ -190,15 +160,13 @@ def measure(tokens: int, rate: float, cols: int, rows: int) -> dict[str, float]:
         "ratio": last / first if first else float("inf"),
         "stream_bytes_per_s": run.bytes_between(t[1], end) / stream_seconds,
         "rate": tokens / stream_seconds,
+        "cpu_share": (run.cpu[tokens + 1] - run.cpu[1]) / stream_seconds,
         "idle_hidden": idle_hidden,
         "idle_stats": idle_stats,
     }
 
 
 def main() -> None:
-    if sys.argv[1:2] == ["--child"]:
-        child(int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]))
-        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=2000)
     parser.add_argument("--rates", default="20,200", help="tokens per second from the scripted backend")
@@ -209,21 +177,25 @@ def main() -> None:
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     print(f"Terminal bytes, {args.tokens} tokens, xterm-256color; idle from {IDLE_AFTER:.0f} s after the reply, over {IDLE_WINDOW:.0f} s")
     print("goals: ≤200 B/token at 80x24 · last/first ≤1.15 · idle 0 B/s with no pane open")
+    print("reference: the same app writing each update as Textual makes it (no terminal copy: tui/terminal_copy.py)")
     print()
-    print("| size | tok/s asked (got) | B/token first 200 | B/token last 200 | last/first | B/s streaming | idle B/s, no pane | idle B/s, stats pane |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| size | tok/s asked (got) | writes | B/token first 200 | B/token last 200 | last/first | B/s streaming "
+          "| app CPU streaming | idle B/s, no pane | idle B/s, stats pane |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for cols, rows in sizes:
         for rate in rates:
-            r = measure(args.tokens, rate, cols, rows)
-            goal = " (goal ≤200)" if (cols, rows) == (80, 24) else ""
-            print(
-                f"| {cols}x{rows} | {rate:.0f} ({r['rate']:.0f}) | {r['first']:.0f}{goal} | {r['last']:.0f}{goal} "
-                f"| {r['ratio']:.2f} (goal ≤1.15) | {r['stream_bytes_per_s']:.0f} | {r['idle_hidden']:.0f} (goal 0) "
-                f"| {r['idle_stats']:.0f} |",
-                flush=True,
-            )
-            if args.json:
-                print(json.dumps({"size": f"{cols}x{rows}", "rate": rate, **r}), flush=True)
+            for textual_writes in (False, True):
+                r = measure(args.tokens, rate, cols, rows, textual_writes)
+                goal = " (goal ≤200)" if (cols, rows) == (80, 24) and not textual_writes else ""
+                ratio_goal = "" if textual_writes else " (goal ≤1.15)"
+                print(
+                    f"| {cols}x{rows} | {rate:.0f} ({r['rate']:.0f}) | {'Textual (reference)' if textual_writes else 'app'} "
+                    f"| {r['first']:.0f}{goal} | {r['last']:.0f}{goal} | {r['ratio']:.2f}{ratio_goal} "
+                    f"| {r['stream_bytes_per_s']:.0f} | {r['cpu_share']:.0%} | {r['idle_hidden']:.0f} | {r['idle_stats']:.0f} |",
+                    flush=True,
+                )
+                if args.json:
+                    print(json.dumps({"size": f"{cols}x{rows}", "rate": rate, "textual_writes": textual_writes, **r}), flush=True)
 
 
 if __name__ == "__main__":
