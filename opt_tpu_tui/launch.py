@@ -16,7 +16,8 @@ The same threads are started with SIGINT blocked. A ctrl+c is sent to the proces
 and the kernel may hand it to any thread that does not block it; Python runs its
 handler in the main thread later, but only a signal delivered to the main thread
 interrupts the select() in which ``-c``'s readline waits for keys. Taken by a BLAS
-thread, a ctrl+c at the prompt did nothing until the next key (seen once in CI).
+thread, a ctrl+c at the prompt would do nothing until the next key (the likely cause of
+a ctrl+c that went unanswered once in CI).
 """
 
 from __future__ import annotations
@@ -34,14 +35,14 @@ def quiet_blas_threads() -> None:
 
 def blas_threads_leave_ctrl_c_to_the_main_thread() -> None:
     """Import numpy (starting OpenBLAS's threads) with SIGINT blocked: threads keep the mask they start with."""
-    if not hasattr(signal, "pthread_sigmask"):  # Windows: no such masks
-        import numpy  # noqa: F401
-        return
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    masks = hasattr(signal, "pthread_sigmask")  # not on Windows
+    if masks:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         import numpy  # noqa: F401
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        if masks:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def first_step() -> None:

@@ -90,7 +90,7 @@ class ReplyView(Static):
     that is mounted (their stacking order changes). So a streaming reply is written into
     rows that already exist: empty Line widgets for two thirds of the view, mounted after
     this one. Each batch of tokens rewrites the row being written and nothing else; when the
-    rows run out, the written ones become one block and new empty rows are mounted, in
+    rows run out, their text becomes one block mounted before them and they are emptied, in
     one frame (the anchored transcript scrolls to them in the same layout). That is one
     full repaint per two thirds of a screen of text (which reaches the terminal as a
     scroll of its own and the new rows: tui/terminal_copy.py), and the cost per token does
@@ -156,8 +156,8 @@ class ReplyView(Static):
     async def _new_rows(self) -> None:
         """The rows are full: their text becomes a block mounted before them, and they are emptied, in one frame.
 
-        The same rows serve again: mounting fresh ones (a third of the screen's widgets,
-        each styled and laid out) cost more than the rest of the move together.
+        The same rows serve again: the block is the one widget mounted (fresh rows were a
+        third of the screen's widgets to mount, style and remove each time).
         """
         with self.app.batch_update():
             block = self._block([row.text for row in self._rows])
