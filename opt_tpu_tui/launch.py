@@ -1,4 +1,4 @@
-"""The console script's first step: numpy's BLAS threads sleep when idle and leave ctrl+c to the main thread.
+"""The console script's first step: numpy's BLAS threads sleep when idle, set before numpy starts them.
 
 numpy's OpenBLAS splits each matrix product over every core, and between products
 its threads spin, by default for about 2^28 cycles (a tenth of a second), waiting for
@@ -11,19 +11,11 @@ With ``OPENBLAS_THREAD_TIMEOUT=4`` (2^4 cycles, the least OpenBLAS takes) they s
 once: ``-p`` keeps its speed and the app decodes at 0.8-0.96 of it with both threads
 (``bench/app_decode.py``). OpenBLAS reads the variable once, when numpy is first
 imported, hence this module, which imports nothing of numpy's; a user's own value wins.
-
-The same threads are started with SIGINT blocked. A ctrl+c is sent to the process,
-and the kernel may hand it to any thread that does not block it; Python runs its
-handler in the main thread later, but only a signal delivered to the main thread
-interrupts the select() in which ``-c``'s readline waits for keys. Taken by a BLAS
-thread, a ctrl+c at the prompt would do nothing until the next key (the likely cause of
-a ctrl+c that went unanswered once in CI).
 """
 
 from __future__ import annotations
 
 import os
-import signal
 
 THREAD_TIMEOUT = "4"
 
@@ -33,26 +25,8 @@ def quiet_blas_threads() -> None:
     os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", THREAD_TIMEOUT)
 
 
-def blas_threads_leave_ctrl_c_to_the_main_thread() -> None:
-    """Import numpy (starting OpenBLAS's threads) with SIGINT blocked: threads keep the mask they start with."""
-    masks = hasattr(signal, "pthread_sigmask")  # not on Windows
-    if masks:
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        import numpy  # noqa: F401
-    finally:
-        if masks:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-
-
-def first_step() -> None:
-    """What must happen before anything imports numpy."""
-    quiet_blas_threads()
-    blas_threads_leave_ctrl_c_to_the_main_thread()
-
-
 def run() -> None:
-    first_step()
+    quiet_blas_threads()
     from opt_tpu_tui.cli import run as run_cli
 
     run_cli()

@@ -12,12 +12,8 @@ import json
 import os
 import time
 
-from opt_tpu_tui.launch import first_step
-
-first_step()  # as the console script's, before numpy starts its threads
-
-from opt_tpu_tui import chat, generation  # noqa: E402
-from opt_tpu_tui.cli import run  # noqa: E402
+from opt_tpu_tui import chat, generation
+from opt_tpu_tui.cli import run
 
 ORDINARY_TOKEN = 300  # a plain word piece of the demo model's vocabulary
 

@@ -7,6 +7,7 @@ import fcntl
 import os
 import pty
 import select
+import signal
 import struct
 import termios
 import time
@@ -23,6 +24,11 @@ class PtyChild:
         self.pid, self.fd = pty.fork()
         if self.pid == 0:  # the child: the pty is its controlling terminal, so ctrl+c is SIGINT
             try:
+                # As a shell starts a foreground job: SIGINT and SIGQUIT at their defaults. A test
+                # run started in the background by a script inherits them ignored, and an ignored
+                # disposition survives exec (Python then leaves ctrl+c ignored: -c's tests failed so)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.signal(signal.SIGQUIT, signal.SIG_DFL)
                 os.execve(argv[0], argv, env)
             finally:
                 os._exit(127)
