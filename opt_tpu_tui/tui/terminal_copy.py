@@ -27,7 +27,7 @@ from rich.console import Console, RenderableType
 from rich.control import Control
 from rich.segment import Segment
 from rich.style import Style
-from textual._compositor import ChopsUpdate, InlineUpdate, LayoutUpdate
+from textual._compositor import ChopsUpdate, LayoutUpdate
 from textual.geometry import Size
 from textual.strip import Strip
 
@@ -92,8 +92,6 @@ class TerminalCopy:
             return DiffedUpdate(update, self)
         if isinstance(update, LayoutUpdate):
             return RecordedUpdate(update, self)
-        if isinstance(update, InlineUpdate):
-            self.forget()  # not used by this app: drawn below the shell's lines, not into this copy's rows
         return update
 
     def record(self, y: int, x: int, strip: Strip) -> None:
@@ -199,8 +197,9 @@ class DiffedUpdate(ChopsUpdate):
                 total += sum(map(ne, new[y], old[was])) if top <= was <= bottom else copy.size.width
             return total
 
-        best = min((shift for shift, _ in votes.most_common(SCROLL_CANDIDATES)), key=cost)
-        if cost(best) + SCROLL_OVERHEAD >= cost(0):
+        costs = {shift: cost(shift) for shift, _ in votes.most_common(SCROLL_CANDIDATES)}
+        best = min(costs, key=costs.__getitem__)
+        if costs[best] + SCROLL_OVERHEAD >= cost(0):
             return ""
         return copy.scroll(top, bottom, best)
 
