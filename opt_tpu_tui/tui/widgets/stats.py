@@ -125,4 +125,4 @@ class StatsPanel(Vertical):
             return
         self._speeds_drawn = True
         self.query_one(Sparkline).data = list(self._speeds)
-        self.query_one("#spark-label", Label).update(f"tok/s (peak {max(self._speeds):.1f})")
+        self.query_one("#spark-label", Label).update(f"tok/s (peak {max(self._speeds):.1f})", layout=False)
