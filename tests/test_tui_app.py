@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from pathlib import Path
 
+import pyte
 import pytest
+from rich.console import Console
 from textual.binding import Binding
 from textual.widget import Widget
 from textual.widgets import Input, Markdown
+from textual.widgets._toast import Toast
 from scripted import GreedyScriptedBackend
 from tiny import train_tokenizer
 from tui_support import REPLY, finish, make_app, ready, script_ids, send, shown, wait_until
@@ -24,6 +28,7 @@ from opt_tpu_tui.sampling import SamplingSettings
 from opt_tpu_tui.tokenizer import Tokenizer
 from opt_tpu_tui.tui.screens.help import HelpScreen
 from opt_tpu_tui.tui.app import OptTuiApp
+from opt_tpu_tui.tui.compositor import DrawnCompositor
 from opt_tpu_tui.tui.screens.main import MainScreen
 from opt_tpu_tui.tui.screens.search import SearchScreen
 from opt_tpu_tui.tui.widgets.conversation import Line, Notice, ReplyView, Transcript, UserMessage, take_line
@@ -601,6 +606,56 @@ async def test_a_streaming_reply_sets_down_lines_and_blocks_and_ends_as_one_widg
         view = replies(app)[-1]
         assert not transcript.query(".reply-part") and shown(view).startswith("█ The quick brown fox jumps")
         assert view.text == app.screen.conversation.turns[-1].assistant == (paragraph * 20).strip()
+
+
+async def test_the_repaints_of_a_streaming_reply_add_up_to_the_screen_drawn_whole(tokenizer: Tokenizer) -> None:
+    """Every update the compositor makes, written in turn to a terminal emulator (pyte), leaves the
+    screen it would draw whole: the streaming rows, the transcript moving up and a notice over the
+    chat each repaint only the rows they changed (tui/compositor.py), and each row from the right
+    widget and line. Compared while the reply waits for its next token, so nothing is pending."""
+    size = (100, 30)
+    console = Console(width=size[0], height=size[1], color_system="truecolor", force_terminal=True)
+    terminal = pyte.Screen(*size)
+    stream = pyte.Stream(terminal)
+    paragraph = "The quick brown fox jumps over the lazy dog. " * 6 + "\n\n"
+    settings = Settings(sampling=SamplingSettings(temperature=0.0, repetition_penalty=1.0, max_new_tokens=4000))
+    app, backend = make_app(tokenizer, script=script_ids(tokenizer, paragraph * 20), delay=0.002, settings=settings)
+    go_on, decode = threading.Event(), backend.decode
+
+    def decode_until_told(token: int):  # type: ignore[no-untyped-def]
+        if backend.decodes == 700:
+            go_on.wait(30)
+        return decode(token)
+
+    backend.decode = decode_until_told  # type: ignore[method-assign]
+    render_update = DrawnCompositor.render_update
+
+    def written(self: DrawnCompositor, *args: object, **kwargs: object) -> object:
+        update = render_update(self, *args, **kwargs)  # type: ignore[arg-type]
+        if update is not None and self is app.screen._compositor:
+            stream.feed(update.render_segments(console))  # type: ignore[attr-defined]
+        return update
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(DrawnCompositor, "render_update", written)
+        async with app.run_test(size=size, notifications=True) as pilot:
+            await ready(pilot)
+            app.notify("a notice\nover the chat\nwhile the\nreply\nstreams", timeout=60)  # tall: up into the transcript
+            app.screen.query_one("#prompt").insert("many paragraphs")
+            await pilot.press("enter")
+            try:
+                await wait_until(pilot, lambda: backend.decodes >= 700)
+                for _ in range(4):  # the last batch of tokens is shown (the flush timer runs at 8 Hz)
+                    await pilot.pause(0.15)
+                chat = app.screen.query_one("#chat").region
+                toast = app.screen.query_one(Toast).region
+                assert toast.x < chat.right and toast.overlaps(app.screen.query_one(Transcript).region)
+                drawn = [strip.text[: chat.right] for strip in app.screen._compositor.render_strips()]
+                assert [line[: chat.right] for line in terminal.display] == drawn
+                assert sum("The quick brown fox" in line for line in drawn) > 5
+            finally:
+                go_on.set()
+            await finish(pilot, 1)
 
 
 async def test_the_context_meter_is_the_next_prompt_and_warns_before_old_turns_drop(tokenizer: Tokenizer) -> None:

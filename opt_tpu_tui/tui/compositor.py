@@ -11,16 +11,24 @@ changed, and the notice's cells stay drawn on the terminal until something else
 repaints them (a resize), though Textual has long dropped it.
 
 Here the layout is compared with the map the last layout made (what the screen
-shows); the lazily rebuilt map still answers where widgets are. Textual 6.2 and 8.2
-share this code.
+shows); the lazily rebuilt map still answers where widgets are.
+
+A repaint of a few rows (a streaming reply's row, say) renders only the widgets seen
+in those rows, and only those rows of them. Textual renders every widget whose
+container overlaps the rows, all of it that is visible, and keeps the rows it needs:
+every row of the transcript's thirty-odd widgets for each batch of tokens.
+
+Textual 6.2 and 8.2 share the code these methods replace.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from textual._compositor import Compositor, CompositorMap, ReflowResult
-from textual.geometry import Size
+from textual.geometry import Region, Size
+from textual.strip import Strip
 from textual.screen import Screen
 from textual.widget import Widget
 
@@ -37,6 +45,23 @@ class DrawnCompositor(Compositor):
         result = super().reflow(parent, size)
         self._drawn = self._full_map
         return result
+
+    def _get_renders(self, crop: Region | None = None) -> Iterable[tuple[Region, Region, list[Strip]]]:
+        """Each widget seen in the rows of ``crop``, rendered in those rows (all of the screen without a crop).
+
+        Yields what Textual's does, with each clip narrowed to the crop's rows, so the
+        caller takes the strips from the right row. Not narrowed to its columns: the
+        caller splits a strip at the cuts from its clip's left edge, which must be a cut.
+        """
+        if crop is None:
+            yield from super()._get_renders(crop)
+            return
+        rows = Region(0, crop.y, self.size.width, crop.height)
+        for widget, (region, clip) in self.visible_widgets.items():
+            seen = region.intersection(clip).intersection(rows)
+            if seen:
+                part = Region(seen.x - region.x, seen.y - region.y, seen.width, seen.height)
+                yield region, clip.intersection(rows), widget.render_lines(part)
 
     def clear(self) -> None:
         super().clear()
