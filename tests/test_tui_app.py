@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pyte
 import pytest
+from rich.cells import cell_len
 from rich.console import Console
 from textual.binding import Binding
+from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Input, Markdown
 from textual.widgets._toast import Toast
@@ -31,7 +33,7 @@ from opt_tpu_tui.tui.app import OptTuiApp
 from opt_tpu_tui.tui.compositor import DrawnCompositor
 from opt_tpu_tui.tui.screens.main import MainScreen
 from opt_tpu_tui.tui.screens.search import SearchScreen
-from opt_tpu_tui.tui.widgets.conversation import Line, Notice, ReplyView, Transcript, UserMessage, take_line
+from opt_tpu_tui.tui.widgets.conversation import Notice, ReplyRows, ReplyView, Transcript, UserMessage, take_line
 from opt_tpu_tui.tui.widgets.prompt import PromptInput
 from opt_tpu_tui.tui.widgets.settings_form import SettingsForm
 from opt_tpu_tui.tui.widgets.stats import StatsPanel, rows
@@ -586,7 +588,19 @@ def test_history_file_path_is_under_the_test_data_dir(tmp_path: Path) -> None:
     store.close()
 
 
-async def test_a_streaming_reply_sets_down_lines_and_blocks_and_ends_as_one_widget(tokenizer: Tokenizer) -> None:
+async def test_a_streaming_reply_is_rows_that_grow_a_room_at_a_time_and_ends_as_one_widget(
+    tokenizer: Tokenizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reply streams into one widget of rows, wrapped as the screen shows them; the screen is laid
+    out once per room of rows, not per row (a layout moves and repaints the whole transcript)."""
+    layouts = []
+    refresh_layout = Screen._refresh_layout
+
+    def counted(self: Screen, *args: object, **kwargs: object) -> None:
+        layouts.append(self)
+        refresh_layout(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Screen, "_refresh_layout", counted)
     paragraph = "The quick brown fox jumps over the lazy dog. " * 6 + "\n\n"
     settings = Settings(sampling=SamplingSettings(temperature=0.0, repetition_penalty=1.0, max_new_tokens=4000))
     app, _ = make_app(tokenizer, script=script_ids(tokenizer, paragraph * 20), delay=0.003, settings=settings)
@@ -594,17 +608,30 @@ async def test_a_streaming_reply_sets_down_lines_and_blocks_and_ends_as_one_widg
         await ready(pilot)
         app.screen.query_one("#prompt").insert("many paragraphs")
         await pilot.press("enter")
-        transcript = app.screen.query_one("#transcript")
-
-        def rows_fit() -> bool:  # after a resize (the pane opening) the next batch of tokens re-wraps them
-            return all(len(row.text) <= row.content_region.width for row in transcript.query(Line))
-
-        await wait_until(pilot, lambda: len(transcript.query(".reply-block")) >= 2 and rows_fit())
-        rows = list(transcript.query(Line))
-        assert len(rows) == transcript.size.height * 2 // 3  # the rows being filled; finished ones are merged into blocks
-        await finish(pilot, 1)
+        transcript = app.screen.query_one(Transcript)
+        await wait_until(pilot, lambda: bool(transcript.query(ReplyRows)))
+        layouts.clear()
         view = replies(app)[-1]
-        assert not transcript.query(".reply-part") and shown(view).startswith("█ The quick brown fox jumps")
+
+        def grown() -> bool:  # rows wrapped before a resize (the pane opening) are wrapped again by the next batch
+            found = transcript.query(ReplyRows)  # none while they are being wrapped again
+            if not found:
+                return False
+            reply_rows = found.first()
+            fit = all(cell_len(row) <= reply_rows.content_region.width for row in reply_rows.rows)
+            return len(reply_rows.rows) > 3 * reply_rows.room and fit
+
+        await wait_until(pilot, grown)
+        reply_rows = transcript.query_one(ReplyRows)
+        written = list(reply_rows.rows)
+        assert len(transcript.query(ReplyRows)) == 1 and written[-1] != ""
+        assert len(written) <= reply_rows.size.height < len(written) + reply_rows.room  # the rows and at most a room after them
+        assert " ".join(view.text.split()).startswith(" ".join(" ".join(written).split()))
+        writing = reply_rows.region.y + len(written) - 1  # the screen row of the row being written
+        assert transcript.region.y <= writing < transcript.region.bottom  # the transcript follows the end
+        assert len(layouts) <= 2 * len(written) // reply_rows.room + 10, f"{len(layouts)} layouts for {len(written)} rows"
+        await finish(pilot, 1)
+        assert not transcript.query(ReplyRows) and shown(view).startswith("█ The quick brown fox jumps")
         assert view.text == app.screen.conversation.turns[-1].assistant == (paragraph * 20).strip()
 
 
@@ -764,13 +791,13 @@ async def test_a_reply_ending_during_a_slow_flush_leaves_no_rows_behind(
     (A flush run by the timer's own task was cancelled there, and the rows it had just
     mounted were never removed.) Each mount of reply rows is made to take 0.3 s.
     """
-    mount_parts = ReplyView._mount_parts
+    mount_rows = ReplyView._mount_rows
 
-    async def slow_mount(self: ReplyView, parts: list, after: Widget) -> None:  # type: ignore[type-arg]
-        await mount_parts(self, parts, after)
+    async def slow_mount(self: ReplyView, rows: ReplyRows) -> None:
+        await mount_rows(self, rows)
         await asyncio.sleep(0.3)
 
-    monkeypatch.setattr(ReplyView, "_mount_parts", slow_mount)
+    monkeypatch.setattr(ReplyView, "_mount_rows", slow_mount)
     app, _ = make_app(tokenizer, delay=0.008)  # the reply ends while the first flush mounts its rows
     async with app.run_test(size=(100, 30)) as pilot:
         await ready(pilot)

@@ -442,7 +442,7 @@ class MainScreen(DrawnScreen, Screen[None]):
             self.query_one(PromptInput).give_back(turn.user)
         else:  # the message was taken back: nothing of this turn stays on screen either
             await self.query(UserMessage).last().remove()
-            await streaming.view.remove_with_parts()
+            await streaming.view.remove_with_rows()
             self.query_one(PromptInput).give_back(turn.user)
         self._take_stats(streaming.reply)
         self._show_context()

@@ -1,25 +1,26 @@
 """The transcript: user messages as plain text, replies streamed row by row, then as Markdown.
 
-What a streamed reply costs on the wire is what Textual repaints, so a streaming reply
-is written into screen rows that already exist and only the row being written changes
-with each batch of tokens (ReplyView says why and how). A token then costs about the
-same at the 2,000th as at the 20th, on the wire and in layout. When the reply ends it
-becomes a single Markdown widget, rendered once.
+What a streamed reply costs on the wire and in the UI thread is what Textual repaints
+and lays out, so a streaming reply is written into screen rows that already exist and
+only the row being written changes with each batch of tokens (ReplyView says why and
+how). A token then costs about the same at the 2,000th as at the 20th. When the reply
+ends it becomes a single Markdown widget, rendered once.
 """
 
 from __future__ import annotations
 
 import re
 from bisect import bisect_right
-from collections.abc import Iterator
 
 from rich.cells import cell_len
 from rich.console import Group, RenderableType
 from rich.markdown import Markdown as RichMarkdown
+from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
 from textual.containers import VerticalScroll
-from textual.geometry import Region
+from textual.geometry import Region, Size
+from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import Static
 
@@ -68,34 +69,54 @@ def row_of(widget: Widget, text: str) -> int:
     return bisect_right(starts, found.start()) - 1 if found else 0
 
 
-class Line(Static):
-    """One screen row of a streaming reply: empty room until text is written into it."""
+class ReplyRows(Widget):
+    """A streaming reply's rows, drawn one by one (Textual's line API): the finished rows,
+    the row being written, and empty room after it.
 
-    def __init__(self) -> None:
-        super().__init__(" ", classes="reply-part reply-line")
-        self.text = ""
+    One widget for all of them: each batch of tokens repaints the row it wrote and
+    nothing else. The height grows a room at a time, so the screen is laid out and the
+    transcript moves up once per room of text, not per row.
+    """
 
-    def write(self, text: str) -> None:
-        if text != self.text:
-            self.text = text
-            # " ": an empty row keeps its height. No layout: the row's size never changes, and a
-            # layout of the whole screen on every batch of tokens was most of the UI's work
-            self.update(Text(text or " ", no_wrap=True), layout=False)
+    def __init__(self, room: int) -> None:
+        super().__init__()
+        self.room = room  # empty rows added when the row being written reaches the bottom
+        self.rows: list[str] = []
+        self._height = room  # the content height (the transcript's stream layout reads no inline styles)
+
+    def write(self, y: int, text: str) -> None:
+        """Make row ``y`` (an existing row or the next one) read ``text``."""
+        if y < len(self.rows):
+            if self.rows[y] == text:
+                return
+            self.rows[y] = text
+        else:
+            assert y == len(self.rows), "rows are written in order"
+            self.rows.append(text)
+        if y < self._height:
+            self.refresh(Region(0, y, self.outer_size.width, 1))
+        else:
+            self._height = y + self.room
+            self.refresh(layout=True)  # the anchored transcript moves up to the rows' end
+
+    def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
+        return self._height
+
+    def render_line(self, y: int) -> Strip:
+        text = self.rows[y] if y < len(self.rows) else ""
+        return Strip([Segment(text, self.rich_style)], cell_len(text))
 
 
 class ReplyView(Static):
     """One reply. While it streams the caller only calls :meth:`append`, then :meth:`finish` once.
 
-    Textual repaints a container whole when it grows, and every sibling before a widget
-    that is mounted (their stacking order changes). So a streaming reply is written into
-    rows that already exist: empty Line widgets for two thirds of the view, mounted after
-    this one. Each batch of tokens rewrites the row being written and nothing else; when the
-    rows run out, their text becomes one block mounted before them and they are emptied, in
-    one frame (the anchored transcript scrolls to them in the same layout). That is one
-    full repaint per two thirds of a screen of text (which reaches the terminal as a
-    scroll of its own and the new rows: tui/terminal_copy.py), and the cost per token does
-    not grow with the reply. When the reply ends it is rendered once, as Markdown with how it ended,
-    by this one widget (one widget a reply keeps each layout of a long chat cheap).
+    While it streams, this widget is an empty header and the text is in ReplyRows, the
+    sibling after it, wrapped as the screen shows it: finished rows are set down once, and
+    each batch of tokens repaints the one row being written. The transcript is laid out
+    (and moves up) once per two thirds of a view of text, which reaches the terminal as
+    a scroll of its own and the new rows (tui/terminal_copy.py); the cost per token does
+    not grow with the reply. When the reply ends it is rendered once, as Markdown with how
+    it ended, by this one widget (one widget a reply keeps each layout of a long chat cheap).
     """
 
     def __init__(
@@ -109,40 +130,31 @@ class ReplyView(Static):
         self.error = error
         self.streaming = streaming
         self.variant = variant  # (shown, of how many) when its message has alternatives (ctrl+g flips them)
+        self.rows: ReplyRows | None = None  # while it streams
         self._taken = 0  # how much of self.text is in finished rows
-        self._blocks: list[Static] = []  # finished rows, merged
-        self._rows: list[Line] = []  # the rows being filled: finished ones, then the one being written, then room
-        self._filled = 0  # how many of self._rows are finished
         self._wrapped_at = 0  # the width the rows were wrapped at
         self._rewrap = False
 
     def on_mount(self) -> None:
         self._show()
 
-    @property
-    def parts(self) -> list[Static]:
-        """The widgets showing a streaming reply, in order (siblings after this one)."""
-        return [*self._blocks, *self._rows]
-
     async def append(self, text: str) -> None:
         """Add streamed text: finished rows are set down, the row being written repaints."""
         self.text += text
         width = self._width()
-        if not self._rows or self._rewrap or width != self._wrapped_at:
+        if self.rows is None or self._rewrap or width != self._wrapped_at:
             await self._lay_out(width)
             return
-        for line in self._take_lines(width):
-            self._rows[self._filled].write(line)
-            self._filled += 1
-            if self._filled == len(self._rows):
-                await self._new_rows()
-        self._rows[self._filled].write(terminal_safe(self.text[self._taken :]))
+        self._write_rows(self.rows, width)
 
-    def _take_lines(self, width: int) -> Iterator[str]:
-        """The finished lines of the text not yet taken, wrapped at ``width``, made safe; advances the take."""
+    def _write_rows(self, rows: ReplyRows, width: int) -> None:
+        """Set down the text's finished lines after the rows already finished, then the line being written."""
+        y = len(rows.rows) - 1 if rows.rows else 0  # the row being written
         while (taken := take_line(self.text[self._taken :], width)) is not None:
             self._taken = len(self.text) - len(taken[1])
-            yield terminal_safe(taken[0])
+            rows.write(y, terminal_safe(taken[0]))
+            y += 1
+        rows.write(y, terminal_safe(self.text[self._taken :]))
 
     @property
     def _transcript(self) -> Widget:
@@ -150,52 +162,27 @@ class ReplyView(Static):
         return self.parent
 
     def _width(self) -> int:
-        """The text width of a row: the transcript's, less a row's left bar and padding."""
-        return max(1, self._transcript.content_region.width - 3)
-
-    async def _new_rows(self) -> None:
-        """The rows are full: their text becomes a block mounted before them, and they are emptied, in one frame.
-
-        The same rows serve again: the block is the one widget mounted (fresh rows were a
-        third of the screen's widgets to mount, style and remove each time).
-        """
-        with self.app.batch_update():
-            block = self._block([row.text for row in self._rows])
-            await self._transcript.mount(block, before=self._rows[0])
-            for row in self._rows:
-                row.write("")
-            self._blocks.append(block)
-            self._filled = 0
-
-    def _block(self, lines: list[str]) -> Static:
-        return Static(Text("\n".join(lines), no_wrap=True), classes="reply-part reply-block")
-
-    async def _room(self, after: Widget) -> list[Line]:
-        rows = [Line() for _ in range(max(1, self._transcript.size.height * 2 // 3))]  # two thirds of the view
-        await self._mount_parts(rows, after=after)
-        return rows
+        """The text width of a row: the transcript's (less its scrollbar), less a row's left bar and padding."""
+        return max(1, self._transcript.scrollable_content_region.width - 3)
 
     async def _lay_out(self, width: int) -> None:
-        """Wrap the whole reply at ``width`` into one block and fresh rows (at the start, and after a resize)."""
+        """Wrap the whole reply at ``width`` into fresh rows (at the start, and after a resize)."""
+        rows = ReplyRows(room=max(1, self._transcript.size.height * 2 // 3))  # two thirds of the view
+        self._taken = 0
+        self._write_rows(rows, width)
         with self.app.batch_update():
-            await self._remove_parts(self.parts)
-            self._blocks, self._rows, self._filled, self._taken = [], [], 0, 0
-            lines = list(self._take_lines(width))
-            after: Widget = self
-            if lines:
-                self._blocks = [self._block(lines)]
-                await self._mount_parts(self._blocks, after=self)
-                after = self._blocks[0]
-            self._rows = await self._room(after=after)
-            self._rows[0].write(terminal_safe(self.text[self._taken :]))
-            self._wrapped_at, self._rewrap = width, False
+            await self._remove_rows()
+            self.rows = rows
+            await self._mount_rows(rows)
+        self._wrapped_at, self._rewrap = width, False
 
-    async def _mount_parts(self, parts: list[Static] | list[Line], after: Widget) -> None:
-        await self._transcript.mount_all(parts, after=after)
+    async def _mount_rows(self, rows: ReplyRows) -> None:
+        await self._transcript.mount(rows, after=self)
 
-    async def _remove_parts(self, parts: list[Static] | list[Line]) -> None:
-        if parts:
-            await self._transcript.remove_children(parts)
+    async def _remove_rows(self) -> None:
+        if self.rows is not None:
+            rows, self.rows = self.rows, None
+            await rows.remove()
 
     def on_resize(self) -> None:
         """Rows wrapped at the old width are wrapped again at the new one, by the next append.
@@ -203,14 +190,13 @@ class ReplyView(Static):
         (Not here: append runs in the screen's task, and two tasks changing the
         widgets at once would interleave at every await.)
         """
-        if self.streaming and self._rows and self._width() != self._wrapped_at:
+        if self.streaming and self.rows is not None and self._width() != self._wrapped_at:
             self._rewrap = True
 
     async def finish(self, text: str, *, stopped: bool, error: str | None) -> None:
         """The reply has ended: show it as one Markdown widget and how it ended."""
         self.text, self.stopped, self.error, self.streaming = text, stopped, error, False
-        await self._remove_parts(self.parts)
-        self._blocks, self._rows = [], []
+        await self._remove_rows()
         self._show()
 
     def show_variant(self, variant: tuple[int, int] | None) -> None:
@@ -218,8 +204,8 @@ class ReplyView(Static):
             self.variant = variant
             self._show()
 
-    async def remove_with_parts(self) -> None:
-        await self._remove_parts(self.parts)
+    async def remove_with_rows(self) -> None:
+        await self._remove_rows()
         await self.remove()
 
     @property
@@ -234,7 +220,7 @@ class ReplyView(Static):
         self.set_class(self.stopped, "-stopped")
         self.set_class(bool(self.error), "-error")
         if self.streaming:
-            return  # the text is in the parts after this widget
+            return  # the text is in its rows, the sibling after it
         body: list[RenderableType] = [markdown(self.text)]
         if self.status:
             colour = self.app.get_css_variables()["error" if self.error else "warning"]
