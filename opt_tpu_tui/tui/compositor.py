@@ -13,10 +13,11 @@ repaints them (a resize), though Textual has long dropped it.
 Here the layout is compared with the map the last layout made (what the screen
 shows); the lazily rebuilt map still answers where widgets are.
 
-A repaint of a few rows (a streaming reply's row, say) renders only the widgets seen
-in those rows, and only those rows of them. Textual renders every widget whose
-container overlaps the rows, all of it that is visible, and keeps the rows it needs:
-every row of the transcript's thirty-odd widgets for each batch of tokens.
+A partial repaint (a streaming reply's row, say) renders only the widgets it touches,
+and only the rows it touches of them. Textual renders every widget whose container
+overlaps the bounding box of everything repainted, all of it that is visible, and keeps
+the rows it needs: every row of the transcript's widgets for each batch of tokens, and
+for the stats pane's refresh too when the status line above the chat changed with it.
 
 Textual 6.2 and 8.2 share the code these methods replace.
 """
@@ -26,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from textual._compositor import Compositor, CompositorMap, ReflowResult
+from textual._compositor import ChopsUpdate, Compositor, CompositorMap, ReflowResult
 from textual.geometry import Region, Size
 from textual.strip import Strip
 from textual.screen import Screen
@@ -39,6 +40,7 @@ class DrawnCompositor(Compositor):
     def __init__(self) -> None:
         super().__init__()
         self._drawn: CompositorMap = {}  # the map of the last layout, which the terminal shows
+        self._updating: list[Region] = []  # the regions of the partial update being rendered
 
     def reflow(self, parent: Widget, size: Size) -> ReflowResult:
         self._full_map = self._drawn  # the base Textual compares with (a lazy rebuild may have replaced it)
@@ -46,20 +48,34 @@ class DrawnCompositor(Compositor):
         self._drawn = self._full_map
         return result
 
-    def _get_renders(self, crop: Region | None = None) -> Iterable[tuple[Region, Region, list[Strip]]]:
-        """Each widget seen in the rows of ``crop``, rendered in those rows (all of the screen without a crop).
+    def render_partial_update(self) -> ChopsUpdate | None:
+        self._updating = list(self._dirty_regions)  # Textual hands _get_renders only their bounding box
+        try:
+            return super().render_partial_update()
+        finally:
+            self._updating = []
 
-        Yields what Textual's does, with each clip narrowed to the crop's rows, so the
-        caller takes the strips from the right row. Not narrowed to its columns: the
-        caller splits a strip at the cuts from its clip's left edge, which must be a cut.
+    def _get_renders(self, crop: Region | None = None) -> Iterable[tuple[Region, Region, list[Strip]]]:
+        """Each widget a partial update touches, rendered in the rows it touches (all of the screen otherwise).
+
+        Yields what Textual's does, with each clip narrowed to those rows, so the caller
+        takes the strips from the right row. Not narrowed to columns: the caller splits
+        a strip at the cuts from its clip's left edge, which must be a cut. A widget the
+        update does not touch is left out: it would only fill cuts that no span writes.
         """
-        if crop is None:
+        if crop is None or not self._updating:
             yield from super()._get_renders(crop)
             return
-        rows = Region(0, crop.y, self.size.width, crop.height)
+        width = self.size.width
         for widget, (region, clip) in self.visible_widgets.items():
-            seen = region.intersection(clip).intersection(rows)
-            if seen:
+            seen = region.intersection(clip)
+            if not seen.overlaps(crop):
+                continue
+            touched = [part for update in self._updating if (part := seen.intersection(update))]
+            if touched:
+                top, bottom = min(part.y for part in touched), max(part.bottom for part in touched)
+                rows = Region(0, top, width, bottom - top)
+                seen = seen.intersection(rows)
                 part = Region(seen.x - region.x, seen.y - region.y, seen.width, seen.height)
                 yield region, clip.intersection(rows), widget.render_lines(part)
 
