@@ -20,6 +20,7 @@ from rich.style import Style
 from rich.text import Text
 from textual.containers import VerticalScroll
 from textual.geometry import Region, Size
+from textual.reactive import Reactive
 from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import Static
@@ -78,6 +79,8 @@ class ReplyRows(Widget):
     transcript moves up once per room of text, not per row.
     """
 
+    virtual_size = Reactive(Size(0, 0), layout=False, repaint=False)  # see Transcript.virtual_size
+
     def __init__(self, room: int) -> None:
         super().__init__()
         self.room = room  # empty rows added when the row being written reaches the bottom
@@ -104,7 +107,7 @@ class ReplyRows(Widget):
 
     def render_line(self, y: int) -> Strip:
         text = self.rows[y] if y < len(self.rows) else ""
-        return Strip([Segment(text, self.rich_style)], cell_len(text))
+        return Strip([Segment(text, self.visual_style.rich_style)], cell_len(text))  # rich_style is not cached
 
 
 class ReplyView(Static):
@@ -254,6 +257,10 @@ class Transcript(VerticalScroll):
 
     MOUNTED = 40
     can_focus = True
+    # Textual lays the screen out again (and repaints the transcript) when a widget's virtual
+    # size changes. Only its layout sets this one, so that second layout of each room of a
+    # streaming reply would lay out what it just did; the anchor is kept by the first.
+    virtual_size = Reactive(Size(0, 0), layout=False, repaint=False)
 
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
