@@ -61,6 +61,7 @@ async def measure(tokens: int, rate: float, size: tuple[int, int]) -> dict[str, 
         app.set_interval(0.05, sample)
         app.screen.query_one("#prompt").insert("Tell me a long story")
         await pilot.press("enter")
+        sample()  # the message is sent: the reply's first tokens are yet to be shown
         # Plain sleeps, not pilot.pause(): a Pilot pause posts a callback to every widget, which
         # would bill the harness's polling to the app.
         deadline = time.monotonic() + tokens / rate * 4 + 30
@@ -70,8 +71,14 @@ async def measure(tokens: int, rate: float, size: tuple[int, int]) -> dict[str, 
     produced = max(s[0] for s in samples)
 
     def window(first: int, last: int) -> tuple[float, float, float]:
-        """UI CPU seconds per token, UI share of a core, and tokens/s between tokens first..last."""
-        start = next(s for s in samples if s[0] >= first)
+        """UI CPU seconds per token, UI share of a core, and tokens/s for tokens first..last.
+
+        From the last sample before token ``first`` (so the window holds the work of showing
+        it: for the first window, the reply's first rows, whichever side of a sample the first
+        flush fell) to the first sample at or past token ``last``.
+        """
+        before = [s for s in samples if s[0] < first]
+        start = before[-1] if before else samples[0]
         end = next(s for s in samples if s[0] >= last)
         tokens, cpu, wall = max(1, end[0] - start[0]), end[1] - start[1], max(1e-9, end[2] - start[2])
         return cpu / tokens, cpu / wall, tokens / wall
