@@ -588,6 +588,15 @@ def test_history_file_path_is_under_the_test_data_dir(tmp_path: Path) -> None:
     store.close()
 
 
+PARAGRAPH = "The quick brown fox jumps over the lazy dog. " * 6 + "\n\n"
+
+
+def paragraphs_app(tokenizer: Tokenizer, delay: float):  # type: ignore[no-untyped-def]
+    """The app over a reply of 20 paragraphs, far longer than the view, at ``delay`` seconds a token."""
+    settings = Settings(sampling=SamplingSettings(temperature=0.0, repetition_penalty=1.0, max_new_tokens=4000))
+    return make_app(tokenizer, script=script_ids(tokenizer, PARAGRAPH * 20), delay=delay, settings=settings)
+
+
 async def test_a_streaming_reply_is_rows_that_grow_a_room_at_a_time_and_ends_as_one_widget(
     tokenizer: Tokenizer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -602,9 +611,7 @@ async def test_a_streaming_reply_is_rows_that_grow_a_room_at_a_time_and_ends_as_
         refresh_layout(self, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(Screen, "_refresh_layout", counted)
-    paragraph = "The quick brown fox jumps over the lazy dog. " * 6 + "\n\n"
-    settings = Settings(sampling=SamplingSettings(temperature=0.0, repetition_penalty=1.0, max_new_tokens=4000))
-    app, _ = make_app(tokenizer, script=script_ids(tokenizer, paragraph * 20), delay=0.003, settings=settings)
+    app, _ = paragraphs_app(tokenizer, delay=0.003)
     async with app.run_test(size=(100, 30)) as pilot:
         await ready(pilot)
         app.screen.query_one("#prompt").insert("many paragraphs")
@@ -633,7 +640,29 @@ async def test_a_streaming_reply_is_rows_that_grow_a_room_at_a_time_and_ends_as_
         assert len(layouts) <= len(written) // reply_rows.room + 4, f"{len(layouts)} layouts for {len(written)} rows"
         await finish(pilot, 1)
         assert not transcript.query(ReplyRows) and shown(view).startswith("█ The quick brown fox jumps")
-        assert view.text == app.screen.conversation.turns[-1].assistant == (paragraph * 20).strip()
+        assert view.text == app.screen.conversation.turns[-1].assistant == (PARAGRAPH * 20).strip()
+
+
+async def test_the_row_being_written_stays_in_view_when_the_terminal_gets_shorter(tokenizer: Tokenizer) -> None:
+    """The room after the row being written is two thirds of the view as it is now, not as it was when the reply
+    started: with the old room a shorter view showed only empty rows after each move up."""
+    app, _ = paragraphs_app(tokenizer, delay=0.004)
+    async with app.run_test(size=(100, 40)) as pilot:
+        await ready(pilot)
+        app.screen.query_one("#prompt").insert("many paragraphs")
+        await pilot.press("enter")
+        transcript = app.screen.query_one(Transcript)
+        await wait_until(pilot, lambda: bool(transcript.query(ReplyRows)) and len(transcript.query_one(ReplyRows).rows) > 5)
+        await pilot.resize_terminal(100, 16)
+        await pilot.pause(0.3)  # the next batch of tokens (8 a second) fits the room to the view
+        for _ in range(40):  # through several moves up
+            await pilot.pause(0.05)
+            found = transcript.query(ReplyRows)
+            if found:
+                rows = found.first()
+                writing = rows.region.y + len(rows.rows) - 1
+                assert transcript.region.y <= writing < transcript.region.bottom, "the row being written is out of view"
+        await finish(pilot, 1)
 
 
 async def test_the_repaints_of_a_streaming_reply_add_up_to_the_screen_drawn_whole(tokenizer: Tokenizer) -> None:
@@ -645,9 +674,7 @@ async def test_the_repaints_of_a_streaming_reply_add_up_to_the_screen_drawn_whol
     console = Console(width=size[0], height=size[1], color_system="truecolor", force_terminal=True)
     terminal = pyte.Screen(*size)
     stream = pyte.Stream(terminal)
-    paragraph = "The quick brown fox jumps over the lazy dog. " * 6 + "\n\n"
-    settings = Settings(sampling=SamplingSettings(temperature=0.0, repetition_penalty=1.0, max_new_tokens=4000))
-    app, backend = make_app(tokenizer, script=script_ids(tokenizer, paragraph * 20), delay=0.002, settings=settings)
+    app, backend = paragraphs_app(tokenizer, delay=0.002)
     go_on, decode = threading.Event(), backend.decode
 
     def decode_until_told(token: int):  # type: ignore[no-untyped-def]

@@ -102,6 +102,19 @@ class ReplyRows(Widget):
             self._height = y + self.room
             self.refresh(layout=True)  # the anchored transcript moves up to the rows' end
 
+    def set_room(self, room: int) -> None:
+        """Keep ``room`` empty rows after the row being written from now on (the view got shorter or taller).
+
+        A shorter view also loses the room it no longer has, so the row being written stays in view.
+        """
+        if room == self.room:
+            return
+        self.room = room
+        height = max(1, len(self.rows)) - 1 + room
+        if height < self._height:
+            self._height = height
+            self.refresh(layout=True)
+
     def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
         return self._height
 
@@ -148,6 +161,7 @@ class ReplyView(Static):
         if self.rows is None or self._rewrap or width != self._wrapped_at:
             await self._lay_out(width)
             return
+        self.rows.set_room(self._room())
         self._write_rows(self.rows, width)
 
     def _write_rows(self, rows: ReplyRows, width: int) -> None:
@@ -168,9 +182,12 @@ class ReplyView(Static):
         """The text width of a row: the transcript's (less its scrollbar), less a row's left bar and padding."""
         return max(1, self._transcript.scrollable_content_region.width - 3)
 
+    def _room(self) -> int:
+        return max(1, self._transcript.size.height * 2 // 3)  # two thirds of the view
+
     async def _lay_out(self, width: int) -> None:
         """Wrap the whole reply at ``width`` into fresh rows (at the start, and after a resize)."""
-        rows = ReplyRows(room=max(1, self._transcript.size.height * 2 // 3))  # two thirds of the view
+        rows = ReplyRows(room=self._room())
         self._taken = 0
         self._write_rows(rows, width)
         with self.app.batch_update():
