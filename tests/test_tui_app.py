@@ -19,7 +19,7 @@ from textual.widgets import Input, Markdown
 from textual.widgets._toast import Toast
 from scripted import GreedyScriptedBackend
 from tiny import train_tokenizer
-from tui_support import REPLY, finish, make_app, ready, script_ids, send, shown, wait_until
+from tui_support import REPLY, finish, make_app, ready, script_ids, send, shown, submit, wait_until
 
 from opt_tpu_tui import paths
 from opt_tpu_tui.config import Settings, load_settings
@@ -614,8 +614,7 @@ async def test_a_streaming_reply_is_rows_that_grow_a_room_at_a_time_and_ends_as_
     app, _ = paragraphs_app(tokenizer, delay=0.003)
     async with app.run_test(size=(100, 30)) as pilot:
         await ready(pilot)
-        app.screen.query_one("#prompt").insert("many paragraphs")
-        await pilot.press("enter")
+        await submit(pilot, "many paragraphs")
         transcript = app.screen.query_one(Transcript)
         await wait_until(pilot, lambda: bool(transcript.query(ReplyRows)))
         layouts.clear()
@@ -649,8 +648,7 @@ async def test_the_row_being_written_stays_in_view_when_the_terminal_gets_shorte
     app, _ = paragraphs_app(tokenizer, delay=0.004)
     async with app.run_test(size=(100, 40)) as pilot:
         await ready(pilot)
-        app.screen.query_one("#prompt").insert("many paragraphs")
-        await pilot.press("enter")
+        await submit(pilot, "many paragraphs")
         transcript = app.screen.query_one(Transcript)
         await wait_until(pilot, lambda: bool(transcript.query(ReplyRows)) and len(transcript.query_one(ReplyRows).rows) > 5)
         await pilot.resize_terminal(100, 16)
@@ -696,8 +694,7 @@ async def test_the_repaints_of_a_streaming_reply_add_up_to_the_screen_drawn_whol
         async with app.run_test(size=size, notifications=True) as pilot:
             await ready(pilot)
             app.notify("a notice\nover the chat\nwhile the\nreply\nstreams", timeout=60)  # tall: up into the transcript
-            app.screen.query_one("#prompt").insert("many paragraphs")
-            await pilot.press("enter")
+            await submit(pilot, "many paragraphs")
             try:
                 await wait_until(pilot, lambda: backend.decodes >= 700)
                 for _ in range(4):  # the last batch of tokens is shown (the flush timer runs at 8 Hz)

@@ -110,13 +110,18 @@ async def ready(pilot: Pilot) -> None:
     await wait_until(pilot, lambda: getattr(pilot.app.screen, "session", None) is not None)
 
 
-async def send(pilot: Pilot, text: str) -> None:
-    """Type ``text`` in the prompt, press Enter and wait for the reply to finish."""
+async def submit(pilot: Pilot, text: str) -> None:
+    """Type ``text`` in the prompt and press Enter (the reply goes on streaming)."""
     prompt = pilot.app.screen.query_one("#prompt")
     prompt.focus()
     prompt.insert(text)  # type: ignore[attr-defined]
-    finished = pilot.app.screen.finished_replies
     await pilot.press("enter")
+
+
+async def send(pilot: Pilot, text: str) -> None:
+    """Type ``text`` in the prompt, press Enter and wait for the reply to finish."""
+    finished = pilot.app.screen.finished_replies
+    await submit(pilot, text)
     await finish(pilot, finished + 1)
 
 
