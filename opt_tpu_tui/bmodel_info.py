@@ -109,7 +109,13 @@ class Stage:
     scratch: int
     bdc: tuple[tuple[int, int], ...]  # (start, size) of each TIU command binary, shared between nets
     gdma: int  # bytes of its DMA command binaries, which bmrt copies per net (it patches their addresses)
-    io: int  # inputs and outputs
+    inputs: tuple[tuple[tuple[int, ...], str], ...] = ()  # (shape, dtype name) of each input
+    outputs: tuple[tuple[tuple[int, ...], str], ...] = ()
+
+    @property
+    def io(self) -> int:
+        """Inputs and outputs."""
+        return len(self.inputs) + len(self.outputs)
 
 
 @dataclass(frozen=True)
@@ -152,6 +158,11 @@ class BmodelInfo:
         """Inputs and outputs of every net, as in its first stage (EngineLLM opens a device handle for each)."""
         return sum(stages[0].io for stages in self.nets.values() if stages)
 
+    def net_io(self, net: str) -> tuple[list[tuple[tuple[int, ...], str]], list[tuple[tuple[int, ...], str]]]:
+        """(shape, dtype name) of ``net``'s inputs and outputs in its first stage, as a runtime driver's ``io``."""
+        stage = self.nets[net][0]
+        return list(stage.inputs), list(stage.outputs)
+
     def device_bytes(self, shared_scratch: bool = True) -> int:
         """Weights, instructions and the scratch: the largest stage's when shared, else every stage's."""
         scratch = self.largest_scratch if shared_scratch else self.every_scratch
@@ -172,7 +183,21 @@ def _stage(param: _Table) -> tuple[Stage, tuple[int, int]]:
     gdma = sum(group.binary(3)[1] for group in groups) + param.binary(11)[1]  # dynamic nets: their IR
     coeff = param.table(4)
     weights = coeff.binary(2) if coeff is not None else (0, 0)
-    return Stage(scratch, bdc, gdma, len(param.tables(0)) + len(param.tables(1))), weights
+    return Stage(scratch, bdc, gdma, _tensors(param.tables(0)), _tensors(param.tables(1))), weights
+
+
+# bm_data_type_t (bmdef.h) codes by the names bmrt_lib uses
+DTYPES = {0: "float32", 1: "float16", 6: "int32", 8: "bfloat16"}
+
+
+def _tensors(tables: list[_Table]) -> tuple[tuple[tuple[int, ...], str], ...]:
+    """(shape of the first stage, dtype name) of each Tensor table."""
+    found = []
+    for tensor in tables:
+        shapes = tensor.tables(5)
+        shape = tuple(shapes[0].uint64s(0)) if shapes else ()
+        found.append((shape, DTYPES.get(tensor.scalar(1, "I"), "other")))
+    return tuple(found)
 
 
 def read_bmodel(path: Path) -> BmodelInfo:
