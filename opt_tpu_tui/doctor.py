@@ -476,7 +476,7 @@ def run_model(model_dir: Path, kind: str, device: int, needs: dict[str, Any]) ->
         backend = open_tpu(model_dir, kind, device, None)
         result["load_seconds"] = time.perf_counter() - start
         try:
-            steps = max(1, min(RUN_TOKENS, backend.context - len(ids)))
+            steps = max(1, min(RUN_TOKENS, backend.context_length - len(ids)))
             tokens, first, rest = greedy(backend, ids, steps)
         finally:
             backend.close()
