@@ -50,7 +50,8 @@ def build_parser(saved: SamplingSettings | None = None) -> argparse.ArgumentPars
         epilog="With neither -p nor -c the terminal UI starts. "
         "`opt-tpu-tui convert -h` tells how to compile a checkpoint for the TPU; "
         "`opt-tpu-tui fetch-simulator` fetches the BM1684X simulator that `--backend bmrt` uses on x86; "
-        "`opt-tpu-tui export ID|--last [-o FILE]` writes a saved conversation as Markdown.",
+        "`opt-tpu-tui export ID|--last [-o FILE]` writes a saved conversation as Markdown; "
+        "`opt-tpu-tui doctor [--model DIR] [--json] [--run]` says what is wrong on a TPU box and how to fix it.",
     )
     parser.add_argument(
         "--model", metavar="DIR", type=Path,
@@ -340,6 +341,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_fetch_simulator(argv[1:])
         if argv[:1] == ["export"]:
             return run_export(argv[1:])
+        if argv[:1] == ["doctor"]:
+            from opt_tpu_tui.doctor import run_doctor
+
+            return run_doctor(argv[1:])
         saved, warning, unreadable = settings_for_parser()
         try:
             args = build_parser(saved.sampling).parse_args(argv)

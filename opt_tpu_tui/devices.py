@@ -13,6 +13,10 @@ Sources, best first:
 - ``sophon.sail`` (all in sail's ``src/tensor.cpp``): ``get_tpu_util``,
   ``get_dev_stat`` -> [mem_total MiB, mem_used MiB, tpu_util] (garbage in the
   simulator, hence the range checks), ``get_chip_temp`` (fails on SoC boxes);
+- where sail is not importable (a box running ``--backend bmrt``), libsophon's own libbmlib
+  through ``bmrt_lib.DeviceStats``: ``bm_get_stat`` (TPU use, memory in MiB) and the heaps'
+  byte counts (``bm_get_gmem_heap_stat_byte_by_id``); the simulator's libbmlib answers with
+  zeros, which count as a failure;
 - sysfs, documented in libsophon's ``doc/guide_en/3_3_sysfs_interface_description.rst``
   and written by its ``driver/bm_attr.c``: ``npu_usage`` under
   ``/sys/class/bm-sophon/bm-sophon<N>/device`` (PCIe) or ``/sys/class/bm-tpu/bm-tpu<N>/device``
@@ -167,12 +171,16 @@ def _try(read: Callable[[], Any]) -> Any:
 class DeviceMonitor:
     """Samples the TPU (sail, then sysfs) when the backend runs on one, else the host."""
 
-    def __init__(self, backend_name: str, device_id: int = 0, sys_root: Path = Path("/sys"), sail: Any = None) -> None:
+    def __init__(
+        self, backend_name: str, device_id: int = 0, sys_root: Path = Path("/sys"), sail: Any = None, bmlib: Any = None
+    ) -> None:
         self.on_tpu = backend_name in ("bmrt", "sail")
         self.host = HostReader()
         if sail is None and self.on_tpu:
             sail = _import_sail()
-        self.fields = tpu_fields(sail, device_id, sys_root) if self.on_tpu else {}
+        if bmlib is None and sail is None and self.on_tpu:
+            bmlib = _bmlib_stats(device_id)
+        self.fields = tpu_fields(sail, device_id, sys_root, bmlib) if self.on_tpu else {}
 
     def sample(self) -> DeviceSample:
         cpu = _try(self.host.cpu_percent)
@@ -201,8 +209,23 @@ def _import_sail() -> Any:
     return sail
 
 
-def tpu_fields(sail: Any, device: int, sys_root: Path) -> dict[str, Field[Any]]:
-    """The TPU figures' sources for ``device``: sail's functions where sail is importable, then sysfs."""
+def _bmlib_stats(device: int) -> Any:
+    """libbmlib's statistics for ``device`` (``bmrt_lib.DeviceStats``) where libsophon is installed, else None.
+
+    Not in the simulator: its libbmlib keeps no statistics (``bm_get_stat`` gives zeros), and
+    asking would open the simulated device, whose threads keep a core busy, for nothing.
+    """
+    try:
+        from opt_tpu_tui.backends.bmrt_lib import DeviceStats, on_device
+
+        return DeviceStats(device) if on_device() else None
+    except Exception:  # noqa: BLE001 - no libsophon and no simulator: the figures stay unavailable
+        return None
+
+
+def tpu_fields(sail: Any, device: int, sys_root: Path, bmlib: Any = None) -> dict[str, Field[Any]]:
+    """The TPU figures' sources for ``device``: sail's functions where sail is importable, else libbmlib's
+    (``bmlib``: an object with ``tpu_util()`` and ``memory()``, as ``bmrt_lib.DeviceStats``), then sysfs."""
     util: list[Source[float]] = []
     mem: list[Source[tuple[int, int]]] = []
     temp: list[Source[float]] = []
@@ -210,6 +233,9 @@ def tpu_fields(sail: Any, device: int, sys_root: Path) -> dict[str, Field[Any]]:
         util.append(Source("sail.get_tpu_util", lambda: in_range(float(sail.get_tpu_util(device)), 0, 100)))
         mem.append(Source("sail.get_dev_stat", lambda: memory_stat(sail.get_dev_stat(device))))
         temp.append(Source("sail.get_chip_temp", lambda: in_range(float(sail.get_chip_temp(device)), -40, 150)))
+    if bmlib is not None:
+        util.append(Source("libbmlib bm_get_stat", bmlib.tpu_util))
+        mem.append(Source("libbmlib heaps", bmlib.memory))
     soc = sys_root / f"class/bm-tpu/bm-tpu{device}/device/npu_usage"
     pcie = sys_root / f"class/bm-sophon/bm-sophon{device}/device/npu_usage"
     for path in (soc, pcie):

@@ -121,3 +121,48 @@ def test_human_bytes() -> None:
     assert human_bytes(None) == "n/a"
     assert human_bytes(512) == "512 B"
     assert human_bytes(3 * 1024**3) == "3.0 GiB"
+
+
+class FakeBmlib:
+    """A stand-in for ``bmrt_lib.DeviceStats`` on a box: libbmlib's figures, counted."""
+
+    def __init__(self, memory: tuple[int, int] | None, util: float | None) -> None:
+        self._memory, self._util = memory, util
+        self.calls = {"memory": 0, "tpu_util": 0}
+
+    def memory(self) -> tuple[int, int] | None:
+        self.calls["memory"] += 1
+        return self._memory
+
+    def tpu_util(self) -> float | None:
+        self.calls["tpu_util"] += 1
+        return self._util
+
+
+def test_bmrt_without_sail_reads_device_memory_and_use_from_libbmlib(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setitem(sys.modules, "sophon", None)  # no sail: before, TPU memory was "unavailable" on bmrt
+    bmlib = FakeBmlib(memory=(1024 * MiB, 4096 * MiB), util=23.0)
+    monitor = DeviceMonitor("bmrt", device_id=1, sys_root=tmp_path, bmlib=bmlib)
+    sample = monitor.sample()
+    assert (sample.tpu_util, sample.tpu_mem_used, sample.tpu_mem_total) == (23.0, 1024 * MiB, 4096 * MiB)
+    assert "tpu_mem" not in sample.unavailable
+    table = dict(rows(StatsView(device=sample)))
+    assert table["TPU mem"] != UNAVAILABLE and "GiB" in table["TPU mem"]
+
+
+def test_libbmlib_zeros_count_as_unavailable_and_are_not_asked_again(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setitem(sys.modules, "sophon", None)
+    bmlib = FakeBmlib(memory=None, util=None)  # what DeviceStats makes of the simulator's zeros
+    monitor = DeviceMonitor("bmrt", sys_root=tmp_path, bmlib=bmlib)
+    samples = [monitor.sample() for _ in range(3)]
+    assert bmlib.calls == {"memory": 1, "tpu_util": 1}
+    assert samples[-1].unavailable == {"tpu_util", "tpu_mem", "chip_temp"}
+
+
+def test_device_stats_reads_libbmlib_in_the_simulator(simulator: None) -> None:
+    """The real libbmlib: the chip through bm_get_chipid; the simulator's zeros are no memory reading."""
+    from opt_tpu_tui.backends.bmrt_lib import DeviceStats
+
+    stats = DeviceStats(0)
+    assert stats.chip() == "BM1684X"
+    assert stats.memory() is None and stats.tpu_util() is None

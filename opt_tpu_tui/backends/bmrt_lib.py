@@ -21,10 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
+from opt_tpu_tui.box import LIBSOPHON_DIR
 from opt_tpu_tui.errors import UserError
 
 LIB_ENV = "OPT_TPU_TUI_BMRT_LIB"
-LIBSOPHON = Path("/opt/sophon/libsophon-current/lib")
+LIBSOPHON = LIBSOPHON_DIR / "lib"
 # bm_runtime_flag_t (bmdef.h): bit 0, the nets of a bmrt instance share one activation scratch
 # (their neuron memory) of the largest size instead of each having its own
 SHARE_MEM = 1 << 0
@@ -100,6 +101,26 @@ class NetInfo(ctypes.Structure):
         ("stage_num", ctypes.c_int),
         ("stages", ctypes.POINTER(StageInfo)),
     ]
+
+
+class HeapStat(ctypes.Structure):
+    """struct bm_heap_stat (bmlib_runtime.h): MiB."""
+
+    _fields_ = [("mem_total", ctypes.c_uint), ("mem_avail", ctypes.c_uint), ("mem_used", ctypes.c_uint)]
+
+
+class DevStat(ctypes.Structure):
+    """bm_dev_stat_t: device memory in MiB, TPU use in percent, and up to four heaps."""
+
+    _fields_ = [("mem_total", ctypes.c_int), ("mem_used", ctypes.c_int), ("tpu_util", ctypes.c_int),
+                ("heap_num", ctypes.c_int), ("heap_stat", HeapStat * 4)]  # fmt: skip
+
+
+class HeapStatBytes(ctypes.Structure):
+    """bm_heap_stat_byte_t: one heap in bytes."""
+
+    _fields_ = [("heap_id", ctypes.c_uint), ("mem_total", ctypes.c_ulonglong), ("mem_avail", ctypes.c_ulonglong),
+                ("mem_used", ctypes.c_ulonglong), ("mem_start_addr", ctypes.c_ulonglong)]  # fmt: skip
 
 
 # bm_data_type_t codes by name, and the numpy dtype that holds each on the host (bfloat16 as its raw bits)
@@ -201,6 +222,19 @@ class _Libraries:
         ]:
             function = getattr(self.bmlib, name)
             function.argtypes, function.restype = args, result
+        # statistics (bmlib_runtime.h); optional: a library without one leaves that figure unknown
+        self.stats: dict[str, ctypes._CFuncPtr] = {}
+        for name, args in [
+            ("bm_get_stat", [vp, ctypes.POINTER(DevStat)]),
+            ("bm_get_gmem_total_heap_num", [vp, ctypes.POINTER(ctypes.c_uint)]),
+            ("bm_get_gmem_heap_stat_byte_by_id", [vp, ctypes.POINTER(HeapStatBytes), ctypes.c_uint]),
+            ("bm_get_chipid", [vp, ctypes.POINTER(ctypes.c_uint)]),
+            ("bm_get_driver_version", [vp, ctypes.POINTER(ctypes.c_int)]),
+        ]:
+            function = getattr(self.bmlib, name, None)
+            if function is not None:
+                function.argtypes, function.restype = args, status
+                self.stats[name] = function
         self.handles: dict[int, ctypes.c_void_p] = {}
         self.runtimes: weakref.WeakSet[Runtime] = weakref.WeakSet()
         atexit.register(self._free_handles)
@@ -223,6 +257,82 @@ class _Libraries:
 
 
 _loaded: dict[Path, _Libraries] = {}
+
+
+class DeviceStats:
+    """Device memory and TPU use of one device through libbmlib, the library every libsophon has.
+
+    Where sophon-sail is absent (a box running ``--backend bmrt``) this is what the stats
+    pane and ``doctor`` read. The device handle is the process's own (``_Libraries.handle``),
+    opened on first use. Each reading is None where the library lacks the function, the call
+    fails, or the figure is not sensible: the simulator's libbmlib answers ``bm_get_stat``
+    with zeros, as it keeps no statistics.
+    """
+
+    def __init__(self, device: int = 0, lib_dir: Path | None = None) -> None:
+        self.libs = libraries(lib_dir)
+        self.device = device
+
+    def _call(self, name: str, *args: object) -> bool:
+        function = self.libs.stats.get(name)
+        return function is not None and function(self.libs.handle(self.device), *args) == 0
+
+    def stat(self) -> DevStat | None:
+        stat = DevStat()
+        return stat if self._call("bm_get_stat", ctypes.byref(stat)) else None
+
+    def memory(self) -> tuple[int, int] | None:
+        """(used, total) bytes: the heaps' byte figures where the library has them, else bm_get_stat's MiB."""
+        count = ctypes.c_uint()
+        if self._call("bm_get_gmem_total_heap_num", ctypes.byref(count)) and 0 < count.value <= 16:
+            used = total = 0
+            for heap in range(count.value):
+                info = HeapStatBytes()
+                if not self._call("bm_get_gmem_heap_stat_byte_by_id", ctypes.byref(info), heap):
+                    break
+                used, total = used + info.mem_used, total + info.mem_total
+            else:
+                if 0 < total and 0 <= used <= total:
+                    return used, total
+        stat = self.stat()
+        if stat is None or stat.mem_total <= 0 or not 0 <= stat.mem_used <= stat.mem_total:
+            return None
+        return stat.mem_used * 2**20, stat.mem_total * 2**20
+
+    def heaps(self) -> list[tuple[int, int, int]] | None:
+        """(heap id, total bytes, used bytes) of each heap; None where unknown or all zero."""
+        count = ctypes.c_uint()
+        if not self._call("bm_get_gmem_total_heap_num", ctypes.byref(count)) or not 0 < count.value <= 16:
+            return None
+        found = []
+        for heap in range(count.value):
+            info = HeapStatBytes()
+            if not self._call("bm_get_gmem_heap_stat_byte_by_id", ctypes.byref(info), heap):
+                return None
+            found.append((heap, int(info.mem_total), int(info.mem_used)))
+        return found if any(total for _, total, _ in found) else None
+
+    def tpu_util(self) -> float | None:
+        """Percent, from bm_get_stat; None if unknown (or out of range)."""
+        stat = self.stat()
+        if stat is None or stat.mem_total <= 0 or not 0 <= stat.tpu_util <= 100:
+            return None  # a device with no memory figures gives no trustworthy use either (the simulator's zeros)
+        return float(stat.tpu_util)
+
+    def chip(self) -> str | None:
+        """BM1684X, BM1684, ... from bm_get_chipid (0x1686 is the BM1684X)."""
+        chip = ctypes.c_uint()
+        if not self._call("bm_get_chipid", ctypes.byref(chip)):
+            return None
+        return {0x1686: "BM1684X", 0x1684: "BM1684", 0x1688: "BM1688"}.get(chip.value, f"chip id 0x{chip.value:x}")
+
+    def driver_version(self) -> str | None:
+        """"0.5.1" from bm_get_driver_version's (chip << 16) | (major << 8) | minor."""
+        version = ctypes.c_int()
+        if not self._call("bm_get_driver_version", ctypes.byref(version)) or version.value <= 0:
+            return None
+        v = version.value
+        return f"{v >> 16}.{(v >> 8) & 0xFF}.{v & 0xFF}"
 
 
 def libraries(folder: Path | None = None) -> _Libraries:
