@@ -244,6 +244,7 @@ class MainScreen(DrawnScreen, Screen[None]):
         if self._streaming is not None:
             self._take_stats(self._streaming.reply)
             self.query_one(StatsPanel).add_speed(self._streaming.reply.stats.tokens_per_second)
+            self._show_context()
         self._show_stats()
 
     def _take_stats(self, reply: Reply) -> None:
@@ -255,7 +256,6 @@ class MainScreen(DrawnScreen, Screen[None]):
             cached_tokens=prefill[1],
             tokens_per_second=stats.tokens_per_second,
         )
-        self.query_one(StatusLine).context_used = self._last.context_used
 
     def _show_stats(self) -> None:
         """The stats pane's lines and speed graph, when it is open: an update of a hidden widget costs
@@ -278,7 +278,7 @@ class MainScreen(DrawnScreen, Screen[None]):
         )
 
     def _show_context(self) -> None:
-        """The context meter: what the next prompt takes before the user's words, and whether it is full.
+        """The context meter (ChatSession.context_use): the tokens the model sees, and whether it is full.
 
         Full means the next turn leaves the oldest turns out of the prompt even with an
         empty message (the reply's room counted), so the user sees it coming.
@@ -287,10 +287,9 @@ class MainScreen(DrawnScreen, Screen[None]):
         if session is None:
             return
         sampling, session.preamble = self.effective_settings()
-        reserve, context = session.reserve(sampling), session.backend.context_length
-        used = session.next_prompt_tokens(reserve)
-        status.drops_next = used + reserve > context
-        status.context_used = min(used, context)  # past it (a turn that filled the context): full, 64/64
+        streaming = self._streaming
+        use = session.context_use(session.reserve(sampling), streaming.reply if streaming else None)  # chat.py says what
+        status.context_used, status.drops_next = use.used, use.full
 
     def _update_state(self) -> None:
         """The status line's state and, matching it, why the prompt would refuse a message now."""
@@ -387,6 +386,7 @@ class MainScreen(DrawnScreen, Screen[None]):
         transcript.anchor()
         self.query_one(StatusLine).first_token = 0.0  # the last reply's figures: back when this one ends
         self._streaming = Streaming(reply, view, cancel)
+        self._show_context()  # the prompt as sent, from the reply's start
         gc.disable()  # textual.md: gen-2 collections stall the stream for 200-300 ms; collect at the end
         self._flush_timer = self.set_interval(1 / FLUSH_HZ, lambda: self.post_message(FlushReply()))
         self._update_state()

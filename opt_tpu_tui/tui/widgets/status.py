@@ -26,7 +26,7 @@ class StatusLine(Widget):
     model = reactive("")
     backend = reactive("")
     demo = reactive(False)
-    context_used = reactive(0)  # tokens of the next prompt before the user's words (live while a reply streams)
+    context_used = reactive(0)  # tokens the model sees (ChatSession.context_use: live while a reply streams)
     context_size = reactive(0)  # 0 while no model is loaded
     drops_next = reactive(False)  # the next turn will leave the oldest turns out of the prompt
     first_token = reactive(0.0)  # seconds to the last reply's first token; 0: none to show (or one streaming)
