@@ -41,6 +41,7 @@ class Turn:
     user: str
     assistant: str = ""
     stopped: bool = False  # the reply was cut short by the user
+    stop_reason: str | None = None  # how the reply ended (GenerationStats.stop_reason); the history keeps only ``stopped``
 
 
 @dataclass
@@ -116,7 +117,8 @@ class Reply:
             if piece:
                 yield piece
         self.turn.assistant = text.rstrip()
-        self.turn.stopped = self.generation.stats.stop_reason == "cancelled"
+        self.turn.stop_reason = self.generation.stats.stop_reason
+        self.turn.stopped = self.turn.stop_reason == "cancelled"
 
 
 class ChatSession:

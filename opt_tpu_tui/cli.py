@@ -19,7 +19,7 @@ from opt_tpu_tui.config import Settings, changed_values, load_settings, update_s
 from opt_tpu_tui.demo import DEMO_MODEL_DIR, DEMO_NOTICE, is_demo_model
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.export import run_export
-from opt_tpu_tui.generation import Generation, GenerationStats
+from opt_tpu_tui.generation import Generation, GenerationStats, stop_words
 from opt_tpu_tui.native_output import native_stdout_to, park_native_stdout, terminal_size
 from opt_tpu_tui.plain_text import plain_output
 from opt_tpu_tui.safe_text import terminal_safe
@@ -166,11 +166,8 @@ def sampling_settings(args: argparse.Namespace, base: SamplingSettings) -> Sampl
     return SamplingSettings(**{**base.to_dict(), **given}).validate()
 
 
-STOP_WORDS = {"cancelled": "stopped"}  # GenerationStats.stop_reason -> what the stats line says
-
-
 def format_stats(stats: GenerationStats) -> str:
-    stop = STOP_WORDS.get(stats.stop_reason or "", stats.stop_reason)
+    stop = stop_words(stats.stop_reason)
     return (
         f"[{stats.prompt_tokens} prompt tokens ({stats.cached_tokens} cached) in {stats.prefill_seconds:.2f} s, "
         f"{stats.new_tokens} new at {stats.tokens_per_second:.1f} tok/s, stop: {stop}]"

@@ -71,7 +71,7 @@ def test_a_reply_stopped_by_the_user_reads_stopped_in_the_stats_line() -> None:
     from opt_tpu_tui.generation import GenerationStats
 
     assert format_stats(GenerationStats(stop_reason="cancelled")).endswith("stop: stopped]")
-    assert format_stats(GenerationStats(stop_reason="eos")).endswith("stop: eos]")
+    assert format_stats(GenerationStats(stop_reason="eos")).endswith("stop: end of text]")
 
 
 def test_help_from_the_console_script() -> None:

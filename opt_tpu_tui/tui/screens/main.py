@@ -431,7 +431,7 @@ class MainScreen(DrawnScreen, Screen[None]):
             return
         outcome, turn = message.outcome, streaming.reply.turn
         if turn in self.conversation.turns:
-            await streaming.view.finish(turn.assistant, stopped=turn.stopped, error=outcome.error)
+            await streaming.view.finish(turn.assistant, stopped=turn.stopped, error=outcome.error, ended=turn.stop_reason)
             streaming.view.show_variant(self._variants().get(len(self.conversation.turns) - 1))
         elif self.conversation.id is not None:  # not saved, so not sent: the saved turns are the conversation
             try:
@@ -664,7 +664,8 @@ class MainScreen(DrawnScreen, Screen[None]):
         widgets: list[Static | ReplyView] = []
         for index in range(start, end):
             turn, variant = turns[index], variants.get(index)
-            widgets += [UserMessage(turn.user), ReplyView(turn.assistant, label=label, stopped=turn.stopped, variant=variant)]
+            view = ReplyView(turn.assistant, label=label, stopped=turn.stopped, variant=variant, ended=turn.stop_reason)
+            widgets += [UserMessage(turn.user), view]
         transcript.hidden_messages = 2 * start
         await transcript.add(*widgets)
         await transcript.show_later(2 * (len(turns) - end))

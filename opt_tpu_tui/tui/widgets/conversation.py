@@ -28,8 +28,10 @@ from textual.widget import Widget
 from textual.widgets import Static
 
 from opt_tpu_tui.export import FENCE
+from opt_tpu_tui.generation import stop_words
 from opt_tpu_tui.safe_text import terminal_safe
 
+MARKED = ("max_new_tokens", "context", "stop_string")  # the ends a reply is marked with, besides stopped and failed
 CODE_THEME = "monokai"  # the colours of fenced code (Rich's Markdown used it before replies became plain text)
 
 
@@ -173,7 +175,7 @@ class ReplyView(Static):
 
     def __init__(
         self, text: str = "", *, label: str = "opt", stopped: bool = False, error: str | None = None,
-        streaming: bool = False, variant: tuple[int, int] | None = None,
+        streaming: bool = False, variant: tuple[int, int] | None = None, ended: str | None = None,
     ) -> None:  # fmt: skip
         super().__init__(Group(), classes="message assistant-message")  # no rows while it streams
         self.border_title = terminal_safe(label)
@@ -181,6 +183,7 @@ class ReplyView(Static):
         self.stopped = stopped
         self.error = error
         self.streaming = streaming
+        self.ended = ended  # how the reply ended (GenerationStats.stop_reason), when known
         self.variant = variant  # (shown, of how many) when its message has alternatives (ctrl+g flips them)
         self.rows: ReplyRows | None = None  # while it streams
         self._taken = 0  # how much of self.text is in finished rows
@@ -249,9 +252,9 @@ class ReplyView(Static):
         if self.streaming and self.rows is not None and self._width() != self._wrapped_at:
             self._rewrap = True
 
-    async def finish(self, text: str, *, stopped: bool, error: str | None) -> None:
+    async def finish(self, text: str, *, stopped: bool, error: str | None, ended: str | None = None) -> None:
         """The reply has ended: show it in this one widget, and how it ended."""
-        self.text, self.stopped, self.error, self.streaming = text, stopped, error, False
+        self.text, self.stopped, self.error, self.streaming, self.ended = text, stopped, error, False, ended
         await self._remove_rows()
         self._show()
 
@@ -266,10 +269,13 @@ class ReplyView(Static):
 
     @property
     def status(self) -> str:
-        """How the reply ended, when that is not the usual way ("" then)."""
+        """How the reply ended, when that is not the model's own end of text ("" then): stopped, failed,
+        cut at its token limit or the context's end, or at a stop string (the model began the user's next line)."""
         if self.error:
             return f"⚠ {terminal_safe(self.error)}"
-        return "■ stopped" if self.stopped else ""
+        if self.stopped:
+            return "■ stopped"
+        return f"■ {stop_words(self.ended)}" if self.ended in MARKED else ""
 
     def _show(self) -> None:
         """The finished reply's text, then its status in the colour of its left bar."""
@@ -280,7 +286,8 @@ class ReplyView(Static):
         body: list[RenderableType] = [reply_text(self.text)]
         if self.status:
             colour = self.app.get_css_variables()["error" if self.error else "warning"]
-            body.append(Text(self.status, style=Style(color=colour, italic=True)))
+            usual = self.ended == "stop_string" and not (self.stopped or self.error)  # how most chat replies end: quiet
+            body.append(Text(self.status, style=Style(dim=True, italic=True) if usual else Style(color=colour, italic=True)))
         if self.variant:
             body.append(Text(f"‹{self.variant[0]}/{self.variant[1]}› variants: ctrl+g, ←/→", style=Style(dim=True)))
         self.update(Group(*body))
