@@ -187,6 +187,14 @@ class MainScreen(DrawnScreen, Screen[None]):
         if self.narrow != self._was_narrow and not self.query_one("#side").has_focus_within:
             self.pane = "hidden" if self.narrow else self.tui.settings.side_pane
         self._was_narrow = self.narrow
+        if self.focused is None and self.app.screen is self and not self.too_small:
+            self._focus_prompt()  # too small, the chat was hidden and lost the focus (or never had it): typing goes on
+
+    @property
+    def too_small(self) -> bool:
+        """Below MIN_WIDTH x MIN_HEIGHT: the chat is hidden behind a line saying so."""
+        width, height = self.app.size
+        return width < MIN_WIDTH or height < MIN_HEIGHT
 
     def action_pane(self, which: str) -> None:
         settings = self.tui.settings
