@@ -50,7 +50,7 @@ def test_prompt_streams_a_reply_and_stats(capsys, tiny_model: Path) -> None:
 def test_prompt_without_text_uses_the_demonstration_prompt(capsys, tiny_model: Path) -> None:
     code, _, err = run_cli(capsys, "--model", str(tiny_model), "-p", *GREEDY)
     prompt_tokens = len(Tokenizer.from_dir(tiny_model).encode(transcript(DEFAULT_PREAMBLE, [], DEMO_PROMPT)))
-    assert code == 0 and f"[{prompt_tokens} prompt tokens" in err
+    assert code == 0 and f", {prompt_tokens} prompt tokens" in err
 
 
 def test_raw_prompt_from_stdin_continues_the_text(capsys, monkeypatch, tiny_model: Path) -> None:

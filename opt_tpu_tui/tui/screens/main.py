@@ -118,6 +118,8 @@ class MainScreen(DrawnScreen, Screen[None]):
         self._draft = ""  # what the prompt held before the edit began: escape brings it back
         self.finished_replies = 0  # how many replies have ended (tests and the benches wait on it)
         self._overrides_unsaved = False  # set for a conversation with no id yet: its first reply's end saves them
+        self._load_started = time.monotonic()  # the state line counts the seconds a load takes: loading, not hung
+        self._load_timer: Timer | None = None
 
     @property
     def tui(self) -> OptTuiApp:
@@ -159,6 +161,8 @@ class MainScreen(DrawnScreen, Screen[None]):
         notices = [Notice(text, kind) for text, kind in app.startup_notices()]
         await self.query_one(Transcript).add(*notices)
         self._show_stats()
+        self._load_started = time.monotonic()
+        self._load_timer = self.set_interval(1, self._update_state)  # stopped once loaded (or failed)
         self._update_state()
         app.load_model()
 
@@ -216,6 +220,7 @@ class MainScreen(DrawnScreen, Screen[None]):
         app = self.tui
         assert app.backend is not None and app.tokenizer is not None
         self.session = ChatSession(app.backend, app.tokenizer, self.effective_settings()[1], self.conversation)
+        self._loaded_notice(time.monotonic() - self._load_started)
         status = self.query_one(StatusLine)
         status.model, status.backend = app.backend.model_name, app.backend.name
         status.context_size = app.backend.context_length
@@ -228,6 +233,10 @@ class MainScreen(DrawnScreen, Screen[None]):
         self._show_stats()
         self._stats_stop.clear()
         self._sample_devices(app.monitor_factory(app.backend.name))
+
+    def _loaded_notice(self, seconds: float) -> None:
+        """Say in the chat how long the model took to load (a big bmodel: tens of seconds), once."""
+        self.call_later(self.query_one(Transcript).add, Notice(f"Model loaded in {seconds:.1f} s", "info"))
 
     async def model_failed(self, error: str) -> None:
         await self.query_one(Transcript).add(Notice(f"Model failed to load: {error}", "error"))
@@ -305,12 +314,20 @@ class MainScreen(DrawnScreen, Screen[None]):
         if app.load_error:
             state, prompt.refusal = "no model", f"Cannot reply: {app.load_error}"
         elif self.session is None:
-            state, prompt.refusal = "loading model…", "The model is still loading"
+            waited = int(time.monotonic() - self._load_started)
+            state, prompt.refusal = f"loading model… {waited} s", "The model is still loading"
         elif self._streaming is not None:
             state, prompt.refusal = "replying… (esc stops)", BUSY
         else:
             state, prompt.refusal = "ready", None
+        if self.session is not None or app.load_error:
+            self._stop_load_timer()
         self.query_one(StatusLine).state = state
+
+    def _stop_load_timer(self) -> None:
+        if self._load_timer is not None:
+            self._load_timer.stop()
+            self._load_timer = None
 
     # sending and streaming
 
