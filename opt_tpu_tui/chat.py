@@ -41,6 +41,7 @@ class Turn:
     user: str
     assistant: str = ""
     stopped: bool = False  # the reply was cut short by the user
+    stop_reason: str | None = None  # how the reply ended (GenerationStats.stop_reason); the history keeps only ``stopped``
 
 
 @dataclass
@@ -60,6 +61,38 @@ def transcript(preamble: str, turns: list[Turn], user: str) -> str:
         lines += [f"{USER} {turn.user.strip()}", f"{ASSISTANT} {turn.assistant.strip()}"]
     lines += [f"{USER} {user.strip()}", ASSISTANT]
     return "\n".join(lines)
+
+
+class PromptLengths:
+    """The token count of transcript(preamble, turns[first:sent], turns[sent].user) for any ``first`` and ``sent``,
+    from one encode per turn.
+
+    The tokenizer's byte-level pre-tokenizer never joins a line break to the letter after
+    it, and every line of a transcript starts with "User:" or "Assistant:", so a prompt's
+    tokens are its preamble's, one per line break, and each turn's lines' own.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, preamble: str, turns: list[Turn]) -> None:
+        def count(text: str) -> int:
+            return len(tokenizer.encode(text, add_bos=False))
+
+        self._head = len(tokenizer.encode(preamble.strip())) + (2 if preamble.strip() else 0)  # the BOS; "\n\n"
+        self._open = [count(f"{USER} {turn.user.strip()}\n{ASSISTANT}") for turn in turns]
+        self._sums = [0]  # tokens of turns[:i], each with its reply and the line break after it
+        for turn in turns:
+            self._sums.append(self._sums[-1] + count(f"{USER} {turn.user.strip()}\n{ASSISTANT} {turn.assistant.strip()}") + 1)
+
+    def prompt(self, first: int, sent: int) -> int:
+        return self._head + self._sums[sent] - self._sums[first] + self._open[sent]
+
+
+@dataclass(frozen=True)
+class ContextUse:
+    """The context meter: the tokens the model sees, of how many, and whether the next message leaves old turns out."""
+
+    used: int
+    size: int
+    full: bool
 
 
 @dataclass
@@ -84,7 +117,8 @@ class Reply:
             if piece:
                 yield piece
         self.turn.assistant = text.rstrip()
-        self.turn.stopped = self.generation.stats.stop_reason == "cancelled"
+        self.turn.stop_reason = self.generation.stats.stop_reason
+        self.turn.stopped = self.turn.stop_reason == "cancelled"
 
 
 class ChatSession:
@@ -137,9 +171,10 @@ class ChatSession:
         """The index of the oldest turn the model still sees: the first one the last prompt held.
 
         A conversation opened from the history (or whose turns changed under the session:
-        an edit, another variant) has no last prompt here; its boundary is settled where its
-        last message, sent with this ``reserve``, would have needed the fewest turns left
-        out, so the meter and the marker say what the next prompt holds.
+        an edit, another variant) has no last prompt here; its boundary is where sending
+        its messages one by one, with this ``reserve``, would have put it (replayed), so
+        the meter and the marker read the same as they did in the session that wrote it,
+        and the same on every reopening.
         """
         turns = self.turns
         for index, turn in enumerate(turns):
@@ -147,18 +182,26 @@ class ChatSession:
                 return index
         if not turns:
             return 0
+        first = self._replay(reserve)
+        self._first_kept = turns[first]
+        return first
 
-        def fits(first: int) -> bool:
-            ids = self.tokenizer.encode(transcript(self.preamble, turns[first:-1], turns[-1].user))
-            return len(ids) + reserve <= self.backend.context_length
+    def _replay(self, reserve: int) -> int:
+        """Where send (_fit) left the boundary after the last turn, had every turn been sent with ``reserve``.
 
-        # Fewer turns never take more tokens: a bisection, so a 300-turn chat opens in a few encodes.
-        low, high = 0, len(turns) - 1  # the last message alone is kept however long it is
-        while low < high:
-            middle = (low + high) // 2
-            low, high = (low, middle) if fits(middle) else (middle + 1, high)
-        self._first_kept = turns[low]
-        return low
+        Counted, not encoded prompt by prompt (a 300-turn chat opens in 300 short encodes):
+        see PromptLengths.
+        """
+        turns, context = self.turns, self.backend.context_length
+        lengths = PromptLengths(self.tokenizer, self.preamble, turns)
+        first = 0
+        for sent in range(len(turns)):  # as send did for each turn in turn: _fit from the boundary it found
+            if lengths.prompt(first, sent) + reserve <= context:
+                continue
+            first += 1
+            while first < sent and lengths.prompt(first, sent) + reserve > context - context // 4:
+                first += 1
+        return first
 
     def reserve(self, settings: SamplingSettings) -> int:
         """The room a reply is given in the context: its token limit, at most half the context."""
@@ -169,6 +212,24 @@ class ChatSession:
         kept, and the frame of the new turn ("User:" ... "Assistant:"). The context meter."""
         kept = self.turns[self.first_kept(reserve) :]
         return len(self.tokenizer.encode(transcript(self.preamble, kept, "")))
+
+    def context_use(self, reserve: int, reply: Reply | None = None) -> ContextUse:
+        """The one definition of the context meter (the status line's, at every moment): the tokens the model sees.
+
+        While ``reply`` streams, that is its prompt as sent (the oldest turns already
+        left out) and the tokens generated so far, from the reply's first moment on (not
+        0 until the prefill ends). Otherwise it is the next prompt before the user's
+        words (next_prompt_tokens), which after a reply is that reply's prompt and text
+        and a turn's frame. Full: the next message, with its reply's ``reserve``, would
+        leave the oldest turns out; a figure past the context (a turn that filled it)
+        reads as the context, full.
+        """
+        size = self.backend.context_length
+        if reply is not None:
+            used = len(reply.generation.prompt_ids) + reply.stats.new_tokens
+        else:
+            used = self.next_prompt_tokens(reserve)
+        return ContextUse(min(used, size), size, used + reserve > size)
 
     def send(self, user: str, settings: SamplingSettings, cancel: threading.Event | None = None) -> Reply:
         """Start a reply to ``user``; the new turn is appended now and completed as the reply streams."""

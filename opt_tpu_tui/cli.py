@@ -7,6 +7,7 @@ import os
 import re
 import sys
 import textwrap
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -19,7 +20,7 @@ from opt_tpu_tui.config import Settings, changed_values, load_settings, update_s
 from opt_tpu_tui.demo import DEMO_MODEL_DIR, DEMO_NOTICE, is_demo_model
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.export import run_export
-from opt_tpu_tui.generation import Generation, GenerationStats
+from opt_tpu_tui.generation import Generation, GenerationStats, stop_words
 from opt_tpu_tui.native_output import native_stdout_to, park_native_stdout, terminal_size
 from opt_tpu_tui.plain_text import plain_output
 from opt_tpu_tui.safe_text import terminal_safe
@@ -167,13 +168,12 @@ def sampling_settings(args: argparse.Namespace, base: SamplingSettings) -> Sampl
     return SamplingSettings(**{**base.to_dict(), **given}).validate()
 
 
-STOP_WORDS = {"cancelled": "stopped"}  # GenerationStats.stop_reason -> what the stats line says
-
-
-def format_stats(stats: GenerationStats) -> str:
-    stop = STOP_WORDS.get(stats.stop_reason or "", stats.stop_reason)
+def format_stats(stats: GenerationStats, load_seconds: float | None = None) -> str:
+    """The stats line: with ``load_seconds``, first how long the model took to load (a big bmodel: tens of seconds)."""
+    stop = stop_words(stats.stop_reason)
+    loaded = f"model loaded in {load_seconds:.1f} s, " if load_seconds is not None else ""
     return (
-        f"[{stats.prompt_tokens} prompt tokens ({stats.cached_tokens} cached) in {stats.prefill_seconds:.2f} s, "
+        f"[{loaded}{stats.prompt_tokens} prompt tokens ({stats.cached_tokens} cached) in {stats.prefill_seconds:.2f} s, "
         f"{stats.new_tokens} new at {stats.tokens_per_second:.1f} tok/s, stop: {stop}]"
     )
 
@@ -236,10 +236,10 @@ def plain_streams(ascii_only: bool) -> None:
         plain_output(stream, ascii_only=ascii_only)
 
 
-def print_stats(stats: GenerationStats) -> None:
+def print_stats(stats: GenerationStats, load_seconds: float | None = None) -> None:
     """The stats line on stderr, on a line of its own: stdout is flushed first, as both may share a terminal."""
     sys.stdout.flush()
-    print(format_stats(stats), file=sys.stderr)
+    print(format_stats(stats, load_seconds), file=sys.stderr)
 
 
 def tolerate_bad_bytes(stream: object) -> None:
@@ -315,7 +315,7 @@ def run_prompt(args: argparse.Namespace, backend: Backend, tokenizer: Tokenizer,
         stats.stop_reason = "cancelled"
     write_out("\n")
     if not args.quiet:
-        print_stats(stats)
+        print_stats(stats, getattr(args, "load_seconds", None))
     return 130 if stats.stop_reason == "cancelled" else 0
 
 
@@ -372,7 +372,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if demo and not args.quiet:
             print(for_terminal(DEMO_NOTICE, terminal_width(sys.stderr)), file=sys.stderr)
         with native_stdout_to(paths.native_output_log()):  # what the TPU runtime prints, out of the replies
+            started = time.perf_counter()
             backend, tokenizer = open_model(model_dir, backend_kind, args.context)
+            args.load_seconds = time.perf_counter() - started  # for -p's stats line
         if emits_tokens(backend) and not args.quiet:
             print(for_terminal(GREEDY_NOTICE, terminal_width(sys.stderr)), file=sys.stderr)
         try:

@@ -18,6 +18,20 @@ from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.sampling import Sampler, SamplingSettings
 from opt_tpu_tui.tokenizer import Tokenizer
 
+STOP_WORDS = {  # GenerationStats.stop_reason -> what the user reads (-p's stats line, the mark under a reply)
+    "eos": "end of text",
+    "max_new_tokens": "max new tokens",
+    "context": "context full",
+    "stop_string": "stop string",
+    "cancelled": "stopped",
+}
+
+
+def stop_words(reason: str | None) -> str:
+    """How a generation ended, in words (the internal names are for code and tests)."""
+    return STOP_WORDS.get(reason or "", reason or "unknown")
+
+
 @dataclass
 class GenerationStats:
     """Live figures of one generation, updated as tokens come out."""

@@ -50,7 +50,7 @@ def test_prompt_streams_a_reply_and_stats(capsys, tiny_model: Path) -> None:
 def test_prompt_without_text_uses_the_demonstration_prompt(capsys, tiny_model: Path) -> None:
     code, _, err = run_cli(capsys, "--model", str(tiny_model), "-p", *GREEDY)
     prompt_tokens = len(Tokenizer.from_dir(tiny_model).encode(transcript(DEFAULT_PREAMBLE, [], DEMO_PROMPT)))
-    assert code == 0 and f"[{prompt_tokens} prompt tokens" in err
+    assert code == 0 and f", {prompt_tokens} prompt tokens" in err
 
 
 def test_raw_prompt_from_stdin_continues_the_text(capsys, monkeypatch, tiny_model: Path) -> None:
@@ -71,7 +71,7 @@ def test_a_reply_stopped_by_the_user_reads_stopped_in_the_stats_line() -> None:
     from opt_tpu_tui.generation import GenerationStats
 
     assert format_stats(GenerationStats(stop_reason="cancelled")).endswith("stop: stopped]")
-    assert format_stats(GenerationStats(stop_reason="eos")).endswith("stop: eos]")
+    assert format_stats(GenerationStats(stop_reason="eos")).endswith("stop: end of text]")
 
 
 def test_help_from_the_console_script() -> None:

@@ -118,6 +118,8 @@ class MainScreen(DrawnScreen, Screen[None]):
         self._draft = ""  # what the prompt held before the edit began: escape brings it back
         self.finished_replies = 0  # how many replies have ended (tests and the benches wait on it)
         self._overrides_unsaved = False  # set for a conversation with no id yet: its first reply's end saves them
+        self._load_started = time.monotonic()  # the state line counts the seconds a load takes: loading, not hung
+        self._load_timer: Timer | None = None
 
     @property
     def tui(self) -> OptTuiApp:
@@ -159,6 +161,8 @@ class MainScreen(DrawnScreen, Screen[None]):
         notices = [Notice(text, kind) for text, kind in app.startup_notices()]
         await self.query_one(Transcript).add(*notices)
         self._show_stats()
+        self._load_started = time.monotonic()
+        self._load_timer = self.set_interval(1, self._update_state)  # stopped once loaded (or failed)
         self._update_state()
         app.load_model()
 
@@ -187,6 +191,14 @@ class MainScreen(DrawnScreen, Screen[None]):
         if self.narrow != self._was_narrow and not self.query_one("#side").has_focus_within:
             self.pane = "hidden" if self.narrow else self.tui.settings.side_pane
         self._was_narrow = self.narrow
+        if self.focused is None and self.app.screen is self and not self.too_small:
+            self._focus_prompt()  # too small, the chat was hidden and lost the focus (or never had it): typing goes on
+
+    @property
+    def too_small(self) -> bool:
+        """Below MIN_WIDTH x MIN_HEIGHT: the chat is hidden behind a line saying so."""
+        width, height = self.app.size
+        return width < MIN_WIDTH or height < MIN_HEIGHT
 
     def action_pane(self, which: str) -> None:
         settings = self.tui.settings
@@ -208,6 +220,7 @@ class MainScreen(DrawnScreen, Screen[None]):
         app = self.tui
         assert app.backend is not None and app.tokenizer is not None
         self.session = ChatSession(app.backend, app.tokenizer, self.effective_settings()[1], self.conversation)
+        self._loaded_notice(time.monotonic() - self._load_started)
         status = self.query_one(StatusLine)
         status.model, status.backend = app.backend.model_name, app.backend.name
         status.context_size = app.backend.context_length
@@ -220,6 +233,10 @@ class MainScreen(DrawnScreen, Screen[None]):
         self._show_stats()
         self._stats_stop.clear()
         self._sample_devices(app.monitor_factory(app.backend.name))
+
+    def _loaded_notice(self, seconds: float) -> None:
+        """Say in the chat how long the model took to load (a big bmodel: tens of seconds), once."""
+        self.call_later(self.query_one(Transcript).add, Notice(f"Model loaded in {seconds:.1f} s", "info"))
 
     async def model_failed(self, error: str) -> None:
         await self.query_one(Transcript).add(Notice(f"Model failed to load: {error}", "error"))
@@ -244,6 +261,7 @@ class MainScreen(DrawnScreen, Screen[None]):
         if self._streaming is not None:
             self._take_stats(self._streaming.reply)
             self.query_one(StatsPanel).add_speed(self._streaming.reply.stats.tokens_per_second)
+            self._show_context()
         self._show_stats()
 
     def _take_stats(self, reply: Reply) -> None:
@@ -255,7 +273,6 @@ class MainScreen(DrawnScreen, Screen[None]):
             cached_tokens=prefill[1],
             tokens_per_second=stats.tokens_per_second,
         )
-        self.query_one(StatusLine).context_used = self._last.context_used
 
     def _show_stats(self) -> None:
         """The stats pane's lines and speed graph, when it is open: an update of a hidden widget costs
@@ -278,7 +295,7 @@ class MainScreen(DrawnScreen, Screen[None]):
         )
 
     def _show_context(self) -> None:
-        """The context meter: what the next prompt takes before the user's words, and whether it is full.
+        """The context meter (ChatSession.context_use): the tokens the model sees, and whether it is full.
 
         Full means the next turn leaves the oldest turns out of the prompt even with an
         empty message (the reply's room counted), so the user sees it coming.
@@ -287,10 +304,9 @@ class MainScreen(DrawnScreen, Screen[None]):
         if session is None:
             return
         sampling, session.preamble = self.effective_settings()
-        reserve, context = session.reserve(sampling), session.backend.context_length
-        used = session.next_prompt_tokens(reserve)
-        status.drops_next = used + reserve > context
-        status.context_used = min(used, context)  # past it (a turn that filled the context): full, 64/64
+        streaming = self._streaming
+        use = session.context_use(session.reserve(sampling), streaming.reply if streaming else None)  # chat.py says what
+        status.context_used, status.drops_next = use.used, use.full
 
     def _update_state(self) -> None:
         """The status line's state and, matching it, why the prompt would refuse a message now."""
@@ -298,12 +314,20 @@ class MainScreen(DrawnScreen, Screen[None]):
         if app.load_error:
             state, prompt.refusal = "no model", f"Cannot reply: {app.load_error}"
         elif self.session is None:
-            state, prompt.refusal = "loading model…", "The model is still loading"
+            waited = int(time.monotonic() - self._load_started)
+            state, prompt.refusal = f"loading model… {waited} s", "The model is still loading"
         elif self._streaming is not None:
             state, prompt.refusal = "replying… (esc stops)", BUSY
         else:
             state, prompt.refusal = "ready", None
+        if self.session is not None or app.load_error:
+            self._stop_load_timer()
         self.query_one(StatusLine).state = state
+
+    def _stop_load_timer(self) -> None:
+        if self._load_timer is not None:
+            self._load_timer.stop()
+            self._load_timer = None
 
     # sending and streaming
 
@@ -387,6 +411,7 @@ class MainScreen(DrawnScreen, Screen[None]):
         transcript.anchor()
         self.query_one(StatusLine).first_token = 0.0  # the last reply's figures: back when this one ends
         self._streaming = Streaming(reply, view, cancel)
+        self._show_context()  # the prompt as sent, from the reply's start
         gc.disable()  # textual.md: gen-2 collections stall the stream for 200-300 ms; collect at the end
         self._flush_timer = self.set_interval(1 / FLUSH_HZ, lambda: self.post_message(FlushReply()))
         self._update_state()
@@ -431,7 +456,7 @@ class MainScreen(DrawnScreen, Screen[None]):
             return
         outcome, turn = message.outcome, streaming.reply.turn
         if turn in self.conversation.turns:
-            await streaming.view.finish(turn.assistant, stopped=turn.stopped, error=outcome.error)
+            await streaming.view.finish(turn.assistant, stopped=turn.stopped, error=outcome.error, ended=turn.stop_reason)
             streaming.view.show_variant(self._variants().get(len(self.conversation.turns) - 1))
         elif self.conversation.id is not None:  # not saved, so not sent: the saved turns are the conversation
             try:
@@ -664,7 +689,8 @@ class MainScreen(DrawnScreen, Screen[None]):
         widgets: list[Static | ReplyView] = []
         for index in range(start, end):
             turn, variant = turns[index], variants.get(index)
-            widgets += [UserMessage(turn.user), ReplyView(turn.assistant, label=label, stopped=turn.stopped, variant=variant)]
+            view = ReplyView(turn.assistant, label=label, stopped=turn.stopped, variant=variant, ended=turn.stop_reason)
+            widgets += [UserMessage(turn.user), view]
         transcript.hidden_messages = 2 * start
         await transcript.add(*widgets)
         await transcript.show_later(2 * (len(turns) - end))

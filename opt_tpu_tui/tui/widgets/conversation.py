@@ -1,10 +1,13 @@
-"""The transcript: user messages as plain text, replies streamed row by row, then as Markdown.
+"""The transcript: user messages and replies as the text they are, replies streamed row by row.
 
 What a streamed reply costs on the wire and in the UI thread is what Textual repaints
 and lays out, so a streaming reply is written into screen rows that already exist and
 only the row being written changes with each batch of tokens (ReplyView says why and
 how). A token then costs about the same at the 2,000th as at the 20th. When the reply
-ends it becomes a single Markdown widget, rendered once.
+ends it becomes a single widget, rendered once. A reply is shown as the model wrote it,
+every character: OPT is a base model and its text is text, so no Markdown or HTML is
+interpreted (``__init__`` keeps its underscores, a link its target); only the bodies of
+fenced code blocks are coloured, their characters unchanged.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ from bisect import bisect_right
 
 from rich.cells import cell_len
 from rich.console import Group, RenderableType
-from rich.markdown import Markdown as RichMarkdown
 from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
@@ -25,12 +27,49 @@ from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import Static
 
+from opt_tpu_tui.export import FENCE
+from opt_tpu_tui.generation import stop_words
 from opt_tpu_tui.safe_text import terminal_safe
 
+MARKED = ("max_new_tokens", "context", "stop_string")  # the ends a reply is marked with, besides stopped and failed
+CODE_THEME = "monokai"  # the colours of fenced code (Rich's Markdown used it before replies became plain text)
 
-def markdown(text: str) -> RichMarkdown:
-    """Model text as Markdown, with its control characters made visible."""
-    return RichMarkdown(terminal_safe(text))
+
+def reply_text(text: str) -> Text:
+    """A reply as shown: every character of ``text`` (control characters made visible), nothing interpreted.
+
+    Fenced code blocks (the ones f8 copies) keep their fences and have their bodies
+    coloured by Pygments where the fence names a language it knows; a lexer that would
+    change a character (some normalise line ends) leaves that block uncoloured.
+    """
+    shown = Text(terminal_safe(text))
+    for block in FENCE.finditer(shown.plain):
+        language = block.group(0).split("\n", 1)[0][len(block.group(1)) :].strip().split(" ")[0]
+        if language:
+            _colour_code(shown, block.start(2), block.group(2), language)
+    return shown
+
+
+def _colour_code(shown: Text, start: int, code: str, language: str) -> None:
+    """Style ``code`` (at ``start`` in ``shown``) by its tokens; nothing when the language is unknown."""
+    from pygments.lexers import get_lexer_by_name  # Rich's own dependency; loaded with the first code block
+    from pygments.util import ClassNotFound
+    from rich.syntax import Syntax
+
+    try:
+        lexer = get_lexer_by_name(language, stripnl=False, stripall=False, ensurenl=False)
+    except ClassNotFound:
+        return
+    tokens = list(lexer.get_tokens(code))
+    if "".join(token for _, token in tokens) != code:
+        return
+    theme = Syntax.get_theme(CODE_THEME)
+    at = start
+    for kind, token in tokens:
+        style = theme.get_style_for_token(kind)
+        if token and style.color is not None:
+            shown.stylize(Style(color=style.color, bold=style.bold, italic=style.italic), at, at + len(token))
+        at += len(token)
 
 
 def take_line(text: str, width: int) -> tuple[str, str] | None:
@@ -56,8 +95,7 @@ def row_of(widget: Widget, text: str) -> int:
     """The row of ``widget``, border included, where ``text`` first shows, case and line breaks aside (0 if it does not).
 
     Read from the rows the widget draws, so a match deep in a tall reply can be scrolled
-    to, not just the reply's top. Markdown may hide the text (inside a link's target,
-    say); the top serves then.
+    to, not just the reply's top.
     """
     words = text.split()
     if not words:
@@ -131,13 +169,13 @@ class ReplyView(Static):
     each batch of tokens repaints the one row being written. The transcript is laid out
     (and moves up) once per two thirds of a view of text, which reaches the terminal as
     a scroll of its own and the new rows (tui/terminal_copy.py); the cost per token does
-    not grow with the reply. When the reply ends it is rendered once, as Markdown with how
-    it ended, by this one widget (one widget a reply keeps each layout of a long chat cheap).
+    not grow with the reply. When the reply ends it is rendered once, as its text (reply_text)
+    with how it ended, by this one widget (one widget a reply keeps each layout of a long chat cheap).
     """
 
     def __init__(
         self, text: str = "", *, label: str = "opt", stopped: bool = False, error: str | None = None,
-        streaming: bool = False, variant: tuple[int, int] | None = None,
+        streaming: bool = False, variant: tuple[int, int] | None = None, ended: str | None = None,
     ) -> None:  # fmt: skip
         super().__init__(Group(), classes="message assistant-message")  # no rows while it streams
         self.border_title = terminal_safe(label)
@@ -145,6 +183,7 @@ class ReplyView(Static):
         self.stopped = stopped
         self.error = error
         self.streaming = streaming
+        self.ended = ended  # how the reply ended (GenerationStats.stop_reason), when known
         self.variant = variant  # (shown, of how many) when its message has alternatives (ctrl+g flips them)
         self.rows: ReplyRows | None = None  # while it streams
         self._taken = 0  # how much of self.text is in finished rows
@@ -213,9 +252,9 @@ class ReplyView(Static):
         if self.streaming and self.rows is not None and self._width() != self._wrapped_at:
             self._rewrap = True
 
-    async def finish(self, text: str, *, stopped: bool, error: str | None) -> None:
-        """The reply has ended: show it as one Markdown widget and how it ended."""
-        self.text, self.stopped, self.error, self.streaming = text, stopped, error, False
+    async def finish(self, text: str, *, stopped: bool, error: str | None, ended: str | None = None) -> None:
+        """The reply has ended: show it in this one widget, and how it ended."""
+        self.text, self.stopped, self.error, self.streaming, self.ended = text, stopped, error, False, ended
         await self._remove_rows()
         self._show()
 
@@ -230,21 +269,25 @@ class ReplyView(Static):
 
     @property
     def status(self) -> str:
-        """How the reply ended, when that is not the usual way ("" then)."""
+        """How the reply ended, when that is not the model's own end of text ("" then): stopped, failed,
+        cut at its token limit or the context's end, or at a stop string (the model began the user's next line)."""
         if self.error:
             return f"⚠ {terminal_safe(self.error)}"
-        return "■ stopped" if self.stopped else ""
+        if self.stopped:
+            return "■ stopped"
+        return f"■ {stop_words(self.ended)}" if self.ended in MARKED else ""
 
     def _show(self) -> None:
-        """The finished reply as Markdown, then its status in the colour of its left bar."""
+        """The finished reply's text, then its status in the colour of its left bar."""
         self.set_class(self.stopped, "-stopped")
         self.set_class(bool(self.error), "-error")
         if self.streaming:
             return  # the text is in its rows, the sibling after it
-        body: list[RenderableType] = [markdown(self.text)]
+        body: list[RenderableType] = [reply_text(self.text)]
         if self.status:
             colour = self.app.get_css_variables()["error" if self.error else "warning"]
-            body.append(Text(self.status, style=Style(color=colour, italic=True)))
+            usual = self.ended == "stop_string" and not (self.stopped or self.error)  # how most chat replies end: quiet
+            body.append(Text(self.status, style=Style(dim=True, italic=True) if usual else Style(color=colour, italic=True)))
         if self.variant:
             body.append(Text(f"‹{self.variant[0]}/{self.variant[1]}› variants: ctrl+g, ←/→", style=Style(dim=True)))
         self.update(Group(*body))

@@ -74,6 +74,15 @@ def parse_value(name: str, text: str) -> float | int | None:
         raise UserError(f"{FIELDS[name].lower()} must be {kind}, got {text!r}") from None
 
 
+def check_value(name: str, value: float | int | None) -> None:
+    """Refuse a value out of its field's range, naming the field as the form does (not settings.json's key)."""
+    low, high, _ = LIMITS[name]
+    if value is not None and not low <= value <= high:
+        label = FIELDS[name].lower()
+        raise UserError(f"{label} must be between {format_value(name, low)} and {format_value(name, high)}, "
+                        f"got {format_value(name, value)}")  # fmt: skip
+
+
 def step_value(name: str, value: float | int | None, direction: int) -> float | int:
     """``value`` one step up (direction 1) or down (-1), stopping at the range's ends.
 
@@ -231,6 +240,8 @@ class SettingsForm(VerticalScroll):
     def read(self) -> tuple[SamplingSettings, str]:
         """The values in the form, validated; raise UserError naming the first bad one."""
         values = {name: parse_value(name, self.query_one(f"#field-{name}", Input).value) for name in FIELDS}
+        for name, value in values.items():
+            check_value(name, value)
         sampling = SamplingSettings(**values).validate()  # type: ignore[arg-type]
         return sampling, self.query_one("#field-preamble", TextArea).text
 
@@ -243,8 +254,8 @@ class SettingsForm(VerticalScroll):
         try:
             sampling, preamble = self.read()
         except UserError as refusal:
-            self.show_error(f"Not applied: {refusal}")
-            self.app.notify(f"Setting refused: {refusal}", severity="error")
+            self.show_error(f"Not applied: {refusal}")  # in the form, by the field: no toast to cover it
+            self.query_one("#settings-error", Static).scroll_visible(animate=False)
             return
         self.show_error(None)
         self.query_one("#settings-hint", Static).update(HINT)
