@@ -805,8 +805,16 @@ class HistoryStore:
             (order_key(updated, cid, index, field), cid, title, index, field, text, ())
             for cid, title, updated, field, text, index in rows
         ] + self._search_variants(query)
-        hits = []
-        for _, cid, title, index, field, text, variant in sorted(found, key=lambda hit: hit[0])[:limit]:
+        hits: list[SearchHit] = []
+        seen = set()
+        for _, cid, title, index, field, text, variant in sorted(found, key=lambda hit: hit[0]):
+            # A regenerated reply keeps its message in the variant it set aside: the same text at the same
+            # place is one hit, the one shown (it sorts first), not one per variant.
+            if (cid, index, field, text) in seen:
+                continue
+            seen.add((cid, index, field, text))
+            if len(hits) == limit:
+                break
             shown, span = snippet(text, query)
             hits.append(
                 SearchHit(int(cid), str(title), None if index is None else int(index), field, shown, span, variant)

@@ -55,3 +55,19 @@ async def test_ctrl_u_clears_to_the_start_of_the_logical_line_only(tokenizer: To
         assert prompt.text == " tail"
         await pilot.press("ctrl+u")  # at the very start: nothing to delete
         assert prompt.text == " tail"
+
+
+async def test_after_ctrl_r_the_search_lists_the_message_once(tokenizer: Tokenizer) -> None:
+    app, _ = make_app(tokenizer, settings=GREEDY)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        await send(pilot, "Tell me about zebras")
+        await pilot.press("ctrl+r")
+        await finish(pilot, 2)
+        await pilot.press("ctrl+f")
+        await wait_until(pilot, lambda: isinstance(app.screen, SearchScreen))
+        await pilot.press(*"zebras")
+        await wait_until(pilot, lambda: app.screen.searched == "zebras")
+        listed = shown(app.screen.query_one("#search-results"))
+        assert [(hit.turn, hit.field) for hit in app.screen.hits] == [(None, "title"), (0, "user")]
+        assert listed.count("turn 1 · you") == 1
