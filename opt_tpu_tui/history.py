@@ -5,11 +5,18 @@ durable and atomic without rewriting the whole history. WAL with ``synchronous=F
 makes every commit survive a power cut, and a ``kill -9`` mid-reply loses only what
 was generated since the last save (the app saves a few times a second).
 
-Schema (``PRAGMA user_version`` = 3)::
+Schema (``PRAGMA user_version`` = 4)::
 
     conversations(id, title, created, updated, settings)
-    turns(id, conversation_id, position, user, assistant, stopped, complete, created)
+    turns(id, conversation_id, position, user, assistant, stopped, complete, created, model)
     alternatives(id, conversation_id, position, branch, created)
+    counters(name, value)
+
+A conversation's number is what ``opt-tpu-tui export ID`` takes, so it is never given
+again: ``counters`` keeps the last one given (row ``conversations``), and a new one is
+one more than both it and the largest in use. (SQLite reuses the largest rowid once it
+is deleted; AUTOINCREMENT would need the table rebuilt in an older file.) ``model`` is
+the name of the model that wrote the reply, ``''`` for a reply an older version saved.
 
 ``turns`` is the conversation as shown. Editing the message at a position, or
 regenerating the last reply, replaces the turns from that position on; they are kept
@@ -81,7 +88,7 @@ from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.overrides import Overrides
 from opt_tpu_tui.safe_text import terminal_safe
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 TITLE_LENGTH = 60
 BUSY_WAIT = 5.0  # seconds an open waits for another process to let go of the database
 SQLITE_BUSY, SQLITE_LOCKED, SQLITE_CORRUPT, SQLITE_NOTADB = 5, 6, 11, 26
@@ -92,7 +99,8 @@ LIKE_ESCAPE = "\\"
 CORRUPT_MESSAGES = ("file is not a database", "malformed", "file is encrypted or is not a database")
 NOT_UTF8 = "could not decode to utf-8"  # Python's own error, no SQLite code: the app writes only UTF-8 text
 INSERT_FINISHED_TURN = (  # a turn whose reply is done: one put back from a variant, or copied into a new conversation
-    "INSERT INTO turns(conversation_id, position, user, assistant, stopped, complete, created) VALUES (?, ?, ?, ?, ?, 1, ?)"
+    "INSERT INTO turns(conversation_id, position, user, assistant, stopped, complete, created, model) "
+    "VALUES (?, ?, ?, ?, ?, 1, ?, ?)"
 )
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS conversations (
@@ -110,7 +118,8 @@ CREATE TABLE IF NOT EXISTS turns (
     assistant TEXT NOT NULL DEFAULT '',
     stopped INTEGER NOT NULL DEFAULT 0,
     complete INTEGER NOT NULL DEFAULT 0,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    model TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS turns_by_conversation ON turns(conversation_id, position);
 CREATE TABLE IF NOT EXISTS alternatives (
@@ -121,12 +130,19 @@ CREATE TABLE IF NOT EXISTS alternatives (
     created REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS alternatives_by_conversation ON alternatives(conversation_id, position);
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
 """
 # Columns that tables already in older files gained later: (table, column, definition for ALTER TABLE ADD COLUMN).
 # A fresh file gets them from SCHEMA; the definition must match SCHEMA's, with a default for the existing rows.
 ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("conversations", "settings", "settings TEXT NOT NULL DEFAULT '{}'"),  # schema 3
+    ("turns", "model", "model TEXT NOT NULL DEFAULT ''"),  # schema 4
 )
+# The numbers given so far in a file older than ``counters``: those in use (a deleted one is not known).
+SEED_COUNTER = "INSERT OR IGNORE INTO counters(name, value) SELECT 'conversations', COALESCE(MAX(id), 0) FROM conversations"
 
 
 class HistoryError(Exception):
@@ -151,6 +167,7 @@ class ConversationSummary:
     title: str
     updated: float
     turns: int
+    model: str = ""  # the model that wrote its latest reply shown ('' when an older version saved it)
 
 
 Variant = Tuple[Tuple[int, float], ...]  # the alternatives, by (position, created), that lead to a variant
@@ -314,6 +331,7 @@ def upgrade(db: sqlite3.Connection) -> None:
             for table, column, definition in ADDED_COLUMNS:
                 if column not in table_columns(db, table):
                     db.execute(f"ALTER TABLE {table} ADD COLUMN {definition}")
+            db.execute(SEED_COUNTER)
             check_schema(db)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         db.execute("COMMIT")
@@ -546,16 +564,29 @@ class HistoryStore:
         and ``turns`` already in it (finished: what an instance held of a conversation deleted elsewhere)."""
         now = time.time()
         with self._writing() as db:
-            cursor = db.execute(
-                "INSERT INTO conversations(title, created, updated, settings) VALUES (?, ?, ?, ?)",
-                (title_for(first_user), now, now, (settings or Overrides()).to_json()),
+            conversation_id = self._next_conversation_id(db)
+            db.execute(
+                "INSERT INTO conversations(id, title, created, updated, settings) VALUES (?, ?, ?, ?, ?)",
+                (conversation_id, title_for(first_user), now, now, (settings or Overrides()).to_json()),
             )
-            conversation_id = int(cursor.lastrowid or 0)
             db.executemany(
                 INSERT_FINISHED_TURN,
-                [(conversation_id, n, t.user, t.assistant, int(t.stopped), now) for n, t in enumerate(turns)],
+                [(conversation_id, n, t.user, t.assistant, int(t.stopped), now, t.model) for n, t in enumerate(turns)],
             )
             return conversation_id
+
+    @staticmethod
+    def _next_conversation_id(db: sqlite3.Connection) -> int:
+        """A number no conversation had in this file (a deleted one's is not given again), and counted as given.
+
+        Written before it is read: the write takes the file's write lock, so two instances never get the same one.
+        """
+        db.execute("INSERT OR IGNORE INTO counters(name, value) VALUES ('conversations', 0)")
+        db.execute(
+            "UPDATE counters SET value = MAX(value, (SELECT COALESCE(MAX(id), 0) FROM conversations)) + 1 "
+            "WHERE name = 'conversations'"
+        )
+        return int(db.execute("SELECT value FROM counters WHERE name = 'conversations'").fetchone()[0])
 
     def conversation_settings(self, conversation_id: int) -> tuple[Overrides, str | None]:
         """A conversation's own settings, and one warning line when what is stored could not all be used."""
@@ -573,18 +604,22 @@ class HistoryStore:
     def list_conversations(self) -> list[ConversationSummary]:
         """Newest first."""
         rows = self._read(
-            "SELECT c.id, c.title, c.updated, COUNT(t.id) FROM conversations c "
+            "SELECT c.id, c.title, c.updated, COUNT(t.id), (SELECT m.model FROM turns m WHERE m.conversation_id = c.id "
+            "AND m.model != '' ORDER BY m.position DESC LIMIT 1) FROM conversations c "
             "LEFT JOIN turns t ON t.conversation_id = c.id GROUP BY c.id ORDER BY c.updated DESC, c.id DESC"
         )
-        return [ConversationSummary(int(i), str(title), float(updated), int(n)) for i, title, updated, n in rows]
+        return [
+            ConversationSummary(int(i), str(title), float(updated), int(n), str(model or ""))
+            for i, title, updated, n, model in rows
+        ]
 
     def load(self, conversation_id: int) -> list[Turn]:
         """The turns of a conversation in order; an interrupted reply comes back marked stopped."""
         rows = self._read(
-            "SELECT user, assistant, stopped, complete FROM turns WHERE conversation_id = ? ORDER BY position",
+            "SELECT user, assistant, stopped, complete, model FROM turns WHERE conversation_id = ? ORDER BY position",
             (conversation_id,),
         )
-        return [Turn(user=u, assistant=a, stopped=bool(s) or not c) for u, a, s, c in rows]
+        return [Turn(user=u, assistant=a, stopped=bool(s) or not c, model=m) for u, a, s, c, m in rows]
 
     def rename_conversation(self, conversation_id: int, title: str) -> str:
         """Give a conversation a new title (made one line, as titles are); returns it."""
@@ -601,16 +636,16 @@ class HistoryStore:
 
     # turns
 
-    def add_turn(self, conversation_id: int, user: str) -> int:
-        """Append a turn whose reply is about to stream; returns its id."""
+    def add_turn(self, conversation_id: int, user: str, *, model: str = "") -> int:
+        """Append a turn whose reply is about to stream (written by ``model``, the model's name); returns its id."""
         with self._writing() as db:
             position = db.execute(
                 "SELECT COALESCE(MAX(position), -1) + 1 FROM turns WHERE conversation_id = ?", (conversation_id,)
             ).fetchone()[0]
-            return self._insert_turn(db, conversation_id, position, user)
+            return self._insert_turn(db, conversation_id, position, user, model)
 
-    def start_turn(self, conversation_id: int, position: int, user: str) -> int:
-        """A turn at ``position`` whose reply is about to stream; returns its id.
+    def start_turn(self, conversation_id: int, position: int, user: str, *, model: str = "") -> int:
+        """A turn at ``position`` whose reply is about to stream (written by ``model``); returns its id.
 
         The turns shown from ``position`` on (an edited message and what followed it, or
         the reply being regenerated) become an alternative there, in the same transaction:
@@ -622,14 +657,14 @@ class HistoryStore:
             if db.execute("SELECT 1 FROM conversations WHERE id = ?", (conversation_id,)).fetchone() is None:
                 raise ConversationGone(conversation_id)
             self._set_aside(db, conversation_id, position, keep_empty=False)
-            return self._insert_turn(db, conversation_id, position, user)
+            return self._insert_turn(db, conversation_id, position, user, model)
 
     @staticmethod
-    def _insert_turn(db: sqlite3.Connection, conversation_id: int, position: int, user: str) -> int:
+    def _insert_turn(db: sqlite3.Connection, conversation_id: int, position: int, user: str, model: str) -> int:
         now = time.time()
         cursor = db.execute(
-            "INSERT INTO turns(conversation_id, position, user, created) VALUES (?, ?, ?, ?)",
-            (conversation_id, position, user, now),
+            "INSERT INTO turns(conversation_id, position, user, created, model) VALUES (?, ?, ?, ?, ?)",
+            (conversation_id, position, user, now, model),
         )
         db.execute("UPDATE conversations SET updated = ? WHERE id = ?", (now, conversation_id))
         return int(cursor.lastrowid or 0)
@@ -640,7 +675,7 @@ class HistoryStore:
     def _set_aside(db: sqlite3.Connection, conversation_id: int, position: int, keep_empty: bool) -> None:
         """Move the turns from ``position`` on, with the alternatives among them, into one alternative there."""
         turns = db.execute(
-            "SELECT user, assistant, stopped, complete, created FROM turns "
+            "SELECT user, assistant, stopped, complete, created, model FROM turns "
             "WHERE conversation_id = ? AND position >= ? ORDER BY position",
             (conversation_id, position),
         ).fetchall()
@@ -656,7 +691,8 @@ class HistoryStore:
             return
         branch = {
             "turns": [
-                {"user": u, "assistant": a, "stopped": bool(s) or not c, "created": t} for u, a, s, c, t in turns
+                {"user": u, "assistant": a, "stopped": bool(s) or not c, "created": t, "model": m}
+                for u, a, s, c, t, m in turns
             ],
             "alternatives": [
                 {"position": p, "branch": b, "created": t} for p, b, t in nested  # as stored: not parsed here
@@ -673,7 +709,8 @@ class HistoryStore:
         db.executemany(
             INSERT_FINISHED_TURN,
             [
-                (conversation_id, position + offset, turn["user"], turn["assistant"], int(turn["stopped"]), turn["created"])
+                (conversation_id, position + offset, turn["user"], turn["assistant"], int(turn["stopped"]), turn["created"],
+                 str(turn.get("model", "")))  # set aside by an older version: no model
                 for offset, turn in enumerate(branch["turns"])
             ],
         )

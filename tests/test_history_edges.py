@@ -27,3 +27,77 @@ def test_a_regenerated_message_is_found_once_and_each_distinct_reply_still_found
     assert [(hit.turn, hit.field, hit.variant == ()) for hit in hits] == [(0, "user", True)]
     assert [hit.variant == () for hit in store.search("stripe")] == [True, False]  # both replies, shown first
     store.close()
+
+
+def test_a_deleted_conversations_number_is_never_given_again(tmp_path: Path) -> None:
+    path = tmp_path / "h.sqlite3"
+    store, _ = HistoryStore.open(path)
+    first, second = store.create_conversation("one"), store.create_conversation("two")
+    store.delete_conversation(second)
+    third = store.create_conversation("three")
+    assert third not in (first, second) and third > second
+    store.close()
+    store, _ = HistoryStore.open(path)  # kept in the file, not in the instance
+    store.delete_conversation(third)
+    assert store.create_conversation("four") == third + 1
+    store.close()
+
+
+VERSION_3 = """
+CREATE TABLE conversations (id INTEGER PRIMARY KEY, title TEXT NOT NULL, created REAL NOT NULL, updated REAL NOT NULL,
+    settings TEXT NOT NULL DEFAULT '{}');
+CREATE TABLE turns (id INTEGER PRIMARY KEY, conversation_id INTEGER NOT NULL REFERENCES conversations(id)
+    ON DELETE CASCADE, position INTEGER NOT NULL, user TEXT NOT NULL, assistant TEXT NOT NULL DEFAULT '',
+    stopped INTEGER NOT NULL DEFAULT 0, complete INTEGER NOT NULL DEFAULT 0, created REAL NOT NULL);
+CREATE TABLE alternatives (id INTEGER PRIMARY KEY, conversation_id INTEGER NOT NULL REFERENCES conversations(id)
+    ON DELETE CASCADE, position INTEGER NOT NULL, branch TEXT NOT NULL, created REAL NOT NULL);
+INSERT INTO conversations VALUES (5, 'old chat', 1.0, 2.0, '{}');
+INSERT INTO conversations VALUES (9, 'newest old chat', 1.0, 3.0, '{}');
+INSERT INTO turns VALUES (1, 5, 0, 'old question', 'old answer', 0, 1, 1.0);
+INSERT INTO alternatives VALUES (1, 5, 0, '{"turns": [{"user": "old question", "assistant": "first answer",
+    "stopped": false, "created": 0.5}], "alternatives": []}', 0.5);
+PRAGMA user_version=3;
+"""
+
+
+def version_3_history(path: Path) -> None:
+    db = sqlite3.connect(path)
+    db.executescript(VERSION_3)
+    db.close()
+
+
+def test_a_version_3_history_is_upgraded_keeps_everything_and_counts_numbers_from_its_largest(tmp_path: Path) -> None:
+    path = tmp_path / "h.sqlite3"
+    version_3_history(path)
+    store, warning = HistoryStore.open(path)
+    assert warning is None and not list(tmp_path.glob("*corrupt*"))
+    assert [(c.id, c.turns, c.model) for c in store.list_conversations()] == [(9, 0, ""), (5, 1, "")]
+    assert [(t.user, t.assistant, t.model) for t in store.load(5)] == [("old question", "old answer", "")]
+    store.delete_conversation(9)
+    assert store.create_conversation("new") == 10  # 9 was given before: not again
+    store.switch_variant(5, 0, -1)  # a variant set aside by version 3 (no model in its JSON) comes back
+    assert [(t.assistant, t.model) for t in store.load(5)] == [("first answer", "")]
+    store.close()
+
+
+def test_the_model_that_replied_is_kept_per_reply_through_variants_and_listed(tmp_path: Path) -> None:
+    store, _ = HistoryStore.open(tmp_path / "h.sqlite3")
+    cid = store.create_conversation("q")
+    chat(store, cid, 0, "q", "from the small one", model="opt-125m")
+    chat(store, cid, 1, "q2", "still small", model="opt-125m")
+    chat(store, cid, 1, "q2", "from the big one", model="opt-6.7b")  # ctrl+r with another model loaded
+    assert [t.model for t in store.load(cid)] == ["opt-125m", "opt-6.7b"]
+    assert store.list_conversations()[0].model == "opt-6.7b"  # the latest reply's
+    store.switch_variant(cid, 1, -1)
+    assert [(t.assistant, t.model) for t in store.load(cid)] == [("from the small one", "opt-125m"), ("still small", "opt-125m")]
+    copy = store.create_conversation("copy", turns=store.load(cid))  # saved anew (deleted elsewhere): models kept
+    assert [t.model for t in store.load(copy)] == ["opt-125m", "opt-125m"]
+    store.close()
+
+
+def test_the_export_names_the_model_of_each_reply_and_nothing_for_an_old_one(tmp_path: Path) -> None:
+    from opt_tpu_tui.chat import Turn
+    from opt_tpu_tui.export import conversation_markdown
+
+    text = conversation_markdown("t", [Turn("a", "b", model="opt-125m"), Turn("c", "d")])
+    assert "**Model (opt-125m):**\n\nb" in text and "**Model:**\n\nd" in text

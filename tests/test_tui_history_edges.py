@@ -71,3 +71,22 @@ async def test_after_ctrl_r_the_search_lists_the_message_once(tokenizer: Tokeniz
         listed = shown(app.screen.query_one("#search-results"))
         assert [(hit.turn, hit.field) for hit in app.screen.hits] == [(None, "title"), (0, "user")]
         assert listed.count("turn 1 · you") == 1
+
+
+async def test_the_conversation_list_and_the_export_name_the_model_that_replied(
+    tokenizer: Tokenizer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from opt_tpu_tui import cli
+
+    app, _ = make_app(tokenizer, settings=GREEDY)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        await send(pilot, "Tell me about zebras")
+        await pilot.press("ctrl+o")
+        await wait_until(pilot, lambda: isinstance(app.screen, ConversationsScreen))
+        await pilot.pause()
+        assert "scripted-opt" in shown(app.screen.query_one(OptionList))
+    cid = app.store.list_conversations()[0].id
+    app.store.close()
+    assert cli.main(["export", str(cid), "-o", "-"]) == 0
+    assert "**Model (scripted-opt):**" in capsys.readouterr().out
