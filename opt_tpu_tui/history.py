@@ -72,6 +72,7 @@ import json
 import os
 import re
 import sqlite3
+import stat
 import threading
 import time
 import uuid
@@ -84,7 +85,7 @@ from typing import Any, Tuple
 from opt_tpu_tui import paths
 from opt_tpu_tui.atomic import fsync_dir, move_aside
 from opt_tpu_tui.chat import Turn
-from opt_tpu_tui.errors import UserError
+from opt_tpu_tui.errors import UserError, special_file
 from opt_tpu_tui.overrides import Overrides
 from opt_tpu_tui.safe_text import terminal_safe
 
@@ -368,10 +369,12 @@ class OpenMarker:
         stale = []
         for marker in db.parent.glob(f"{db.name}.open-*"):
             try:
-                fd = os.open(marker, os.O_RDONLY)
+                fd = os.open(marker, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO by that name must not block the start
             except OSError:
                 continue  # its instance closed meanwhile
             try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    continue  # not one of ours
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
                 stale.append(marker)
             except BlockingIOError:
@@ -450,6 +453,9 @@ class HistoryStore:
     def open(cls, path: Path | None = None, busy_wait: float = BUSY_WAIT) -> tuple[HistoryStore, str | None]:
         """Open (or create) the history; returns the store and a one-line warning, or None when all is well."""
         path = path or paths.history_file()
+        kind = special_file(path)
+        if kind is not None:  # opening a FIFO would wait for a writer forever; a folder is no file either
+            return cls.unavailable(path, f"it is {kind}, not a database file (move it away)")
         try:
             created = prepare_files(path)
             stale = OpenMarker.left_behind(path)

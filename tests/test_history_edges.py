@@ -101,3 +101,49 @@ def test_the_export_names_the_model_of_each_reply_and_nothing_for_an_old_one(tmp
 
     text = conversation_markdown("t", [Turn("a", "b", model="opt-125m"), Turn("c", "d")])
     assert "**Model (opt-125m):**\n\nb" in text and "**Model:**\n\nd" in text
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_with_timeout(args: list[str], tmp_path: Path, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """``python ARGS`` with this tree's package and the test's data folder; a hang fails the test, not the run."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "XDG_DATA_HOME": str(tmp_path / "data"),
+           "XDG_CONFIG_HOME": str(tmp_path / "config")}  # fmt: skip
+    try:
+        return subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"hung: {args}")
+
+
+def test_a_fifo_at_the_history_path_is_one_line_not_a_hang(tmp_path: Path) -> None:
+    data = tmp_path / "data" / "opt-tpu-tui"
+    data.mkdir(parents=True)
+    os.mkfifo(data / "history.sqlite3")
+    done = run_with_timeout(["-m", "opt_tpu_tui", "export", "--last"], tmp_path)
+    lines = done.stderr.splitlines()
+    assert done.returncode == 2 and "Traceback" not in done.stderr and len(lines) == 2, done.stderr
+    assert "history.sqlite3: history unavailable, it is a FIFO, not a database file (move it away)" in lines[0]
+    assert (data / "history.sqlite3").is_fifo()  # left as it is
+
+
+def test_a_fifo_named_like_an_open_marker_does_not_block_the_start(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "h.sqlite3.open-1-abc")
+    code = "import sys; from pathlib import Path; from opt_tpu_tui.history import HistoryStore; " \
+           "s, w = HistoryStore.open(Path(sys.argv[1])); print(w); s.close()"  # fmt: skip
+    done = run_with_timeout(["-c", code, str(tmp_path / "h.sqlite3")], tmp_path)
+    assert done.returncode == 0 and done.stdout.strip() == "None", done.stderr
+
+
+@pytest.mark.parametrize("step", ["load", "append"])
+def test_a_fifo_at_the_line_history_path_is_one_warning_not_a_hang(tmp_path: Path, step: str) -> None:
+    path = tmp_path / "data" / "opt-tpu-tui" / "line-history.jsonl"
+    path.parent.mkdir(parents=True)
+    os.mkfifo(path)
+    code = "import sys; from opt_tpu_tui import paths; from opt_tpu_tui.line_history import LineHistory; " \
+           "h = LineHistory(paths.line_history_file()); " \
+           + ("print(h.load()); h.append('hi')" if step == "load" else "h.append('hi'); h.append('again')")  # fmt: skip
+    done = run_with_timeout(["-c", code], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == f"opt-tpu-tui: warning: {path}: the line history stays in memory (it is a FIFO, not a file; move it away)\n"
+    assert path.is_fifo()
