@@ -45,6 +45,17 @@ What happens at open, and why:
   call that met it raises :class:`HistoryUnavailable` with the one line, and this
   instance's marker is left behind saying so, so the next start sets the file aside even
   if the integrity check would miss what SQLite met. The file is not touched meanwhile.
+- The file deleted (``rm history.sqlite3*``) or replaced while the app runs: SQLite would
+  go on writing into the unlinked file, and the session would be lost without a word. So
+  each use compares the file at the path with the one opened (device and inode); when
+  they differ, a new history is opened at the path (as at start) and used from then on. A
+  reply being saved then says it is not saved, and the open conversation is saved again,
+  whole, from what the app holds, with the next message (as one deleted elsewhere is).
+- A folder made read-only while the app runs: the writes go on (SQLite's files are there
+  already); the open marker cannot be removed at exit, which one warning line says, and
+  the next start runs the integrity check.
+- A symlink at the path is the user's: the mode of what it points to is not changed, and
+  when that is not a database the link itself is what is set aside.
 - ``PRAGMA quick_check`` reads the whole file (23 s for 786 MB), so it runs only after
   an unclean shutdown. Each open store holds an flock on its own marker file
   (``history.sqlite3.open-<pid>-<id>``) and removes it at :meth:`close`; a marker that
@@ -73,6 +84,7 @@ import os
 import re
 import sqlite3
 import stat
+import sys
 import threading
 import time
 import uuid
@@ -405,12 +417,33 @@ class OpenMarker:
         return None
 
     def release(self) -> None:
-        """Remove the marker (before unlocking it: unlocked and present means a crash)."""
+        """Remove the marker (before unlocking it: unlocked and present means a crash).
+
+        A folder made read-only meanwhile keeps it: one warning line, and the next start
+        runs the integrity check, as after a crash (the history itself was closed cleanly).
+        """
         if self._fd is None:
             return
-        self.path.unlink(missing_ok=True)
-        os.close(self._fd)
-        self._fd = None
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError as error:
+            print(
+                f"opt-tpu-tui: warning: {self.path}: cannot remove it ({error.strerror or error}); "
+                "the next start checks the history's integrity",
+                file=sys.stderr,
+            )
+        finally:
+            os.close(self._fd)
+            self._fd = None
+
+
+def file_identity(path: Path) -> tuple[int, int] | None:
+    """The (device, inode) of the file at ``path`` (following a link), None when there is none."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 def side_files(path: Path) -> list[Path]:
@@ -423,6 +456,8 @@ def prepare_files(path: Path) -> bool:
     tightening those an older version left readable; returns whether the database file is new."""
     paths.private_dir(path.parent)
     created = not path.exists()
+    if path.is_symlink():  # the user's link: what it points to keeps its mode (set aside as the link if damaged)
+        return created
     paths.private_file(path)
     for side in side_files(path):
         paths.tighten(side, paths.PRIVATE_FILE)
@@ -444,6 +479,8 @@ class HistoryStore:
         self._marker = marker
         self._lock = threading.Lock()
         self.problem = problem
+        self._busy_wait = BUSY_WAIT
+        self._file = file_identity(path) if connection is not None else None  # the file opened, to notice its removal
 
     @property
     def writable(self) -> bool:
@@ -480,7 +517,9 @@ class HistoryStore:
             old.unlink(missing_ok=True)
         if created:
             fsync_dir(path.parent)
-        return cls(path, db, marker), None
+        store = cls(path, db, marker)
+        store._busy_wait = busy_wait
+        return store, None
 
     @classmethod
     def unavailable(cls, path: Path, reason: str) -> tuple[HistoryStore, str]:
@@ -521,12 +560,38 @@ class HistoryStore:
     def _using(self) -> Iterator[sqlite3.Connection | None]:
         """The connection (None when unavailable), under the lock; damage SQLite reports becomes :meth:`_damaged`."""
         with self._lock:
+            self._follow_the_file()
             try:
                 yield self._db
             except sqlite3.DatabaseError as error:
                 if self._db is None or sqlite_kind(error) != "corrupt":
                     raise
                 raise self._damaged(error) from None
+
+    def _follow_the_file(self) -> None:
+        """When the file at the path is no longer the one open (deleted, or replaced), open the one there now.
+
+        (Under the lock.) A new history is started at the path as at start; if that fails the
+        store is unavailable from now on, with the reason, as it would be at start.
+        """
+        if self._db is None:
+            return
+        try:
+            found = os.stat(self.path)
+            if (found.st_dev, found.st_ino) == self._file:
+                return
+        except FileNotFoundError:
+            pass
+        except OSError:  # the folder cannot be searched now: the file open is still the one to use
+            return
+        self._db.close()
+        self._db = None
+        if self._marker is not None:
+            self._marker.release()
+            self._marker = None
+        fresh, problem = HistoryStore.open(self.path, self._busy_wait)
+        self._db, self._marker, self._file = fresh._db, fresh._marker, fresh._file
+        self.problem = problem or ""
 
     def _damaged(self, error: sqlite3.Error) -> HistoryUnavailable:
         """SQLite found the file damaged while in use: unavailable from now on, and set aside at the next start.
@@ -794,10 +859,15 @@ class HistoryStore:
     def save_reply(self, turn_id: int, assistant: str, *, stopped: bool = False, complete: bool = False) -> None:
         """Store the reply so far (called while it streams, and once more at its end)."""
         with self._writing() as db:
-            db.execute(
+            cursor = db.execute(
                 "UPDATE turns SET assistant = ?, stopped = ?, complete = ? WHERE id = ?",
                 (assistant, int(stopped), int(complete), turn_id),
             )
+            if cursor.rowcount == 0:
+                raise HistoryUnavailable(
+                    f"{self.path}: this reply's conversation is no longer in the history (deleted in another "
+                    "opt-tpu-tui, or the history file was removed); it is saved again, whole, with the next message"
+                )
             db.execute(
                 "UPDATE conversations SET updated = ? WHERE id = (SELECT conversation_id FROM turns WHERE id = ?)",
                 (time.time(), turn_id),

@@ -35,8 +35,8 @@ class Outcome:
 
 
 GONE = (
-    "This conversation was deleted in another opt-tpu-tui: what is on screen is saved again as a new "
-    "conversation, with this message (ctrl+n starts an empty one)"
+    "This conversation is no longer in the history (deleted in another opt-tpu-tui, or the history file was "
+    "removed): what is on screen is saved again as a new conversation, with this message (ctrl+n starts an empty one)"
 )
 
 

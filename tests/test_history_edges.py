@@ -4,9 +4,11 @@ reused, the model that replied kept, FIFOs that must not hang, and files removed
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -147,3 +149,103 @@ def test_a_fifo_at_the_line_history_path_is_one_warning_not_a_hang(tmp_path: Pat
     assert done.returncode == 0, done.stderr
     assert done.stderr == f"opt-tpu-tui: warning: {path}: the line history stays in memory (it is a FIFO, not a file; move it away)\n"
     assert path.is_fifo()
+
+
+def remove_history(path: Path) -> None:
+    """``rm history.sqlite3*``: the database, its -wal and -shm, and the open markers."""
+    for found in path.parent.glob(path.name + "*"):
+        found.unlink()
+
+
+def test_a_history_deleted_while_open_is_started_again_at_its_path_not_written_unlinked(tmp_path: Path) -> None:
+    from opt_tpu_tui.history import ConversationGone, HistoryUnavailable
+
+    path = tmp_path / "history.sqlite3"
+    store, _ = HistoryStore.open(path)
+    cid = store.create_conversation("before")
+    chat(store, cid, 0, "before", "kept in the deleted file")
+    streaming = store.start_turn(cid, 1, "mid-reply")
+    remove_history(path)
+    with pytest.raises(HistoryUnavailable, match="no longer in the history"):
+        store.save_reply(streaming, "lost with the file", complete=True)  # said, not written unlinked
+    assert path.exists() and store.writable
+    with pytest.raises(ConversationGone):  # the app saves the conversation again, from what it holds
+        store.start_turn(cid, 2, "next")
+    again = store.create_conversation("saved again")
+    chat(store, again, 0, "saved again", "in the new file")
+    other, _ = HistoryStore.open(tmp_path / "history.sqlite3")  # what is on disk at the path
+    assert [(c.id, c.title) for c in other.list_conversations()] == [(again, "saved again")]
+    other.close()
+    store.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["history.sqlite3"]  # its markers went at close
+
+
+def test_a_history_replaced_while_open_is_followed(tmp_path: Path) -> None:
+    path = tmp_path / "history.sqlite3"
+    store, _ = HistoryStore.open(path)
+    store.create_conversation("old file")
+    remove_history(path)
+    other, _ = HistoryStore.open(path)  # another instance started a new file there meanwhile
+    mine = other.create_conversation("theirs")
+    assert [c.title for c in store.list_conversations()] == ["theirs"]  # not the unlinked file's
+    assert store.create_conversation("mine") == mine + 1
+    assert [c.title for c in other.list_conversations()] == ["mine", "theirs"]
+    store.close()
+    other.close()
+
+
+def test_a_symlink_to_a_file_that_is_no_database_is_set_aside_without_changing_its_target(tmp_path: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes, not a database\n")
+    notes.chmod(0o644)
+    link = tmp_path / "data" / "history.sqlite3"
+    link.parent.mkdir(mode=0o700)
+    link.symlink_to(notes)
+    store, warning = HistoryStore.open(link)
+    assert warning is not None and "moved it to history.sqlite3.corrupt-" in warning and store.writable
+    (aside,) = link.parent.glob("history.sqlite3.corrupt-*")
+    assert aside.is_symlink() and aside.resolve() == notes  # the link set aside, as it was
+    assert notes.stat().st_mode & 0o777 == 0o644 and notes.read_text() == "my notes, not a database\n"
+    assert not link.is_symlink() and link.stat().st_mode & 0o777 == 0o600  # a new, private history
+    store.close()
+
+
+CLOSE_IN_A_READ_ONLY_FOLDER = """
+import os, sys
+from pathlib import Path
+from opt_tpu_tui.history import HistoryStore
+path = Path(sys.argv[1])
+store, _ = HistoryStore.open(path)
+turn = store.add_turn(store.create_conversation("hi"), "hi")
+os.chmod(path.parent, 0o500)  # chmod 500 on the data folder mid-session
+store.save_reply(turn, "hello", complete=True)
+store.close()
+print("closed")
+"""
+
+
+def test_a_data_folder_made_read_only_mid_session_is_one_line_at_exit_not_a_traceback(tmp_path: Path) -> None:
+    """Run as an unprivileged user (root ignores the folder's mode), in a folder that user owns."""
+    if not shutil.which("setpriv"):
+        pytest.skip("setpriv is needed to run as another user")
+    base = Path(tempfile.mkdtemp(prefix="opt-tpu-tui-ro-"))
+    try:
+        os.chmod(base, 0o755)
+        data = base / "data"
+        data.mkdir()
+        os.chown(data, 65534, 65534)
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        done = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
+             CLOSE_IN_A_READ_ONLY_FOLDER, str(data / "history.sqlite3")],
+            env=env, capture_output=True, text=True, timeout=60, cwd=base,
+        )  # fmt: skip
+        assert done.returncode == 0 and done.stdout == "closed\n", done.stderr
+        assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1
+        assert "history.sqlite3.open-" in done.stderr and "the next start checks the history's integrity" in done.stderr
+        os.chmod(data, 0o700)
+        store, warning = HistoryStore.open(data / "history.sqlite3")  # the reply was saved; the check finds it whole
+        assert warning is None and store.load(store.list_conversations()[0].id)[0].assistant == "hello"
+        store.close()
+    finally:
+        shutil.rmtree(base)

@@ -90,3 +90,23 @@ async def test_the_conversation_list_and_the_export_name_the_model_that_replied(
     app.store.close()
     assert cli.main(["export", str(cid), "-o", "-"]) == 0
     assert "**Model (scripted-opt):**" in capsys.readouterr().out
+
+
+async def test_history_deleted_while_the_app_runs_the_conversation_is_saved_again_whole(tokenizer: Tokenizer) -> None:
+    from opt_tpu_tui import paths
+    from opt_tpu_tui.history import HistoryStore
+
+    app, _ = make_app(tokenizer, settings=GREEDY)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        await send(pilot, "first")
+        for found in paths.data_dir().glob("history.sqlite3*"):  # rm history.sqlite3*
+            found.unlink()
+        await send(pilot, "second")
+        said = [n.message for n in app._notifications]
+        assert any("history file was removed" in line and "new conversation" in line for line in said), said
+    app.store.close()
+    store, _ = HistoryStore.open()  # the file at the path now, as the next start reads it
+    (summary,) = store.list_conversations()
+    assert [t.user for t in store.load(summary.id)] == ["first", "second"]
+    store.close()
