@@ -42,6 +42,7 @@ class Turn:
     assistant: str = ""
     stopped: bool = False  # the reply was cut short by the user
     stop_reason: str | None = None  # how the reply ended (GenerationStats.stop_reason); the history keeps only ``stopped``
+    model: str = field(default="", compare=False)  # the name of the model that wrote the reply ('' if not known)
 
 
 @dataclass
@@ -234,7 +235,7 @@ class ChatSession:
     def send(self, user: str, settings: SamplingSettings, cancel: threading.Event | None = None) -> Reply:
         """Start a reply to ``user``; the new turn is appended now and completed as the reply streams."""
         ids, dropped = self.prompt_ids(user, self.reserve(settings))
-        turn = Turn(user=user)
+        turn = Turn(user=user, model=self.backend.model_name)
         self.turns.append(turn)
         self._first_kept = self.turns[dropped]  # the new turn itself when every earlier one was dropped
         generation = Generation(self.backend, self.tokenizer, ids, settings, STOP_STRINGS, cancel)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import stat
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,28 @@ def check_regular_file(path: Path, missing: str) -> Path:
     if not stat.S_ISREG(mode):
         raise UserError(f"{path}: not a regular file ({missing})")
     return path
+
+
+SPECIAL_FILES = (
+    (stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+)
+
+
+def special_file(path: Path) -> str | None:
+    """What is at ``path`` when it is there but is not a regular file (or a link to one): "a FIFO", "a folder", ...
+
+    For a file the app opens for writing as well as reading, where a missing one is fine (it
+    is created): the same check as :func:`check_regular_file`, made before the open, since
+    opening a FIFO waits for its other end forever. None when missing or unreadable (the open says why).
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, RuntimeError, ValueError):
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    return next((name for test, name in SPECIAL_FILES if test(mode)), "not a regular file")
 
 
 def parse_json(text: str) -> Any:

@@ -29,7 +29,8 @@ def conversation_markdown(title: str, turns: list[Turn], updated: float | None =
     if updated is not None:
         lines += [f"_Saved {time.strftime('%Y-%m-%d %H:%M', time.localtime(updated))} by opt-tpu-tui_", ""]
     for turn in turns:
-        lines += ["**You:**", "", turn.user.strip(), "", "**Model:**", "", turn.assistant.strip() or "_(no reply)_"]
+        model = f"**Model ({' '.join(turn.model.split())}):**" if turn.model.strip() else "**Model:**"  # '': saved by an older version
+        lines += ["**You:**", "", turn.user.strip(), "", model, "", turn.assistant.strip() or "_(no reply)_"]
         if turn.stopped:
             lines += ["", "_(stopped)_"]
         lines.append("")

@@ -5,11 +5,18 @@ durable and atomic without rewriting the whole history. WAL with ``synchronous=F
 makes every commit survive a power cut, and a ``kill -9`` mid-reply loses only what
 was generated since the last save (the app saves a few times a second).
 
-Schema (``PRAGMA user_version`` = 3)::
+Schema (``PRAGMA user_version`` = 4)::
 
     conversations(id, title, created, updated, settings)
-    turns(id, conversation_id, position, user, assistant, stopped, complete, created)
+    turns(id, conversation_id, position, user, assistant, stopped, complete, created, model)
     alternatives(id, conversation_id, position, branch, created)
+    counters(name, value)
+
+A conversation's number is what ``opt-tpu-tui export ID`` takes, so it is never given
+again: ``counters`` keeps the last one given (row ``conversations``), and a new one is
+one more than both it and the largest in use. (SQLite reuses the largest rowid once it
+is deleted; AUTOINCREMENT would need the table rebuilt in an older file.) ``model`` is
+the name of the model that wrote the reply, ``''`` for a reply an older version saved.
 
 ``turns`` is the conversation as shown. Editing the message at a position, or
 regenerating the last reply, replaces the turns from that position on; they are kept
@@ -38,6 +45,17 @@ What happens at open, and why:
   call that met it raises :class:`HistoryUnavailable` with the one line, and this
   instance's marker is left behind saying so, so the next start sets the file aside even
   if the integrity check would miss what SQLite met. The file is not touched meanwhile.
+- The file deleted (``rm history.sqlite3*``) or replaced while the app runs: SQLite would
+  go on writing into the unlinked file, and the session would be lost without a word. So
+  each use compares the file at the path with the one opened (device and inode); when
+  they differ, a new history is opened at the path (as at start) and used from then on. A
+  reply being saved then says it is not saved, and the open conversation is saved again,
+  whole, from what the app holds, with the next message (as one deleted elsewhere is).
+- A folder made read-only while the app runs: the writes go on (SQLite's files are there
+  already); the open marker cannot be removed at exit, which one warning line says, and
+  the next start runs the integrity check.
+- A symlink at the path is the user's: the mode of what it points to is not changed, and
+  when that is not a database the link itself is what is set aside.
 - ``PRAGMA quick_check`` reads the whole file (23 s for 786 MB), so it runs only after
   an unclean shutdown. Each open store holds an flock on its own marker file
   (``history.sqlite3.open-<pid>-<id>``) and removes it at :meth:`close`; a marker that
@@ -65,6 +83,8 @@ import json
 import os
 import re
 import sqlite3
+import stat
+import sys
 import threading
 import time
 import uuid
@@ -77,11 +97,11 @@ from typing import Any, Tuple
 from opt_tpu_tui import paths
 from opt_tpu_tui.atomic import fsync_dir, move_aside
 from opt_tpu_tui.chat import Turn
-from opt_tpu_tui.errors import UserError
+from opt_tpu_tui.errors import UserError, special_file
 from opt_tpu_tui.overrides import Overrides
 from opt_tpu_tui.safe_text import terminal_safe
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 TITLE_LENGTH = 60
 BUSY_WAIT = 5.0  # seconds an open waits for another process to let go of the database
 SQLITE_BUSY, SQLITE_LOCKED, SQLITE_CORRUPT, SQLITE_NOTADB = 5, 6, 11, 26
@@ -92,7 +112,8 @@ LIKE_ESCAPE = "\\"
 CORRUPT_MESSAGES = ("file is not a database", "malformed", "file is encrypted or is not a database")
 NOT_UTF8 = "could not decode to utf-8"  # Python's own error, no SQLite code: the app writes only UTF-8 text
 INSERT_FINISHED_TURN = (  # a turn whose reply is done: one put back from a variant, or copied into a new conversation
-    "INSERT INTO turns(conversation_id, position, user, assistant, stopped, complete, created) VALUES (?, ?, ?, ?, ?, 1, ?)"
+    "INSERT INTO turns(conversation_id, position, user, assistant, stopped, complete, created, model) "
+    "VALUES (?, ?, ?, ?, ?, 1, ?, ?)"
 )
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS conversations (
@@ -110,7 +131,8 @@ CREATE TABLE IF NOT EXISTS turns (
     assistant TEXT NOT NULL DEFAULT '',
     stopped INTEGER NOT NULL DEFAULT 0,
     complete INTEGER NOT NULL DEFAULT 0,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    model TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS turns_by_conversation ON turns(conversation_id, position);
 CREATE TABLE IF NOT EXISTS alternatives (
@@ -121,12 +143,19 @@ CREATE TABLE IF NOT EXISTS alternatives (
     created REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS alternatives_by_conversation ON alternatives(conversation_id, position);
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
 """
 # Columns that tables already in older files gained later: (table, column, definition for ALTER TABLE ADD COLUMN).
 # A fresh file gets them from SCHEMA; the definition must match SCHEMA's, with a default for the existing rows.
 ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("conversations", "settings", "settings TEXT NOT NULL DEFAULT '{}'"),  # schema 3
+    ("turns", "model", "model TEXT NOT NULL DEFAULT ''"),  # schema 4
 )
+# The numbers given so far in a file older than ``counters``: those in use (a deleted one is not known).
+SEED_COUNTER = "INSERT OR IGNORE INTO counters(name, value) SELECT 'conversations', COALESCE(MAX(id), 0) FROM conversations"
 
 
 class HistoryError(Exception):
@@ -151,6 +180,7 @@ class ConversationSummary:
     title: str
     updated: float
     turns: int
+    model: str = ""  # the model that wrote its latest reply shown ('' when an older version saved it)
 
 
 Variant = Tuple[Tuple[int, float], ...]  # the alternatives, by (position, created), that lead to a variant
@@ -314,6 +344,7 @@ def upgrade(db: sqlite3.Connection) -> None:
             for table, column, definition in ADDED_COLUMNS:
                 if column not in table_columns(db, table):
                     db.execute(f"ALTER TABLE {table} ADD COLUMN {definition}")
+            db.execute(SEED_COUNTER)
             check_schema(db)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         db.execute("COMMIT")
@@ -350,10 +381,12 @@ class OpenMarker:
         stale = []
         for marker in db.parent.glob(f"{db.name}.open-*"):
             try:
-                fd = os.open(marker, os.O_RDONLY)
+                fd = os.open(marker, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO by that name must not block the start
             except OSError:
                 continue  # its instance closed meanwhile
             try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    continue  # not one of ours
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
                 stale.append(marker)
             except BlockingIOError:
@@ -384,12 +417,33 @@ class OpenMarker:
         return None
 
     def release(self) -> None:
-        """Remove the marker (before unlocking it: unlocked and present means a crash)."""
+        """Remove the marker (before unlocking it: unlocked and present means a crash).
+
+        A folder made read-only meanwhile keeps it: one warning line, and the next start
+        runs the integrity check, as after a crash (the history itself was closed cleanly).
+        """
         if self._fd is None:
             return
-        self.path.unlink(missing_ok=True)
-        os.close(self._fd)
-        self._fd = None
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError as error:
+            print(
+                f"opt-tpu-tui: warning: {self.path}: cannot remove it ({error.strerror or error}); "
+                "the next start checks the history's integrity",
+                file=sys.stderr,
+            )
+        finally:
+            os.close(self._fd)
+            self._fd = None
+
+
+def file_identity(path: Path) -> tuple[int, int] | None:
+    """The (device, inode) of the file at ``path`` (following a link), None when there is none."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 def side_files(path: Path) -> list[Path]:
@@ -402,6 +456,8 @@ def prepare_files(path: Path) -> bool:
     tightening those an older version left readable; returns whether the database file is new."""
     paths.private_dir(path.parent)
     created = not path.exists()
+    if path.is_symlink():  # the user's link: what it points to keeps its mode (set aside as the link if damaged)
+        return created
     paths.private_file(path)
     for side in side_files(path):
         paths.tighten(side, paths.PRIVATE_FILE)
@@ -423,6 +479,8 @@ class HistoryStore:
         self._marker = marker
         self._lock = threading.Lock()
         self.problem = problem
+        self._busy_wait = BUSY_WAIT
+        self._file = file_identity(path) if connection is not None else None  # the file opened, to notice its removal
 
     @property
     def writable(self) -> bool:
@@ -432,6 +490,9 @@ class HistoryStore:
     def open(cls, path: Path | None = None, busy_wait: float = BUSY_WAIT) -> tuple[HistoryStore, str | None]:
         """Open (or create) the history; returns the store and a one-line warning, or None when all is well."""
         path = path or paths.history_file()
+        kind = special_file(path)
+        if kind is not None:  # opening a FIFO would wait for a writer forever; a folder is no file either
+            return cls.unavailable(path, f"it is {kind}, not a database file (move it away)")
         try:
             created = prepare_files(path)
             stale = OpenMarker.left_behind(path)
@@ -456,7 +517,9 @@ class HistoryStore:
             old.unlink(missing_ok=True)
         if created:
             fsync_dir(path.parent)
-        return cls(path, db, marker), None
+        store = cls(path, db, marker)
+        store._busy_wait = busy_wait
+        return store, None
 
     @classmethod
     def unavailable(cls, path: Path, reason: str) -> tuple[HistoryStore, str]:
@@ -497,12 +560,38 @@ class HistoryStore:
     def _using(self) -> Iterator[sqlite3.Connection | None]:
         """The connection (None when unavailable), under the lock; damage SQLite reports becomes :meth:`_damaged`."""
         with self._lock:
+            self._follow_the_file()
             try:
                 yield self._db
             except sqlite3.DatabaseError as error:
                 if self._db is None or sqlite_kind(error) != "corrupt":
                     raise
                 raise self._damaged(error) from None
+
+    def _follow_the_file(self) -> None:
+        """When the file at the path is no longer the one open (deleted, or replaced), open the one there now.
+
+        (Under the lock.) A new history is started at the path as at start; if that fails the
+        store is unavailable from now on, with the reason, as it would be at start.
+        """
+        if self._db is None:
+            return
+        try:
+            found = os.stat(self.path)
+            if (found.st_dev, found.st_ino) == self._file:
+                return
+        except FileNotFoundError:
+            pass
+        except OSError:  # the folder cannot be searched now: the file open is still the one to use
+            return
+        self._db.close()
+        self._db = None
+        if self._marker is not None:
+            self._marker.release()
+            self._marker = None
+        fresh, problem = HistoryStore.open(self.path, self._busy_wait)
+        self._db, self._marker, self._file = fresh._db, fresh._marker, fresh._file
+        self.problem = problem or ""
 
     def _damaged(self, error: sqlite3.Error) -> HistoryUnavailable:
         """SQLite found the file damaged while in use: unavailable from now on, and set aside at the next start.
@@ -546,16 +635,29 @@ class HistoryStore:
         and ``turns`` already in it (finished: what an instance held of a conversation deleted elsewhere)."""
         now = time.time()
         with self._writing() as db:
-            cursor = db.execute(
-                "INSERT INTO conversations(title, created, updated, settings) VALUES (?, ?, ?, ?)",
-                (title_for(first_user), now, now, (settings or Overrides()).to_json()),
+            conversation_id = self._next_conversation_id(db)
+            db.execute(
+                "INSERT INTO conversations(id, title, created, updated, settings) VALUES (?, ?, ?, ?, ?)",
+                (conversation_id, title_for(first_user), now, now, (settings or Overrides()).to_json()),
             )
-            conversation_id = int(cursor.lastrowid or 0)
             db.executemany(
                 INSERT_FINISHED_TURN,
-                [(conversation_id, n, t.user, t.assistant, int(t.stopped), now) for n, t in enumerate(turns)],
+                [(conversation_id, n, t.user, t.assistant, int(t.stopped), now, t.model) for n, t in enumerate(turns)],
             )
             return conversation_id
+
+    @staticmethod
+    def _next_conversation_id(db: sqlite3.Connection) -> int:
+        """A number no conversation had in this file (a deleted one's is not given again), and counted as given.
+
+        Written before it is read: the write takes the file's write lock, so two instances never get the same one.
+        """
+        db.execute("INSERT OR IGNORE INTO counters(name, value) VALUES ('conversations', 0)")
+        db.execute(
+            "UPDATE counters SET value = MAX(value, (SELECT COALESCE(MAX(id), 0) FROM conversations)) + 1 "
+            "WHERE name = 'conversations'"
+        )
+        return int(db.execute("SELECT value FROM counters WHERE name = 'conversations'").fetchone()[0])
 
     def conversation_settings(self, conversation_id: int) -> tuple[Overrides, str | None]:
         """A conversation's own settings, and one warning line when what is stored could not all be used."""
@@ -573,18 +675,22 @@ class HistoryStore:
     def list_conversations(self) -> list[ConversationSummary]:
         """Newest first."""
         rows = self._read(
-            "SELECT c.id, c.title, c.updated, COUNT(t.id) FROM conversations c "
+            "SELECT c.id, c.title, c.updated, COUNT(t.id), (SELECT m.model FROM turns m WHERE m.conversation_id = c.id "
+            "AND m.model != '' ORDER BY m.position DESC LIMIT 1) FROM conversations c "
             "LEFT JOIN turns t ON t.conversation_id = c.id GROUP BY c.id ORDER BY c.updated DESC, c.id DESC"
         )
-        return [ConversationSummary(int(i), str(title), float(updated), int(n)) for i, title, updated, n in rows]
+        return [
+            ConversationSummary(int(i), str(title), float(updated), int(n), str(model or ""))
+            for i, title, updated, n, model in rows
+        ]
 
     def load(self, conversation_id: int) -> list[Turn]:
         """The turns of a conversation in order; an interrupted reply comes back marked stopped."""
         rows = self._read(
-            "SELECT user, assistant, stopped, complete FROM turns WHERE conversation_id = ? ORDER BY position",
+            "SELECT user, assistant, stopped, complete, model FROM turns WHERE conversation_id = ? ORDER BY position",
             (conversation_id,),
         )
-        return [Turn(user=u, assistant=a, stopped=bool(s) or not c) for u, a, s, c in rows]
+        return [Turn(user=u, assistant=a, stopped=bool(s) or not c, model=m) for u, a, s, c, m in rows]
 
     def rename_conversation(self, conversation_id: int, title: str) -> str:
         """Give a conversation a new title (made one line, as titles are); returns it."""
@@ -601,16 +707,16 @@ class HistoryStore:
 
     # turns
 
-    def add_turn(self, conversation_id: int, user: str) -> int:
-        """Append a turn whose reply is about to stream; returns its id."""
+    def add_turn(self, conversation_id: int, user: str, *, model: str = "") -> int:
+        """Append a turn whose reply is about to stream (written by ``model``, the model's name); returns its id."""
         with self._writing() as db:
             position = db.execute(
                 "SELECT COALESCE(MAX(position), -1) + 1 FROM turns WHERE conversation_id = ?", (conversation_id,)
             ).fetchone()[0]
-            return self._insert_turn(db, conversation_id, position, user)
+            return self._insert_turn(db, conversation_id, position, user, model)
 
-    def start_turn(self, conversation_id: int, position: int, user: str) -> int:
-        """A turn at ``position`` whose reply is about to stream; returns its id.
+    def start_turn(self, conversation_id: int, position: int, user: str, *, model: str = "") -> int:
+        """A turn at ``position`` whose reply is about to stream (written by ``model``); returns its id.
 
         The turns shown from ``position`` on (an edited message and what followed it, or
         the reply being regenerated) become an alternative there, in the same transaction:
@@ -622,14 +728,14 @@ class HistoryStore:
             if db.execute("SELECT 1 FROM conversations WHERE id = ?", (conversation_id,)).fetchone() is None:
                 raise ConversationGone(conversation_id)
             self._set_aside(db, conversation_id, position, keep_empty=False)
-            return self._insert_turn(db, conversation_id, position, user)
+            return self._insert_turn(db, conversation_id, position, user, model)
 
     @staticmethod
-    def _insert_turn(db: sqlite3.Connection, conversation_id: int, position: int, user: str) -> int:
+    def _insert_turn(db: sqlite3.Connection, conversation_id: int, position: int, user: str, model: str) -> int:
         now = time.time()
         cursor = db.execute(
-            "INSERT INTO turns(conversation_id, position, user, created) VALUES (?, ?, ?, ?)",
-            (conversation_id, position, user, now),
+            "INSERT INTO turns(conversation_id, position, user, created, model) VALUES (?, ?, ?, ?, ?)",
+            (conversation_id, position, user, now, model),
         )
         db.execute("UPDATE conversations SET updated = ? WHERE id = ?", (now, conversation_id))
         return int(cursor.lastrowid or 0)
@@ -640,7 +746,7 @@ class HistoryStore:
     def _set_aside(db: sqlite3.Connection, conversation_id: int, position: int, keep_empty: bool) -> None:
         """Move the turns from ``position`` on, with the alternatives among them, into one alternative there."""
         turns = db.execute(
-            "SELECT user, assistant, stopped, complete, created FROM turns "
+            "SELECT user, assistant, stopped, complete, created, model FROM turns "
             "WHERE conversation_id = ? AND position >= ? ORDER BY position",
             (conversation_id, position),
         ).fetchall()
@@ -656,7 +762,8 @@ class HistoryStore:
             return
         branch = {
             "turns": [
-                {"user": u, "assistant": a, "stopped": bool(s) or not c, "created": t} for u, a, s, c, t in turns
+                {"user": u, "assistant": a, "stopped": bool(s) or not c, "created": t, "model": m}
+                for u, a, s, c, t, m in turns
             ],
             "alternatives": [
                 {"position": p, "branch": b, "created": t} for p, b, t in nested  # as stored: not parsed here
@@ -673,7 +780,8 @@ class HistoryStore:
         db.executemany(
             INSERT_FINISHED_TURN,
             [
-                (conversation_id, position + offset, turn["user"], turn["assistant"], int(turn["stopped"]), turn["created"])
+                (conversation_id, position + offset, turn["user"], turn["assistant"], int(turn["stopped"]), turn["created"],
+                 str(turn.get("model", "")))  # set aside by an older version: no model
                 for offset, turn in enumerate(branch["turns"])
             ],
         )
@@ -751,10 +859,15 @@ class HistoryStore:
     def save_reply(self, turn_id: int, assistant: str, *, stopped: bool = False, complete: bool = False) -> None:
         """Store the reply so far (called while it streams, and once more at its end)."""
         with self._writing() as db:
-            db.execute(
+            cursor = db.execute(
                 "UPDATE turns SET assistant = ?, stopped = ?, complete = ? WHERE id = ?",
                 (assistant, int(stopped), int(complete), turn_id),
             )
+            if cursor.rowcount == 0:
+                raise HistoryUnavailable(
+                    f"{self.path}: this reply's conversation is no longer in the history (deleted in another "
+                    "opt-tpu-tui, or the history file was removed); it is saved again, whole, with the next message"
+                )
             db.execute(
                 "UPDATE conversations SET updated = ? WHERE id = (SELECT conversation_id FROM turns WHERE id = ?)",
                 (time.time(), turn_id),
@@ -805,8 +918,16 @@ class HistoryStore:
             (order_key(updated, cid, index, field), cid, title, index, field, text, ())
             for cid, title, updated, field, text, index in rows
         ] + self._search_variants(query)
-        hits = []
-        for _, cid, title, index, field, text, variant in sorted(found, key=lambda hit: hit[0])[:limit]:
+        hits: list[SearchHit] = []
+        seen = set()
+        for _, cid, title, index, field, text, variant in sorted(found, key=lambda hit: hit[0]):
+            # A regenerated reply keeps its message in the variant it set aside: the same text at the same
+            # place is one hit, the one shown (it sorts first), not one per variant.
+            if (cid, index, field, text) in seen:
+                continue
+            seen.add((cid, index, field, text))
+            if len(hits) == limit:
+                break
             shown, span = snippet(text, query)
             hits.append(
                 SearchHit(int(cid), str(title), None if index is None else int(index), field, shown, span, variant)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from opt_tpu_tui import paths
 from opt_tpu_tui.atomic import atomic_write
-from opt_tpu_tui.errors import UserError
+from opt_tpu_tui.errors import UserError, special_file
 
 KEEP = 1000  # entries loaded, and kept when the file is trimmed
 
@@ -34,6 +34,7 @@ class LineHistory:
         """The last KEEP entries, oldest first; lines that are not a JSON string are skipped."""
         try:
             paths.private_dir(self.path.parent, create=False)
+            self._check()
             paths.tighten(self.path, paths.PRIVATE_FILE)
             text = self.path.read_text(encoding="utf-8", errors="replace")
         except FileNotFoundError:
@@ -57,6 +58,7 @@ class LineHistory:
         data = _line(message).encode("utf-8")
         try:
             paths.private_dir(self.path.parent)
+            self._check()
             paths.private_file(self.path)
             descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND)
             try:
@@ -65,6 +67,12 @@ class LineHistory:
                 os.close(descriptor)
         except (OSError, UserError) as error:
             self._fail(error)
+
+    def _check(self) -> None:
+        """A UserError when something else than a file is at the path: opening a FIFO would wait forever."""
+        kind = special_file(self.path)
+        if kind is not None:
+            raise UserError(f"it is {kind}, not a file; move it away")
 
     def _fail(self, error: Exception) -> None:
         self.failed = True

@@ -35,8 +35,8 @@ class Outcome:
 
 
 GONE = (
-    "This conversation was deleted in another opt-tpu-tui: what is on screen is saved again as a new "
-    "conversation, with this message (ctrl+n starts an empty one)"
+    "This conversation is no longer in the history (deleted in another opt-tpu-tui, or the history file was "
+    "removed): what is on screen is saved again as a new conversation, with this message (ctrl+n starts an empty one)"
 )
 
 
@@ -106,9 +106,9 @@ def _open_turn(store: HistoryStore, conversation: Conversation, reply: Reply, ou
         conversation.id = store.create_conversation(reply.turn.user, conversation.overrides)
     position = next(i for i, turn in enumerate(conversation.turns) if turn is reply.turn)
     try:
-        return store.start_turn(conversation.id, position, reply.turn.user)
+        return store.start_turn(conversation.id, position, reply.turn.user, model=reply.turn.model)
     except ConversationGone:
         first = conversation.turns[0].user
         conversation.id = store.create_conversation(first, conversation.overrides, conversation.turns[:position])
         outcome.notice = GONE
-        return store.start_turn(conversation.id, position, reply.turn.user)
+        return store.start_turn(conversation.id, position, reply.turn.user, model=reply.turn.model)

@@ -489,7 +489,7 @@ def test_a_version_1_history_gains_the_settings_column_in_place_and_keeps_everyt
     db.close()
     store, warning = HistoryStore.open(path)
     assert warning is None and not list(tmp_path.glob("*corrupt*"))  # upgraded, not set aside
-    assert store._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert store._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     assert "settings" in history.table_columns(store._db, "conversations")
     assert [(c.id, c.title, c.turns) for c in store.list_conversations()] == [(7, "old chat", 2)]
     assert [(t.user, t.assistant, t.stopped) for t in store.load(7)] == [

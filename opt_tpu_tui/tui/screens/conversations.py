@@ -21,12 +21,35 @@ from opt_tpu_tui.safe_text import terminal_safe
 from opt_tpu_tui.tui.compositor import DrawnScreen
 
 
-def describe(summary: ConversationSummary) -> Text:
+MODEL_WIDTH = 16  # columns at most for the model's name: the title keeps the rest
+
+
+def model_column(summary: ConversationSummary, width: int) -> str:
+    """The model that wrote the latest reply, cut to ``width`` columns; "unknown model" when an older version
+    saved it (nothing at all when no conversation in the list knows its model: ``width`` 0)."""
+    if not width:
+        return ""
+    name = terminal_safe(" ".join(summary.model.split())) or "unknown model"
+    name = name if len(name) <= width else name[: width - 1] + "…"
+    return f"{name:<{width}}  "
+
+
+def describe(summary: ConversationSummary, model_width: int = 0) -> Text:
     """One line of the list; the title is a user's message, so shown as plain, safe text."""
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(summary.updated))
     turns = f"{summary.turns} turn{'s' if summary.turns != 1 else ''}"
+    model = model_column(summary, model_width)
     # The number is what `opt-tpu-tui export ID` takes; the title goes last, where a long one is cut.
-    return Text(f"{summary.id:>4}  {when}  {turns:<9}  {terminal_safe(summary.title)}", no_wrap=True, overflow="ellipsis")
+    return Text(
+        f"{summary.id:>4}  {when}  {turns:<9}  {model}{terminal_safe(summary.title)}", no_wrap=True, overflow="ellipsis"
+    )
+
+
+def model_width(conversations: list[ConversationSummary]) -> int:
+    """The model column's width: the longest name (or "unknown model") up to MODEL_WIDTH; 0 if no model is known."""
+    if not any(c.model for c in conversations):
+        return 0
+    return min(MODEL_WIDTH, max(len(" ".join(c.model.split())) or len("unknown model") for c in conversations))
 
 
 TITLE = "Conversations · enter opens · r renames · d deletes (asks first) · escape closes"
@@ -70,7 +93,8 @@ class ConversationsScreen(DrawnScreen, ModalScreen[Optional[int]]):  # evaluated
             return [Option(Text(self._problem, no_wrap=True, overflow="ellipsis"), id="none", disabled=True)]
         if not self.conversations:
             return [Option("No saved conversations yet.", id="none", disabled=True)]
-        return [Option(describe(c), id=str(c.id)) for c in self.conversations]
+        width = model_width(self.conversations)
+        return [Option(describe(c, width), id=str(c.id)) for c in self.conversations]
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         if event.option.id and event.option.id != "none":

@@ -28,6 +28,8 @@ class PromptInput(OrderedKeys, TextArea):
         Binding("ctrl+j", "newline", "Line", id="prompt.newline", tooltip="new line in the message"),
         # Textual 6's TextArea (the one Python 3.8 gets) takes ctrl+f to delete a word: the chat's search wins.
         Binding("ctrl+f", "screen.search", show=False),
+        # TextArea's own ctrl+u stops at the start of the wrapped row: a long paste took a press per row.
+        Binding("ctrl+u", "delete_line_start", show=False, id="prompt.kill_line"),
     ]
 
     @dataclass
@@ -60,6 +62,21 @@ class PromptInput(OrderedKeys, TextArea):
 
     def action_newline(self) -> None:
         self.insert("\n")
+
+    def action_delete_line_start(self) -> None:
+        """Delete from the cursor to the start of its line, as readline's ctrl+u does: the whole logical
+        line, however many rows it wraps to (one press clears a long paste). At the start of a line,
+        the line break before it goes, so pressing again keeps clearing a message of several lines."""
+        if self.read_only:
+            return
+        row, column = self.selection.end
+        if column == 0:
+            if row == 0:
+                return
+            start = (row - 1, len(self.document[row - 1]))
+        else:
+            start = (row, 0)
+        self.delete(start, (row, column), maintain_selection_offset=False)
 
     def give_back(self, text: str) -> None:
         """A message that could not be sent returns to the box, before anything typed since; the cursor
