@@ -12,6 +12,7 @@ as uint16 and widened exactly by a shift.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +43,8 @@ class LazyTensor:
 
     @property
     def numel(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        """As a Python int: numpy's int64 product wraps (2^32 x 2^32 elements would be 0)."""
+        return math.prod(self.shape)
 
     def extent(self) -> int:
         """Elements from element 0 to one past the last one the shape and strides reach."""
