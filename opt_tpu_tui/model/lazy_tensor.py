@@ -12,6 +12,7 @@ as uint16 and widened exactly by a shift.
 
 from __future__ import annotations
 
+import errno
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +67,8 @@ class LazyTensor:
         try:
             mapped = np.memmap(self.path, dtype=stored, mode="r", offset=self.offset, shape=(self.extent(),))
         except (OSError, ValueError) as error:
+            if getattr(error, "errno", None) == errno.ENOMEM:  # no address space left to map it: out of memory
+                raise MemoryError(f"mapping {self.name} of {self.path}") from None
             raise UserError(f"{self.path}: tensor {self.name} cannot be read ({error})") from None
         if self.strides is None:
             view = mapped.reshape(self.shape)
