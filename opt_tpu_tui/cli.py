@@ -21,7 +21,7 @@ from opt_tpu_tui.demo import DEMO_MODEL_DIR, DEMO_NOTICE, is_demo_model
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.export import run_export
 from opt_tpu_tui.generation import Generation, GenerationStats, stop_words
-from opt_tpu_tui.native_output import native_stdout_to, park_native_stdout, terminal_size
+from opt_tpu_tui.native_output import hold_closed_descriptors, native_stdout_to, park_native_stdout, terminal_size
 from opt_tpu_tui.plain_text import plain_output
 from opt_tpu_tui.safe_text import terminal_safe
 from opt_tpu_tui.sampling import LIMITS, SamplingSettings, number
@@ -331,9 +331,33 @@ def settings_for_parser() -> tuple[Settings, str | None, UserError | None]:
     return saved, warning, None
 
 
+def closed_streams(args: argparse.Namespace) -> None:
+    """A UserError, before the model loads, where ``-p`` or ``-c`` needs a stream the shell closed (``>&-``)."""
+    if sys.stdout is None:
+        raise UserError("stdout is closed, so the reply has nowhere to go (redirect it to a file instead)")
+    if sys.stdin is None and (args.chat or args.prompt == "-"):
+        raise UserError(f"stdin is closed, so {'-c' if args.chat else '-p -'} has nothing to read")
+
+
+def out_of_memory(model_dir: Path | None) -> str:
+    """What running out of memory (numpy's MemoryError) is called, with the size of the model's files."""
+    if model_dir is None:
+        return "out of memory"
+    try:
+        size = sum(p.stat().st_size for p in Path(model_dir).iterdir() if p.is_file())
+    except OSError:
+        return f"out of memory loading or running the model {model_dir}"
+    return (
+        f"out of memory loading or running the model {model_dir} ({size / 2**20:.0f} MiB of files; the CPU backend "
+        "holds the weights as float32); close other programs, raise `ulimit -v`, or choose a smaller model"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    hold_closed_descriptors()  # a closed stdout's number is not handed to the next file opened
     plain_streams(ascii_only="--ascii" in argv)  # before anything is printed, errors included
+    model_dir: Path | None = None
     try:
         if argv[:1] == ["convert"]:
             return run_convert(argv[1:])
@@ -365,6 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_tui(model_dir, backend_kind, args.context, demo, saved, [warning] if warning else [])
         if warning:
             print(f"opt-tpu-tui: warning: {warning}", file=sys.stderr)
+        closed_streams(args)
         settings = sampling_settings(args, saved.sampling)
         args.preamble = saved.preamble if args.preamble is None else args.preamble
         if args.prompt is not None:  # after every check of the flags, before the model loads
@@ -392,6 +417,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as error:
         print(f"opt-tpu-tui: error: {error}", file=sys.stderr)
         return 2
+    except MemoryError:
+        print(f"opt-tpu-tui: error: {out_of_memory(model_dir)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
@@ -402,7 +430,8 @@ def run() -> None:
     """The console script: ``main``, then what C libraries print at process exit goes to the log, not stdout."""
     code = main()
     try:
-        sys.stdout.flush()
+        if sys.stdout is not None:  # None: started with stdout closed
+            sys.stdout.flush()
     except OSError:
         silence_stdout()
     park_native_stdout(paths.native_output_log())

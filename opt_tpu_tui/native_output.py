@@ -30,7 +30,8 @@ def native_stdout_to(path: Path, append: bool = False) -> Iterator[None]:
         yield
         return
     python_stdout = sys.stdout
-    python_stdout.flush()
+    if python_stdout is not None:  # None: the app was started with stdout closed
+        python_stdout.flush()
     saved = os.dup(1)
     os.dup2(log, 1)
     os.close(log)
@@ -80,7 +81,8 @@ def park_native_stdout(path: Path) -> None:
     if log is None:
         return
     python_stdout = sys.stdout
-    python_stdout.flush()
+    if python_stdout is not None:  # None: the app was started with stdout closed
+        python_stdout.flush()
     if _descriptor(python_stdout) == 1:
         sys.stdout = open(
             os.dup(1), "w", encoding=python_stdout.encoding, errors=python_stdout.errors,
@@ -88,6 +90,24 @@ def park_native_stdout(path: Path) -> None:
         )  # fmt: skip
     os.dup2(log, 1)
     os.close(log)
+
+
+def hold_closed_descriptors() -> None:
+    """Point descriptors 0, 1 and 2 that the app was started without (``>&-``, ``<&-``) at /dev/null.
+
+    Otherwise the next file opened takes the lowest free number: the history database
+    would become descriptor 1, and what the TPU runtime prints to stdout would be written
+    into it. Python saw them closed at start-up (``sys.stdout`` and the others are None),
+    and they stay None, which is how ``-p``, ``-c`` and ``export`` know to refuse in one line.
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            opened = os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
+            if opened != fd:
+                os.dup2(opened, fd)
+                os.close(opened)
 
 
 def terminal_size(descriptors: tuple[int, ...]) -> tuple[int, int] | None:

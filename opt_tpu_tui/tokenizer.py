@@ -29,8 +29,9 @@ class Tokenizer:
         missing = [t for t in (BOS, EOS) if t not in vocab]
         if missing:
             raise UserError(f"{vocab_path}: no {missing[0]} token, so this is not an OPT vocabulary")
+        merges = read_merges(merges_path)
         try:
-            model = models.BPE.from_file(str(vocab_path), str(merges_path))
+            model = models.BPE(vocab, merges)
         except Exception as error:  # tokenizers raises plain Exception for a malformed merges file
             raise UserError(f"{merges_path}: not a valid BPE merges file ({error})") from None
         self._tok = _Tokenizer(model)
@@ -57,6 +58,35 @@ class Tokenizer:
 
     def stream(self) -> StreamDecoder:
         return StreamDecoder(self)
+
+
+def read_merges(path: Path) -> list[tuple[str, str]]:
+    """The merges of ``merges.txt``, read as ``tokenizers`` reads them (``#version`` lines skipped, one
+    space-separated pair a line), but with a UTF-8 byte order mark skipped, as transformers does, and a file
+    with nothing in it refused: that is an interrupted download, and would leave the tokenizer spelling
+    every word out byte by byte."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as error:
+        raise UserError(f"{path}: cannot be read ({error.strerror or error})") from None
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path}: not valid UTF-8 ({error.reason} at byte {error.start})") from None
+    text = text[1:] if text.startswith("\ufeff") else text
+    if not text.strip():
+        raise UserError(f"{path}: empty, so not a BPE merges file (an interrupted download? fetch it again)")
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the newline that ends the last line
+    merges = []
+    for number, line in enumerate(lines, 1):
+        line = line[:-1] if line.endswith("\r") else line
+        if line.startswith("#version"):
+            continue
+        pair = line.split(" ")
+        if len(pair) != 2:
+            raise UserError(f"{path}: not a valid BPE merges file (line {number} is not two tokens and a space)")
+        merges.append((pair[0], pair[1]))
+    return merges
 
 
 class StreamDecoder:

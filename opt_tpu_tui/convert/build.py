@@ -5,14 +5,19 @@ as Top-dialect MLIR with its weights, compiled to its own bmodel by tpuc-opt (as
 at once as there are cores), and the bmodels are combined into one. The directory's
 result is built in a folder beside ``--out`` and moved in only once complete, so a
 failed conversion leaves an earlier one in ``--out`` working; the build folder is
-removed on success and kept on a compile failure, with each graph's compile log.
+removed on success, on ctrl+c and on any failure but a compile failure, where it is
+kept with each graph's compile log (the error names the log). A build folder left by a
+conversion that was killed (SIGKILL, a power cut) is removed by the next conversion
+into the same ``--out``, which says so: its name holds the pid that built it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import glob
 import os
+import re
 import shutil
 import sys
 import threading
@@ -146,12 +151,44 @@ def check_output_dir(out: Path) -> list[str]:
     return previous
 
 
+STAGING = ".converting-"  # OUT.converting-<pid>-<8 hex>: a conversion into OUT being built
+
+
 def staging_dir(out: Path) -> Path:
-    """A new folder beside ``out`` (same file system, so its files move into ``out`` by rename)."""
+    """A new folder beside ``out`` (same file system, so its files move into ``out`` by rename),
+    named with this process's pid so that a later conversion can tell it was left behind."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f"{out.name}.converting-{uuid.uuid4().hex[:8]}"
+    staging = out.parent / f"{out.name}{STAGING}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     return staging
+
+
+def clear_leftovers(out: Path, log: Callable[[str], None]) -> None:
+    """Remove the build folders of conversions into ``out`` whose process is gone, saying which.
+
+    One whose process runs (another convert into the same folder) is left alone, and so is
+    one named without a pid (by an earlier version): it is named instead, for the user to remove.
+    """
+    for path in sorted(out.parent.glob(glob.escape(out.name + STAGING) + "*")):
+        if path.is_symlink() or not path.is_dir():
+            continue
+        owner = re.fullmatch(r"(\d+)-[0-9a-f]{8}", path.name[len(out.name + STAGING) :])
+        if owner is None:
+            log(f"note: {path} may be left from an interrupted conversion; remove it if no convert is running")
+        elif not process_alive(int(owner.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+            log(f"removed {path}, left by a conversion that did not finish")
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (a reused pid counts as alive: the folder then stays)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # another user's process; a number no pid can be
+        return True
+    return True
 
 
 def swap_in(staging: Path, out: Path, previous: list[str]) -> None:
@@ -175,10 +212,57 @@ def swap_in(staging: Path, out: Path, previous: list[str]) -> None:
     staging.rmdir()
 
 
-def discard(staging: Path) -> None:
-    """Remove a failed conversion's folder, unless it holds compile logs that the error message names."""
-    if not any(staging.rglob("*.log")):
-        shutil.rmtree(staging, ignore_errors=True)
+class Compiles:
+    """The compiles running in the workers, so that a failure or ctrl+c can stop new ones and wait for the rest.
+
+    Waiting on the pool itself is not enough: a ctrl+c can land while the pool starts a
+    worker thread, which then runs without being joined at shutdown, and the build folder
+    would be removed under it. A ctrl+c also reaches tpuc-opt (the terminal signals the whole
+    process group), so it may arrive here while the wait is on: the wait goes on, and the
+    interrupt is raised once nothing writes in the build folder any more.
+    """
+
+    def __init__(self) -> None:
+        self.changed = threading.Condition()
+        self.running = 0
+        self.stopped = False
+
+    def begin(self) -> bool:
+        """Count a compile as running; False once stopped (the compile is then skipped)."""
+        with self.changed:
+            if self.stopped:
+                return False
+            self.running += 1
+            return True
+
+    def end(self) -> None:
+        with self.changed:
+            self.running -= 1
+            self.changed.notify_all()
+
+    def stop_and_wait(self) -> None:
+        """No new compile begins; return when the running ones have ended (KeyboardInterrupt if one came)."""
+        interrupted = False
+        while True:
+            try:
+                with self.changed:
+                    self.stopped = True
+                    while self.running:
+                        self.changed.wait()
+                break
+            except KeyboardInterrupt:
+                interrupted = True
+        if interrupted:
+            raise KeyboardInterrupt
+
+
+def discard(staging: Path, error: BaseException, log: Callable[[str], None]) -> None:
+    """Remove a failed or interrupted conversion's folder, unless a compile failure's message names a log in it."""
+    if isinstance(error, UserError) and any(staging.rglob("*.log")):
+        return
+    shutil.rmtree(staging, ignore_errors=True)
+    if isinstance(error, KeyboardInterrupt):
+        log(f"interrupted: removed {staging}")
 
 
 def convert(
@@ -220,6 +304,7 @@ def convert(
     toolchain.fetch()  # once, before the workers start: the only download besides `fetch-simulator`
     log(f"converting {model_dir} to {out} ({precision}, group {group_size}, context {context}, chunk {chunk}): "
         f"{len(writers)} graphs")
+    clear_leftovers(out, log)
     staging = staging_dir(out)
     try:
         build_into(staging, writers, precision, group_size, jobs, log)
@@ -230,8 +315,8 @@ def convert(
         source = model_dir.resolve().name
         manifest = Manifest(config, mode, activations, group_size, context, chunk, tuple(windows), source)
         atomic_write(staging / MANIFEST, manifest.to_json(files), mode=0o644)
-    except BaseException:
-        discard(staging)
+    except BaseException as error:
+        discard(staging, error, log)
         raise
     swap_in(staging, out, previous)
     size = (out / BMODEL).stat().st_size
@@ -247,21 +332,26 @@ def build_into(
     ``folder/model.bmodel``. A graph's weights are freed once written, before tpuc-opt runs."""
     build = folder / "build"
     done: list[str] = []
+    compiles = Compiles()
 
-    def compile_one(name: str) -> Path:
-        bmodel = toolchain.compile_top(writers[name](build), precision, group_size)
-        done.append(name)
-        log(f"compiled {name} ({len(done)}/{len(writers)})")
-        return bmodel
+    def compile_one(name: str) -> Path | None:
+        if not compiles.begin():
+            return None  # a compile failed or ctrl+c was pressed: the conversion is over
+        try:
+            bmodel = toolchain.compile_top(writers[name](build), precision, group_size)
+            done.append(name)
+            log(f"compiled {name} ({len(done)}/{len(writers)})")
+            return bmodel
+        finally:
+            compiles.end()
 
     with ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:
-        futures = [pool.submit(compile_one, name) for name in writers]
         try:
+            futures = [pool.submit(compile_one, name) for name in writers]
             bmodels = [future.result() for future in futures]  # the first failure names its graph
         except BaseException:
-            for future in futures:  # those not started yet; shutdown(cancel_futures=True) is Python 3.9+
-                future.cancel()
+            compiles.stop_and_wait()
             raise
     log(f"combining {len(bmodels)} bmodels")
-    toolchain.combine(bmodels, folder / BMODEL, build / "scratch")
+    toolchain.combine([b for b in bmodels if b is not None], folder / BMODEL, build / "scratch")
     shutil.rmtree(build)

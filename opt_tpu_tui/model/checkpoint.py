@@ -120,6 +120,8 @@ def shard_files(index: Path) -> list[Path]:
     weight_map = read_json_object(index, "").get("weight_map")
     if not isinstance(weight_map, dict) or not all(isinstance(s, str) for s in weight_map.values()):
         raise UserError(f"{index}: not a valid checkpoint index (no weight_map of tensor -> file)")
+    if not weight_map:
+        raise UserError(f"{index}: its weight_map is empty, so it names no weight files (an incomplete download?)")
     shards = sorted(set(weight_map.values()))
     outside = [s for s in shards if not is_plain_name(s)]
     if outside:

@@ -12,6 +12,8 @@ as uint16 and widened exactly by a shift.
 
 from __future__ import annotations
 
+import errno
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +44,8 @@ class LazyTensor:
 
     @property
     def numel(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        """As a Python int: numpy's int64 product wraps (2^32 x 2^32 elements would be 0)."""
+        return math.prod(self.shape)
 
     def extent(self) -> int:
         """Elements from element 0 to one past the last one the shape and strides reach."""
@@ -64,6 +67,8 @@ class LazyTensor:
         try:
             mapped = np.memmap(self.path, dtype=stored, mode="r", offset=self.offset, shape=(self.extent(),))
         except (OSError, ValueError) as error:
+            if getattr(error, "errno", None) == errno.ENOMEM:  # no address space left to map it: out of memory
+                raise MemoryError(f"mapping {self.name} of {self.path}") from None
             raise UserError(f"{self.path}: tensor {self.name} cannot be read ({error})") from None
         if self.strides is None:
             view = mapped.reshape(self.shape)
