@@ -41,7 +41,7 @@ class Turn:
     user: str
     assistant: str = ""
     stopped: bool = False  # the reply was cut short by the user
-    stop_reason: str | None = None  # how the reply ended (GenerationStats.stop_reason); the history keeps only ``stopped``
+    stop_reason: str | None = field(default=None, compare=False)  # how the reply ended (GenerationStats.stop_reason)
     model: str = field(default="", compare=False)  # the name of the model that wrote the reply ('' if not known)
 
 

@@ -8,7 +8,7 @@ was generated since the last save (the app saves a few times a second).
 Schema (``PRAGMA user_version`` = 4)::
 
     conversations(id, title, created, updated, settings)
-    turns(id, conversation_id, position, user, assistant, stopped, complete, created, model)
+    turns(id, conversation_id, position, user, assistant, stopped, complete, created, model, stop_reason)
     alternatives(id, conversation_id, position, branch, created)
     counters(name, value)
 
@@ -16,7 +16,9 @@ A conversation's number is what ``opt-tpu-tui export ID`` takes, so it is never 
 again: ``counters`` keeps the last one given (row ``conversations``), and a new one is
 one more than both it and the largest in use. (SQLite reuses the largest rowid once it
 is deleted; AUTOINCREMENT would need the table rebuilt in an older file.) ``model`` is
-the name of the model that wrote the reply, ``''`` for a reply an older version saved.
+the name of the model that wrote the reply, ``''`` for a reply an older version saved;
+``stop_reason`` how the reply ended (``GenerationStats.stop_reason``: "max_new_tokens",
+"context", "stop_string", ...), so a reopened reply carries the same mark; ``''`` unknown.
 
 ``turns`` is the conversation as shown. Editing the message at a position, or
 regenerating the last reply, replaces the turns from that position on; they are kept
@@ -112,8 +114,8 @@ LIKE_ESCAPE = "\\"
 CORRUPT_MESSAGES = ("file is not a database", "malformed", "file is encrypted or is not a database")
 NOT_UTF8 = "could not decode to utf-8"  # Python's own error, no SQLite code: the app writes only UTF-8 text
 INSERT_FINISHED_TURN = (  # a turn whose reply is done: one put back from a variant, or copied into a new conversation
-    "INSERT INTO turns(conversation_id, position, user, assistant, stopped, complete, created, model) "
-    "VALUES (?, ?, ?, ?, ?, 1, ?, ?)"
+    "INSERT INTO turns(conversation_id, position, user, assistant, stopped, complete, created, model, stop_reason) "
+    "VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?)"
 )
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS conversations (
@@ -132,7 +134,8 @@ CREATE TABLE IF NOT EXISTS turns (
     stopped INTEGER NOT NULL DEFAULT 0,
     complete INTEGER NOT NULL DEFAULT 0,
     created REAL NOT NULL,
-    model TEXT NOT NULL DEFAULT ''
+    model TEXT NOT NULL DEFAULT '',
+    stop_reason TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS turns_by_conversation ON turns(conversation_id, position);
 CREATE TABLE IF NOT EXISTS alternatives (
@@ -153,6 +156,7 @@ CREATE TABLE IF NOT EXISTS counters (
 ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("conversations", "settings", "settings TEXT NOT NULL DEFAULT '{}'"),  # schema 3
     ("turns", "model", "model TEXT NOT NULL DEFAULT ''"),  # schema 4
+    ("turns", "stop_reason", "stop_reason TEXT NOT NULL DEFAULT ''"),  # schema 4
 )
 # The numbers given so far in a file older than ``counters``: those in use (a deleted one is not known).
 SEED_COUNTER = "INSERT OR IGNORE INTO counters(name, value) SELECT 'conversations', COALESCE(MAX(id), 0) FROM conversations"
@@ -642,7 +646,8 @@ class HistoryStore:
             )
             db.executemany(
                 INSERT_FINISHED_TURN,
-                [(conversation_id, n, t.user, t.assistant, int(t.stopped), now, t.model) for n, t in enumerate(turns)],
+                [(conversation_id, n, t.user, t.assistant, int(t.stopped), now, t.model, t.stop_reason or "")
+                 for n, t in enumerate(turns)],
             )
             return conversation_id
 
@@ -687,10 +692,12 @@ class HistoryStore:
     def load(self, conversation_id: int) -> list[Turn]:
         """The turns of a conversation in order; an interrupted reply comes back marked stopped."""
         rows = self._read(
-            "SELECT user, assistant, stopped, complete, model FROM turns WHERE conversation_id = ? ORDER BY position",
+            "SELECT user, assistant, stopped, complete, model, stop_reason FROM turns WHERE conversation_id = ? "
+            "ORDER BY position",
             (conversation_id,),
         )
-        return [Turn(user=u, assistant=a, stopped=bool(s) or not c, model=m) for u, a, s, c, m in rows]
+        return [Turn(user=u, assistant=a, stopped=bool(s) or not c, model=m, stop_reason=r or None)
+                for u, a, s, c, m, r in rows]
 
     def rename_conversation(self, conversation_id: int, title: str) -> str:
         """Give a conversation a new title (made one line, as titles are); returns it."""
@@ -746,7 +753,7 @@ class HistoryStore:
     def _set_aside(db: sqlite3.Connection, conversation_id: int, position: int, keep_empty: bool) -> None:
         """Move the turns from ``position`` on, with the alternatives among them, into one alternative there."""
         turns = db.execute(
-            "SELECT user, assistant, stopped, complete, created, model FROM turns "
+            "SELECT user, assistant, stopped, complete, created, model, stop_reason FROM turns "
             "WHERE conversation_id = ? AND position >= ? ORDER BY position",
             (conversation_id, position),
         ).fetchall()
@@ -762,8 +769,8 @@ class HistoryStore:
             return
         branch = {
             "turns": [
-                {"user": u, "assistant": a, "stopped": bool(s) or not c, "created": t, "model": m}
-                for u, a, s, c, t, m in turns
+                {"user": u, "assistant": a, "stopped": bool(s) or not c, "created": t, "model": m, "stop_reason": r}
+                for u, a, s, c, t, m, r in turns
             ],
             "alternatives": [
                 {"position": p, "branch": b, "created": t} for p, b, t in nested  # as stored: not parsed here
@@ -781,7 +788,7 @@ class HistoryStore:
             INSERT_FINISHED_TURN,
             [
                 (conversation_id, position + offset, turn["user"], turn["assistant"], int(turn["stopped"]), turn["created"],
-                 str(turn.get("model", "")))  # set aside by an older version: no model
+                 str(turn.get("model", "")), str(turn.get("stop_reason", "")))  # set aside by an older version: neither
                 for offset, turn in enumerate(branch["turns"])
             ],
         )
@@ -856,12 +863,14 @@ class HistoryStore:
         except (ValueError, KeyError, TypeError) as error:  # the transaction rolls back: nothing changes
             raise UserError(f"{self.path}: that alternative is damaged ({error!r}); it is left as it was") from None
 
-    def save_reply(self, turn_id: int, assistant: str, *, stopped: bool = False, complete: bool = False) -> None:
-        """Store the reply so far (called while it streams, and once more at its end)."""
+    def save_reply(
+        self, turn_id: int, assistant: str, *, stopped: bool = False, complete: bool = False, stop_reason: str | None = None
+    ) -> None:
+        """Store the reply so far (called while it streams, and once more at its end, with how it ended)."""
         with self._writing() as db:
             cursor = db.execute(
-                "UPDATE turns SET assistant = ?, stopped = ?, complete = ? WHERE id = ?",
-                (assistant, int(stopped), int(complete), turn_id),
+                "UPDATE turns SET assistant = ?, stopped = ?, complete = ?, stop_reason = ? WHERE id = ?",
+                (assistant, int(stopped), int(complete), stop_reason or "", turn_id),
             )
             if cursor.rowcount == 0:
                 raise HistoryUnavailable(

@@ -17,6 +17,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from opt_tpu_tui.chat import Conversation, Reply
 from opt_tpu_tui.errors import UserError
@@ -62,7 +63,7 @@ def run_and_save(
         return outcome
     saved = ""  # the reply as last saved
 
-    def save(**end: bool) -> bool:
+    def save(**end: Any) -> bool:
         """Save the reply so far; on failure take it back to what was saved, and say so."""
         nonlocal saved, turn_id
         if turn_id is None:
@@ -91,7 +92,7 @@ def run_and_save(
         turn.stopped, outcome.error = True, str(error)
     except Exception as error:  # noqa: BLE001 - a backend failure ends the reply; the caller shows it
         turn.stopped, outcome.error = True, f"reply failed: {type(error).__name__}: {error}"
-    save(stopped=turn.stopped, complete=True)  # if this fails, the turn on disk is incomplete: reopened as stopped
+    save(stopped=turn.stopped, complete=True, stop_reason=turn.stop_reason)  # if this fails, the turn on disk is incomplete: reopened as stopped
     return outcome
 
 

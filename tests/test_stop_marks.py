@@ -76,3 +76,20 @@ async def test_a_settings_error_names_the_field_as_the_form_does_and_no_toast_co
         assert error.display and "max new tokens must be between 1 and" in str(error.render())
         assert "max_new_tokens" not in str(error.render())
         assert not app.screen.query(Toast) and not app._notifications
+
+
+async def test_a_reopened_reply_carries_the_mark_it_ended_with(tokenizer: Tokenizer) -> None:
+    """How a reply ended is saved with it: reopening the conversation shows the same mark."""
+    script = script_ids(tokenizer, "and so on " * 20, eos=False)
+    app, _ = make_app(tokenizer, script=script, settings=greedy(8))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        await send(pilot, "France")
+        assert "■ max new tokens" in shown(app.screen.query(ReplyView).last())
+        conversation = app.screen.conversation.id
+    app, _ = make_app(tokenizer, script=script, settings=greedy(8))  # the next session, as from the conversation list
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        await app.screen.open_conversation(conversation)
+        await pilot.pause()
+        assert "■ max new tokens" in shown(app.screen.query(ReplyView).last())
