@@ -21,6 +21,7 @@ from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.export import run_export
 from opt_tpu_tui.generation import Generation, GenerationStats
 from opt_tpu_tui.native_output import native_stdout_to, park_native_stdout, terminal_size
+from opt_tpu_tui.overrides import Overrides, resolve
 from opt_tpu_tui.plain_text import plain_output
 from opt_tpu_tui.safe_text import terminal_safe
 from opt_tpu_tui.sampling import LIMITS, SamplingSettings, number
@@ -66,7 +67,10 @@ def build_parser(saved: SamplingSettings | None = None) -> argparse.ArgumentPars
     )  # fmt: skip
     mode.add_argument("-c", "--chat", action="store_true", help="interactive chat in this terminal, line by line")
     parser.add_argument("--raw", action="store_true", help="with -p: continue TEXT as plain text, not as a chat")
-    parser.add_argument("--preamble", metavar="TEXT", help="text that opens the chat transcript (default: the saved one)")
+    parser.add_argument(
+        "--preamble", metavar="TEXT",
+        help="text that opens the chat transcript, for this run (default: the saved one; as the sampling flags)",
+    )  # fmt: skip
     parser.add_argument("-q", "--quiet", action="store_true", help="no statistics on stderr")
     parser.add_argument(
         "--ascii", action="store_true",
@@ -78,7 +82,11 @@ def build_parser(saved: SamplingSettings | None = None) -> argparse.ArgumentPars
         help="the UI leaves the mouse to the terminal, so its own selection works (also the setting \"mouse\": false)",
     )  # fmt: skip
     sampling = parser.add_argument_group(
-        "sampling", f"Defaults are the saved settings ({paths.settings_file()}), which the UI's settings pane changes."
+        "sampling",
+        f"Defaults are the saved settings ({paths.settings_file()}), which the UI's settings pane changes. "
+        "A flag given applies to this run only, in -p, -c and the UI alike: the UI's settings pane shows its "
+        "value marked +, and saves it as a default only if it is changed there; a conversation's own "
+        "settings still win for that conversation.",
     )
     for flag, (field, kind, metavar, help_text) in SAMPLING_FLAGS.items():
         help_text = f"{help_text}; default {saved_value(saved, field)}, range {flag_range(field)}"
@@ -159,11 +167,10 @@ def run_fetch_simulator(argv: list[str]) -> int:
     return 0
 
 
-def sampling_settings(args: argparse.Namespace, base: SamplingSettings) -> SamplingSettings:
-    """``base`` with the sampling flags given on the command line applied, validated."""
-    fields = [spec[0] for spec in SAMPLING_FLAGS.values()]
-    given = {field: getattr(args, field) for field in fields if getattr(args, field) is not None}
-    return SamplingSettings(**{**base.to_dict(), **given}).validate()
+def session_settings(args: argparse.Namespace) -> Overrides:
+    """The sampling flags and ``--preamble`` given on the command line: this run's values over the saved
+    defaults, in every front end (overrides.resolve), checked against their ranges."""
+    return Overrides.given({spec[0]: getattr(args, spec[0]) for spec in SAMPLING_FLAGS.values()}, args.preamble)
 
 
 STOP_WORDS = {"cancelled": "stopped"}  # GenerationStats.stop_reason -> what the stats line says
@@ -352,16 +359,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.raw and args.prompt is None:
             raise UserError("--raw goes with -p/--prompt")
         model_dir, backend_kind, demo = resolve_model(args, saved)
+        session = session_settings(args)
         if args.prompt is None and not args.chat:
             from opt_tpu_tui.tui import run as run_tui
 
             if args.no_mouse:
                 saved = replace(saved, mouse=False)  # for this run only: not saved
-            return run_tui(model_dir, backend_kind, args.context, demo, saved, [warning] if warning else [])
+            return run_tui(
+                model_dir, backend_kind, args.context, demo, saved, [warning] if warning else [], session=session
+            )
         if warning:
             print(f"opt-tpu-tui: warning: {warning}", file=sys.stderr)
-        settings = sampling_settings(args, saved.sampling)
-        args.preamble = saved.preamble if args.preamble is None else args.preamble
+        settings, args.preamble = resolve(saved.sampling, saved.preamble, session)
         if args.prompt is not None:  # after every check of the flags, before the model loads
             args.prompt = read_prompt(args.prompt)
         if demo and not args.quiet:

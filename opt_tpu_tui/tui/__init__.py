@@ -9,6 +9,7 @@ from opt_tpu_tui import paths
 from opt_tpu_tui.backends import Backend, open_model
 from opt_tpu_tui.config import Settings
 from opt_tpu_tui.native_output import native_stdout_to
+from opt_tpu_tui.overrides import Overrides
 from opt_tpu_tui.tokenizer import Tokenizer
 
 
@@ -17,11 +18,15 @@ def model_loader(model_dir: Path, backend: str, context: int | None) -> Callable
     return lambda: open_model(model_dir, backend, context)
 
 
-def run(model_dir: Path, backend: str, context: int | None, demo: bool, settings: Settings, warnings: list[str]) -> int:
+def run(
+    model_dir: Path, backend: str, context: int | None, demo: bool, settings: Settings, warnings: list[str],
+    session: Overrides | None = None,
+) -> int:
     """Start the app on ``model_dir``; returns the process exit code.
 
     The command line has already resolved the model (``--model``, the last model
-    used, or the demo) and read the settings; ``warnings`` are shown on start. The
+    used, or the demo) and read the settings; ``warnings`` are shown on start, ``session`` holds the
+    values given on the command line for this run (sampling flags, ``--preamble``). The
     model is remembered as the last one used once it loads, unless it is the demo.
     """
     from opt_tpu_tui.history import HistoryStore
@@ -42,6 +47,7 @@ def run(model_dir: Path, backend: str, context: int | None, demo: bool, settings
         demo=demo,
         warnings=[*warnings, *([history_warning] if history_warning else [])],
         on_model_ready=remember,
+        session=session,
     )
     try:
         with native_stdout_to(paths.native_output_log()):
