@@ -16,7 +16,7 @@ from opt_tpu_tui.backends import BACKENDS, Backend, check_model_dir, open_model
 from opt_tpu_tui.backends.base import emits_tokens
 from opt_tpu_tui.chat import ChatSession, Reply
 from opt_tpu_tui.config import Settings, changed_values, load_settings, update_settings_file
-from opt_tpu_tui.demo import DEMO_MODEL_DIR, DEMO_NOTICE, is_demo_model
+from opt_tpu_tui.demo import DEMO_MODEL_DIR, DEMO_NAME, DEMO_NOTICE, is_demo_model
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.export import run_export
 from opt_tpu_tui.generation import Generation, GenerationStats
@@ -55,10 +55,13 @@ def build_parser(saved: SamplingSettings | None = None) -> argparse.ArgumentPars
     )
     parser.add_argument(
         "--model", metavar="DIR", type=Path,
-        help="model directory: a Hugging Face OPT checkpoint or a converted bmodel (default: the last one used, "
-        "else the built-in demo model)",
+        help=f"model directory: a Hugging Face OPT checkpoint or a converted bmodel; {DEMO_NAME} is the built-in "
+        f"demo model (./{DEMO_NAME} a folder of that name) (default: the last one used, else the demo model)",
     )  # fmt: skip
-    parser.add_argument("--backend", choices=BACKENDS, default="auto", help="inference backend (default: auto)")
+    parser.add_argument(
+        "--backend", choices=BACKENDS, default="auto",
+        help="inference backend, for this run (default: auto, which picks by what the model directory holds)",
+    )  # fmt: skip
     parser.add_argument("--context", metavar="N", type=int, help="context length in tokens (default: the model's)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument(
@@ -273,7 +276,13 @@ def looks_like_hub_id(model: Path) -> bool:
 
 
 def resolve_model(args: argparse.Namespace, settings: Settings) -> tuple[Path, str, bool]:
-    """The model directory, backend and whether it is the demo: --model, else the last model used, else the demo."""
+    """The model directory, backend and whether it is the demo: --model, else the last model used, else the demo.
+
+    The backend is ``--backend`` for this run: the one an earlier run used is not
+    reused (a bmrt run would otherwise pin every later one to the simulator).
+    """
+    if args.model is not None and str(args.model) == DEMO_NAME:  # the keyword; ./demo is a folder of that name
+        return DEMO_MODEL_DIR, args.backend, True
     if args.model is not None:
         if looks_like_hub_id(args.model):
             raise UserError(
@@ -286,7 +295,7 @@ def resolve_model(args: argparse.Namespace, settings: Settings) -> tuple[Path, s
     if settings.last_model:
         last = Path(settings.last_model)
         if last.is_dir():
-            return last, settings.backend if args.backend == "auto" else args.backend, False
+            return last, args.backend, False
         print(f"opt-tpu-tui: the last model used, {last}, is gone; using the demo model", file=sys.stderr)
     return DEMO_MODEL_DIR, args.backend, True
 
@@ -381,7 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(for_terminal(GREEDY_NOTICE, terminal_width(sys.stderr)), file=sys.stderr)
         try:
             if not demo:  # written only when it changed: several instances may share the file
-                remembered = replace(saved, last_model=str(model_dir.resolve()), backend=backend_kind)
+                remembered = replace(saved, last_model=str(model_dir.resolve()))  # not the backend: --backend is per run
                 update_settings_file(changed_values(saved, remembered))
             if args.prompt is not None:
                 with native_stdout_to(paths.native_output_log(), append=True):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def run(
 
     def remember(_: Backend) -> None:
         if not demo:
-            app.update_settings(last_model=str(model_dir.resolve()), backend=backend)
+            app.update_settings(last_model=str(model_dir.resolve()))  # not the backend: --backend is per run
 
     app = OptTuiApp(
         settings=settings,
@@ -54,7 +55,16 @@ def run(
             app.run(mouse=settings.mouse)
     finally:
         store.close()
-    return app.return_code or 0
+    return exit_code(app.return_code or 0, app.load_error)
+
+
+def exit_code(code: int, load_error: str | None) -> int:
+    """The app's exit code; 2, with the error line on stderr, when the model never loaded (a wrong --backend,
+    a broken model folder): the UI stays open to show it, but a script or the shell must see the failure too."""
+    if code == 0 and load_error is not None:
+        print(f"opt-tpu-tui: error: {load_error}", file=sys.stderr)
+        return 2
+    return code
 
 
 __all__ = ["run", "model_loader"]
