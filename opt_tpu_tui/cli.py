@@ -15,7 +15,7 @@ from opt_tpu_tui import __version__, paths
 from opt_tpu_tui.backends import BACKENDS, Backend, check_model_dir, open_model
 from opt_tpu_tui.backends.base import emits_tokens
 from opt_tpu_tui.chat import ChatSession, Reply
-from opt_tpu_tui.config import Settings, changed_values, load_settings, update_settings_file
+from opt_tpu_tui.config import Settings, SettingsNotSaved, changed_values, load_settings, update_settings_file
 from opt_tpu_tui.demo import DEMO_MODEL_DIR, DEMO_NAME, DEMO_NOTICE, is_demo_model
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.export import run_export
@@ -300,6 +300,19 @@ def resolve_model(args: argparse.Namespace, settings: Settings) -> tuple[Path, s
     return DEMO_MODEL_DIR, args.backend, True
 
 
+def remember_model(saved: Settings, model_dir: Path) -> None:
+    """Remember ``model_dir`` as the last model used (not the backend: --backend is per run), best effort.
+
+    Written only when it changed (several instances may share the file). A settings
+    folder that cannot be written (a read-only home) must not cost the reply: one line says so.
+    """
+    remembered = replace(saved, last_model=str(model_dir.resolve()))
+    try:
+        update_settings_file(changed_values(saved, remembered))
+    except SettingsNotSaved as error:
+        print(f"opt-tpu-tui: warning: not remembered as the last model used: {error}", file=sys.stderr)
+
+
 def read_prompt(prompt: str) -> str:
     """The text of ``-p``: ``prompt``, or stdin for ``-`` (saying so on a terminal), refused when empty.
 
@@ -389,9 +402,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if emits_tokens(backend) and not args.quiet:
             print(for_terminal(GREEDY_NOTICE, terminal_width(sys.stderr)), file=sys.stderr)
         try:
-            if not demo:  # written only when it changed: several instances may share the file
-                remembered = replace(saved, last_model=str(model_dir.resolve()))  # not the backend: --backend is per run
-                update_settings_file(changed_values(saved, remembered))
+            if not demo:
+                remember_model(saved, model_dir)
             if args.prompt is not None:
                 with native_stdout_to(paths.native_output_log(), append=True):
                     return run_prompt(args, backend, tokenizer, settings)
