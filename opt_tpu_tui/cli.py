@@ -16,12 +16,13 @@ from opt_tpu_tui import __version__, paths
 from opt_tpu_tui.backends import BACKENDS, Backend, check_model_dir, open_model
 from opt_tpu_tui.backends.base import emits_tokens
 from opt_tpu_tui.chat import ChatSession, Reply
-from opt_tpu_tui.config import Settings, changed_values, load_settings, update_settings_file
-from opt_tpu_tui.demo import DEMO_MODEL_DIR, DEMO_NOTICE, is_demo_model
+from opt_tpu_tui.config import Settings, SettingsNotSaved, changed_values, load_settings, update_settings_file
+from opt_tpu_tui.demo import DEMO_MODEL_DIR, DEMO_NAME, DEMO_NOTICE, is_demo_model
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.export import run_export
 from opt_tpu_tui.generation import Generation, GenerationStats, stop_words
 from opt_tpu_tui.native_output import hold_closed_descriptors, native_stdout_to, park_native_stdout, terminal_size
+from opt_tpu_tui.overrides import Overrides, resolve
 from opt_tpu_tui.plain_text import plain_output
 from opt_tpu_tui.safe_text import terminal_safe
 from opt_tpu_tui.sampling import LIMITS, SamplingSettings, number
@@ -56,10 +57,13 @@ def build_parser(saved: SamplingSettings | None = None) -> argparse.ArgumentPars
     )
     parser.add_argument(
         "--model", metavar="DIR", type=Path,
-        help="model directory: a Hugging Face OPT checkpoint or a converted bmodel (default: the last one used, "
-        "else the built-in demo model)",
+        help=f"model directory: a Hugging Face OPT checkpoint or a converted bmodel; {DEMO_NAME} is the built-in "
+        f"demo model (./{DEMO_NAME} a folder of that name) (default: the last one used, else the demo model)",
     )  # fmt: skip
-    parser.add_argument("--backend", choices=BACKENDS, default="auto", help="inference backend (default: auto)")
+    parser.add_argument(
+        "--backend", choices=BACKENDS, default="auto",
+        help="inference backend, for this run (default: auto, which picks by what the model directory holds)",
+    )  # fmt: skip
     parser.add_argument("--context", metavar="N", type=int, help="context length in tokens (default: the model's)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument(
@@ -68,7 +72,10 @@ def build_parser(saved: SamplingSettings | None = None) -> argparse.ArgumentPars
     )  # fmt: skip
     mode.add_argument("-c", "--chat", action="store_true", help="interactive chat in this terminal, line by line")
     parser.add_argument("--raw", action="store_true", help="with -p: continue TEXT as plain text, not as a chat")
-    parser.add_argument("--preamble", metavar="TEXT", help="text that opens the chat transcript (default: the saved one)")
+    parser.add_argument(
+        "--preamble", metavar="TEXT",
+        help="text that opens the chat transcript, for this run (default: the saved one; as the sampling flags)",
+    )  # fmt: skip
     parser.add_argument("-q", "--quiet", action="store_true", help="no statistics on stderr")
     parser.add_argument(
         "--ascii", action="store_true",
@@ -80,7 +87,11 @@ def build_parser(saved: SamplingSettings | None = None) -> argparse.ArgumentPars
         help="the UI leaves the mouse to the terminal, so its own selection works (also the setting \"mouse\": false)",
     )  # fmt: skip
     sampling = parser.add_argument_group(
-        "sampling", f"Defaults are the saved settings ({paths.settings_file()}), which the UI's settings pane changes."
+        "sampling",
+        f"Defaults are the saved settings ({paths.settings_file()}), which the UI's settings pane changes. "
+        "A flag given applies to this run only, in -p, -c and the UI alike: the UI's settings pane shows its "
+        "value marked +, and saves it as a default only if it is changed there; a conversation's own "
+        "settings still win for that conversation.",
     )
     for flag, (field, kind, metavar, help_text) in SAMPLING_FLAGS.items():
         help_text = f"{help_text}; default {saved_value(saved, field)}, range {flag_range(field)}"
@@ -161,11 +172,10 @@ def run_fetch_simulator(argv: list[str]) -> int:
     return 0
 
 
-def sampling_settings(args: argparse.Namespace, base: SamplingSettings) -> SamplingSettings:
-    """``base`` with the sampling flags given on the command line applied, validated."""
-    fields = [spec[0] for spec in SAMPLING_FLAGS.values()]
-    given = {field: getattr(args, field) for field in fields if getattr(args, field) is not None}
-    return SamplingSettings(**{**base.to_dict(), **given}).validate()
+def session_settings(args: argparse.Namespace) -> Overrides:
+    """The sampling flags and ``--preamble`` given on the command line: this run's values over the saved
+    defaults, in every front end (overrides.resolve), checked against their ranges."""
+    return Overrides.given({spec[0]: getattr(args, spec[0]) for spec in SAMPLING_FLAGS.values()}, args.preamble)
 
 
 def format_stats(stats: GenerationStats, load_seconds: float | None = None) -> str:
@@ -267,7 +277,13 @@ def looks_like_hub_id(model: Path) -> bool:
 
 
 def resolve_model(args: argparse.Namespace, settings: Settings) -> tuple[Path, str, bool]:
-    """The model directory, backend and whether it is the demo: --model, else the last model used, else the demo."""
+    """The model directory, backend and whether it is the demo: --model, else the last model used, else the demo.
+
+    The backend is ``--backend`` for this run: the one an earlier run used is not
+    reused (a bmrt run would otherwise pin every later one to the simulator).
+    """
+    if args.model is not None and str(args.model) == DEMO_NAME:  # the keyword; ./demo is a folder of that name
+        return DEMO_MODEL_DIR, args.backend, True
     if args.model is not None:
         if looks_like_hub_id(args.model):
             raise UserError(
@@ -280,9 +296,22 @@ def resolve_model(args: argparse.Namespace, settings: Settings) -> tuple[Path, s
     if settings.last_model:
         last = Path(settings.last_model)
         if last.is_dir():
-            return last, settings.backend if args.backend == "auto" else args.backend, False
+            return last, args.backend, False
         print(f"opt-tpu-tui: the last model used, {last}, is gone; using the demo model", file=sys.stderr)
     return DEMO_MODEL_DIR, args.backend, True
+
+
+def remember_model(saved: Settings, model_dir: Path) -> None:
+    """Remember ``model_dir`` as the last model used (not the backend: --backend is per run), best effort.
+
+    Written only when it changed (several instances may share the file). A settings
+    folder that cannot be written (a read-only home) must not cost the reply: one line says so.
+    """
+    remembered = replace(saved, last_model=str(model_dir.resolve()))
+    try:
+        update_settings_file(changed_values(saved, remembered))
+    except SettingsNotSaved as error:
+        print(f"opt-tpu-tui: warning: not remembered as the last model used: {error}", file=sys.stderr)
 
 
 def read_prompt(prompt: str) -> str:
@@ -381,17 +410,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.raw and args.prompt is None:
             raise UserError("--raw goes with -p/--prompt")
         model_dir, backend_kind, demo = resolve_model(args, saved)
+        session = session_settings(args)
         if args.prompt is None and not args.chat:
             from opt_tpu_tui.tui import run as run_tui
 
             if args.no_mouse:
                 saved = replace(saved, mouse=False)  # for this run only: not saved
-            return run_tui(model_dir, backend_kind, args.context, demo, saved, [warning] if warning else [])
+            return run_tui(
+                model_dir, backend_kind, args.context, demo, saved, [warning] if warning else [], session=session
+            )
         if warning:
             print(f"opt-tpu-tui: warning: {warning}", file=sys.stderr)
         closed_streams(args)
-        settings = sampling_settings(args, saved.sampling)
-        args.preamble = saved.preamble if args.preamble is None else args.preamble
+        settings, args.preamble = resolve(saved.sampling, saved.preamble, session)
         if args.prompt is not None:  # after every check of the flags, before the model loads
             args.prompt = read_prompt(args.prompt)
         if demo and not args.quiet:
@@ -403,9 +434,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if emits_tokens(backend) and not args.quiet:
             print(for_terminal(GREEDY_NOTICE, terminal_width(sys.stderr)), file=sys.stderr)
         try:
-            if not demo:  # written only when it changed: several instances may share the file
-                remembered = replace(saved, last_model=str(model_dir.resolve()), backend=backend_kind)
-                update_settings_file(changed_values(saved, remembered))
+            if not demo:
+                remember_model(saved, model_dir)
             if args.prompt is not None:
                 with native_stdout_to(paths.native_output_log(), append=True):
                     return run_prompt(args, backend, tokenizer, settings)

@@ -2,7 +2,7 @@
 
 The file is ``settings.json`` in :func:`opt_tpu_tui.paths.config_dir` (on Linux
 ``~/.config/opt-tpu-tui/settings.json``). Every key is optional; a missing key takes
-its default, an unknown key is ignored. Example::
+its default, an unknown key is ignored here and kept in the file. Example::
 
     {
       "version": 1,
@@ -27,6 +27,12 @@ Several instances may run at once, so a write never puts back a whole in-memory 
 file as it is now, under an advisory lock (``settings.json.lock`` beside it). A
 symlinked ``settings.json`` (dotfile managers) is written through: its target is
 replaced, the link stays.
+
+A newer version may have written the file: keys this version does not know (at the top
+or in ``sampling``) are kept as they are when it saves, and a higher ``version`` is not
+written back lower; nothing is lost, so nothing is said. A newer file holding a value
+this version refuses (a choice it does not have yet) is not set aside as damaged: the
+defaults are used for the run, with a warning, and the file is left as it is.
 """
 
 from __future__ import annotations
@@ -117,14 +123,51 @@ class SettingsNotSaved(UserError):
     """Valid settings that could not be written (a read-only or missing config folder): keep them for this run."""
 
 
+class NewerSettings(SettingsNotSaved):
+    """A newer version's file with a value this one refuses: used as the defaults, never overwritten."""
+
+
+def file_version(data: Any) -> int:
+    """The ``version`` a settings object says it was written as (this version's when it says none, or nonsense)."""
+    version = data.get("version") if isinstance(data, dict) else None
+    return version if isinstance(version, int) and not isinstance(version, bool) else VERSION
+
+
+def unknown_keys(data: Any) -> dict[str, Any]:
+    """What of a parsed settings file this version does not read (a newer version's keys), to be written back
+    as it is: top-level keys, ``sampling``'s unknown fields under "sampling", and a higher ``version``."""
+    if not isinstance(data, dict):
+        return {}
+    known = set(Settings().to_dict())
+    kept = {key: value for key, value in data.items() if key not in known}
+    sampling = data.get("sampling")
+    if isinstance(sampling, dict):
+        fields_known = set(SamplingSettings().to_dict())
+        extra = {key: value for key, value in sampling.items() if key not in fields_known}
+        if extra:
+            kept["sampling"] = extra
+    if file_version(data) > VERSION:
+        kept["version"] = file_version(data)
+    return kept
+
+
 def load_settings(path: Path | None = None) -> tuple[Settings, str | None]:
     """The saved settings, or the defaults when there is no file.
 
     Returns the settings and a warning: not None when the file was unreadable and
     has been moved aside (the warning names where it went). A file that cannot be
     read at all (a folder in the way, no permission) is a UserError: it is not
-    damaged, so it is left alone.
+    damaged, so it is left alone. A newer version's file with a value this version
+    refuses gives the defaults and a warning, the file left as it is (NewerSettings).
     """
+    try:
+        return _load(path)
+    except NewerSettings as newer:
+        return Settings(), str(newer)
+
+
+def _load(path: Path | None = None) -> tuple[Settings, str | None]:
+    """:func:`load_settings`, but NewerSettings for a newer file it cannot use (so nothing is saved over it)."""
     path = path or paths.settings_file()
     paths.private_dir(path.parent, create=False)
     paths.tighten(path, paths.PRIVATE_FILE)  # left readable by an older version
@@ -138,21 +181,35 @@ def load_settings(path: Path | None = None) -> tuple[Settings, str | None]:
         raise UserError(f"{path}: cannot read the settings ({error.strerror or error})") from None
     else:
         try:
-            return Settings.from_dict(parse_json(text)), None
+            data = parse_json(text)
         except UserError as error:
             problem = str(error)
+        else:
+            try:
+                return Settings.from_dict(data), None
+            except UserError as error:
+                problem = str(error)
+                if file_version(data) > VERSION:  # not damaged: a newer version's, which still needs it as it is
+                    raise NewerSettings(
+                        f"{path}: written by a newer opt-tpu-tui (version {file_version(data)}), and {problem}: "
+                        "using the defaults this run, and leaving the file as it is"
+                    ) from None
     aside = move_aside(path, time.strftime("%Y%m%d-%H%M%S"))
     return Settings(), f"{path}: {problem}; moved it to {aside.name} and started from the defaults"
 
 
-def save_settings(settings: Settings, path: Path | None = None) -> None:
-    """Validate and write ``settings`` whole, atomically; UserError if a value is out of range.
+def save_settings(settings: Settings, path: Path | None = None, keep: Mapping[str, Any] | None = None) -> None:
+    """Validate and write ``settings`` whole, atomically, with ``keep`` (:func:`unknown_keys`) beside them;
+    UserError if a value is out of range.
 
     Several instances may be running: :func:`update_settings_file` is what they use.
     """
     settings.validate()
     path = path or paths.settings_file()
-    text = json.dumps(settings.to_dict(), indent=2, ensure_ascii=False) + "\n"
+    data = settings.to_dict()
+    for key, value in (keep or {}).items():
+        data[key] = {**data["sampling"], **value} if key == "sampling" else value
+    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
     try:
         paths.private_dir(path.parent)
         atomic_write(path.resolve() if path.is_symlink() else path, text)  # through a symlink, keeping it
@@ -182,13 +239,21 @@ def update_settings_file(changes: Mapping[str, Any], path: Path | None = None) -
     if not changes:  # no lock either: a read-only config folder is fine while nothing changes
         return load_settings(path)[0]
     with _locked(path):
-        current, _ = load_settings(path)  # a damaged file is set aside as at start
+        current, _ = _load(path)  # a damaged file is set aside as at start; a newer one refused raises
         merged = current.to_dict()
         for key, value in changes.items():
             merged[key] = {**merged["sampling"], **value} if key == "sampling" else value
         settings = Settings.from_dict(merged)
-        save_settings(settings, path)
+        save_settings(settings, path, keep=unknown_keys(_read_back(path)))
     return settings
+
+
+def _read_back(path: Path) -> Any:
+    """The file's JSON as :func:`load_settings` just read it (None when there is none)."""
+    try:
+        return parse_json(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, UserError):
+        return None
 
 
 @contextmanager

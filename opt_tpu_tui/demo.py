@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 DEMO_MODEL_DIR = Path(__file__).resolve().parent / "demo_model"
+DEMO_NAME = "demo"  # ``--model demo`` opens it, whatever model was used last
 DEMO_NOTICE = (
     "Using the built-in demo model: a tiny OPT trained on the Python docs, for trying the app out; it writes "
     "Python-flavoured English, not reliable answers. Pass --model DIR to chat with a real OPT checkpoint "

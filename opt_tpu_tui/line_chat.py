@@ -14,6 +14,11 @@ It lives apart from cli.py because reading a message is more than ``input()``:
 - ctrl+c means "stop" during a reply (the generation ends between two tokens, so the
   turn and the backend's cache stay consistent) and "leave?" at the prompt: a second
   ctrl+c in a row leaves, as ctrl+d does.
+- Input from a pipe is echoed after its prompt, as a terminal would have shown it, so
+  the transcript reads ``you> hello`` then ``bot> ...``.
+- The conversation is saved in the history as the UI's are (persist.run_and_save, as
+  the UI's reply worker): listed, searched and reopened in the UI, exported. A
+  history that cannot be written costs one warning line, never the chat.
 """
 
 from __future__ import annotations
@@ -23,20 +28,23 @@ import select
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
 from opt_tpu_tui import paths
 from opt_tpu_tui.backends import Backend
-from opt_tpu_tui.chat import ChatSession, Reply
+from opt_tpu_tui.chat import ChatSession, Conversation, Reply
 from opt_tpu_tui.cli import (
     for_terminal, print_stats, stream_out, terminal_width, tolerate_bad_bytes, valid_text, write_out,
 )
 from opt_tpu_tui.errors import UserError
+from opt_tpu_tui.history import HistoryStore
 from opt_tpu_tui.line_history import LineHistory
 from opt_tpu_tui.native_output import native_stdout_to
+from opt_tpu_tui.persist import run_and_save
+from opt_tpu_tui.safe_text import terminal_safe
 from opt_tpu_tui.sampling import SamplingSettings
 from opt_tpu_tui.tokenizer import Tokenizer
 
@@ -100,6 +108,8 @@ class LineReader:
                     raise
                 write_out("\n")
                 break
+            if not self.terminal:  # nothing echoed a piped line: the transcript shows it after its prompt
+                write_out(echo(line) + "\n")
             if self.more_pending():
                 lines.append(line)
             elif line.endswith("\\"):
@@ -141,6 +151,12 @@ class LineReader:
         finally:
             termios.tcsetattr(descriptor, termios.TCSANOW, cooked)
         return bool(ready)
+
+
+def echo(line: str) -> str:
+    """A piped ``line`` as the transcript shows it: control characters visible, a byte that is not UTF-8
+    (read as a surrogate) as U+FFFD, so the echo is text whatever the line held."""
+    return terminal_safe(line.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
 
 
 def _isatty(stream: TextIO) -> bool:
@@ -193,8 +209,55 @@ def to_model(message: str) -> str:
 
 
 def run_chat(args: argparse.Namespace, backend: Backend, tokenizer: Tokenizer, settings: SamplingSettings) -> int:
-    """The chat loop; returns the exit status (0: the user left)."""
-    session = ChatSession(backend, tokenizer, args.preamble)
+    """The chat loop, saving to the history; returns the exit status (0: the user left)."""
+    history = Saving()
+    try:
+        return chat_loop(args, backend, tokenizer, settings, history)
+    finally:
+        history.store.close()
+
+
+class Saving:
+    """The history this chat is saved in, and whether its trouble was already said (once is enough)."""
+
+    def __init__(self) -> None:
+        self.store, warning = HistoryStore.open()
+        self.said = warning is not None
+        if warning is not None:
+            print(f"opt-tpu-tui: warning: {warning}", file=sys.stderr)
+        self.conversation = Conversation()
+
+    def new(self) -> None:
+        """/new: the next message starts another conversation in the history."""
+        self.conversation = Conversation()
+
+    def run(self, reply: Reply, cancel: threading.Event) -> None:
+        """Stream ``reply`` to stdout (control characters made visible) while saving it as it grows."""
+        failed: list[Exception] = []
+
+        def emit(piece: str) -> None:
+            if failed:
+                return
+            try:
+                write_out(terminal_safe(piece))
+            except (OSError, UserError) as error:  # stdout is gone: stop the reply, then end as write_out would
+                failed.append(error)
+                cancel.set()
+
+        outcome = run_and_save(reply, self.conversation, self.store, emit=emit)
+        if failed:
+            raise failed[0]
+        if outcome.error:
+            print(f"\nerror: {outcome.error}", file=sys.stderr)
+        if outcome.unsaved and not self.said:
+            self.said = True
+            print(f"\nopt-tpu-tui: warning: not saved: {outcome.unsaved}", file=sys.stderr)
+
+
+def chat_loop(
+    args: argparse.Namespace, backend: Backend, tokenizer: Tokenizer, settings: SamplingSettings, history: Saving
+) -> int:
+    session = ChatSession(backend, tokenizer, args.preamble, history.conversation)
     tolerate_bad_bytes(sys.stdin)
     reader = LineReader(sys.stdin, LineHistory(paths.line_history_file()))
     print(
@@ -226,7 +289,8 @@ def run_chat(args: argparse.Namespace, backend: Backend, tokenizer: Tokenizer, s
             print(help_text(paths.line_history_file(), terminal_width(sys.stdin)))
             continue
         if command == "/new":
-            session.turns.clear()
+            history.new()
+            session = ChatSession(backend, tokenizer, args.preamble, history.conversation)
             print("(new conversation)")
             continue
         if command is not None and command != "/regen":
@@ -244,17 +308,21 @@ def run_chat(args: argparse.Namespace, backend: Backend, tokenizer: Tokenizer, s
             except UserError as error:
                 print(f"error: {error}", file=sys.stderr)
                 continue
-            stream_reply(reply)
+            stream_reply(reply, lambda: history.run(reply, cancel))
         if not args.quiet:
             print_stats(reply.stats)
 
 
-def stream_reply(reply: Reply) -> None:
-    """Print ``reply`` as it streams after ``bot>``; when ctrl+c stopped it, mark it ``[stopped]``."""
+def stream_reply(reply: Reply, run: Callable[[], None] | None = None) -> None:
+    """Print ``reply`` as it streams after ``bot>`` (by ``run`` where given: the history saves it);
+    when ctrl+c stopped it, mark it ``[stopped]``."""
     try:
         write_out("bot> ")
         with native_stdout_to(paths.native_output_log(), append=True):
-            stream_out(reply)  # native output is parked only here, not around input(): line editing
+            if run is None:
+                stream_out(reply)  # native output is parked only here, not around input(): line editing
+            else:
+                run()
     except KeyboardInterrupt:  # a second ctrl+c, inside a step
         reply.stats.stop_reason = "cancelled"
         reply.turn.stopped = True

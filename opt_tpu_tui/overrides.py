@@ -1,4 +1,11 @@
-"""A conversation's own settings: the preamble and sampling values set for it alone.
+"""A conversation's own settings, and this run's from the command line: fields set over the defaults.
+
+The settings a reply uses are resolved in one place, :func:`resolve`, the same for every
+front end: the saved defaults (config.py), then the values given on the command line for
+this run (``--max-new-tokens`` ... ``--preamble``: ``-p``, ``-c`` and the UI alike, never
+saved by themselves), then the open conversation's own settings (the UI's). A later layer
+wins: a conversation that set its own temperature keeps it whatever the command line says,
+as it did before that run and will after.
 
 Only the fields the user set for a conversation are kept; every other field follows
 the global settings, so a default changed later still reaches the conversations that
@@ -15,7 +22,7 @@ again, with a warning, rather than stopping a conversation from opening.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Union
 
@@ -65,6 +72,19 @@ class Overrides:
             else:
                 own[name] = value
         return Overrides(own, text)
+
+    def without(self, names: Iterable[str]) -> Overrides:
+        """These overrides less the fields ``names``: those follow the layer below again."""
+        gone = frozenset(names)
+        own = {name: value for name, value in self.sampling.items() if name not in gone}
+        return Overrides(own, None if PREAMBLE in gone else self.preamble)
+
+    @classmethod
+    def given(cls, sampling: Mapping[str, Any], preamble: str | None = None) -> Overrides:
+        """Overrides of the fields in ``sampling`` (None values are left out: not given) and ``preamble``,
+        each checked against its range (UserError naming the first bad one): the command line's values."""
+        own = {name: check_field(name, value) for name, value in sampling.items() if value is not None}
+        return cls(own, preamble)
 
     def to_json(self) -> str:
         data: dict[str, Any] = {}
@@ -117,3 +137,11 @@ def check_field(name: str, value: Any) -> Value:
         raise UserError(f"no sampling setting is called {name!r}")
     replace(SamplingSettings(), **{name: value}).validate()
     return value  # type: ignore[no-any-return]
+
+
+def resolve(sampling: SamplingSettings, preamble: str, *layers: Overrides) -> tuple[SamplingSettings, str]:
+    """The sampling values and preamble a reply uses: the defaults ``sampling`` and ``preamble`` with each of
+    ``layers`` over the one before (the command line's for this run, then the conversation's own)."""
+    for layer in layers:
+        sampling, preamble = layer.apply(sampling, preamble)
+    return sampling, preamble

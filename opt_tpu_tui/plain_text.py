@@ -13,13 +13,24 @@ multiplexer does not have the glyphs.
 
 One place for all of it, at the stream: whatever draws (Textual, Rich's Markdown, the
 app's own widgets, ``-p`` and ``-c``) is covered.
+
+The terminal's charset is what the locale environment names (``LC_ALL``, else
+``LC_CTYPE``, else ``LANG``), not Python's stream encoding: under ``LANG=C`` or
+``LC_ALL=C`` Python switches to UTF-8 (PEP 538 sets ``LC_CTYPE=C.UTF-8`` in the
+environment, PEP 540 UTF-8 mode), while the terminal there is ASCII. So C and POSIX
+mean ASCII, a locale with a codeset (``de_DE.ISO-8859-1``) means that codeset, and one
+without a codeset, or no locale variable at all (a stripped environment), leaves the
+stream's encoding as Python chose it.
 """
 
 from __future__ import annotations
 
 import codecs
 import functools
+import os
+import sys
 import unicodedata
+from collections.abc import Mapping
 from typing import TextIO
 
 from rich.cells import cell_len
@@ -102,14 +113,52 @@ def can_show(text: str, stream: TextIO) -> bool:
     return True
 
 
-def plain_output(stream: TextIO, *, ascii_only: bool = False) -> bool:
-    """Make ``stream`` write stand-ins for what its charset (or with ``ascii_only``, ASCII) cannot carry.
+COERCED = ("C.UTF-8", "C.utf8", "UTF-8")  # what Python puts in LC_CTYPE when it coerces the C locale (PEP 538)
 
-    Returns whether it changed anything: nothing for a UTF-8 stream unless ``ascii_only``.
+
+def locale_charset(environ: Mapping[str, str] | None = None, utf8_mode: bool | None = None) -> str | None:
+    """The charset the locale environment gives the terminal: "ascii" for C and POSIX, the codeset of a
+    locale that names one, None where it names none (the stream's encoding is then trusted).
+
+    ``LC_CTYPE`` is passed over when Python set it itself (UTF-8 mode on, ``LC_ALL`` unset,
+    a coercion target in it): the user's locale is then the C one it replaced.
+    """
+    environ = os.environ if environ is None else environ
+    utf8_mode = bool(sys.flags.utf8_mode) if utf8_mode is None else utf8_mode
+    value = ""
+    for name in ("LC_ALL", "LC_CTYPE", "LANG"):
+        value = environ.get(name, "")
+        if name == "LC_CTYPE" and utf8_mode and not environ.get("LC_ALL") and value in COERCED:
+            value = "C"  # Python's coercion of the C locale (only a C locale is coerced)
+        if value:
+            break
+    if not value:
+        return None  # nothing set at all: a stripped environment, not a statement about the terminal
+    if value in ("C", "POSIX"):
+        return "ascii"
+    codeset = value.split("@")[0].partition(".")[2]
+    try:
+        return codecs.lookup(codeset).name if codeset else None
+    except LookupError:
+        return None
+
+
+def plain_output(stream: TextIO, *, ascii_only: bool = False, environ: Mapping[str, str] | None = None) -> bool:
+    """Make ``stream`` write stand-ins for what the terminal's charset (or with ``ascii_only``, ASCII) cannot carry.
+
+    The charset is the stream's encoding where that is not UTF-8 (PYTHONIOENCODING said
+    so), else the locale's (:func:`locale_charset`), which Python's UTF-8 mode hides.
+    Returns whether it changed anything: nothing for UTF-8 unless ``ascii_only``.
     """
     reconfigure = getattr(stream, "reconfigure", None)
-    if reconfigure is None or (is_utf8(stream) and not ascii_only):
+    if ascii_only:
+        charset = "ascii"
+    elif not is_utf8(stream):  # Python was told a narrower one (PYTHONIOENCODING): that one
+        charset = getattr(stream, "encoding", None) or "ascii"
+    else:
+        charset = locale_charset(environ) or "utf-8"
+    if reconfigure is None or codecs.lookup(charset).name == "utf-8":
         return False
     stream.flush()
-    reconfigure(encoding="ascii" if ascii_only else None, errors=ERRORS)
+    reconfigure(encoding=charset, errors=ERRORS)
     return True

@@ -55,11 +55,16 @@ def open_backend(model_dir: Path, kind: str = "auto", context: int | None = None
 
 
 def check_model_dir(model_dir: Path) -> None:
-    """A UserError unless ``model_dir`` is a folder.
+    """A UserError unless ``model_dir`` is a folder; a file in one (``DIR/x.bmodel``) is told to pass the folder.
 
     Checked before anything resolves the path: ``is_dir`` is False for a symbolic link
     loop, where ``resolve`` raises RuntimeError (Python < 3.13).
     """
+    if model_dir.is_file():
+        raise UserError(
+            f"{model_dir}: a file, but --model takes the model's folder (the bmodel or checkpoint with its "
+            f"tokenizer files): --model {model_dir.parent}"
+        )
     if not model_dir.is_dir():
         raise UserError(f"{model_dir}: no such model directory")
 

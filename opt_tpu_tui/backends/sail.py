@@ -26,7 +26,8 @@ from opt_tpu_tui.errors import UserError
 
 INSTALL_HINT = (
     "sophon-sail is not installed (it is not on PyPI: install the wheel from Sophgo's SDK that matches the "
-    "box's libsophon, or `pip3 install dfss && python3 -m dfss --install sail`); or use --backend bmrt"
+    "box's libsophon, or `python3 -m pip install --user dfss && python3 -m dfss --install sail`); "
+    "or use --backend bmrt"
 )
 
 

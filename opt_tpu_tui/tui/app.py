@@ -27,7 +27,9 @@ from opt_tpu_tui.demo import DEMO_NOTICE
 from opt_tpu_tui.devices import DeviceMonitor
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.history import HistoryStore
+from opt_tpu_tui.overrides import PREAMBLE, Overrides, resolve
 from opt_tpu_tui.plain_text import can_show, stand_in
+from opt_tpu_tui.sampling import SamplingSettings
 from opt_tpu_tui.tokenizer import Tokenizer
 from opt_tpu_tui.tui.driver import driver_for
 from opt_tpu_tui.tui.messages import ModelFailed, ModelLoaded
@@ -62,9 +64,11 @@ class OptTuiApp(CopiedTerminal, KeysInTurn, App[int]):  # writes what changed: t
         warnings: Iterable[str] = (),
         monitor_factory: Callable[[str], Monitor] = DeviceMonitor,
         on_model_ready: Callable[[Backend], None] | None = None,
+        session: Overrides | None = None,
     ) -> None:
         super().__init__()
         self.settings = settings
+        self.session_settings = session if session is not None else Overrides()  # the command line's, this run only
         self.store = store
         self.loader = loader
         self.model_label = model_label
@@ -167,6 +171,28 @@ class OptTuiApp(CopiedTerminal, KeysInTurn, App[int]):  # writes what changed: t
             return False
         self.settings = new
         return True
+
+    def defaults(self) -> tuple[SamplingSettings, str]:
+        """What a conversation without its own settings replies with: the saved defaults, with the values
+        given on the command line for this run over them (overrides.resolve)."""
+        return resolve(self.settings.sampling, self.settings.preamble, self.session_settings)
+
+    def save_defaults(self, sampling: SamplingSettings, preamble: str, changed: frozenset[str]) -> bool:
+        """Save the fields ``changed`` of the settings pane's defaults as the defaults; the others stay as saved.
+
+        So a command-line value the pane shows is not saved unless the user changed that
+        field; a field changed gives way to the value saved, for this run too.
+        """
+        values = {**sampling.to_dict(), PREAMBLE: preamble}
+        wanted = replace(
+            self.settings,
+            sampling=replace(self.settings.sampling, **{n: values[n] for n in changed if n != PREAMBLE}),
+            preamble=preamble if PREAMBLE in changed else self.settings.preamble,
+        )
+        saved = self.update_settings(sampling=wanted.sampling, preamble=wanted.preamble)
+        if self.settings == wanted:  # saved, or kept in memory when the file could not be written
+            self.session_settings = self.session_settings.without(changed)
+        return saved
 
     def _remember_theme(self, theme: Theme) -> None:
         if theme.name != self.settings.theme:

@@ -33,7 +33,7 @@ from opt_tpu_tui.devices import DeviceSample
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.export import clipboard_file, conversation_markdown, export_path, last_code_block, write_text
 from opt_tpu_tui.history import SearchHit, title_for
-from opt_tpu_tui.overrides import Overrides
+from opt_tpu_tui.overrides import Overrides, resolve
 from opt_tpu_tui.persist import run_and_save
 from opt_tpu_tui.sampling import SamplingSettings
 from opt_tpu_tui.tui.compositor import DrawnScreen
@@ -779,30 +779,30 @@ class MainScreen(DrawnScreen, Screen[None]):
     # settings
 
     def effective_settings(self) -> tuple[SamplingSettings, str]:
-        """The sampling values and preamble the open conversation replies with: its own over the defaults."""
-        settings = self.tui.settings
-        return self.conversation.overrides.apply(settings.sampling, settings.preamble)
+        """The sampling values and preamble the open conversation replies with: its own over the defaults
+        (with this run's command-line values: app.defaults)."""
+        app = self.tui
+        return resolve(app.settings.sampling, app.settings.preamble, app.session_settings, self.conversation.overrides)
 
     def _show_overrides(self) -> None:
         """The pane and the status line's marker follow the defaults and the conversation's own settings."""
-        settings = self.tui.settings
-        self.query_one(SettingsForm).load(settings.sampling, settings.preamble, self.conversation.overrides)
+        session = self.tui.session_settings.names
+        self.query_one(SettingsForm).load(*self.tui.defaults(), self.conversation.overrides, session)
         self.query_one(StatusLine).custom = bool(self.conversation.overrides)
         self._show_context()
 
     def on_settings_form_applied(self, message: SettingsForm.Applied) -> None:
         if message.scope != CONVERSATION:
-            if self.tui.update_settings(sampling=message.sampling, preamble=message.preamble):
+            if self.tui.save_defaults(message.sampling, message.preamble, message.changed):
                 kept = sorted(message.changed & self.conversation.overrides.names)  # a default it does not follow
                 note = f"; this conversation keeps its own {', '.join(kept)} (f6)" if kept else ""
                 self.notify(f"Settings saved: they apply from the next reply{note}", timeout=3 + 3 * bool(kept))
             self._show_overrides()
             return
         values = {**message.sampling.to_dict(), "preamble": message.preamble}
-        settings = self.tui.settings
         try:
             overrides = self.conversation.overrides.updated(
-                {name: values[name] for name in message.changed}, settings.sampling, settings.preamble
+                {name: values[name] for name in message.changed}, *self.tui.defaults()
             )
         except UserError as error:  # the form checked the values already; this is a second line of defence
             self.notify(str(error), title="Setting refused", severity="error")

@@ -7,6 +7,11 @@ conversation's scope the form shows what the conversation replies with, and mark
 except that a value equal to the default follows the default again. f7 drops all of
 the conversation's own settings. The screen decides where applied values go.
 
+A value given on the command line for this run (``--max-new-tokens 8``) is shown in
+both scopes as what replies use, marked ``+``: it is not saved as a default. Applying
+the defaults saves only the fields the user changed, so that value stays this run's
+until the user changes that field here (overrides.py has the order of the layers).
+
 Up/Down in a number field steps it by ``sampling.LIMITS``' step, up to the range's
 ends, and only changes the field: Enter in a field or ctrl+s applies the whole form,
 once (stepping ten times is not ten saves and ten notifications). A value the user
@@ -50,6 +55,8 @@ SCOPE_LINES = {
 SAMPLING_ONLY = ("temperature", "top_p", "top_k", "repetition_penalty", "seed")  # moot for a greedy-only model
 GREEDY_NOTE = "This model decodes greedily (it picks each token on the TPU): sampling settings do not apply to it."
 OWN = " *"  # after the label of a field the conversation sets for itself
+SESSION = " +"  # after the label of a field the command line set for this run (and the conversation does not)
+SESSION_NOTE = "+ given on the command line: this run only, saved as a default only if changed here"
 PENDING = "changed, not applied yet: enter or ctrl+s applies"
 
 
@@ -173,6 +180,7 @@ class SettingsForm(VerticalScroll):
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self._defaults = (SamplingSettings(), "")
         self._overrides = Overrides()
+        self._session: frozenset[str] = frozenset()  # the fields the command line set for this run
         self._shown: dict[str, str] = {}  # each field's text as last shown: what the user changed is what differs
 
     def compose(self) -> ComposeResult:
@@ -184,6 +192,7 @@ class SettingsForm(VerticalScroll):
         yield Label("Preamble", id=f"label-{PREAMBLE}", classes="field-label")
         yield PreambleInput()
         yield Static(GREEDY_NOTE, id="settings-greedy", markup=False)
+        yield Static(SESSION_NOTE, id="settings-session", markup=False)
         yield Static("", id="settings-error", markup=False)
         yield Static(HINT, id="settings-hint", markup=False)
 
@@ -198,11 +207,15 @@ class SettingsForm(VerticalScroll):
             field.tooltip = GREEDY_NOTE if greedy else None
         self.query_one("#settings-greedy", Static).display = greedy
 
-    def load(self, sampling: SamplingSettings, preamble: str, overrides: Overrides | None = None) -> None:
-        """Take the defaults and the open conversation's own settings, and show the scope being edited
-        (dropping unapplied edits, and any error)."""
+    def load(
+        self, sampling: SamplingSettings, preamble: str, overrides: Overrides | None = None,
+        session: frozenset[str] = frozenset(),
+    ) -> None:  # fmt: skip
+        """Take the defaults (with this run's command-line values, whose names are ``session``) and the open
+        conversation's own settings, and show the scope being edited (dropping unapplied edits, and any error)."""
         self._defaults = (sampling, preamble)
         self._overrides = overrides if overrides is not None else Overrides()
+        self._session = session
         self._show()
 
     def _show(self) -> None:
@@ -214,8 +227,11 @@ class SettingsForm(VerticalScroll):
         for name in FIELDS:
             self.query_one(f"#field-{name}", Input).value = self._shown[name]
         self.query_one("#field-preamble", TextArea).text = preamble
+        session = self._session - own
         for name, label in [*FIELDS.items(), (PREAMBLE, "Preamble")]:
-            self.query_one(f"#label-{name}", Label).update(label + (OWN if name in own else ""))
+            mark = OWN if name in own else SESSION if name in session else ""
+            self.query_one(f"#label-{name}", Label).update(label + mark)
+        self.query_one("#settings-session", Static).display = bool(session)
         self.query_one("#settings-scope", Static).update(SCOPE_LINES[self.scope])
         self.show_error(None)
         self.query_one("#settings-hint", Static).update(HINT)
