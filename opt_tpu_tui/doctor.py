@@ -407,8 +407,8 @@ def check_backend(facts: dict[str, Any], needs: dict[str, Any]) -> Check:
         return Check("backend", None, "auto refuses a bmodel here (no sail, no libsophon); --backend bmrt runs it "
                                       "in the simulator, slowly")  # fmt: skip
     return Check("backend", False, "auto finds neither sophon-sail nor libsophon for the bmodel",
-                 "install libsophon (then --backend bmrt), and sophon-sail: `pip3 install dfss && python3 -m dfss "
-                 "--install sail`")  # fmt: skip
+                 "install libsophon (then --backend bmrt), and sophon-sail: `python3 -m pip install --user dfss && "
+                 "python3 -m dfss --install sail`")  # fmt: skip
 
 
 def checks(facts: dict[str, Any], needs: dict[str, Any]) -> list[Check]:
