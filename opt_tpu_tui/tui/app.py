@@ -8,6 +8,7 @@ with a scripted backend.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -28,6 +29,7 @@ from opt_tpu_tui.devices import DeviceMonitor
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.history import HistoryStore
 from opt_tpu_tui.plain_text import can_show, stand_in
+from opt_tpu_tui.signals import exit_code, handle_in_loop, stop_handling_in_loop
 from opt_tpu_tui.tokenizer import Tokenizer
 from opt_tpu_tui.tui.driver import driver_for
 from opt_tpu_tui.tui.messages import ModelFailed, ModelLoaded
@@ -88,6 +90,19 @@ class OptTuiApp(CopiedTerminal, KeysInTurn, App[int]):  # writes what changed: t
     def get_driver_class(self) -> type[Driver]:
         return driver_for(super().get_driver_class())
 
+    def on_load(self) -> None:
+        handle_in_loop(asyncio.get_running_loop(), self.end_by_signal)
+
+    def end_by_signal(self, signum: int) -> None:
+        """SIGHUP or SIGTERM (signals.py): quit as ctrl+q does, with exit code 128 + the signal's number.
+
+        Quitting stops a reply between two tokens and saves it as stopped (the chat
+        screen's unmount), the history closes after the app (tui.run) and Textual
+        restores the terminal; on a terminal that hung up, the driver drops what it
+        still writes (driver.py).
+        """
+        self.exit(return_code=exit_code(signum))
+
     def on_mount(self) -> None:
         wanted = self.settings.theme
         if wanted not in self.available_themes:
@@ -146,6 +161,7 @@ class OptTuiApp(CopiedTerminal, KeysInTurn, App[int]):  # writes what changed: t
         """
         if self.backend is not None and not self.chat.reply_running:
             self.backend.close()
+        stop_handling_in_loop(asyncio.get_running_loop())
 
     # settings
 
