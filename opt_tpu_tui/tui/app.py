@@ -47,6 +47,12 @@ NO_MODEL = "no model: start with opt-tpu-tui --model DIR (a Hugging Face OPT or 
 class OptTuiApp(CopiedTerminal, KeysInTurn, App[int]):  # writes what changed: terminal_copy.py; keys in order: ordered_keys.py
     TITLE = "opt-tpu-tui"
     BINDINGS = [
+        # Textual's quit key, shown: the footer keeps it at every width (widgets/footer.py)
+        Binding("ctrl+q", "quit", "Quit", id="app.quit", priority=True,
+                tooltip="quit (a reply in progress is stopped and saved; SIGHUP and SIGTERM do the same)"),
+        # over the prompt's undo (ctrl+_ there): ctrl+z is the terminal's suspend key, and raw mode turned it off
+        Binding("ctrl+z", "suspend_process", "Suspend", id="app.suspend", show=False, priority=True,
+                tooltip="suspend to the shell (SIGTSTP); fg brings the app back"),
         Binding("f1", "help", "Help", id="app.help", show=False, tooltip="help: every key"),  # the status line shows "f1 help"
         Binding("ctrl+t", "next_theme", "Theme", id="app.theme", show=False,  # the footer must fit 80 columns
                 tooltip="next theme (dark, light, high-contrast, …)"),

@@ -6,6 +6,9 @@ run in key order (ordered_keys.py), so a burst such as ``hello`` Enter sends exa
 ``hello``. Sending empties the box in the same step, so keys typed right after Enter
 start the next message instead of being lost to a later clear. While a message cannot be
 sent (a reply streams), Enter breaks the line instead, so lines pasted then stay apart.
+
+ctrl+z is the app's suspend key (app.py), so undo here is ctrl+_ (ctrl+y redoes); ctrl+c
+is the chat screen's: it copies selected text, else stops a reply (screens/main.py).
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ class PromptInput(OrderedKeys, TextArea):
         Binding("ctrl+j", "newline", "Line", id="prompt.newline", tooltip="new line in the message"),
         # Textual 6's TextArea (the one Python 3.8 gets) takes ctrl+f to delete a word: the chat's search wins.
         Binding("ctrl+f", "screen.search", show=False),
+        # ctrl+z suspends the app (app.py); undo moves to ctrl+_ (readline's and Emacs's undo; ctrl+/ on many terminals)
+        Binding("ctrl+underscore", "undo", "Undo", id="prompt.undo", show=False, key_display="ctrl+_",
+                tooltip="undo in the message (ctrl+y redoes)"),
     ]
 
     @dataclass
