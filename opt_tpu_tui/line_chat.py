@@ -14,6 +14,9 @@ It lives apart from cli.py because reading a message is more than ``input()``:
 - ctrl+c means "stop" during a reply (the generation ends between two tokens, so the
   turn and the backend's cache stay consistent) and "leave?" at the prompt: a second
   ctrl+c in a row leaves, as ctrl+d does.
+- SIGHUP and SIGTERM (a closed terminal, ``kill``) stop a reply as ctrl+c does and then
+  leave, with exit code 128 + the signal's number; at the prompt they leave at once
+  (signals.py).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.line_history import LineHistory
 from opt_tpu_tui.native_output import native_stdout_to
 from opt_tpu_tui.sampling import SamplingSettings
+from opt_tpu_tui.signals import Ended, Ending, ending_stops, exit_code
 from opt_tpu_tui.tokenizer import Tokenizer
 
 PROMPT, MORE = "you> ", "...> "
@@ -193,7 +197,18 @@ def to_model(message: str) -> str:
 
 
 def run_chat(args: argparse.Namespace, backend: Backend, tokenizer: Tokenizer, settings: SamplingSettings) -> int:
-    """The chat loop; returns the exit status (0: the user left)."""
+    """The chat loop; returns the exit status (0: the user left; 128 + n: signal n ended it, signals.py)."""
+    with ending_stops() as ending:
+        try:
+            return chat_loop(args, backend, tokenizer, settings, ending)
+        except Ended as ended:
+            return exit_code(ended.signum)
+
+
+def chat_loop(
+    args: argparse.Namespace, backend: Backend, tokenizer: Tokenizer, settings: SamplingSettings, ending: Ending
+) -> int:
+    """The messages and replies; a reply runs with ``ending`` set to stop it, and its end leaves if it did."""
     session = ChatSession(backend, tokenizer, args.preamble)
     tolerate_bad_bytes(sys.stdin)
     reader = LineReader(sys.stdin, LineHistory(paths.line_history_file()))
@@ -206,6 +221,8 @@ def run_chat(args: argparse.Namespace, backend: Backend, tokenizer: Tokenizer, s
     )
     leaving = False  # ctrl+c was pressed at the prompt: another one leaves
     while True:
+        if ending.signum is not None:  # it came during a reply, which stopped for it (and is kept): now leave
+            return exit_code(ending.signum)
         try:
             message = reader.read_message()
         except EOFError:
@@ -235,7 +252,7 @@ def run_chat(args: argparse.Namespace, backend: Backend, tokenizer: Tokenizer, s
         if not message.strip():
             continue
         cancel = threading.Event()
-        with ctrl_c_stops(cancel):  # from before the reply starts, so that no ctrl+c falls between two handlers
+        with ctrl_c_stops(cancel), ending.stopping(cancel):  # from before the reply starts: none falls between handlers
             try:
                 if command == "/regen":
                     reply = session.regenerate(settings, cancel)
