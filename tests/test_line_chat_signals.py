@@ -52,3 +52,10 @@ def test_sigterm_at_the_prompt_leaves_with_the_terminal_cooked(app) -> None:  # 
     os.kill(chat.pid, signal.SIGTERM)
     assert chat.exit_code() == 143
     assert cooked(chat)
+
+
+def test_help_states_the_exit_codes_after_a_signal() -> None:
+    from opt_tpu_tui.cli import build_parser
+
+    text = " ".join(build_parser().format_help().split())
+    assert "SIGHUP and SIGTERM" in text and "129, 143" in text
