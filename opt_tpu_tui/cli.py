@@ -53,7 +53,9 @@ def build_parser(saved: SamplingSettings | None = None) -> argparse.ArgumentPars
         "`opt-tpu-tui convert -h` tells how to compile a checkpoint for the TPU; "
         "`opt-tpu-tui fetch-simulator` fetches the BM1684X simulator that `--backend bmrt` uses on x86; "
         "`opt-tpu-tui export ID|--last [-o FILE]` writes a saved conversation as Markdown; "
-        "`opt-tpu-tui doctor [--model DIR] [--json] [--run]` says what is wrong on a TPU box and how to fix it.",
+        "`opt-tpu-tui doctor [--model DIR] [--json] [--run]` says what is wrong on a TPU box and how to fix it. "
+        "SIGHUP and SIGTERM end the UI and -c as ctrl+q does (a reply is stopped and saved), "
+        "with exit code 128 + the signal's number (129, 143).",
     )
     parser.add_argument(
         "--model", metavar="DIR", type=Path,

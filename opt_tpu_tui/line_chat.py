@@ -19,6 +19,9 @@ It lives apart from cli.py because reading a message is more than ``input()``:
 - The conversation is saved in the history as the UI's are (persist.run_and_save, as
   the UI's reply worker): listed, searched and reopened in the UI, exported. A
   history that cannot be written costs one warning line, never the chat.
+- SIGHUP and SIGTERM (a closed terminal, ``kill``) stop a reply as ctrl+c does and then
+  leave, with exit code 128 + the signal's number; at the prompt they leave at once
+  (signals.py).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from opt_tpu_tui.native_output import native_stdout_to
 from opt_tpu_tui.persist import run_and_save
 from opt_tpu_tui.safe_text import terminal_safe
 from opt_tpu_tui.sampling import SamplingSettings
+from opt_tpu_tui.signals import Ended, Ending, ending_stops, exit_code
 from opt_tpu_tui.tokenizer import Tokenizer
 
 PROMPT, MORE = "you> ", "...> "
@@ -209,10 +213,15 @@ def to_model(message: str) -> str:
 
 
 def run_chat(args: argparse.Namespace, backend: Backend, tokenizer: Tokenizer, settings: SamplingSettings) -> int:
-    """The chat loop, saving to the history; returns the exit status (0: the user left)."""
+    """The chat loop, saving to the history; returns the exit status (0: the user left; 128 + n: signal n
+    ended it, signals.py)."""
     history = Saving()
     try:
-        return chat_loop(args, backend, tokenizer, settings, history)
+        with ending_stops() as ending:
+            try:
+                return chat_loop(args, backend, tokenizer, settings, history, ending)
+            except Ended as ended:
+                return exit_code(ended.signum)
     finally:
         history.store.close()
 
@@ -255,8 +264,10 @@ class Saving:
 
 
 def chat_loop(
-    args: argparse.Namespace, backend: Backend, tokenizer: Tokenizer, settings: SamplingSettings, history: Saving
+    args: argparse.Namespace, backend: Backend, tokenizer: Tokenizer, settings: SamplingSettings, history: Saving,
+    ending: Ending,
 ) -> int:
+    """The messages and replies; a reply runs with ``ending`` set to stop it, and its end leaves if it did."""
     session = ChatSession(backend, tokenizer, args.preamble, history.conversation)
     tolerate_bad_bytes(sys.stdin)
     reader = LineReader(sys.stdin, LineHistory(paths.line_history_file()))
@@ -269,6 +280,8 @@ def chat_loop(
     )
     leaving = False  # ctrl+c was pressed at the prompt: another one leaves
     while True:
+        if ending.signum is not None:  # it came during a reply, which stopped for it (and is kept): now leave
+            return exit_code(ending.signum)
         try:
             message = reader.read_message()
         except EOFError:
@@ -299,7 +312,7 @@ def chat_loop(
         if not message.strip():
             continue
         cancel = threading.Event()
-        with ctrl_c_stops(cancel):  # from before the reply starts, so that no ctrl+c falls between two handlers
+        with ctrl_c_stops(cancel), ending.stopping(cancel):  # from before the reply starts: none falls between handlers
             try:
                 if command == "/regen":
                     reply = session.regenerate(settings, cancel)

@@ -64,8 +64,10 @@ class TextualWritesApp(OptTuiApp):
     _display = App._display
 
 
-def run(tokens: int, rate: float, progress_fd: int | None = None, textual_writes: bool = False) -> None:
-    """Run the app; its reply to any message is ``tokens`` tokens of TEXT, over and over, at ``rate`` per second, then EOS."""
+def run(tokens: int, rate: float, progress_fd: int | None = None, textual_writes: bool = False) -> int:
+    """Run the app; its reply to any message is ``tokens`` tokens of TEXT, over and over, at ``rate`` per second, then EOS.
+
+    Returns the app's exit code; the history is closed after the app, as ``opt_tpu_tui.tui.run`` does."""
     tokenizer = Tokenizer.from_dir(train_tokenizer(Path(tempfile.mkdtemp()) / "tok"))
     script: list[int] = []
     while len(script) < tokens:
@@ -85,7 +87,11 @@ def run(tokens: int, rate: float, progress_fd: int | None = None, textual_writes
         backend_label="scripted",
         monitor_factory=FixedMonitor,
     )
-    app.run()
+    try:
+        app.run()
+    finally:
+        store.close()
+    return app.return_code or 0
 
 
 if __name__ == "__main__":
@@ -95,4 +101,4 @@ if __name__ == "__main__":
     parser.add_argument("--progress", type=int, help="a file descriptor to report each token on")
     parser.add_argument("--textual-writes", action="store_true", help="write updates as Textual makes them")
     args = parser.parse_args()
-    run(args.tokens, args.rate, args.progress, args.textual_writes)
+    sys.exit(run(args.tokens, args.rate, args.progress, args.textual_writes))

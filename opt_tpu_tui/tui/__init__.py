@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from opt_tpu_tui import paths
 from opt_tpu_tui.backends import Backend, open_model
 from opt_tpu_tui.config import Settings
+from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.native_output import native_stdout_to
 from opt_tpu_tui.overrides import Overrides
 from opt_tpu_tui.tokenizer import Tokenizer
@@ -17,6 +19,57 @@ from opt_tpu_tui.tokenizer import Tokenizer
 def model_loader(model_dir: Path, backend: str, context: int | None) -> Callable[[], tuple[Backend, Tokenizer]]:
     """A loader for the app's load worker, which calls it off the UI thread."""
     return lambda: open_model(model_dir, backend, context)
+
+
+OTHER_MODES = "opt-tpu-tui -p TEXT replies once and -c chats line by line, both without a full-screen terminal"
+# The UI keeps about a dozen files open (the terminal, the history and its side files, the event
+# loop's), more while a model loads; the floor leaves room for that. Any system's default is far above.
+MIN_OPEN_FILES = 32
+
+
+def check_terminal(environ: Mapping[str, str] = os.environ) -> None:
+    """Refuse, in one line naming -p and -c, where the full-screen UI cannot work.
+
+    Textual reads keys from stdin and draws on stderr (stdout carries what C libraries
+    print, native_output.py). On a stdin at its end (``< /dev/null``) its input loop spun
+    a core forever; with the streams redirected it wrote escape codes into the files and
+    hung; and a ``TERM=dumb`` terminal (an editor's shell buffer) cannot show it at all.
+    """
+    for name, stream in (("stdin", sys.__stdin__), ("stdout", sys.__stdout__), ("stderr", sys.__stderr__)):
+        if not _is_terminal(stream):
+            raise UserError(f"the terminal UI needs a terminal, and {name} is not one: {OTHER_MODES}")
+    if environ.get("TERM") == "dumb":
+        raise UserError(f"the terminal UI cannot draw on TERM=dumb: {OTHER_MODES}")
+
+
+def _is_terminal(stream: object) -> bool:
+    try:
+        return stream is not None and stream.isatty()  # type: ignore[attr-defined]
+    except (AttributeError, ValueError, OSError):  # closed (``<&-``) or replaced
+        return False
+
+
+def check_open_files() -> None:
+    """Refuse, in one line, a limit of open files the UI cannot start with (``ulimit -n 9``).
+
+    Below it, starting failed wherever the next file was opened, in a traceback: the
+    event loop's socket pair, a module Textual imports late, the history. A soft limit
+    below the floor is raised to it when the hard limit allows (any process may).
+    """
+    try:
+        import resource
+    except ImportError:  # Windows: no such limit
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= MIN_OPEN_FILES:
+        return
+    if hard == resource.RLIM_INFINITY or hard >= MIN_OPEN_FILES:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (MIN_OPEN_FILES, hard))
+        return
+    raise UserError(
+        f"the terminal UI needs at least {MIN_OPEN_FILES} open files, and this shell allows {hard} "
+        f"(ulimit -n): raise it, e.g. ulimit -n 1024"
+    )
 
 
 def run(
@@ -30,6 +83,8 @@ def run(
     values given on the command line for this run (sampling flags, ``--preamble``). The
     model is remembered as the last one used once it loads, unless it is the demo.
     """
+    check_terminal()
+    check_open_files()
     from opt_tpu_tui.history import HistoryStore
     from opt_tpu_tui.tui.app import OptTuiApp
 
@@ -67,4 +122,4 @@ def exit_code(code: int, load_error: str | None) -> int:
     return code
 
 
-__all__ = ["run", "model_loader"]
+__all__ = ["run", "model_loader", "check_terminal", "check_open_files"]

@@ -8,6 +8,7 @@ with a scripted backend.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -30,6 +31,7 @@ from opt_tpu_tui.history import HistoryStore
 from opt_tpu_tui.overrides import PREAMBLE, Overrides, resolve
 from opt_tpu_tui.plain_text import can_show, stand_in
 from opt_tpu_tui.sampling import SamplingSettings
+from opt_tpu_tui.signals import exit_code, handle_in_loop, stop_handling_in_loop
 from opt_tpu_tui.tokenizer import Tokenizer
 from opt_tpu_tui.tui.driver import driver_for
 from opt_tpu_tui.tui.messages import ModelFailed, ModelLoaded
@@ -47,6 +49,12 @@ NO_MODEL = "no model: start with opt-tpu-tui --model DIR (a Hugging Face OPT or 
 class OptTuiApp(CopiedTerminal, KeysInTurn, App[int]):  # writes what changed: terminal_copy.py; keys in order: ordered_keys.py
     TITLE = "opt-tpu-tui"
     BINDINGS = [
+        # Textual's quit key, shown: the footer keeps it at every width (widgets/footer.py)
+        Binding("ctrl+q", "quit", "Quit", id="app.quit", priority=True,
+                tooltip="quit (a reply in progress is stopped and saved; SIGHUP and SIGTERM do the same)"),
+        # over the prompt's undo (ctrl+_ there): ctrl+z is the terminal's suspend key, and raw mode turned it off
+        Binding("ctrl+z", "suspend_process", "Suspend", id="app.suspend", show=False, priority=True,
+                tooltip="suspend to the shell (SIGTSTP); fg brings the app back"),
         Binding("f1", "help", "Help", id="app.help", show=False, tooltip="help: every key"),  # the status line shows "f1 help"
         Binding("ctrl+t", "next_theme", "Theme", id="app.theme", show=False,  # the footer must fit 80 columns
                 tooltip="next theme (dark, light, high-contrast, …)"),
@@ -91,6 +99,19 @@ class OptTuiApp(CopiedTerminal, KeysInTurn, App[int]):  # writes what changed: t
 
     def get_driver_class(self) -> type[Driver]:
         return driver_for(super().get_driver_class())
+
+    def on_load(self) -> None:
+        handle_in_loop(asyncio.get_running_loop(), self.end_by_signal)
+
+    def end_by_signal(self, signum: int) -> None:
+        """SIGHUP or SIGTERM (signals.py): quit as ctrl+q does, with exit code 128 + the signal's number.
+
+        Quitting stops a reply between two tokens and saves it as stopped (the chat
+        screen's unmount), the history closes after the app (tui.run) and Textual
+        restores the terminal; on a terminal that hung up, the driver drops what it
+        still writes (driver.py).
+        """
+        self.exit(return_code=exit_code(signum))
 
     def on_mount(self) -> None:
         wanted = self.settings.theme
@@ -150,6 +171,7 @@ class OptTuiApp(CopiedTerminal, KeysInTurn, App[int]):  # writes what changed: t
         """
         if self.backend is not None and not self.chat.reply_running:
             self.backend.close()
+        stop_handling_in_loop(asyncio.get_running_loop())
 
     # settings
 

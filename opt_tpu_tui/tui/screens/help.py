@@ -16,7 +16,6 @@ from opt_tpu_tui.tui.compositor import DrawnScreen
 BUILT_IN: list[tuple[str, str]] = [
     ("tab / shift+tab", "move between the prompt, transcript and panes"),
     ("ctrl+p", "command palette: every action, and 'Change theme'"),
-    ("ctrl+q", "quit (a reply in progress is stopped and saved)"),
 ]
 
 

@@ -24,7 +24,7 @@ from textual.reactive import reactive
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widget import Widget
-from textual.widgets import ContentSwitcher, Footer, Static
+from textual.widgets import ContentSwitcher, Static
 from textual.worker import get_current_worker
 
 from opt_tpu_tui.backends.base import emits_tokens
@@ -42,6 +42,7 @@ from opt_tpu_tui.tui.screens.conversations import ConversationsScreen
 from opt_tpu_tui.tui.screens.messages import MessagesScreen
 from opt_tpu_tui.tui.screens.search import SearchScreen
 from opt_tpu_tui.tui.streaming import TokenBuffer
+from opt_tpu_tui.tui.widgets.footer import KeyFooter
 from opt_tpu_tui.tui.widgets.conversation import Notice, ReplyView, Transcript, UserMessage, row_of
 from opt_tpu_tui.tui.widgets.prompt import PromptInput
 from opt_tpu_tui.tui.widgets.settings_form import CONVERSATION, GREEDY_NOTE, SettingsForm
@@ -56,6 +57,7 @@ MIN_WIDTH, MIN_HEIGHT = 60, 15  # below this the screen says it is too small
 WIDE = 100  # from this many columns the side pane sits beside the chat; below, it replaces it
 STATS_PERIOD = 1.0
 BUSY = "A reply is streaming: press escape to stop it first"
+QUIT_HINT = "ctrl+q quits (ctrl+c copies selected text, and stops a reply)"
 
 
 class Monitor(Protocol):
@@ -82,6 +84,8 @@ class MainScreen(DrawnScreen, Screen[None]):
         Binding("escape", "stop", "Stop", id="chat.stop",
                 tooltip="stop the reply (the partial reply is kept, marked stopped); "
                 "first closes a pane over the chat; leaves an edit unsent"),
+        Binding("ctrl+c", "interrupt", "Interrupt", id="chat.interrupt", show=False, priority=True,  # over the fields' copy
+                tooltip="copy the selected text; with none, stop the reply (as escape does); idle, say how to quit"),
         Binding("ctrl+r", "regenerate", "Regen", id="chat.regenerate", tooltip="regenerate the last reply"),
         Binding("ctrl+n", "new_conversation", "New", id="chat.new", tooltip="new conversation"),
         Binding("ctrl+o", "conversations", "Chats", id="chat.conversations",
@@ -151,7 +155,7 @@ class MainScreen(DrawnScreen, Screen[None]):
                     yield StatsPanel(id="stats")
                     yield SettingsForm(id="settings")
         yield Static("", id="too-small", markup=False)
-        yield Footer(compact=True, show_command_palette=False)
+        yield KeyFooter()
 
     async def on_mount(self) -> None:
         app = self.tui
@@ -176,7 +180,7 @@ class MainScreen(DrawnScreen, Screen[None]):
     def on_resize(self) -> None:
         width, height = self.app.size
         self.query_one("#too-small", Static).update(
-            f"Terminal too small ({width}x{height}): opt-tpu-tui needs at least {MIN_WIDTH}x{MIN_HEIGHT}."
+            f"Terminal too small ({width}x{height}): opt-tpu-tui needs at least {MIN_WIDTH}x{MIN_HEIGHT}. ctrl+q quits."
         )
         # After Textual's own resize handler has set the breakpoint classes: opening the pane while
         # "-narrow" is still set would hide the chat for a frame and take the focus from the prompt.
@@ -503,6 +507,17 @@ class MainScreen(DrawnScreen, Screen[None]):
             self._streaming.cancel.set()
         else:
             self._cancel_editing()
+
+    def action_interrupt(self) -> None:
+        """ctrl+c: copy what is selected (in the focused field, else on the screen), as Textual does;
+        with nothing selected stop the reply, as escape does; idle, say how to quit (ctrl+c does not)."""
+        selected = getattr(self.focused, "selected_text", "") or self.get_selected_text()
+        if selected:
+            self.app.copy_to_clipboard(selected)
+        elif self._streaming is not None:
+            self._streaming.cancel.set()
+        else:
+            self.notify(QUIT_HINT, timeout=4)
 
     def _focus_prompt(self) -> None:
         """The prompt takes the focus, and a pane over it (narrow) closes: what is typed shows."""

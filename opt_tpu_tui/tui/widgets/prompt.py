@@ -6,6 +6,9 @@ run in key order (ordered_keys.py), so a burst such as ``hello`` Enter sends exa
 ``hello``. Sending empties the box in the same step, so keys typed right after Enter
 start the next message instead of being lost to a later clear. While a message cannot be
 sent (a reply streams), Enter breaks the line instead, so lines pasted then stay apart.
+
+ctrl+z is the app's suspend key (app.py), so undo here is ctrl+_ (ctrl+y redoes); ctrl+c
+is the chat screen's: it copies selected text, else stops a reply (screens/main.py).
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ class PromptInput(OrderedKeys, TextArea):
         Binding("ctrl+f", "screen.search", show=False),
         # TextArea's own ctrl+u stops at the start of the wrapped row: a long paste took a press per row.
         Binding("ctrl+u", "delete_line_start", show=False, id="prompt.kill_line"),
+        # ctrl+z suspends the app (app.py); undo moves to ctrl+_ (readline's and Emacs's undo; ctrl+/ on many terminals)
+        Binding("ctrl+underscore", "undo", "Undo", id="prompt.undo", show=False, key_display="ctrl+_",
+                tooltip="undo in the message (ctrl+y redoes)"),
     ]
 
     @dataclass
