@@ -340,6 +340,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_fetch_simulator(argv[1:])
         if argv[:1] == ["export"]:
             return run_export(argv[1:])
+        if argv[:1] == ["serve"]:
+            from opt_tpu_tui.serve.command import run_serve
+
+            return run_serve(argv[1:])
         saved, warning, unreadable = settings_for_parser()
         try:
             args = build_parser(saved.sampling).parse_args(argv)
