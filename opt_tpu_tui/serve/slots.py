@@ -11,10 +11,13 @@ far cheaper than running them again (bench/serve.py and the README give the figu
 the copy is taken only when another conversation takes the cache (not after every
 request), so one conversation alone costs nothing.
 
-What counts as "the same conversation" follows llama.cpp's server (its
-``slot_prompt_similarity``): a prompt continues a slot when it shares at least half of
-the slot's tokens; otherwise it is a new conversation and takes a free slot, or the
-least recently used one. A backend without ``save_cache`` (the TPU backends keep the
+A prompt continues a slot when it starts with the slot's whole last prompt: the next
+turn of a chat (its transcript grows at the end), or the same prompt again (regenerate).
+Otherwise it is a new conversation and takes a free slot, or the least recently used
+one (an edited message too: its old branch stays in its slot). A share of the tokens
+would not do, as llama.cpp's ``slot_prompt_similarity`` (half) shows for short chats:
+two conversations with one long preamble share most of their first prompts. Whatever
+slot a request goes to, its K/V start from the slot sharing the longest start with it. A backend without ``save_cache`` (the TPU backends keep the
 K/V on the device) has one slot, its own cache.
 """
 
@@ -25,14 +28,13 @@ from typing import Any
 
 from opt_tpu_tui.backends.base import Backend, reusable_prefix
 
-SAME_CONVERSATION = 0.5  # of a slot's tokens a prompt must share to continue it
-
 
 @dataclass
 class Slot:
     """One conversation's tokens, and a copy of their K/V while another slot holds the cache."""
 
-    ids: list[int] = field(default_factory=list)
+    ids: list[int] = field(default_factory=list)  # what the cache held after its last request
+    prompt: int = 0  # tokens of its last request's prompt
     snapshot: Any = None  # from backend.save_cache(); None while this slot is the one in the cache
     last_used: int = 0
 
@@ -51,6 +53,7 @@ class Slots:
         self.slots: list[Slot] = []
         self.resident: Slot | None = None  # the slot whose tokens the cache holds
         self.target: Slot | None = None  # the slot the running request will leave its tokens in
+        self.prompt = 0  # tokens of the running request's prompt
         self.clock = 0
         self.swaps = 0  # snapshots put back into the cache
 
@@ -61,12 +64,14 @@ class Slots:
     def prepare(self, ids: list[int]) -> None:
         """Before the prefill of ``ids``: put into the cache the slot sharing the longest start with them."""
         self.clock += 1
+        self.prompt = len(ids)
         if self.count == 1:
             return
         shared = {id(slot): reusable_prefix(slot.ids, ids) for slot in self.slots}
         best = max(self.slots, key=lambda slot: shared[id(slot)], default=None)
-        if best is not None and shared[id(best)] >= SAME_CONVERSATION * len(best.ids):
-            self.target = best
+        continued = [slot for slot in self.slots if shared[id(slot)] >= min(slot.prompt, len(ids) - 1)]
+        if continued:
+            self.target = max(continued, key=lambda slot: shared[id(slot)])
         elif len(self.slots) < self.count:
             self.target = Slot()
             self.slots.append(self.target)
@@ -86,6 +91,7 @@ class Slots:
             return
         target, self.target = self.target, None
         target.ids = list(getattr(self.backend, "ids", []))
+        target.prompt = self.prompt
         target.snapshot = None  # stale: taken again when another conversation takes the cache
         target.last_used = self.clock
         self.resident = target
