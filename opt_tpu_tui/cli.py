@@ -50,7 +50,8 @@ def build_parser(saved: SamplingSettings | None = None) -> argparse.ArgumentPars
         epilog="With neither -p nor -c the terminal UI starts. "
         "`opt-tpu-tui convert -h` tells how to compile a checkpoint for the TPU; "
         "`opt-tpu-tui fetch-simulator` fetches the BM1684X simulator that `--backend bmrt` uses on x86; "
-        "`opt-tpu-tui export ID|--last [-o FILE]` writes a saved conversation as Markdown.",
+        "`opt-tpu-tui export ID|--last [-o FILE]` writes a saved conversation as Markdown; "
+        "`opt-tpu-tui serve -h` tells how to serve a model over HTTP (OpenAI's API).",
     )
     parser.add_argument(
         "--model", metavar="DIR", type=Path,
@@ -66,6 +67,9 @@ def build_parser(saved: SamplingSettings | None = None) -> argparse.ArgumentPars
     )  # fmt: skip
     mode.add_argument("-c", "--chat", action="store_true", help="interactive chat in this terminal, line by line")
     parser.add_argument("--raw", action="store_true", help="with -p: continue TEXT as plain text, not as a chat")
+    parser.add_argument(
+        "--server", metavar="URL", help="with -p or -c: use the model of a running `opt-tpu-tui serve` at URL"
+    )
     parser.add_argument("--preamble", metavar="TEXT", help="text that opens the chat transcript (default: the saved one)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no statistics on stderr")
     parser.add_argument(
@@ -368,6 +372,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.preamble = saved.preamble if args.preamble is None else args.preamble
         if args.prompt is not None:  # after every check of the flags, before the model loads
             args.prompt = read_prompt(args.prompt)
+        if args.server is not None:  # the model of a running server, none loaded here
+            from opt_tpu_tui.serve.client import run_remote
+
+            return run_remote(args, settings)
         if demo and not args.quiet:
             print(for_terminal(DEMO_NOTICE, terminal_width(sys.stderr)), file=sys.stderr)
         with native_stdout_to(paths.native_output_log()):  # what the TPU runtime prints, out of the replies

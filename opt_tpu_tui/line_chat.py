@@ -192,9 +192,12 @@ def to_model(message: str) -> str:
     return stripped[1:] if stripped.startswith("//") else message
 
 
-def run_chat(args: argparse.Namespace, backend: Backend, tokenizer: Tokenizer, settings: SamplingSettings) -> int:
-    """The chat loop; returns the exit status (0: the user left)."""
-    session = ChatSession(backend, tokenizer, args.preamble)
+def run_chat(
+    args: argparse.Namespace, backend: Backend, tokenizer: Tokenizer, settings: SamplingSettings,
+    session: ChatSession | None = None,
+) -> int:  # fmt: skip
+    """The chat loop; returns the exit status (0: the user left). ``session`` is a server's (serve/client.py)."""
+    session = ChatSession(backend, tokenizer, args.preamble) if session is None else session
     tolerate_bad_bytes(sys.stdin)
     reader = LineReader(sys.stdin, LineHistory(paths.line_history_file()))
     print(

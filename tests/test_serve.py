@@ -387,3 +387,44 @@ def test_default_preamble_without_a_system_message(server: ServeProcess, tiny_mo
     )
     tokenizer = Tokenizer.from_dir(tiny_model)
     assert reply.usage.prompt_tokens == len(tokenizer.encode(transcript(DEFAULT_PREAMBLE, [], "hi")))
+
+
+def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "opt_tpu_tui", *args]
+    return subprocess.run(command, input=stdin, capture_output=True, text=True, env=child_env(), timeout=180)
+
+
+def test_prompt_and_chat_modes_through_the_server_print_what_they_print_in_process(
+    server: ServeProcess, tiny_model: Path
+) -> None:
+    flags = ["--temperature", "0", "--max-new-tokens", "12", "--preamble", PREAMBLE]
+    for extra in ([], ["--raw"]):
+        here = cli("--model", str(tiny_model), "-p", PROMPTS[2], "-q", *flags, *extra)
+        there = cli("--server", server.url, "-p", PROMPTS[2], "-q", *flags, *extra)
+        assert (there.returncode, there.stdout) == (0, here.stdout), there.stderr
+        assert there.stderr == ""
+    stats = cli("--server", server.url + "/v1", "-p", PROMPTS[2], *flags)
+    assert re.fullmatch(r"\[\d+ prompt tokens \(\d+ cached\) in [\d.]+ s, \d+ new at [\d.]+ tok/s, stop: \w+\]\n", stats.stderr)
+    messages = "hello there\nand a second message\n/regen\n"
+    here = cli("--model", str(tiny_model), "-c", "-q", *flags, stdin=messages)
+    there = cli("--server", server.url, "-c", "-q", *flags, stdin=messages)
+    assert there.returncode == 0, there.stderr
+    assert there.stdout.split("\n", 1)[1] == here.stdout.split("\n", 1)[1]  # all but the banner, which names where
+    assert there.stdout.startswith(f"Chatting with tiny-opt on {server.url} (128-token context).")
+
+
+def test_the_clients_say_what_is_wrong_with_the_server(server: ServeProcess, tiny_model: Path) -> None:
+    free = socket.socket()
+    free.bind(("127.0.0.1", 0))
+    port = free.getsockname()[1]
+    free.close()
+    gone = cli("--server", f"http://127.0.0.1:{port}", "-p", "hi")
+    assert gone.returncode == 2 and gone.stderr.startswith(f"opt-tpu-tui: error: cannot reach the server at http://127.0.0.1:{port}")
+    model = cli("--server", server.url, "--model", str(tiny_model), "-p", "hi")
+    assert model.returncode == 2 and "with --server the server's model answers" in model.stderr
+    long = "hi " * 200  # counted with the server's tokenizer, as in-process
+    here, there = cli("--model", str(tiny_model), "-p", long), cli("--server", server.url, "-p", long)
+    assert there.returncode == here.returncode == 2
+    assert there.stderr == here.stderr and "but the context holds 128" in there.stderr
+    raw = cli("--server", server.url, "-p", long, "--raw")  # no turns to fit: the server refuses it
+    assert raw.returncode == 2 and "said 400: This model's maximum context length is 128 tokens" in raw.stderr
