@@ -428,3 +428,28 @@ def test_the_clients_say_what_is_wrong_with_the_server(server: ServeProcess, tin
     assert there.stderr == here.stderr and "but the context holds 128" in there.stderr
     raw = cli("--server", server.url, "-p", long, "--raw")  # no turns to fit: the server refuses it
     assert raw.returncode == 2 and "said 400: This model's maximum context length is 128 tokens" in raw.stderr
+
+
+@pytest.mark.slow
+def test_the_server_on_bmrt_in_the_simulator_gives_the_cpu_greedy_text(
+    simulator: None, tiny_model: Path, tmp_path: Path
+) -> None:
+    from opt_tpu_tui.convert.build import convert
+
+    out = convert(tiny_model, tmp_path / "tiny-f16", "f16", 32, 64, "f16", log=lambda _: None, chunk=8, windows=(32, 64))
+    greedy = {"temperature": 0, "repetition_penalty": 1.0}
+    expected = []
+    with ServeProcess("--model", str(tiny_model), "--context", "64") as cpu:
+        cpu.wait_ready()
+        for path, body in (("/v1/completions", {"prompt": PROMPTS[0]}), ("/v1/chat/completions", {"messages": chat_messages("hi")})):
+            expected.append(request(cpu.url + path, {**body, **greedy, "max_tokens": 8})[1])
+    with ServeProcess("--model", str(out), "--backend", "bmrt") as tpu:
+        tpu.wait_ready(timeout=600)
+        api = client(tpu)
+        completion = api.completions.create(model=target_model(tpu), prompt=PROMPTS[0], max_tokens=8, extra_body=greedy)
+        assert completion.choices[0].text == expected[0]["choices"][0]["text"]
+        chunks = api.chat.completions.create(
+            model=target_model(tpu), messages=chat_messages("hi"), max_tokens=8, extra_body=greedy, stream=True
+        )
+        assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected[1]["choices"][0]["message"]["content"]
+        assert tpu.stop() == 0

@@ -34,6 +34,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -52,6 +53,7 @@ from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.native_output import native_stdout_to
 from opt_tpu_tui.sampling import SamplingSettings
 from opt_tpu_tui.serve import openai_api as oa
+from opt_tpu_tui.serve import registry
 from opt_tpu_tui.serve.command import BODY_SECONDS, HEADER_SECONDS, MAX_BODY
 from opt_tpu_tui.serve.engine import Done, Engine, EngineClosed, Failed, Job, Piece, QueueFull
 from opt_tpu_tui.serve.metrics import CONTENT_TYPE, Gauge, Metrics
@@ -72,9 +74,10 @@ class State:
         self.engine: Engine | None = None
         self.monitor: DeviceMonitor | None = None
         self.load_error: BaseException | None = None
+        self.registered: Path | None = None  # this server's file in the registry (registry.py)
         self.defaults = SamplingSettings()
 
-    def load(self) -> None:
+    def load(self, url: str) -> None:
         """Open the model (on the loading thread); the routes answer 503 until it is there."""
         args = self.args
         model_dir = args.model if args.model is not None else DEMO_MODEL_DIR
@@ -83,6 +86,7 @@ class State:
         self.engine = Engine(backend, tokenizer, args.slots, args.queue, self.metrics)
         self.monitor = DeviceMonitor(backend.name)
         self.model = oa.Model(backend.model_name, tokenizer, backend.context_length, int(time.time()))
+        self.registered = registry.register(url, backend.name, backend.model_name)
         if self.engine.slots.count < args.slots:
             say(f"--slots {args.slots}: the {backend.name} backend keeps its K/V on the device, so one slot")
         say(f"ready: {backend.model_name} on {backend.name}, {backend.context_length}-token context")
@@ -411,7 +415,7 @@ def serve(args: argparse.Namespace, key: str | None) -> int:
 
     def load() -> None:
         try:
-            state.load()
+            state.load(f"http://{url_host}:{port}")
         except BaseException as error:  # noqa: BLE001 - said after the server stops
             state.load_error = error
             server.should_exit = True
@@ -425,6 +429,8 @@ def serve(args: argparse.Namespace, key: str | None) -> int:
         sock.close()
         if state.engine is not None:
             state.engine.close()
+        if state.registered is not None:
+            state.registered.unlink(missing_ok=True)
     if state.load_error is not None:
         raise state.load_error
     say("stopped")
