@@ -320,7 +320,8 @@ def test_a_host_other_than_loopback_needs_a_key_and_sigterm_exits_0(tiny_model: 
     assert refused.stderr.startswith("opt-tpu-tui: error: --host 127.0.0.2") and "--api-key-file" in refused.stderr
     key_file = tmp_path / "key"
     key_file.write_text("s3cret-key\n")
-    with ServeProcess("--model", str(tiny_model), "--api-key-file", str(key_file), host="127.0.0.2") as process:
+    args = ["--model", str(tiny_model), "--api-key-file", str(key_file), "--log-requests"]
+    with ServeProcess(*args, host="127.0.0.2") as process:
         process.wait_ready()
         body = {"prompt": "hi", "max_tokens": 1}
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-key"}):
@@ -330,8 +331,9 @@ def test_a_host_other_than_loopback_needs_a_key_and_sigterm_exits_0(tiny_model: 
         assert get(process.url + "/health") == (200, {"status": "ok"})
         with pytest.raises(openai.AuthenticationError):
             client(process, "wrong").completions.create(model="tiny-opt", prompt="hi", max_tokens=1)
-        reply = client(process, "s3cret-key").completions.create(model="tiny-opt", prompt="hi", max_tokens=2)
+        reply = client(process, "s3cret-key").completions.create(model="tiny-opt", prompt="a logged prompt", max_tokens=2)
         assert reply.usage.completion_tokens <= 2
+        process.wait_for_line("prompt: 'a logged prompt'", 30)  # --log-requests
         assert process.stop(signal.SIGTERM) == 0
         assert "stopped" in process.stderr and "Traceback" not in process.stderr
 
@@ -399,12 +401,13 @@ def test_health_and_the_api_are_503_while_loading() -> None:
     assert status == 503 and body["error"]["code"] == "model_loading"
 
 
-def test_default_preamble_without_a_system_message(server: ServeProcess, tiny_model: Path) -> None:
+def test_default_preamble_without_a_system_message_and_no_prompt_in_the_log(server: ServeProcess, tiny_model: Path) -> None:
     reply = client(server).chat.completions.create(
-        model="tiny-opt", messages=[{"role": "user", "content": "hi"}], max_tokens=1, extra_body=GREEDY
+        model="tiny-opt", messages=[{"role": "user", "content": "an unlogged message"}], max_tokens=1, extra_body=GREEDY
     )
     tokenizer = Tokenizer.from_dir(tiny_model)
-    assert reply.usage.prompt_tokens == len(tokenizer.encode(transcript(DEFAULT_PREAMBLE, [], "hi")))
+    assert reply.usage.prompt_tokens == len(tokenizer.encode(transcript(DEFAULT_PREAMBLE, [], "an unlogged message")))
+    assert "unlogged" not in server.stderr and reply.choices[0].message.content not in server.stderr.split("ready:")[1]
 
 
 def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
