@@ -53,7 +53,8 @@ def build_parser(saved: SamplingSettings | None = None) -> argparse.ArgumentPars
         "`opt-tpu-tui convert -h` tells how to compile a checkpoint for the TPU; "
         "`opt-tpu-tui fetch-simulator` fetches the BM1684X simulator that `--backend bmrt` uses on x86; "
         "`opt-tpu-tui export ID|--last [-o FILE]` writes a saved conversation as Markdown; "
-        "`opt-tpu-tui doctor [--model DIR] [--json] [--run]` says what is wrong on a TPU box and how to fix it. "
+        "`opt-tpu-tui doctor [--model DIR] [--json] [--run]` says what is wrong on a TPU box and how to fix it; "
+        "`opt-tpu-tui serve -h` tells how to serve a model over HTTP (OpenAI's API). "
         "SIGHUP and SIGTERM end the UI and -c as ctrl+q does (a reply is stopped and saved), "
         "with exit code 128 + the signal's number (129, 143).",
     )
@@ -74,6 +75,9 @@ def build_parser(saved: SamplingSettings | None = None) -> argparse.ArgumentPars
     )  # fmt: skip
     mode.add_argument("-c", "--chat", action="store_true", help="interactive chat in this terminal, line by line")
     parser.add_argument("--raw", action="store_true", help="with -p: continue TEXT as plain text, not as a chat")
+    parser.add_argument(
+        "--server", metavar="URL", help="with -p or -c: use the model of a running `opt-tpu-tui serve` at URL"
+    )
     parser.add_argument(
         "--preamble", metavar="TEXT",
         help="text that opens the chat transcript, for this run (default: the saved one; as the sampling flags)",
@@ -400,6 +404,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from opt_tpu_tui.doctor import run_doctor
 
             return run_doctor(argv[1:])
+        if argv[:1] == ["serve"]:
+            from opt_tpu_tui.serve.command import run_serve
+
+            return run_serve(argv[1:])
         saved, warning, unreadable = settings_for_parser()
         try:
             args = build_parser(saved.sampling).parse_args(argv)
@@ -427,6 +435,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings, args.preamble = resolve(saved.sampling, saved.preamble, session)
         if args.prompt is not None:  # after every check of the flags, before the model loads
             args.prompt = read_prompt(args.prompt)
+        if args.server is not None:  # the model of a running server, none loaded here
+            from opt_tpu_tui.serve.client import run_remote
+
+            return run_remote(args, settings)
         if demo and not args.quiet:
             print(for_terminal(DEMO_NOTICE, terminal_width(sys.stderr)), file=sys.stderr)
         with native_stdout_to(paths.native_output_log()):  # what the TPU runtime prints, out of the replies

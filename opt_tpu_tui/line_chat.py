@@ -33,6 +33,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import TextIO
 
@@ -212,14 +213,19 @@ def to_model(message: str) -> str:
     return stripped[1:] if stripped.startswith("//") else message
 
 
-def run_chat(args: argparse.Namespace, backend: Backend, tokenizer: Tokenizer, settings: SamplingSettings) -> int:
+def run_chat(
+    args: argparse.Namespace, backend: Backend, tokenizer: Tokenizer, settings: SamplingSettings,
+    session_for: Callable[[Conversation], ChatSession] | None = None,
+) -> int:  # fmt: skip
     """The chat loop, saving to the history; returns the exit status (0: the user left; 128 + n: signal n
-    ended it, signals.py)."""
+    ended it, signals.py). ``session_for`` makes the chat of a conversation (a server's: serve/client.py)."""
+    if session_for is None:
+        session_for = partial(ChatSession, backend, tokenizer, args.preamble)
     history = Saving()
     try:
         with ending_stops() as ending:
             try:
-                return chat_loop(args, backend, tokenizer, settings, history, ending)
+                return chat_loop(args, backend, settings, history, ending, session_for)
             except Ended as ended:
                 return exit_code(ended.signum)
     finally:
@@ -264,11 +270,11 @@ class Saving:
 
 
 def chat_loop(
-    args: argparse.Namespace, backend: Backend, tokenizer: Tokenizer, settings: SamplingSettings, history: Saving,
-    ending: Ending,
-) -> int:
+    args: argparse.Namespace, backend: Backend, settings: SamplingSettings, history: Saving, ending: Ending,
+    session_for: Callable[[Conversation], ChatSession],
+) -> int:  # fmt: skip
     """The messages and replies; a reply runs with ``ending`` set to stop it, and its end leaves if it did."""
-    session = ChatSession(backend, tokenizer, args.preamble, history.conversation)
+    session = session_for(history.conversation)
     tolerate_bad_bytes(sys.stdin)
     reader = LineReader(sys.stdin, LineHistory(paths.line_history_file()))
     print(
@@ -303,7 +309,7 @@ def chat_loop(
             continue
         if command == "/new":
             history.new()
-            session = ChatSession(backend, tokenizer, args.preamble, history.conversation)
+            session = session_for(history.conversation)
             print("(new conversation)")
             continue
         if command is not None and command != "/regen":

@@ -79,7 +79,12 @@ def open_model(model_dir: Path, kind: str = "auto", context: int | None = None) 
     if context is not None and context < 2:
         raise UserError(f"--context {context} is out of range: a model allows 2 tokens at least")
     tokenizer = Tokenizer.from_dir(model_dir)
-    backend = open_backend(model_dir, kind, context)
+    try:
+        backend = open_backend(model_dir, kind, context)
+    except UserError as error:
+        from opt_tpu_tui.serve.registry import held_by_server
+
+        raise held_by_server(error, kind) from None
     if tokenizer.max_id >= backend.vocab_size:
         backend.close()
         raise UserError(

@@ -28,8 +28,13 @@ def key_rows(bindings: Iterable[BindingType]) -> list[tuple[str, str]]:
     ]
 
 
+def key_table(rows: list[tuple[str, str]]) -> str:
+    """The rows of the keys table, ours then Textual's: the help screen shows it and the README holds it."""
+    return "\n".join(f"| `{key}` | {what} |" for key, what in [*rows, *BUILT_IN])
+
+
 def help_markdown(rows: list[tuple[str, str]]) -> str:
-    table = "\n".join(f"| `{key}` | {what} |" for key, what in [*rows, *BUILT_IN])
+    table = key_table(rows)
     return f"""\
 # opt-tpu-tui
 
@@ -69,3 +74,7 @@ class HelpScreen(DrawnScreen, ModalScreen[None]):
 
     def action_dismiss(self) -> None:  # type: ignore[override]
         self.dismiss(None)
+
+
+if __name__ == "__main__":  # python -m opt_tpu_tui.tui.screens.help: the README's key table, with its header
+    print("| key | action |\n|---|---|\n" + key_table(all_keys()))

@@ -32,7 +32,8 @@ class PromptInput(OrderedKeys, TextArea):
         # Textual 6's TextArea (the one Python 3.8 gets) takes ctrl+f to delete a word: the chat's search wins.
         Binding("ctrl+f", "screen.search", show=False),
         # TextArea's own ctrl+u stops at the start of the wrapped row: a long paste took a press per row.
-        Binding("ctrl+u", "delete_line_start", show=False, id="prompt.kill_line"),
+        Binding("ctrl+u", "delete_line_start", show=False, id="prompt.kill_line",
+                tooltip="delete the message's line up to the cursor, however many rows it wraps to"),
         # ctrl+z suspends the app (app.py); undo moves to ctrl+_ (readline's and Emacs's undo; ctrl+/ on many terminals)
         Binding("ctrl+underscore", "undo", "Undo", id="prompt.undo", show=False, key_display="ctrl+_",
                 tooltip="undo in the message (ctrl+y redoes)"),

@@ -1,0 +1,256 @@
+"""``-p --server URL`` and ``-c --server URL``: the headless modes as clients of a running ``opt-tpu-tui serve``.
+
+Standard library only (http.client), so the clients need no extra. A chat goes to
+``/v1/chat/completions`` as OpenAI messages (the preamble as the system message), a
+``--raw`` prompt to ``/v1/completions``, both streamed; stopping a reply (ctrl+c in
+``-c``) closes the stream, which stops the server's generation within a token. The
+chat history stays here: ``RemoteSession`` is a ``ChatSession`` whose tokenizer is
+the server's (``/tokenize``), so the turns left out for lack of context are the same
+as in-process. An API key comes from the environment variable OPT_TPU_TUI_API_KEY.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from opt_tpu_tui.chat import ChatSession, Conversation, Turn
+from opt_tpu_tui.errors import UserError
+from opt_tpu_tui.generation import GenerationStats
+from opt_tpu_tui.sampling import SamplingSettings
+
+KEY_VARIABLE = "OPT_TPU_TUI_API_KEY"
+TIMEOUT = 600.0  # seconds without a byte from the server (a long prefill on a slow device is minutes at most)
+FINISH_WORDS = {"length": "max_new_tokens", "stop": "stop"}  # OpenAI's finish_reason -> the stats line's stop
+
+
+class ServerClient:
+    """The few calls the clients make, to the server at ``url`` (``http://host:port``, with or without ``/v1``)."""
+
+    def __init__(self, url: str, key: str | None = None) -> None:
+        parts = urllib.parse.urlsplit(url if "://" in url else "http://" + url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UserError(f"--server {url}: not an http:// address")
+        self.url = url
+        self.https = parts.scheme == "https"
+        self.host, self.port = parts.hostname, parts.port or (443 if self.https else 80)
+        self.prefix = parts.path.rstrip("/")
+        if self.prefix.endswith("/v1"):
+            self.prefix = self.prefix[: -len("/v1")]
+        self.key = key if key is not None else os.environ.get(KEY_VARIABLE, "").strip() or None
+
+    def connect(self) -> http.client.HTTPConnection:
+        kind = http.client.HTTPSConnection if self.https else http.client.HTTPConnection
+        return kind(self.host, self.port, timeout=TIMEOUT)
+
+    def open(self, method: str, path: str, body: Any = None) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        """A request sent and its response's head read; a UserError for an unreachable server or an error status."""
+        headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+        if self.key:
+            headers["Authorization"] = f"Bearer {self.key}"
+        connection = self.connect()
+        try:
+            connection.request(method, self.prefix + path, None if body is None else json.dumps(body), headers)
+            response = connection.getresponse()
+        except (OSError, http.client.HTTPException) as error:
+            connection.close()
+            raise UserError(f"cannot reach the server at {self.url}: {getattr(error, 'strerror', None) or error}") from None
+        if response.status >= 400:
+            raw = response.read()
+            connection.close()
+            raise UserError(f"the server at {self.url} said {response.status}: {error_message(raw)}")
+        return connection, response
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        connection, response = self.open(method, path, body)
+        try:
+            return json.loads(response.read())
+        except (OSError, ValueError, http.client.HTTPException) as error:
+            raise UserError(f"the server at {self.url} sent no readable answer ({error})") from None
+        finally:
+            connection.close()
+
+    def model(self) -> dict[str, Any]:
+        """The server's model card: id and context_length."""
+        data = self.call("GET", "/v1/models").get("data") or [{}]
+        return data[0]
+
+    def tokenize(self, text: str) -> list[int]:
+        return list(self.call("POST", "/tokenize", {"text": text})["tokens"])
+
+    def stream(self, path: str, body: dict[str, Any], cancel: threading.Event | None = None) -> Iterator[dict[str, Any]]:
+        """The chunks of a streamed reply; the connection closes when ``cancel`` is set, or the caller stops."""
+        connection, response = self.open("POST", path, {**body, "stream": True})
+        try:
+            while cancel is None or not cancel.is_set():
+                line = response.readline()
+                if not line:
+                    raise UserError(f"the server at {self.url} ended the reply without [DONE]")
+                if not line.startswith(b"data: "):
+                    continue
+                data = line[len(b"data: ") :].strip()
+                if data == b"[DONE]":
+                    return
+                chunk = json.loads(data)
+                if "error" in chunk:
+                    raise UserError(f"the server at {self.url} said: {chunk['error'].get('message')}")
+                yield chunk
+        except (OSError, http.client.HTTPException) as error:
+            raise UserError(f"the connection to {self.url} broke: {error}") from None
+        finally:
+            connection.close()
+
+
+def error_message(raw: bytes) -> str:
+    try:
+        return str(json.loads(raw)["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return raw.decode("utf-8", "replace").strip()[:200] or "no message"
+
+
+def sampling_fields(settings: SamplingSettings) -> dict[str, Any]:
+    """The request fields for ``settings`` (the project's top_k and repetition_penalty as extra fields)."""
+    fields = {
+        "max_tokens": settings.max_new_tokens, "temperature": settings.temperature, "top_p": settings.top_p,
+        "top_k": settings.top_k, "repetition_penalty": settings.repetition_penalty,
+    }  # fmt: skip
+    if settings.seed is not None:
+        fields["seed"] = settings.seed
+    return fields
+
+
+@dataclass
+class RemoteReply:
+    """A reply streamed from the server; iterate for text pieces. Stands in for chat.Reply and generation.Generation."""
+
+    client: ServerClient
+    path: str
+    body: dict[str, Any]
+    cancel: threading.Event | None = None
+    turn: Turn = field(default_factory=lambda: Turn(user=""))
+    stats: GenerationStats = field(default_factory=GenerationStats)
+    dropped_turns: int = 0
+
+    def __iter__(self) -> Iterator[str]:
+        stats, text, started = self.stats, "", time.perf_counter()
+        first = None
+        chunks = self.client.stream(self.path, {**self.body, "stream_options": {"include_usage": True}}, self.cancel)
+        try:
+            for chunk in chunks:
+                usage = chunk.get("usage")
+                if usage:
+                    stats.prompt_tokens = usage.get("prompt_tokens", 0)
+                    stats.new_tokens = usage.get("completion_tokens", 0)
+                    stats.cached_tokens = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
+                    stats.decode_steps = max(0, stats.new_tokens - 1)
+                for choice in chunk.get("choices") or []:
+                    piece = choice.get("text") if "text" in choice else (choice.get("delta") or {}).get("content")
+                    if choice.get("finish_reason"):
+                        stats.stop_reason = FINISH_WORDS.get(choice["finish_reason"], choice["finish_reason"])
+                    if piece:
+                        now = time.perf_counter()
+                        if first is None:
+                            first, stats.prefill_seconds = now, now - started
+                        stats.new_tokens += 1  # until the usage says how many exactly
+                        stats.decode_steps = stats.new_tokens - 1
+                        stats.decode_seconds = now - first
+                        text += piece
+                        self.turn.assistant = text
+                        yield piece
+        finally:
+            chunks.close()
+            if self.cancel is not None and self.cancel.is_set():
+                stats.stop_reason = "cancelled"
+            self.turn.assistant = text.rstrip()
+            self.turn.stopped = stats.stop_reason == "cancelled"
+
+
+@dataclass(frozen=True)
+class ServerModel:
+    """What the line chat's banner and a ChatSession ask of a backend, for the server's model."""
+
+    name: str  # where it runs: the server's address
+    model_name: str
+    context_length: int
+
+
+class RemoteTokenizer:
+    """The server model's tokenizer, through /tokenize: what ChatSession counts a prompt with."""
+
+    def __init__(self, client: ServerClient) -> None:
+        self.client = client
+
+    def encode(self, text: str, add_bos: bool = True) -> list[int]:
+        ids = self.client.tokenize(text)  # as the model reads it: <s> first
+        return ids if add_bos else ids[1:]
+
+
+class RemoteSession(ChatSession):
+    """A chat whose turns are kept here and whose replies come from the server."""
+
+    def __init__(
+        self, client: ServerClient, model: ServerModel, preamble: str, conversation: Conversation | None = None
+    ) -> None:
+        super().__init__(model, RemoteTokenizer(client), preamble, conversation)  # type: ignore[arg-type]
+        self.client = client
+
+    def send(self, user: str, settings: SamplingSettings, cancel: threading.Event | None = None) -> RemoteReply:  # type: ignore[override]
+        _, dropped = self.prompt_ids(user, self.reserve(settings))
+        messages = [{"role": "system", "content": self.preamble}]
+        for turn in self.turns[dropped:]:
+            messages += [{"role": "user", "content": turn.user}, {"role": "assistant", "content": turn.assistant}]
+        messages.append({"role": "user", "content": user})
+        turn = Turn(user=user)
+        self.turns.append(turn)
+        self._first_kept = self.turns[dropped]
+        body = {"model": self.backend.model_name, "messages": messages, **sampling_fields(settings)}
+        return RemoteReply(self.client, "/v1/chat/completions", body, cancel, turn, dropped_turns=dropped)
+
+
+def connect(args: argparse.Namespace) -> tuple[ServerClient, ServerModel]:
+    """The client for ``--server`` and the server's model; a UserError for flags that pick a model here."""
+    given = [flag for flag, value in (("--model", args.model), ("--context", args.context)) if value is not None]
+    if args.backend != "auto":
+        given.append("--backend")
+    if given:
+        raise UserError(f"{' and '.join(given)} choose the model loaded here; with --server the server's model answers")
+    client = ServerClient(args.server)
+    card = client.model()
+    model = ServerModel(client.url, str(card.get("id", "?")), int(card.get("context_length") or 0))
+    return client, model
+
+
+def run_remote(args: argparse.Namespace, settings: SamplingSettings) -> int:
+    """``-p`` or ``-c`` against the server at ``args.server``; the exit status, as in-process."""
+    from opt_tpu_tui import cli
+
+    client, model = connect(args)
+    if args.prompt is None:
+        from opt_tpu_tui.line_chat import run_chat
+
+        return run_chat(args, model, None, settings, partial(RemoteSession, client, model, args.preamble))  # type: ignore[arg-type]
+    if args.raw:
+        body = {"model": model.model_name, "prompt": args.prompt, **sampling_fields(settings)}
+        reply = RemoteReply(client, "/v1/completions", body)
+    else:
+        reply = RemoteSession(client, model, args.preamble).send(args.prompt, settings)
+    try:
+        cli.stream_out(reply)
+    except KeyboardInterrupt:
+        reply.stats.stop_reason = "cancelled"
+    cli.write_out("\n")
+    if not args.quiet:
+        cli.print_stats(reply.stats)
+    return 130 if reply.stats.stop_reason == "cancelled" else 0
+
+
+__all__ = ["RemoteSession", "ServerClient", "run_remote"]

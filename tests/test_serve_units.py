@@ -1,0 +1,69 @@
+"""Parts of the server that need no HTTP: the slots' choice of K/V, and the registry that names a running server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from opt_tpu_tui import backends
+from opt_tpu_tui.backends.cpu import CPUBackend
+from opt_tpu_tui.errors import UserError
+from opt_tpu_tui.serve import registry
+from opt_tpu_tui.serve.slots import Slots
+
+
+def run(backend: CPUBackend, slots: Slots, ids: list[int], new: int = 4) -> int:
+    """One request as the engine runs it: prepare, prefill, a few decodes, finish; the prompt tokens reused."""
+    slots.prepare(ids)
+    backend.prefill(ids)
+    reused = backend.reused
+    for token in range(10, 10 + new):
+        backend.decode(token)
+    slots.finish()
+    return reused
+
+
+def test_slots_keep_each_conversation_and_give_the_same_logits(tiny_model: Path) -> None:
+    backend = CPUBackend(tiny_model)
+    slots = Slots(backend, 2)
+    first, second = [2, 5, 6, 7, 8, 9], [2, 5, 30, 31, 32]
+    run(backend, slots, first)  # the cache then holds first + the four decoded tokens 10..13
+    run(backend, slots, second)
+    continued = first + [10, 11, 12, 13, 40]  # the next turn of the first conversation
+    assert run(backend, slots, continued) == len(continued) - 1  # its K/V came back from RAM
+    logits = backend.model.prefill(continued[-1:], start=len(continued) - 1).copy()
+    assert np.allclose(CPUBackend(tiny_model).prefill(continued), logits, rtol=1e-5, atol=1e-5)  # as if run again
+    assert run(backend, slots, second + [10, 11, 12, 13, 41]) == len(second) + 4
+    one = Slots(CPUBackend(tiny_model), 1)
+    assert one.count == 1
+
+
+def test_a_tpu_load_that_fails_names_the_running_server(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object) -> None:
+        raise UserError("out of TPU device memory allocating 3900.0 MiB")
+
+    monkeypatch.setattr(backends, "open_backend", refuse)
+    server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])  # stands for a live server
+    try:
+        folder = registry.folder()
+        folder.mkdir(parents=True)
+        entry = {"pid": server.pid, "url": "http://127.0.0.1:8123", "backend": "bmrt", "model": "opt-6.7b"}
+        (folder / f"{server.pid}.json").write_text(json.dumps(entry))
+        with pytest.raises(UserError) as raised:
+            backends.open_model(tiny_model, "bmrt")
+        assert str(raised.value) == (
+            "out of TPU device memory allocating 3900.0 MiB -- `opt-tpu-tui serve` (pid "
+            f"{server.pid}) holds opt-6.7b on the TPU: use it with --server http://127.0.0.1:8123, or stop it first"
+        )
+        with pytest.raises(UserError, match=r"^out of TPU device memory allocating 3900.0 MiB$"):
+            backends.open_model(tiny_model, "cpu")  # a CPU load is not kept from the TPU by a server
+    finally:
+        server.kill()
+        server.wait()
+    with pytest.raises(UserError, match=r"^out of TPU device memory allocating 3900.0 MiB$"):
+        backends.open_model(tiny_model, "bmrt")  # its process is gone: the file is stale
