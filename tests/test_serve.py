@@ -425,7 +425,7 @@ def test_prompt_and_chat_modes_through_the_server_print_what_they_print_in_proce
         assert (there.returncode, there.stdout) == (0, here.stdout), there.stderr
         assert there.stderr == ""
     stats = cli("--server", server.url + "/v1", "-p", PROMPTS[2], *flags)
-    assert re.fullmatch(r"\[\d+ prompt tokens \(\d+ cached\) in [\d.]+ s, \d+ new at [\d.]+ tok/s, stop: \w+\]\n", stats.stderr)
+    assert re.fullmatch(r"\[\d+ prompt tokens \(\d+ cached\) in [\d.]+ s, \d+ new at [\d.]+ tok/s, stop: [\w ]+\]\n", stats.stderr)
     messages = "hello there\nand a second message\n/regen\n"
     here = cli("--model", str(tiny_model), "-c", "-q", *flags, stdin=messages)
     there = cli("--server", server.url, "-c", "-q", *flags, stdin=messages)
