@@ -43,6 +43,16 @@ def scripted_app(term: tmux.Tmux) -> psutil.Process:
     raise AssertionError("the scripted app did not start")
 
 
+def ended(app: psutil.Process, timeout: float = 30) -> None:
+    """Wait for the app to end; one that has not by ``timeout`` is killed and fails the test (left running, the
+    app of a failing case spun a core for the rest of the session)."""
+    try:
+        app.wait(timeout=timeout)
+    except psutil.TimeoutExpired:
+        app.kill()
+        raise AssertionError(f"the app did not end within {timeout} s of the signal (killed)") from None
+
+
 def words(text: str) -> str:
     return " ".join(text.split())
 
@@ -95,7 +105,7 @@ def test_a_signal_mid_reply_saves_what_was_shown_as_stopped(how: str) -> None:
             term("kill-session", "-t", term.target)
         else:
             app.terminate()
-        app.wait(timeout=30)
+        ended(app)
         if how == "kill -TERM":  # the pane's shell outlives the app: its exit code, and the terminal
             screen = term.wait_for(lambda s: "EXIT=" in s, timeout=10)
             assert "EXIT=143" in screen  # 128 + SIGTERM's 15 (signals.py)
@@ -146,5 +156,5 @@ def test_a_terminal_lost_with_sighup_ignored_still_ends_the_app_cleanly() -> Non
         app = scripted_app(term)
         shown = reply_under_way(term)
         term("kill-session", "-t", term.target)
-        app.wait(timeout=30)
+        ended(app)
     check_saved(shown)
