@@ -158,6 +158,24 @@ def test_run_on_an_opt_tpu_clone_whose_weights_are_lfs_pointers_compares_with_no
     assert check["ok"] is True and "no CPU checkpoint" in check["detail"] and code == 0
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name, ok, exit_code", [("opt-tiny.bmodel", False, 1), ("opt-tiny_int8.bmodel", None, 0)])
+def test_run_on_an_opt_tpu_bmodel_judges_differing_tokens_by_its_precision(
+    clone_dir, tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, ok: bool | None, exit_code: int  # noqa: F811
+) -> None:
+    """Weights of another seed beside it: the tokens differ, a failure for an F16 bmodel, to be expected of an int8 one."""
+    from tiny import make_model
+
+    other = make_model(tmp_path / "other", seed=1, max_position_embeddings=SEQ)
+    model = opt_tpu_clone_with_weights(clone_dir("f16"), other, tmp_path)
+    (model / "opt-tiny.bmodel").rename(model / name)
+    code, report = run_json(capsys, "--model", str(model), "--run", "--backend", "bmrt")
+    if report["run"]["tokens"] == report["run"]["cpu_tokens"]:
+        pytest.skip("the two random models happen to agree")
+    check = checks_by_name(report)["run"]
+    assert check["ok"] is ok and "differs" in check["detail"] and code == exit_code
+
+
 # -- trees shaped like a box's --------------------------------------------------------------------------------
 
 
