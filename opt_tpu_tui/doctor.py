@@ -259,7 +259,8 @@ def model_needs(model_dir: Path) -> dict[str, Any]:
         except UserError as error:
             needs["problem"] = str(error)
             return needs
-        needs["precision"] = {"int8": "W8F16", "int4": "W4F16"}.get(bmodel.stem.rsplit("_", 1)[-1], "F16")
+        needs["weights"] = {"int8": "int8", "int4": "int4"}.get(bmodel.stem.rsplit("_", 1)[-1], "f16")
+        needs["precision"] = {"f16": "F16", "int8": "W8F16", "int4": "W4F16"}[needs["weights"]]
     else:
         needs["kind"] = "checkpoint"
         needs["note"] = "a Hugging Face checkpoint: the CPU backend runs it, no TPU needed"
@@ -448,7 +449,13 @@ def cpu_checkpoint(model_dir: Path, needs: dict[str, Any]) -> Path | None:
     if needs.get("kind") == "converted" and needs.get("source"):
         candidate = model_dir.resolve().parent / needs["source"]
         return candidate if (candidate / "config.json").is_file() else None
-    if needs.get("kind") == "original" and any(model_dir.glob("*.safetensors")) or any(model_dir.glob("pytorch_model*.bin")):
+    if needs.get("kind") == "original":  # its weights, where the clone fetched them (else LFS pointers, or none)
+        from opt_tpu_tui.model.checkpoint import weight_files
+
+        try:
+            weight_files(model_dir)
+        except (UserError, OSError):
+            return None
         return model_dir
     return None
 

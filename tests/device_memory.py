@@ -1,4 +1,4 @@
-"""Device memory that opening a converted model takes, measured in the simulator, and what the compiler says it should be.
+"""Device memory that opening a converted (or OPT-TPU) model takes, measured in the simulator, and what the compiler says it should be.
 
 The simulator has no memory statistics (bmlib's ``bm_get_stat`` and heap queries give
 zeros), so a child process runs with ``bmlib_alloc_shim.c`` preloaded, which counts the
@@ -125,7 +125,9 @@ def _child(model_dir: Path, kind: str) -> dict[str, int]:
     from opt_tpu_tui.backends import open_backend
 
     counter = _Counter(os.environ["LD_PRELOAD"])
-    bmodel = model_dir / "model.bmodel"
+    bmodel = model_dir / "model.bmodel"  # a converted model's; an OPT-TPU folder's one bmodel has its own name
+    if not bmodel.is_file():
+        (bmodel,) = model_dir.glob("*.bmodel")
     figures: dict[str, int] = {"start": counter.live(), "handles_start": counter.handles()}
     if kind == "bmrt":
         _count_bmrt_lib(os.environ["LD_PRELOAD"])

@@ -3,7 +3,8 @@
 The box tests point ``box.ROOTS`` at temporary ``/sys``, ``/proc`` and ``/opt/sophon`` trees
 laid out as libsophon's driver makes them (``opt_tpu_tui/box.py`` says where each file
 comes from), with the simulator hidden, so each failing check and its fix line is seen.
-The models are the tiny converted ones of ``test_tpu_backend`` (its session fixtures).
+The models are the tiny converted ones of ``test_tpu_backend`` (its session fixtures), and
+the OPT-TPU bmodel ``test_original_layout`` builds the original project's way.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from device_memory import build_shim, measure
+from test_original_layout import SEQ, built, checkpoint, clone_dir  # noqa: F401 - the OPT-TPU bmodel, built once
 from test_tpu_backend import checkpoints, converted  # noqa: F401 - the session fixtures that convert once
 
 from opt_tpu_tui import box, doctor
@@ -101,6 +103,77 @@ def test_run_says_when_tokens_differ_and_exits_1(
     if report["run"]["tokens"] == report["run"]["cpu_tokens"]:
         pytest.skip("the two random models happen to agree")
     assert check["ok"] is False and "differs" in check["detail"] and check["fix"] and code == 1
+
+
+@pytest.mark.slow
+def test_doctor_computes_the_device_memory_the_simulator_measures_for_an_opt_tpu_bmodel(
+    clone_dir, tmp_path: Path, capsys: pytest.CaptureFixture[str]  # noqa: F811
+) -> None:
+    """The sizes from the nets' shapes in the header (no manifest, no weights); bmlib's allocations the reference."""
+    model_dir = clone_dir("f16")
+    code, report = run_json(capsys, "--model", str(model_dir))
+    needs = report["model"]
+    assert (needs["kind"], needs["context"], needs["precision"]) == ("original", SEQ, "F16")
+    measured = measure(model_dir, build_shim(tmp_path), "bmrt")
+    assert needs["device_memory"] == pytest.approx(measured["backend_open"], rel=0.05)
+    assert needs["device_memory_unshared"] - needs["buffers"] == pytest.approx(measured["runtime_unshared"], rel=0.05)
+    # the backend's own buffers (the KV cache above all) alone: a small share of the total for this tiny model
+    assert needs["buffers"] == pytest.approx(measured["backend_open"] - measured["runtime_shared"], rel=0.05)
+    assert needs["chip"] == "BM1684X" and checks_by_name(report)["chip"]["ok"] is True and code == 0
+
+
+def opt_tpu_clone_with_weights(clone: Path, checkpoint: Path, where: Path) -> Path:  # noqa: F811
+    """The OPT-TPU folder as a clone that fetched its LFS files has it: the checkpoint's weights beside the bmodel."""
+    model = where / "opt-tpu"
+    shutil.copytree(clone, model)
+    for weights in checkpoint.glob("*.safetensors"):
+        (model / weights.name).symlink_to(weights)
+    return model
+
+
+@pytest.mark.slow
+def test_run_on_an_opt_tpu_bmodel_decodes_the_cpu_backends_greedy_tokens(
+    clone_dir, checkpoint: Path, tpu_kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]  # noqa: F811
+) -> None:
+    model = opt_tpu_clone_with_weights(clone_dir("f16"), checkpoint, tmp_path)
+    code, report = run_json(capsys, "--model", str(model), "--run", "--backend", tpu_kind)
+    run = report["run"]
+    assert run["backend"] == tpu_kind and len(run["tokens"]) == doctor.RUN_TOKENS
+    assert run["cpu_checkpoint"] == str(model) and run["tokens"] == run["cpu_tokens"]
+    assert run["load_seconds"] > 0 and run["first_token_seconds"] > 0 and run["tokens_per_second"] > 0
+    assert checks_by_name(report)["run"]["ok"] is True and code == 0
+
+
+@pytest.mark.slow
+def test_run_on_an_opt_tpu_clone_whose_weights_are_lfs_pointers_compares_with_nothing(
+    clone_dir, tmp_path: Path, capsys: pytest.CaptureFixture[str]  # noqa: F811
+) -> None:
+    """A GIT_LFS_SKIP_SMUDGE clone, as OPT-TPU's users have it: the pointers are no checkpoint to run."""
+    model = tmp_path / "opt-tpu"
+    shutil.copytree(clone_dir("f16"), model)
+    (model / "pytorch_model.bin").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 13\n")
+    code, report = run_json(capsys, "--model", str(model), "--run", "--backend", "bmrt")
+    check = checks_by_name(report)["run"]
+    assert len(report["run"]["tokens"]) == doctor.RUN_TOKENS and "cpu_tokens" not in report["run"]
+    assert check["ok"] is True and "no CPU checkpoint" in check["detail"] and code == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, ok, exit_code", [("opt-tiny.bmodel", False, 1), ("opt-tiny_int8.bmodel", None, 0)])
+def test_run_on_an_opt_tpu_bmodel_judges_differing_tokens_by_its_precision(
+    clone_dir, tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, ok: bool | None, exit_code: int  # noqa: F811
+) -> None:
+    """Weights of another seed beside it: the tokens differ, a failure for an F16 bmodel, to be expected of an int8 one."""
+    from tiny import make_model
+
+    other = make_model(tmp_path / "other", seed=1, max_position_embeddings=SEQ)
+    model = opt_tpu_clone_with_weights(clone_dir("f16"), other, tmp_path)
+    (model / "opt-tiny.bmodel").rename(model / name)
+    code, report = run_json(capsys, "--model", str(model), "--run", "--backend", "bmrt")
+    if report["run"]["tokens"] == report["run"]["cpu_tokens"]:
+        pytest.skip("the two random models happen to agree")
+    check = checks_by_name(report)["run"]
+    assert check["ok"] is ok and "differs" in check["detail"] and code == exit_code
 
 
 # -- trees shaped like a box's --------------------------------------------------------------------------------
