@@ -15,7 +15,7 @@ from pathlib import Path
 from opt_tpu_tui import __version__, paths
 from opt_tpu_tui.backends import BACKENDS, Backend, check_model_dir, open_model
 from opt_tpu_tui.backends.base import emits_tokens
-from opt_tpu_tui.chat import ChatSession, Reply
+from opt_tpu_tui.chat import ChatSession, ReplyStream
 from opt_tpu_tui.config import Settings, SettingsNotSaved, changed_values, load_settings, update_settings_file
 from opt_tpu_tui.demo import DEMO_MODEL_DIR, DEMO_NAME, DEMO_NOTICE, is_demo_model
 from opt_tpu_tui.errors import UserError
@@ -340,7 +340,7 @@ def read_prompt(prompt: str) -> str:
 def run_prompt(args: argparse.Namespace, backend: Backend, tokenizer: Tokenizer, settings: SamplingSettings) -> int:
     text = args.prompt
     if args.raw:
-        reply: Generation | Reply = Generation(backend, tokenizer, tokenizer.encode(text), settings)
+        reply: Generation | ReplyStream = Generation(backend, tokenizer, tokenizer.encode(text), settings)
     else:
         reply = ChatSession(backend, tokenizer, args.preamble).send(text, settings)
     stats = reply.stats

@@ -90,7 +90,7 @@ def run(
 
     store, history_warning = HistoryStore.open()
 
-    def remember(_: Backend) -> None:
+    def remember(_: object) -> None:
         if not demo:
             app.update_settings(last_model=str(model_dir.resolve()))  # not the backend: --backend is per run
 
