@@ -259,7 +259,12 @@ class RemoteEngine:
         """The engine of the server at ``url`` (blocking: the UI calls it in its load worker)."""
         client = ServerClient(url)
         card = client.model()
-        return cls(client, ServerModel(client.url, str(card.get("id", "?")), int(card.get("context_length") or 0)))
+        engine = cls(client, ServerModel(client.url, str(card.get("id", "?")), int(card.get("context_length") or 0)))
+        try:
+            engine.backend = client.device()[0]  # its name, once: the status line shows where the model runs
+        except UserError:  # a server without /device: its address stands for it
+            pass
+        return engine
 
     @property
     def name(self) -> str:

@@ -205,7 +205,8 @@ class MainScreen(DrawnScreen, Screen[None]):
 
     def model_loaded(self, engine: Engine) -> None:
         self.chat.attach(engine)
-        self.call_later(self.query_one(Transcript).add, Notice(f"Model loaded in {time.monotonic() - self._load_started:.1f} s", "info"))
+        what = f"Connected to the server ({engine.name})" if engine.remote else "Model loaded"
+        self.call_later(self.query_one(Transcript).add, Notice(f"{what} in {time.monotonic() - self._load_started:.1f} s", "info"))
         status = self.query_one(StatusLine)
         status.model, status.backend, status.context_size = engine.model_name, engine.name, engine.context_length
         self.query_one(SettingsForm).greedy_only(engine.greedy_only)
