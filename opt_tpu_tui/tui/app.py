@@ -38,6 +38,7 @@ from opt_tpu_tui.tui.screens.help import HelpScreen
 from opt_tpu_tui.tui.screens.main import MainScreen
 from opt_tpu_tui.tui.streaming import ModelLoader
 from opt_tpu_tui.tui.terminal_copy import CopiedTerminal
+from opt_tpu_tui.tui.textual_patches import version_warning
 from opt_tpu_tui.tui.themes import load_themes
 from opt_tpu_tui.tui.widgets.ordered_keys import KeysInTurn
 
@@ -91,6 +92,9 @@ class OptTuiApp(CopiedTerminal, KeysInTurn, App[int]):  # writes what changed: t
         self.chat: MainScreen
         themes, theme_warnings = load_themes()
         self.startup_warnings += theme_warnings
+        textual_warning = version_warning()  # the Textual internals patched (textual_patches.py): one line, no crash
+        if textual_warning:
+            self.startup_warnings.append(textual_warning)
         self.opt_themes: dict[str, Theme] = themes
         for theme in themes.values():
             self.register_theme(theme)
