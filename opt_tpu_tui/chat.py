@@ -23,6 +23,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from opt_tpu_tui.backends.base import Backend
 from opt_tpu_tui.errors import UserError
@@ -96,6 +97,38 @@ class ContextUse:
     full: bool
 
 
+class ModelCard(Protocol):
+    """What a session asks of the model it counts for: a Backend, or a server's model (serve/client.py)."""
+
+    @property
+    def model_name(self) -> str: ...
+
+    @property
+    def context_length(self) -> int: ...
+
+
+class Encoder(Protocol):
+    """What a session counts tokens with: the Tokenizer, or a server's /tokenize (serve/client.py)."""
+
+    def encode(self, text: str, add_bos: bool = True) -> list[int]: ...
+
+
+class ReplyStream(Protocol):
+    """A reply as the chat's callers see it, in-process (Reply) or from a server (serve/client.py's RemoteReply):
+    iterate for text pieces; ``turn`` fills in as it streams, ``stats`` counts it."""
+
+    turn: Turn
+    dropped_turns: int
+
+    @property
+    def stats(self) -> GenerationStats: ...
+
+    @property
+    def prompt_tokens(self) -> int: ...
+
+    def __iter__(self) -> Iterator[str]: ...
+
+
 @dataclass
 class Reply:
     """One assistant reply being generated; iterate for text pieces, ``turn`` fills in as it streams."""
@@ -107,6 +140,11 @@ class Reply:
     @property
     def stats(self) -> GenerationStats:
         return self.generation.stats
+
+    @property
+    def prompt_tokens(self) -> int:
+        """The prompt as sent, in tokens (the context meter's start while the reply streams)."""
+        return len(self.generation.prompt_ids)
 
     def __iter__(self) -> Iterator[str]:
         text = ""
@@ -122,14 +160,19 @@ class Reply:
         self.turn.stopped = self.turn.stop_reason == "cancelled"
 
 
-class ChatSession:
-    """A conversation: its turns, its preamble, and the backend that continues it."""
+class TranscriptSession:
+    """A conversation: its turns, its preamble, and how its prompts fit the model's context.
+
+    What continues it is the subclass's ``begin``: ChatSession runs the backend here,
+    serve/client.py's RemoteSession asks a server. Both count with the model's own
+    tokenizer, so the turns left out for lack of context are the same either way.
+    """
 
     def __init__(
-        self, backend: Backend, tokenizer: Tokenizer, preamble: str = DEFAULT_PREAMBLE,
+        self, model: ModelCard, tokenizer: Encoder, preamble: str = DEFAULT_PREAMBLE,
         conversation: Conversation | None = None,
     ) -> None:  # fmt: skip
-        self.backend = backend
+        self.model = model
         self.tokenizer = tokenizer
         self.preamble = preamble
         self.conversation = conversation if conversation is not None else Conversation()
@@ -151,7 +194,7 @@ class ChatSession:
         if not user.strip():
             raise UserError("the message is empty")
         ids, dropped = self._fit(user, reserve, self.first_kept(reserve))
-        context = self.backend.context_length
+        context = self.model.context_length
         if len(ids) >= context:
             raise UserError(f"the message is {len(ids)} tokens with the preamble, but the context holds {context}")
         return ids, dropped
@@ -159,7 +202,7 @@ class ChatSession:
     def _fit(self, user: str, reserve: int, first: int) -> tuple[list[int], int]:
         """The prompt for ``user`` after the turns from ``first`` on, with more turns left out while
         it leaves less than ``reserve`` free (a quarter of the context more from the first drop on)."""
-        context, history = self.backend.context_length, self.turns
+        context, history = self.model.context_length, self.turns
         room = context
         for dropped in range(first, len(history) + 1):
             ids = self.tokenizer.encode(transcript(self.preamble, history[dropped:], user))
@@ -193,7 +236,7 @@ class ChatSession:
         Counted, not encoded prompt by prompt (a 300-turn chat opens in 300 short encodes):
         see PromptLengths.
         """
-        turns, context = self.turns, self.backend.context_length
+        turns, context = self.turns, self.model.context_length
         lengths = PromptLengths(self.tokenizer, self.preamble, turns)
         first = 0
         for sent in range(len(turns)):  # as send did for each turn in turn: _fit from the boundary it found
@@ -206,7 +249,7 @@ class ChatSession:
 
     def reserve(self, settings: SamplingSettings) -> int:
         """The room a reply is given in the context: its token limit, at most half the context."""
-        return min(settings.max_new_tokens, self.backend.context_length // 2)
+        return min(settings.max_new_tokens, self.model.context_length // 2)
 
     def next_prompt_tokens(self, reserve: int) -> int:
         """Tokens the next prompt takes before the user's words: the preamble, the turns still
@@ -214,7 +257,7 @@ class ChatSession:
         kept = self.turns[self.first_kept(reserve) :]
         return len(self.tokenizer.encode(transcript(self.preamble, kept, "")))
 
-    def context_use(self, reserve: int, reply: Reply | None = None) -> ContextUse:
+    def context_use(self, reserve: int, reply: ReplyStream | None = None) -> ContextUse:
         """The one definition of the context meter (the status line's, at every moment): the tokens the model sees.
 
         While ``reply`` streams, that is its prompt as sent (the oldest turns already
@@ -225,25 +268,32 @@ class ChatSession:
         leave the oldest turns out; a figure past the context (a turn that filled it)
         reads as the context, full.
         """
-        size = self.backend.context_length
+        size = self.model.context_length
         if reply is not None:
-            used = len(reply.generation.prompt_ids) + reply.stats.new_tokens
+            used = reply.prompt_tokens + reply.stats.new_tokens
         else:
             used = self.next_prompt_tokens(reserve)
         return ContextUse(min(used, size), size, used + reserve > size)
 
-    def send(self, user: str, settings: SamplingSettings, cancel: threading.Event | None = None) -> Reply:
+    def send(self, user: str, settings: SamplingSettings, cancel: threading.Event | None = None) -> ReplyStream:
         """Start a reply to ``user``; the new turn is appended now and completed as the reply streams."""
         ids, dropped = self.prompt_ids(user, self.reserve(settings))
-        turn = Turn(user=user, model=self.backend.model_name)
+        turn = Turn(user=user, model=self.model.model_name)
+        kept = self.turns[dropped:]  # what the prompt holds before the new message
         self.turns.append(turn)
         self._first_kept = self.turns[dropped]  # the new turn itself when every earlier one was dropped
-        generation = Generation(self.backend, self.tokenizer, ids, settings, STOP_STRINGS, cancel)
-        return Reply(turn, generation, dropped)
+        return self.begin(turn, kept, ids, dropped, settings, cancel)
+
+    def begin(
+        self, turn: Turn, kept: list[Turn], ids: list[int], dropped: int, settings: SamplingSettings,
+        cancel: threading.Event | None,
+    ) -> ReplyStream:  # fmt: skip
+        """The reply to ``turn``, whose prompt is ``ids`` (``kept`` turns before it, ``dropped`` left out)."""
+        raise NotImplementedError
 
     def edit(
         self, index: int, user: str, settings: SamplingSettings, cancel: threading.Event | None = None
-    ) -> Reply:
+    ) -> ReplyStream:
         """Answer ``user`` in place of the message at ``index``: the turns from there on give way.
 
         (The history keeps them as an alternative: HistoryStore.start_turn.) If the new
@@ -259,8 +309,27 @@ class ChatSession:
             self.turns.extend(replaced)
             raise
 
-    def regenerate(self, settings: SamplingSettings, cancel: threading.Event | None = None) -> Reply:
+    def regenerate(self, settings: SamplingSettings, cancel: threading.Event | None = None) -> ReplyStream:
         """Answer the last message again (its reply gives way)."""
         if not self.turns:
             raise UserError("there is no reply to regenerate")
         return self.edit(len(self.turns) - 1, self.turns[-1].user, settings, cancel)
+
+
+class ChatSession(TranscriptSession):
+    """A conversation continued in-process, by ``backend``."""
+
+    def __init__(
+        self, backend: Backend, tokenizer: Tokenizer, preamble: str = DEFAULT_PREAMBLE,
+        conversation: Conversation | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__(backend, tokenizer, preamble, conversation)
+        self.backend = backend
+        self.tokenizer: Tokenizer = tokenizer
+
+    def begin(
+        self, turn: Turn, kept: list[Turn], ids: list[int], dropped: int, settings: SamplingSettings,
+        cancel: threading.Event | None,
+    ) -> Reply:  # fmt: skip
+        generation = Generation(self.backend, self.tokenizer, ids, settings, STOP_STRINGS, cancel)
+        return Reply(turn, generation, dropped)

@@ -15,7 +15,7 @@ from pathlib import Path
 from opt_tpu_tui import __version__, paths
 from opt_tpu_tui.backends import BACKENDS, Backend, check_model_dir, open_model
 from opt_tpu_tui.backends.base import emits_tokens
-from opt_tpu_tui.chat import ChatSession, Reply
+from opt_tpu_tui.chat import ChatSession, ReplyStream
 from opt_tpu_tui.config import Settings, SettingsNotSaved, changed_values, load_settings, update_settings_file
 from opt_tpu_tui.demo import DEMO_MODEL_DIR, DEMO_NAME, DEMO_NOTICE, is_demo_model
 from opt_tpu_tui.errors import UserError
@@ -76,8 +76,10 @@ def build_parser(saved: SamplingSettings | None = None) -> argparse.ArgumentPars
     mode.add_argument("-c", "--chat", action="store_true", help="interactive chat in this terminal, line by line")
     parser.add_argument("--raw", action="store_true", help="with -p: continue TEXT as plain text, not as a chat")
     parser.add_argument(
-        "--server", metavar="URL", help="with -p or -c: use the model of a running `opt-tpu-tui serve` at URL"
-    )
+        "--server", metavar="URL",
+        help="use the model of a running `opt-tpu-tui serve` at URL instead of loading one (default: the saved "
+        "setting server, unless --model, --backend or --context is given)",
+    )  # fmt: skip
     parser.add_argument(
         "--preamble", metavar="TEXT",
         help="text that opens the chat transcript, for this run (default: the saved one; as the sampling flags)",
@@ -282,6 +284,15 @@ def looks_like_hub_id(model: Path) -> bool:
     return re.fullmatch(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", str(model)) is not None
 
 
+def server_for(args: argparse.Namespace, settings: Settings) -> str | None:
+    """The server to use instead of loading a model: ``--server``, else the saved setting ``server`` unless the
+    command line picks a model to load here (``--model``, ``--backend`` or ``--context``)."""
+    if args.server is not None:
+        return str(args.server)
+    picks_a_model = args.model is not None or args.context is not None or args.backend != "auto"
+    return None if picks_a_model else settings.server
+
+
 def resolve_model(args: argparse.Namespace, settings: Settings) -> tuple[Path, str, bool]:
     """The model directory, backend and whether it is the demo: --model, else the last model used, else the demo.
 
@@ -340,7 +351,7 @@ def read_prompt(prompt: str) -> str:
 def run_prompt(args: argparse.Namespace, backend: Backend, tokenizer: Tokenizer, settings: SamplingSettings) -> int:
     text = args.prompt
     if args.raw:
-        reply: Generation | Reply = Generation(backend, tokenizer, tokenizer.encode(text), settings)
+        reply: Generation | ReplyStream = Generation(backend, tokenizer, tokenizer.encode(text), settings)
     else:
         reply = ChatSession(backend, tokenizer, args.preamble).send(text, settings)
     stats = reply.stats
@@ -419,7 +430,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise unreadable
         if args.raw and args.prompt is None:
             raise UserError("--raw goes with -p/--prompt")
-        model_dir, backend_kind, demo = resolve_model(args, saved)
+        args.server = server_for(args, saved)
+        model_dir, backend_kind, demo = (DEMO_MODEL_DIR, args.backend, False) if args.server else resolve_model(args, saved)
         session = session_settings(args)
         if args.prompt is None and not args.chat:
             from opt_tpu_tui.tui import run as run_tui
@@ -427,8 +439,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.no_mouse:
                 saved = replace(saved, mouse=False)  # for this run only: not saved
             return run_tui(
-                model_dir, backend_kind, args.context, demo, saved, [warning] if warning else [], session=session
-            )
+                model_dir, backend_kind, args.context, demo, saved, [warning] if warning else [], session=session,
+                server=args.server,
+            )  # fmt: skip
         if warning:
             print(f"opt-tpu-tui: warning: {warning}", file=sys.stderr)
         closed_streams(args)

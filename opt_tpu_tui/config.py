@@ -13,12 +13,16 @@ its default, an unknown key is ignored here and kept in the file. Example::
       "last_model": "/models/opt-125m",
       "backend": "auto",
       "side_pane": "stats",
-      "mouse": true
+      "mouse": true,
+      "server": null
     }
 
 ``seed`` null draws a fresh seed per reply. ``side_pane`` is "stats", "settings" or
 "hidden". ``mouse`` false leaves the mouse to the terminal (its own selection works,
-also over SSH), as ``--no-mouse`` does for one run. A file that is not valid JSON, or holds an out-of-range value, is renamed
+also over SSH), as ``--no-mouse`` does for one run. ``server`` (an address such as
+"http://127.0.0.1:8000", written by hand) makes the UI, ``-p`` and ``-c`` use that running
+``opt-tpu-tui serve`` instead of loading a model, unless ``--model``, ``--backend`` or
+``--context`` picks one to load for the run (``--server`` picks another server). A file that is not valid JSON, or holds an out-of-range value, is renamed
 to ``settings.json.corrupt-<time>`` and the defaults are used, with a warning: the
 app never overwrites a file it could not read.
 
@@ -70,6 +74,7 @@ class Settings:
     backend: str = "auto"
     side_pane: str = "stats"
     mouse: bool = True
+    server: str | None = None  # a running `opt-tpu-tui serve` to use by default (cli.server_for)
 
     def validate(self) -> Settings:
         """Return self, or raise UserError naming the first bad value."""
@@ -87,6 +92,8 @@ class Settings:
             raise UserError(f"side_pane must be one of {', '.join(SIDE_PANES)}, got {self.side_pane!r}")
         if not isinstance(self.mouse, bool):
             raise UserError(f"mouse must be true or false, got {self.mouse!r}")
+        if self.server is not None and not (isinstance(self.server, str) and self.server.strip()):
+            raise UserError(f"server must be an address such as http://127.0.0.1:8000, or null, got {self.server!r}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -99,6 +106,7 @@ class Settings:
             "backend": self.backend,
             "side_pane": self.side_pane,
             "mouse": self.mouse,
+            "server": self.server,
         }
 
     @classmethod

@@ -39,7 +39,7 @@ from typing import TextIO
 
 from opt_tpu_tui import paths
 from opt_tpu_tui.backends import Backend
-from opt_tpu_tui.chat import ChatSession, Conversation, Reply
+from opt_tpu_tui.chat import ChatSession, Conversation, ReplyStream, TranscriptSession
 from opt_tpu_tui.cli import (
     for_terminal, print_stats, stream_out, terminal_width, tolerate_bad_bytes, valid_text, write_out,
 )
@@ -215,7 +215,7 @@ def to_model(message: str) -> str:
 
 def run_chat(
     args: argparse.Namespace, backend: Backend, tokenizer: Tokenizer, settings: SamplingSettings,
-    session_for: Callable[[Conversation], ChatSession] | None = None,
+    session_for: Callable[[Conversation], TranscriptSession] | None = None,
 ) -> int:  # fmt: skip
     """The chat loop, saving to the history; returns the exit status (0: the user left; 128 + n: signal n
     ended it, signals.py). ``session_for`` makes the chat of a conversation (a server's: serve/client.py)."""
@@ -246,7 +246,7 @@ class Saving:
         """/new: the next message starts another conversation in the history."""
         self.conversation = Conversation()
 
-    def run(self, reply: Reply, cancel: threading.Event) -> None:
+    def run(self, reply: ReplyStream, cancel: threading.Event) -> None:
         """Stream ``reply`` to stdout (control characters made visible) while saving it as it grows."""
         failed: list[Exception] = []
 
@@ -271,7 +271,7 @@ class Saving:
 
 def chat_loop(
     args: argparse.Namespace, backend: Backend, settings: SamplingSettings, history: Saving, ending: Ending,
-    session_for: Callable[[Conversation], ChatSession],
+    session_for: Callable[[Conversation], TranscriptSession],
 ) -> int:  # fmt: skip
     """The messages and replies; a reply runs with ``ending`` set to stop it, and its end leaves if it did."""
     session = session_for(history.conversation)
@@ -332,7 +332,7 @@ def chat_loop(
             print_stats(reply.stats)
 
 
-def stream_reply(reply: Reply, run: Callable[[], None] | None = None) -> None:
+def stream_reply(reply: ReplyStream, run: Callable[[], None] | None = None) -> None:
     """Print ``reply`` as it streams after ``bot>`` (by ``run`` where given: the history saves it);
     when ctrl+c stopped it, mark it ``[stopped]``."""
     try:

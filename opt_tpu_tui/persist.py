@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from opt_tpu_tui.chat import Conversation, Reply
+from opt_tpu_tui.chat import Conversation, ReplyStream
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.history import ConversationGone, HistoryStore
 
@@ -42,7 +42,7 @@ GONE = (
 
 
 def run_and_save(
-    reply: Reply,
+    reply: ReplyStream,
     conversation: Conversation,
     store: HistoryStore,
     *,
@@ -96,7 +96,7 @@ def run_and_save(
     return outcome
 
 
-def _open_turn(store: HistoryStore, conversation: Conversation, reply: Reply, outcome: Outcome) -> int:
+def _open_turn(store: HistoryStore, conversation: Conversation, reply: ReplyStream, outcome: Outcome) -> int:
     """The id of the turn the reply is saved into, at the turn's place in the conversation.
 
     A regenerated reply or an edited message takes the place of turns already saved:

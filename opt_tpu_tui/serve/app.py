@@ -2,8 +2,9 @@
 
 It listens at once and loads the model in a thread, so ``/health`` says 503 while
 loading and 200 when ready. Routes: ``/health``, ``/v1/models``, ``/v1/chat/completions``,
-``/v1/completions``, ``/metrics``, and ``/tokenize`` (the model's tokenizer, for a
-client's context meter). Streams are server-sent events written by Starlette's
+``/v1/completions``, ``/metrics``, ``/tokenize`` (the model's tokenizer, for a
+client's context meter) and ``/device`` (the device's figures as JSON, for a client's
+stats pane). Streams are server-sent events written by Starlette's
 ``StreamingResponse``: each event is one ``data:`` line, so a package for SSE would
 add a dependency and no behaviour; Starlette cancels the stream when the client goes
 away (it listens for ``http.disconnect``), and the stream's ``finally`` cancels the job.
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import json
 import logging
@@ -60,7 +62,7 @@ from opt_tpu_tui.serve.metrics import CONTENT_TYPE, Gauge, Metrics
 
 DISCONNECT_POLL = 0.25  # seconds between checks that a non-streaming client is still there
 OPEN_PATHS = ("/health",)  # reachable without the API key (a load balancer's probe)
-ROUTES = ("/health", "/metrics", "/tokenize", "/v1/models", "/v1/chat/completions", "/v1/completions")
+ROUTES = ("/health", "/metrics", "/device", "/tokenize", "/v1/models", "/v1/chat/completions", "/v1/completions")
 log = logging.getLogger("opt_tpu_tui.serve")
 
 
@@ -73,6 +75,7 @@ class State:
         self.model: oa.Model | None = None
         self.engine: Engine | None = None
         self.monitor: DeviceMonitor | None = None
+        self.backend_name = ""  # once loaded: "cpu", "bmrt" or "sail"
         self.load_error: BaseException | None = None
         self.registered: Path | None = None  # this server's file in the registry (registry.py)
         self.defaults = SamplingSettings()
@@ -84,7 +87,7 @@ class State:
         with native_stdout_to(paths.native_output_log()):  # what the TPU runtime prints goes to its log
             backend, tokenizer = open_model(model_dir, args.backend, args.context)
         self.engine = Engine(backend, tokenizer, args.slots, args.queue, self.metrics)
-        self.monitor = DeviceMonitor(backend.name)
+        self.monitor, self.backend_name = DeviceMonitor(backend.name), backend.name
         self.model = oa.Model(backend.model_name, tokenizer, backend.context_length, int(time.time()))
         self.registered = registry.register(url, backend.name, backend.model_name)
         if self.engine.slots.count < args.slots:
@@ -191,6 +194,16 @@ async def metrics(state: State, request: Request) -> Response:
         snapshot.set(engine.slots.snapshot_bytes)
         extra = [slots, snapshot]
     return Response(state.metrics.render(sample, extra), media_type=CONTENT_TYPE)
+
+
+async def device(state: State, request: Request) -> Response:
+    """The figures the UI's stats pane shows (devices.DeviceSample), for a client's pane: read on each request."""
+    state.ready()
+    monitor = state.monitor
+    assert monitor is not None
+    sample = await asyncio.get_running_loop().run_in_executor(None, monitor.sample)
+    figures = {**dataclasses.asdict(sample), "unavailable": sorted(sample.unavailable)}
+    return JSONResponse({"backend": state.backend_name, "sample": figures})
 
 
 def generate(chat: bool) -> Callable[[State, Request], Awaitable[Response]]:
@@ -325,6 +338,7 @@ def build_app(state: State) -> Any:
         routes=[
             route("/health", health, ["GET"]),
             route("/metrics", metrics, ["GET"]),
+            route("/device", device, ["GET"]),
             route("/tokenize", tokenize, ["POST"]),
             route("/v1/models", models, ["GET"]),
             route("/v1/models/{name:path}", models, ["GET"]),

@@ -6,7 +6,9 @@ Standard library only (http.client), so the clients need no extra. A chat goes t
 ``-c``) closes the stream, which stops the server's generation within a token. The
 chat history stays here: ``RemoteSession`` is a ``ChatSession`` whose tokenizer is
 the server's (``/tokenize``), so the turns left out for lack of context are the same
-as in-process. An API key comes from the environment variable OPT_TPU_TUI_API_KEY.
+as in-process. ``RemoteEngine`` is the same for the UI (engine.py): the UI's chat
+controller runs on it as on the model loaded in-process, and its stats pane reads the
+server's ``/device``. An API key comes from the environment variable OPT_TPU_TUI_API_KEY.
 """
 
 from __future__ import annotations
@@ -23,13 +25,15 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from opt_tpu_tui.chat import ChatSession, Conversation, Turn
+from opt_tpu_tui.chat import Conversation, TranscriptSession, Turn
+from opt_tpu_tui.devices import DeviceSample
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.generation import GenerationStats
 from opt_tpu_tui.sampling import SamplingSettings
 
 KEY_VARIABLE = "OPT_TPU_TUI_API_KEY"
 TIMEOUT = 600.0  # seconds without a byte from the server (a long prefill on a slow device is minutes at most)
+COUNTS_KEPT = 4096  # texts whose token ids the client remembers: the meter asks again for the same turns
 FINISH_WORDS = {"length": "max_new_tokens", "stop": "stop"}  # OpenAI's finish_reason -> the stats line's stop
 
 
@@ -87,6 +91,14 @@ class ServerClient:
     def tokenize(self, text: str) -> list[int]:
         return list(self.call("POST", "/tokenize", {"text": text})["tokens"])
 
+    def device(self) -> tuple[str, DeviceSample]:
+        """The server's backend name and its device's figures now (what its stats pane would show)."""
+        answer = self.call("GET", "/device")
+        figures = dict(answer.get("sample") or {})
+        known = {name: figures[name] for name in DeviceSample.__dataclass_fields__ if name in figures}
+        known["unavailable"] = frozenset(known.get("unavailable") or ())
+        return str(answer.get("backend") or "?"), DeviceSample(**known)
+
     def stream(self, path: str, body: dict[str, Any], cancel: threading.Event | None = None) -> Iterator[dict[str, Any]]:
         """The chunks of a streamed reply; the connection closes when ``cancel`` is set, or the caller stops."""
         connection, response = self.open("POST", path, {**body, "stream": True})
@@ -139,9 +151,11 @@ class RemoteReply:
     turn: Turn = field(default_factory=lambda: Turn(user=""))
     stats: GenerationStats = field(default_factory=GenerationStats)
     dropped_turns: int = 0
+    prompt_tokens: int = 0  # the prompt as counted here with the server's tokenizer (0: not counted)
 
     def __iter__(self) -> Iterator[str]:
         stats, text, started = self.stats, "", time.perf_counter()
+        stats.prompt_tokens = stats.context_used = self.prompt_tokens
         first = None
         chunks = self.client.stream(self.path, {**self.body, "stream_options": {"include_usage": True}}, self.cancel)
         try:
@@ -163,6 +177,7 @@ class RemoteReply:
                         stats.new_tokens += 1  # until the usage says how many exactly
                         stats.decode_steps = stats.new_tokens - 1
                         stats.decode_seconds = now - first
+                        stats.context_used = stats.prompt_tokens + stats.new_tokens
                         text += piece
                         self.turn.assistant = text
                         yield piece
@@ -171,6 +186,7 @@ class RemoteReply:
             if self.cancel is not None and self.cancel.is_set():
                 stats.stop_reason = "cancelled"
             self.turn.assistant = text.rstrip()
+            self.turn.stop_reason = stats.stop_reason
             self.turn.stopped = stats.stop_reason == "cancelled"
 
 
@@ -184,36 +200,94 @@ class ServerModel:
 
 
 class RemoteTokenizer:
-    """The server model's tokenizer, through /tokenize: what ChatSession counts a prompt with."""
+    """The server model's tokenizer, through /tokenize: what a session counts a prompt with.
+
+    The counts are kept (the last COUNTS_KEPT texts): the context meter and the turns
+    left out are counted again after each reply and on each reopening, from the same
+    turns, and each count would otherwise be a round trip.
+    """
 
     def __init__(self, client: ServerClient) -> None:
         self.client = client
+        self._known: dict[str, list[int]] = {}
 
     def encode(self, text: str, add_bos: bool = True) -> list[int]:
-        ids = self.client.tokenize(text)  # as the model reads it: <s> first
-        return ids if add_bos else ids[1:]
+        ids = self._known.pop(text, None)
+        if ids is None:
+            ids = self.client.tokenize(text)  # as the model reads it: <s> first
+            if len(self._known) >= COUNTS_KEPT:
+                del self._known[next(iter(self._known))]  # the least recently used (dicts keep their order)
+        self._known[text] = ids
+        return list(ids) if add_bos else ids[1:]
 
 
-class RemoteSession(ChatSession):
+class RemoteSession(TranscriptSession):
     """A chat whose turns are kept here and whose replies come from the server."""
 
     def __init__(
-        self, client: ServerClient, model: ServerModel, preamble: str, conversation: Conversation | None = None
-    ) -> None:
-        super().__init__(model, RemoteTokenizer(client), preamble, conversation)  # type: ignore[arg-type]
+        self, client: ServerClient, model: ServerModel, preamble: str, conversation: Conversation | None = None,
+        tokenizer: RemoteTokenizer | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__(model, tokenizer or RemoteTokenizer(client), preamble, conversation)
         self.client = client
 
-    def send(self, user: str, settings: SamplingSettings, cancel: threading.Event | None = None) -> RemoteReply:  # type: ignore[override]
-        _, dropped = self.prompt_ids(user, self.reserve(settings))
+    def begin(
+        self, turn: Turn, kept: list[Turn], ids: list[int], dropped: int, settings: SamplingSettings,
+        cancel: threading.Event | None,
+    ) -> RemoteReply:  # fmt: skip
         messages = [{"role": "system", "content": self.preamble}]
-        for turn in self.turns[dropped:]:
-            messages += [{"role": "user", "content": turn.user}, {"role": "assistant", "content": turn.assistant}]
-        messages.append({"role": "user", "content": user})
-        turn = Turn(user=user)
-        self.turns.append(turn)
-        self._first_kept = self.turns[dropped]
-        body = {"model": self.backend.model_name, "messages": messages, **sampling_fields(settings)}
-        return RemoteReply(self.client, "/v1/chat/completions", body, cancel, turn, dropped_turns=dropped)
+        for earlier in kept:
+            messages += [{"role": "user", "content": earlier.user}, {"role": "assistant", "content": earlier.assistant}]
+        messages.append({"role": "user", "content": turn.user})
+        body = {"model": self.model.model_name, "messages": messages, **sampling_fields(settings)}
+        return RemoteReply(self.client, "/v1/chat/completions", body, cancel, turn, dropped_turns=dropped, prompt_tokens=len(ids))
+
+
+class RemoteEngine:
+    """A running ``opt-tpu-tui serve`` as the UI's engine (engine.py): its model answers, the chat stays here."""
+
+    remote = True
+    greedy_only = False  # the server samples as asked (a device that cannot says so in its replies)
+
+    def __init__(self, client: ServerClient, model: ServerModel) -> None:
+        self.client, self.model = client, model
+        self.tokenizer = RemoteTokenizer(client)  # one for every conversation: the counts it keeps are shared
+        self.backend = ""  # the server's backend, once its figures say
+
+    @classmethod
+    def connect(cls, url: str) -> RemoteEngine:
+        """The engine of the server at ``url`` (blocking: the UI calls it in its load worker)."""
+        client = ServerClient(url)
+        card = client.model()
+        engine = cls(client, ServerModel(client.url, str(card.get("id", "?")), int(card.get("context_length") or 0)))
+        try:
+            engine.backend = client.device()[0]  # its name, once: the status line shows where the model runs
+        except UserError:  # a server without /device: its address stands for it
+            pass
+        return engine
+
+    @property
+    def name(self) -> str:
+        where = f"{self.client.host}:{self.client.port}"
+        return f"{self.backend} @ {where}" if self.backend else f"server {where}"
+
+    @property
+    def model_name(self) -> str:
+        return self.model.model_name
+
+    @property
+    def context_length(self) -> int:
+        return self.model.context_length
+
+    def session(self, conversation: Conversation, preamble: str) -> TranscriptSession:
+        return RemoteSession(self.client, self.model, preamble, conversation, self.tokenizer)
+
+    def sample_device(self) -> DeviceSample:
+        self.backend, sample = self.client.device()
+        return sample
+
+    def close(self) -> None:
+        """Nothing to free here: the server keeps its model for its other clients."""
 
 
 def connect(args: argparse.Namespace) -> tuple[ServerClient, ServerModel]:
@@ -237,7 +311,7 @@ def run_remote(args: argparse.Namespace, settings: SamplingSettings) -> int:
     if args.prompt is None:
         from opt_tpu_tui.line_chat import run_chat
 
-        return run_chat(args, model, None, settings, partial(RemoteSession, client, model, args.preamble))  # type: ignore[arg-type]
+        return run_chat(args, model, None, settings, partial(RemoteSession, client, model, args.preamble))  # type: ignore[arg-type]  # no backend here
     if args.raw:
         body = {"model": model.model_name, "prompt": args.prompt, **sampling_fields(settings)}
         reply = RemoteReply(client, "/v1/completions", body)
@@ -253,4 +327,4 @@ def run_remote(args: argparse.Namespace, settings: SamplingSettings) -> int:
     return 130 if reply.stats.stop_reason == "cancelled" else 0
 
 
-__all__ = ["RemoteSession", "ServerClient", "run_remote"]
+__all__ = ["RemoteEngine", "RemoteSession", "ServerClient", "run_remote"]

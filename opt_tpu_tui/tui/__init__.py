@@ -72,16 +72,28 @@ def check_open_files() -> None:
     )
 
 
+def server_loader(url: str) -> Callable[[], object]:
+    """A loader that connects to a running ``opt-tpu-tui serve`` (serve/client.py's RemoteEngine), off the UI thread."""
+
+    def connect() -> object:
+        from opt_tpu_tui.serve.client import RemoteEngine
+
+        return RemoteEngine.connect(url)
+
+    return connect
+
+
 def run(
     model_dir: Path, backend: str, context: int | None, demo: bool, settings: Settings, warnings: list[str],
-    session: Overrides | None = None,
+    session: Overrides | None = None, server: str | None = None,
 ) -> int:
     """Start the app on ``model_dir``; returns the process exit code.
 
     The command line has already resolved the model (``--model``, the last model
     used, or the demo) and read the settings; ``warnings`` are shown on start, ``session`` holds the
     values given on the command line for this run (sampling flags, ``--preamble``). The
-    model is remembered as the last one used once it loads, unless it is the demo.
+    model is remembered as the last one used once it loads, unless it is the demo. With
+    ``server`` the model is that running server's, and none is loaded here.
     """
     check_terminal()
     check_open_files()
@@ -90,19 +102,19 @@ def run(
 
     store, history_warning = HistoryStore.open()
 
-    def remember(_: Backend) -> None:
+    def remember(_: object) -> None:
         if not demo:
             app.update_settings(last_model=str(model_dir.resolve()))  # not the backend: --backend is per run
 
     app = OptTuiApp(
         settings=settings,
         store=store,
-        loader=model_loader(model_dir, backend, context),
-        model_label=model_dir.name,
-        backend_label=backend,
-        demo=demo,
+        loader=server_loader(server) if server else model_loader(model_dir, backend, context),  # type: ignore[arg-type]
+        model_label=server if server else model_dir.name,
+        backend_label="server" if server else backend,
+        demo=demo and not server,
         warnings=[*warnings, *([history_warning] if history_warning else [])],
-        on_model_ready=remember,
+        on_model_ready=None if server else remember,
         session=session,
     )
     try:

@@ -22,23 +22,23 @@ from textual.driver import Driver
 from textual.screen import Screen
 from textual.theme import Theme
 
-from opt_tpu_tui.backends.base import Backend
 from opt_tpu_tui.config import DEFAULT_THEME, Settings, SettingsNotSaved, changed_values, update_settings_file
 from opt_tpu_tui.demo import DEMO_NOTICE
 from opt_tpu_tui.devices import DeviceMonitor
+from opt_tpu_tui.engine import Engine, LocalEngine, Monitor
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.history import HistoryStore
 from opt_tpu_tui.overrides import PREAMBLE, Overrides, resolve
 from opt_tpu_tui.plain_text import can_show, stand_in
 from opt_tpu_tui.sampling import SamplingSettings
 from opt_tpu_tui.signals import exit_code, handle_in_loop, stop_handling_in_loop
-from opt_tpu_tui.tokenizer import Tokenizer
 from opt_tpu_tui.tui.driver import driver_for
 from opt_tpu_tui.tui.messages import ModelFailed, ModelLoaded
 from opt_tpu_tui.tui.screens.help import HelpScreen
-from opt_tpu_tui.tui.screens.main import MainScreen, Monitor
+from opt_tpu_tui.tui.screens.main import MainScreen
 from opt_tpu_tui.tui.streaming import ModelLoader
 from opt_tpu_tui.tui.terminal_copy import CopiedTerminal
+from opt_tpu_tui.tui.textual_patches import version_warning
 from opt_tpu_tui.tui.themes import load_themes
 from opt_tpu_tui.tui.widgets.ordered_keys import KeysInTurn
 
@@ -71,7 +71,7 @@ class OptTuiApp(CopiedTerminal, KeysInTurn, App[int]):  # writes what changed: t
         demo: bool = False,
         warnings: Iterable[str] = (),
         monitor_factory: Callable[[str], Monitor] = DeviceMonitor,
-        on_model_ready: Callable[[Backend], None] | None = None,
+        on_model_ready: Callable[[Engine], None] | None = None,
         session: Overrides | None = None,
     ) -> None:
         super().__init__()
@@ -85,14 +85,16 @@ class OptTuiApp(CopiedTerminal, KeysInTurn, App[int]):  # writes what changed: t
         self.startup_warnings = list(warnings)
         self.monitor_factory = monitor_factory
         self._on_model_ready = on_model_ready
-        self.backend: Backend | None = None
-        self.tokenizer: Tokenizer | None = None
+        self.engine: Engine | None = None  # what replies: the model loaded here, or a server's
         self.load_error: str | None = None if loader is not None else NO_MODEL
         # made in on_mount, inside the running loop: on Python 3.8 and 3.9 a widget's asyncio lock binds
         # to the current loop when it is made, and there is none outside the app's once one has been closed
         self.chat: MainScreen
         themes, theme_warnings = load_themes()
         self.startup_warnings += theme_warnings
+        textual_warning = version_warning()  # the Textual internals patched (textual_patches.py): one line, no crash
+        if textual_warning:
+            self.startup_warnings.append(textual_warning)
         self.opt_themes: dict[str, Theme] = themes
         for theme in themes.values():
             self.register_theme(theme)
@@ -144,20 +146,21 @@ class OptTuiApp(CopiedTerminal, KeysInTurn, App[int]):  # writes what changed: t
     @work(thread=True, exclusive=True, exit_on_error=False, group="load")
     def _load_model(self, loader: ModelLoader) -> None:
         try:
-            backend, tokenizer = loader()
+            loaded = loader()
+            engine = LocalEngine(*loaded, self.monitor_factory) if isinstance(loaded, tuple) else loaded
         except UserError as error:
             self.post_message(ModelFailed(str(error)))
         except Exception as error:  # noqa: BLE001 - any failure must reach the UI as a message, not a traceback
             self.log_exception(error)
             self.post_message(ModelFailed(f"could not load the model: {type(error).__name__}: {error}"))
         else:
-            self.post_message(ModelLoaded(backend, tokenizer))
+            self.post_message(ModelLoaded(engine))
 
     def on_model_loaded(self, message: ModelLoaded) -> None:
-        self.backend, self.tokenizer = message.backend, message.tokenizer
+        self.engine = message.engine
         if self._on_model_ready is not None:
-            self._on_model_ready(message.backend)
-        self.chat.model_loaded()
+            self._on_model_ready(message.engine)
+        self.chat.model_loaded(message.engine)
 
     async def on_model_failed(self, message: ModelFailed) -> None:
         self.load_error = message.error
@@ -169,8 +172,8 @@ class OptTuiApp(CopiedTerminal, KeysInTurn, App[int]):  # writes what changed: t
         Unless a decode step is still running 5 s after quitting stopped it (the chat
         screen waited): then process exit frees it.
         """
-        if self.backend is not None and not self.chat.reply_running:
-            self.backend.close()
+        if self.engine is not None and not self.chat.reply_running:
+            self.engine.close()
         stop_handling_in_loop(asyncio.get_running_loop())
 
     # settings

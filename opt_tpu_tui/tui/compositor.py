@@ -27,11 +27,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from textual._compositor import ChopsUpdate, Compositor, CompositorMap, ReflowResult
 from textual.geometry import Region, Size
 from textual.strip import Strip
 from textual.screen import Screen
 from textual.widget import Widget
+
+from opt_tpu_tui.tui.textual_patches import ChopsUpdate, Compositor, CompositorMap, ReflowResult  # Textual internals: one place
 
 
 class DrawnCompositor(Compositor):

@@ -34,9 +34,9 @@ from collections.abc import Iterable
 from typing import TextIO
 
 from textual import events
-from textual._parser import ParseError
-from textual._xterm_parser import XTermParser
 from textual.driver import Driver
+
+from opt_tpu_tui.tui.textual_patches import ParseError, XTermParser  # Textual internals: one place
 
 from opt_tpu_tui.native_output import terminal_size
 from opt_tpu_tui.signals import exit_code

@@ -6,16 +6,14 @@ from dataclasses import dataclass
 
 from textual.message import Message
 
-from opt_tpu_tui.backends.base import Backend
 from opt_tpu_tui.devices import DeviceSample
+from opt_tpu_tui.engine import Engine
 from opt_tpu_tui.persist import Outcome
-from opt_tpu_tui.tokenizer import Tokenizer
 
 
 @dataclass
 class ModelLoaded(Message):
-    backend: Backend
-    tokenizer: Tokenizer
+    engine: Engine
 
 
 @dataclass

@@ -9,13 +9,14 @@ timer's pace, not per token, and the worker never waits for the UI.
 from __future__ import annotations
 
 import threading
-from typing import Callable, Tuple
+from typing import Callable, Tuple, Union
 
 from opt_tpu_tui.backends.base import Backend
+from opt_tpu_tui.engine import Engine
 from opt_tpu_tui.tokenizer import Tokenizer
 
-ModelLoader = Callable[[], Tuple[Backend, Tokenizer]]  # typing's: evaluated at import, 3.8 has no abc subscripts
-"""Builds the backend and tokenizer (slow: run it in a worker). Tests inject a scripted one."""
+ModelLoader = Callable[[], Union[Tuple[Backend, Tokenizer], Engine]]  # typing's: evaluated at import, 3.8 has no abc subscripts
+"""Builds the backend and tokenizer, or connects to a server (slow: run it in a worker). Tests inject a scripted one."""
 
 
 class TokenBuffer:

@@ -27,9 +27,10 @@ from rich.console import Console, RenderableType
 from rich.control import Control
 from rich.segment import Segment
 from rich.style import Style
-from textual._compositor import ChopsUpdate, LayoutUpdate
 from textual.geometry import Size
 from textual.strip import Strip
+
+from opt_tpu_tui.tui.textual_patches import ChopsUpdate, LayoutUpdate  # Textual internals: one place
 
 if TYPE_CHECKING:
     from textual.screen import Screen

@@ -1,20 +1,20 @@
 """The chat screen: status line, transcript and prompt, with a side pane for device stats or settings.
 
-The screen wires widgets to services. The app owns the model (tui/app.py); replies run
-in a thread worker through ``persist.run_and_save``, which saves them as they grow; a
-UI timer moves the streamed text into the reply's widget, which owns the rendering.
-Which pane is open is a reactive, the narrow and too-small layouts are breakpoint
-classes, and the stylesheet does the rest.
+The screen renders and routes keys; what a chat decides (sending, resending,
+regenerating, variants, the context meter, a conversation's own settings, saving) is
+the controller's (chat_controller.py, no Textual), over the engine the app loaded
+(engine.py: in-process or a server). Replies run in a thread worker; a UI timer moves
+the streamed text into the reply's widget, which owns the rendering. Which pane is
+open is a reactive, the narrow and too-small layouts are breakpoint classes, and the
+stylesheet does the rest.
 """
 
 from __future__ import annotations
 
 import gc
-import sqlite3
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Callable
 
 from textual import work
 from textual.app import ComposeResult
@@ -23,27 +23,25 @@ from textual.containers import Horizontal, Vertical
 from textual.reactive import reactive
 from textual.screen import Screen
 from textual.timer import Timer
-from textual.widget import Widget
 from textual.widgets import ContentSwitcher, Static
 from textual.worker import get_current_worker
 
-from opt_tpu_tui.backends.base import emits_tokens
-from opt_tpu_tui.chat import ChatSession, Conversation, Reply, Turn
+from opt_tpu_tui.chat import Conversation, TranscriptSession, Turn
+from opt_tpu_tui.chat_controller import BUSY, ChatController, Streaming
 from opt_tpu_tui.devices import DeviceSample
+from opt_tpu_tui.engine import Engine
 from opt_tpu_tui.errors import UserError
-from opt_tpu_tui.export import clipboard_file, conversation_markdown, export_path, last_code_block, write_text
-from opt_tpu_tui.history import SearchHit, title_for
-from opt_tpu_tui.overrides import Overrides, resolve
-from opt_tpu_tui.persist import run_and_save
+from opt_tpu_tui.export import clipboard_file, last_code_block, write_text
+from opt_tpu_tui.history import SearchHit
+from opt_tpu_tui.persist import Outcome
 from opt_tpu_tui.sampling import SamplingSettings
 from opt_tpu_tui.tui.compositor import DrawnScreen
 from opt_tpu_tui.tui.messages import DeviceSampled, FlushReply, ReplyFinished
 from opt_tpu_tui.tui.screens.conversations import ConversationsScreen
 from opt_tpu_tui.tui.screens.messages import MessagesScreen
 from opt_tpu_tui.tui.screens.search import SearchScreen
-from opt_tpu_tui.tui.streaming import TokenBuffer
+from opt_tpu_tui.tui.widgets.conversation import Notice, ReplyView, Transcript, UserMessage
 from opt_tpu_tui.tui.widgets.footer import KeyFooter
-from opt_tpu_tui.tui.widgets.conversation import Notice, ReplyView, Transcript, UserMessage, row_of
 from opt_tpu_tui.tui.widgets.prompt import PromptInput
 from opt_tpu_tui.tui.widgets.settings_form import CONVERSATION, GREEDY_NOTE, SettingsForm
 from opt_tpu_tui.tui.widgets.stats import StatsPanel, StatsView
@@ -56,23 +54,7 @@ FLUSH_HZ = 8  # streamed text reaches the view this often: smooth to the eye, fe
 MIN_WIDTH, MIN_HEIGHT = 60, 15  # below this the screen says it is too small
 WIDE = 100  # from this many columns the side pane sits beside the chat; below, it replaces it
 STATS_PERIOD = 1.0
-BUSY = "A reply is streaming: press escape to stop it first"
 QUIT_HINT = "ctrl+q quits (ctrl+c copies selected text, and stops a reply)"
-
-
-class Monitor(Protocol):
-    def sample(self) -> DeviceSample: ...
-
-
-@dataclass
-class Streaming:
-    """The reply in flight: what the worker fills and the UI drains."""
-
-    reply: Reply
-    view: ReplyView
-    cancel: threading.Event
-    buffer: TokenBuffer = field(default_factory=TokenBuffer)
-    done: threading.Event = field(default_factory=threading.Event)
 
 
 class MainScreen(DrawnScreen, Screen[None]):
@@ -110,37 +92,45 @@ class MainScreen(DrawnScreen, Screen[None]):
 
     def __init__(self) -> None:
         super().__init__()
-        self.conversation = Conversation()
-        self.session: ChatSession | None = None
-        self._streaming: Streaming | None = None
+        self.chat = ChatController(self.tui.store, self.tui.defaults, self._tell)
+        self._view: ReplyView | None = None  # the streaming reply's widget
         self._flush_timer: Timer | None = None
         self._stats_stop = threading.Event()
-        self._last: StatsView = StatsView()
         self._device: DeviceSample | None = None
         self._was_narrow: bool | None = None
-        self._editing: int | None = None  # the index of the message being edited in the prompt
-        self._draft = ""  # what the prompt held before the edit began: escape brings it back
-        self.finished_replies = 0  # how many replies have ended (tests and the benches wait on it)
-        self._overrides_unsaved = False  # set for a conversation with no id yet: its first reply's end saves them
         self._load_started = time.monotonic()  # the state line counts the seconds a load takes: loading, not hung
         self._load_timer: Timer | None = None
+        self.finished_replies = 0  # how many replies have ended and been drawn (tests and the benches wait on it)
+
+    def _tell(self, text: str, title: str, severity: str, seconds: float) -> None:
+        self.notify(text, title=title, severity=severity, timeout=seconds)  # type: ignore[arg-type]
 
     @property
     def tui(self) -> OptTuiApp:
         return self.app  # type: ignore[return-value]
 
-    @property
-    def streaming(self) -> bool:
-        return self._streaming is not None
+    # what tests and benches read: the controller's
+    conversation: Conversation = property(lambda self: self.chat.conversation)  # type: ignore[assignment]
+    session: TranscriptSession | None = property(lambda self: self.chat.session)  # type: ignore[assignment]
+    in_flight: Streaming | None = property(lambda self: self.chat.streaming)  # type: ignore[assignment]
+    reply_running: bool = property(lambda self: self.chat.reply_running)  # type: ignore[assignment]
 
     @property
-    def in_flight(self) -> Streaming | None:
-        """The reply being generated, if any."""
-        return self._streaming
+    def streaming(self) -> bool:
+        return self.chat.streaming is not None
 
     @property
     def narrow(self) -> bool:
         return self.size.width < WIDE
+
+    @property
+    def too_small(self) -> bool:
+        """Below MIN_WIDTH x MIN_HEIGHT: the chat is hidden behind a line saying so."""
+        width, height = self.app.size
+        return width < MIN_WIDTH or height < MIN_HEIGHT
+
+    def effective_settings(self) -> tuple[SamplingSettings, str]:
+        return self.chat.effective_settings()
 
     # layout
 
@@ -162,8 +152,7 @@ class MainScreen(DrawnScreen, Screen[None]):
         self._show_overrides()
         status = self.query_one(StatusLine)
         status.model, status.backend, status.demo = app.model_label, app.backend_label, app.demo
-        notices = [Notice(text, kind) for text, kind in app.startup_notices()]
-        await self.query_one(Transcript).add(*notices)
+        await self.query_one(Transcript).add(*[Notice(text, kind) for text, kind in app.startup_notices()])
         self._show_stats()
         self._load_started = time.monotonic()
         self._load_timer = self.set_interval(1, self._update_state)  # stopped once loaded (or failed)
@@ -198,12 +187,6 @@ class MainScreen(DrawnScreen, Screen[None]):
         if self.focused is None and self.app.screen is self and not self.too_small:
             self._focus_prompt()  # too small, the chat was hidden and lost the focus (or never had it): typing goes on
 
-    @property
-    def too_small(self) -> bool:
-        """Below MIN_WIDTH x MIN_HEIGHT: the chat is hidden behind a line saying so."""
-        width, height = self.app.size
-        return width < MIN_WIDTH or height < MIN_HEIGHT
-
     def action_pane(self, which: str) -> None:
         settings = self.tui.settings
         if which == "toggle":
@@ -218,130 +201,103 @@ class MainScreen(DrawnScreen, Screen[None]):
         elif target == "hidden" or not self.narrow:
             self.query_one(PromptInput).focus()
 
-    # the model (loaded by the app)
+    # the engine (loaded by the app)
 
-    def model_loaded(self) -> None:
-        app = self.tui
-        assert app.backend is not None and app.tokenizer is not None
-        self.session = ChatSession(app.backend, app.tokenizer, self.effective_settings()[1], self.conversation)
-        self._loaded_notice(time.monotonic() - self._load_started)
+    def model_loaded(self, engine: Engine) -> None:
+        self.chat.attach(engine)
+        what = f"Connected to the server ({engine.name})" if engine.remote else "Model loaded"
+        self.call_later(self.query_one(Transcript).add, Notice(f"{what} in {time.monotonic() - self._load_started:.1f} s", "info"))
         status = self.query_one(StatusLine)
-        status.model, status.backend = app.backend.model_name, app.backend.name
-        status.context_size = app.backend.context_length
-        greedy = emits_tokens(app.backend)
-        self.query_one(SettingsForm).greedy_only(greedy)
-        if greedy:  # said in the chat too: the settings pane may be closed
+        status.model, status.backend, status.context_size = engine.model_name, engine.name, engine.context_length
+        self.query_one(SettingsForm).greedy_only(engine.greedy_only)
+        if engine.greedy_only:  # said in the chat too: the settings pane may be closed
             self.call_later(self.query_one(Transcript).add, Notice(GREEDY_NOTE, "info"))
         self._show_context()
         self._update_state()
         self._show_stats()
         self._stats_stop.clear()
-        self._sample_devices(app.monitor_factory(app.backend.name))
-
-    def _loaded_notice(self, seconds: float) -> None:
-        """Say in the chat how long the model took to load (a big bmodel: tens of seconds), once."""
-        self.call_later(self.query_one(Transcript).add, Notice(f"Model loaded in {seconds:.1f} s", "info"))
+        self._sample_devices(engine)
 
     async def model_failed(self, error: str) -> None:
         await self.query_one(Transcript).add(Notice(f"Model failed to load: {error}", "error"))
         self.notify(error, title="Model failed to load", severity="error", timeout=10)
         self._update_state()
 
-    # device stats
+    # device stats and the status line
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="stats")
-    def _sample_devices(self, monitor: Monitor) -> None:
+    def _sample_devices(self, engine: Engine) -> None:
+        """A sample a second (a server's only while the pane shows it: each is a request); also the meter's tick."""
         worker = get_current_worker()
         while not worker.is_cancelled and not self._stats_stop.is_set():
-            try:
-                sample = monitor.sample()
-            except Exception:  # noqa: BLE001 - a broken source must not end the pane
-                sample = DeviceSample("host")
-            self.post_message(DeviceSampled(sample))
+            sample = self._device
+            if not engine.remote or self.pane == "stats":
+                try:
+                    sample = engine.sample_device()
+                except Exception:  # noqa: BLE001 - a broken source must not end the pane
+                    sample = DeviceSample("host")
+            self.post_message(DeviceSampled(sample or DeviceSample("host")))
             self._stats_stop.wait(STATS_PERIOD)
 
     def on_device_sampled(self, message: DeviceSampled) -> None:
         self._device = message.sample
-        if self._streaming is not None:
-            self._take_stats(self._streaming.reply)
-            self.query_one(StatsPanel).add_speed(self._streaming.reply.stats.tokens_per_second)
+        streaming = self.chat.streaming
+        if streaming is not None:
+            self.chat.take_figures(streaming.reply)
+            self.query_one(StatsPanel).add_speed(streaming.reply.stats.tokens_per_second)
             self._show_context()
         self._show_stats()
-
-    def _take_stats(self, reply: Reply) -> None:
-        stats, last = reply.stats, self._last
-        prefill = (stats.prefill_seconds, stats.cached_tokens) if stats.prefill_seconds else (last.prefill_seconds, last.cached_tokens)
-        self._last = StatsView(
-            context_used=stats.context_used or last.context_used,
-            prefill_seconds=prefill[0],
-            cached_tokens=prefill[1],
-            tokens_per_second=stats.tokens_per_second,
-        )
 
     def _show_stats(self) -> None:
         """The stats pane's lines and speed graph, when it is open: an update of a hidden widget costs
         Textual a re-read of the whole layout, each second. Opening the pane shows what it missed."""
         if self.pane != "stats":
             return
-        app, last = self.tui, self._last
-        backend = app.backend
+        engine, figures = self.chat.engine, self.chat.figures
         self.query_one(StatsPanel).show(
             StatsView(
-                backend=backend.name if backend else app.backend_label,
-                model=backend.model_name if backend else app.model_label,
-                context_used=last.context_used,
-                context_size=backend.context_length if backend else 0,
-                prefill_seconds=last.prefill_seconds,
-                cached_tokens=last.cached_tokens,
-                tokens_per_second=last.tokens_per_second,
+                backend=engine.name if engine else self.tui.backend_label,
+                model=engine.model_name if engine else self.tui.model_label,
+                context_used=figures.context_used,
+                context_size=engine.context_length if engine else 0,
+                prefill_seconds=figures.prefill_seconds,
+                cached_tokens=figures.cached_tokens,
+                tokens_per_second=figures.tokens_per_second,
                 device=self._device,
             )
         )
 
     def _show_context(self) -> None:
-        """The context meter (ChatSession.context_use): the tokens the model sees, and whether it is full.
-
-        Full means the next turn leaves the oldest turns out of the prompt even with an
-        empty message (the reply's room counted), so the user sees it coming.
-        """
-        session, status = self.session, self.query_one(StatusLine)
-        if session is None:
-            return
-        sampling, session.preamble = self.effective_settings()
-        streaming = self._streaming
-        use = session.context_use(session.reserve(sampling), streaming.reply if streaming else None)  # chat.py says what
-        status.context_used, status.drops_next = use.used, use.full
+        """The context meter (chat.TranscriptSession.context_use): the tokens the model sees, and whether it is full."""
+        use = self.chat.context_use()
+        if use is not None:
+            status = self.query_one(StatusLine)
+            status.context_used, status.drops_next = use.used, use.full
 
     def _update_state(self) -> None:
         """The status line's state and, matching it, why the prompt would refuse a message now."""
         app, prompt = self.tui, self.query_one(PromptInput)
         if app.load_error:
             state, prompt.refusal = "no model", f"Cannot reply: {app.load_error}"
-        elif self.session is None:
+        elif self.chat.session is None:
             waited = int(time.monotonic() - self._load_started)
             state, prompt.refusal = f"loading model… {waited} s", "The model is still loading"
-        elif self._streaming is not None:
+        elif self.chat.streaming is not None:
             state, prompt.refusal = "replying… (esc stops)", BUSY
         else:
             state, prompt.refusal = "ready", None
-        if self.session is not None or app.load_error:
-            self._stop_load_timer()
-        self.query_one(StatusLine).state = state
-
-    def _stop_load_timer(self) -> None:
-        if self._load_timer is not None:
+        if (self.chat.session is not None or app.load_error) and self._load_timer is not None:
             self._load_timer.stop()
             self._load_timer = None
+        self.query_one(StatusLine).state = state
 
     # sending and streaming
 
     async def on_prompt_input_submitted(self, message: PromptInput.Submitted) -> None:
-        if self._editing is not None:
-            if not await self.resend(self._editing, message.text):
-                self.query_one(PromptInput).give_back(message.text)
-            return
-        if not await self.send(message.text):
-            self.query_one(PromptInput).give_back(message.text)
+        prompt = self.query_one(PromptInput)
+        index = prompt.editing
+        if not await (self.send(message.text) if index is None else self.resend(index, message.text)):
+            prompt.give_back(message.text)
 
     def _refuse(self, text: str) -> bool:
         self.notify(text, severity="warning")
@@ -349,142 +305,115 @@ class MainScreen(DrawnScreen, Screen[None]):
 
     def _busy(self) -> bool:
         """A reply is streaming (and the user is told so): actions that change the chat wait."""
-        if self._streaming is None:
+        return self.chat.streaming is not None and not self._refuse(BUSY)
+
+    def _refused(self) -> bool:
+        """Nothing can start now (loading, streaming, no model): the user is told why, as the prompt would."""
+        if self.chat.streaming is None and self.chat.session is not None:
             return False
-        self._refuse(BUSY)
+        self._refuse(self.query_one(PromptInput).refusal or BUSY)
         return True
+
+    def _try(self, start: Callable[[], Streaming], title: str) -> Streaming | None:
+        try:
+            return start()
+        except UserError as error:
+            self.notify(str(error), title=title, severity="error")
+            return None
 
     async def send(self, text: str) -> bool:
         """Start a reply to ``text``; False (and a notification) when it cannot be sent."""
-        if self._streaming is not None or self.session is None:
-            return self._refuse(self.query_one(PromptInput).refusal or BUSY)
-        sampling, self.session.preamble = self.effective_settings()
-        await self._back_to_the_end()
-        cancel = threading.Event()
-        try:
-            reply = self.session.send(text, sampling, cancel)
-        except UserError as error:
-            self.notify(str(error), title="Not sent", severity="error")
+        if self._refused():
             return False
-        await self.query_one(Transcript).add(UserMessage(reply.turn.user))
-        await self._start(reply, cancel)
+        if self.query_one(Transcript).later_messages:  # opened at an older match: the latest turns again first
+            await self._show_turns()
+        streaming = self._try(lambda: self.chat.send(text), "Not sent")
+        if streaming is None:
+            return False
+        await self.query_one(Transcript).add(UserMessage(streaming.reply.turn.user))
+        await self._stream(streaming)
         return True
 
     async def resend(self, index: int, text: str) -> bool:
         """Answer ``text`` in place of message ``index`` (the turns it replaces stay as an alternative)."""
-        if self._streaming is not None or self.session is None:
-            return self._refuse(self.query_one(PromptInput).refusal or BUSY)
-        sampling, self.session.preamble = self.effective_settings()
-        cancel = threading.Event()
-        try:
-            reply = self.session.edit(index, text, sampling, cancel)
-        except UserError as error:
-            self.notify(str(error), title="Not sent", severity="error")
+        if self._refused():
             return False
-        self._end_editing()
+        streaming = self._try(lambda: self.chat.resend(index, text), "Not sent")
+        if streaming is None:
+            return False
+        self.query_one(PromptInput).end_editing()
         await self._show_turns()
         await self.query(ReplyView).last().remove()  # the new turn's reply streams in its own view
-        await self._start(reply, cancel)
+        await self._stream(streaming)
         return True
 
     async def action_regenerate(self) -> None:
         if self._busy():
             return
-        if self.session is None or not self.conversation.turns:
+        if self.chat.session is None or not self.chat.conversation.turns:
             self._refuse("There is no reply to regenerate")
             return
-        cancel = threading.Event()
-        sampling, self.session.preamble = self.effective_settings()
-        try:
-            reply = self.session.regenerate(sampling, cancel)
-        except UserError as error:
-            self.notify(str(error), title="Not regenerated", severity="error")
+        streaming = self._try(self.chat.regenerate, "Not regenerated")
+        if streaming is None:
             return
-        await self._back_to_the_end()
+        if self.query_one(Transcript).later_messages:
+            await self._show_turns()
         replies = self.query(ReplyView)
         if replies:
             await replies.last().remove()
-        await self._start(reply, cancel)
+        await self._stream(streaming)
 
-    async def _start(self, reply: Reply, cancel: threading.Event) -> None:
-        backend = self.tui.backend
-        view = ReplyView(label=backend.model_name if backend else "opt", streaming=True)
-        transcript = self.query_one(Transcript)
-        await transcript.add(view)
+    async def _stream(self, streaming: Streaming) -> None:
+        """Show ``streaming`` in a new reply view at the end, and run it."""
+        engine, transcript = self.chat.engine, self.query_one(Transcript)
+        self._view = ReplyView(label=engine.model_name if engine else "opt", streaming=True)
+        await transcript.add(self._view)
         await self._mark_context_start()
         transcript.anchor()
         self.query_one(StatusLine).first_token = 0.0  # the last reply's figures: back when this one ends
-        self._streaming = Streaming(reply, view, cancel)
         self._show_context()  # the prompt as sent, from the reply's start
         gc.disable()  # textual.md: gen-2 collections stall the stream for 200-300 ms; collect at the end
         self._flush_timer = self.set_interval(1 / FLUSH_HZ, lambda: self.post_message(FlushReply()))
         self._update_state()
-        self._run_reply(self._streaming)
+        self._run_reply(streaming)
 
     async def on_flush_reply(self) -> None:
-        streaming = self._streaming
-        if streaming is None:
-            return
-        text = streaming.buffer.take()
-        if text:
-            await streaming.view.append(text)
+        streaming, view = self.chat.streaming, self._view
+        if streaming is not None and view is not None:
+            text = streaming.buffer.take()
+            if text:
+                await view.append(text)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="reply")
     def _run_reply(self, streaming: Streaming) -> None:
-        """The decode loop, off the UI thread (persist.run_and_save saves the reply as it grows)."""
+        """The decode loop, off the UI thread (the controller saves the reply as it grows)."""
         worker = get_current_worker()
-
-        def emit(piece: str) -> None:
-            streaming.buffer.push(piece)
-            if worker.is_cancelled:
-                streaming.cancel.set()  # the generation stops before its next token
-
-        app = self.tui
-        try:
-            outcome = run_and_save(
-                streaming.reply, self.conversation, app.store, emit=emit
-            )
-        finally:
-            streaming.done.set()
-        self.post_message(ReplyFinished(outcome))
+        self.post_message(ReplyFinished(self.chat.run(streaming, lambda: worker.is_cancelled)))
 
     async def on_reply_finished(self, message: ReplyFinished) -> None:
-        streaming = self._streaming
-        if streaming is None:
+        streaming, view = self.chat.end_stream(), self._view
+        if streaming is None or view is None:
             return
         if self._flush_timer is not None:
             self._flush_timer.stop()
-        self._flush_timer = None
-        self._streaming = None
-        if not streaming.view.is_attached:  # the app is closing
+        self._flush_timer, self._view = None, None
+        if not view.is_attached:  # the app is closing
             return
-        outcome, turn = message.outcome, streaming.reply.turn
-        if turn in self.conversation.turns:
-            await streaming.view.finish(turn.assistant, stopped=turn.stopped, error=outcome.error, ended=turn.stop_reason)
-            streaming.view.show_variant(self._variants().get(len(self.conversation.turns) - 1))
-        elif self.conversation.id is not None:  # not saved, so not sent: the saved turns are the conversation
-            try:
-                self.conversation.turns[:] = self.tui.store.load(self.conversation.id)
-            except UserError as error:
-                self._history_failed(error)
+        outcome: Outcome = message.outcome
+        turn, ending = streaming.reply.turn, self.chat.finish(streaming, message.outcome)
+        if ending == "kept":
+            await view.finish(turn.assistant, stopped=turn.stopped, error=outcome.error, ended=turn.stop_reason)
+            view.show_variant(self.chat.variants().get(len(self.chat.conversation.turns) - 1))
+        elif ending == "reloaded":  # not saved, so not sent: the saved turns are the conversation
             await self._show_turns()
             self.query_one(PromptInput).give_back(turn.user)
         else:  # the message was taken back: nothing of this turn stays on screen either
             await self.query(UserMessage).last().remove()
-            await streaming.view.remove_with_rows()
+            await view.remove_with_rows()
             self.query_one(PromptInput).give_back(turn.user)
-        self._take_stats(streaming.reply)
         self._show_context()
         status, stats = self.query_one(StatusLine), streaming.reply.stats
         status.first_token, status.speed = stats.prefill_seconds, stats.tokens_per_second
-        if outcome.error:
-            self.notify(outcome.error, title="Reply failed", severity="error", timeout=8)
-        if outcome.unsaved:
-            self.notify(f"Not saved: {outcome.unsaved}", severity="warning", timeout=8)
-        if outcome.notice:
-            self.notify(outcome.notice, severity="warning", timeout=12)
-        if self._overrides_unsaved and self.conversation.id is not None:  # set while its first reply streamed
-            self._save_overrides()
         gc.enable()
         # Nothing was collected during the stream, so its garbage is all in the young generations.
         # A full collection would walk the whole heap, which grows through a long chat (Textual's
@@ -493,6 +422,8 @@ class MainScreen(DrawnScreen, Screen[None]):
         self.finished_replies += 1
         self._update_state()
         self._show_stats()
+
+    # keys that stop
 
     @property
     def _pane_in_the_way(self) -> bool:
@@ -503,10 +434,8 @@ class MainScreen(DrawnScreen, Screen[None]):
         """Escape: close a pane that is in the way (back to the prompt); else stop the reply, or the edit."""
         if self._pane_in_the_way:
             self._focus_prompt()
-        elif self._streaming is not None:
-            self._streaming.cancel.set()
-        else:
-            self._cancel_editing()
+        elif not self.chat.stop():
+            self.query_one(PromptInput).cancel_editing()
 
     def action_interrupt(self) -> None:
         """ctrl+c: copy what is selected (in the focused field, else on the screen), as Textual does;
@@ -514,9 +443,7 @@ class MainScreen(DrawnScreen, Screen[None]):
         selected = getattr(self.focused, "selected_text", "") or self.get_selected_text()
         if selected:
             self.app.copy_to_clipboard(selected)
-        elif self._streaming is not None:
-            self._streaming.cancel.set()
-        else:
+        elif not self.chat.stop():
             self.notify(QUIT_HINT, timeout=4)
 
     def _focus_prompt(self) -> None:
@@ -526,23 +453,19 @@ class MainScreen(DrawnScreen, Screen[None]):
         self.query_one(PromptInput).focus()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action == "stop" and self._streaming is None and self._editing is None and not self._pane_in_the_way:
-            return None  # shown dimmed in the Footer
+        if action == "stop" and self.chat.streaming is None and self.query_one(PromptInput).editing is None:
+            return None if not self._pane_in_the_way else True  # None: shown dimmed in the Footer
         return True
 
-    # conversations
+    # conversations, messages and variants
 
     async def action_new_conversation(self) -> None:
         if self._busy():
             return
-        self._cancel_editing()
-        self.conversation.turns.clear()
-        self.conversation.id = None
-        self.conversation.overrides = Overrides()  # a new conversation follows the defaults
-        self._overrides_unsaved = False
+        self.query_one(PromptInput).cancel_editing()
+        self.chat.new_conversation()
         self._show_overrides()
         await self.query_one(Transcript).clear()
-        self._last = StatsView()
         status = self.query_one(StatusLine)
         status.first_token = status.speed = 0.0
         self._show_context()
@@ -557,84 +480,11 @@ class MainScreen(DrawnScreen, Screen[None]):
             conversations = store.list_conversations()
         except UserError:  # found damaged now: the store is unavailable, and the list says why (and tells it once)
             conversations = []
-        self.app.push_screen(
-            ConversationsScreen(conversations, self._delete_conversation, store.rename_conversation, self._no_history()),
-            self._open_conversation,
-        )
-
-    def _no_history(self) -> str | None:
-        """Why the history is unavailable (held elsewhere, found damaged), for a list to show in place of entries.
-
-        The list opens all the same: keys typed after ctrl+o or ctrl+f in one burst go to
-        it, not into the prompt, where enter would send them to the model.
-        """
-        store = self.tui.store
-        return None if store.writable else f"No history this run: {store.problem}"
-
-    def _history_failed(self, error: UserError) -> None:
-        """A read found the history damaged (it is unavailable from now on): the one line that says so."""
-        self.notify(str(error), title="History damaged", severity="error", timeout=20)
-
-    # editing and variants
-
-    def _variants(self) -> dict[int, tuple[int, int]]:
-        """The open conversation's turns that have alternatives: (variant shown, how many)."""
-        if self.conversation.id is None:
-            return {}
-        try:
-            return self.tui.store.variants(self.conversation.id)
-        except UserError as error:
-            self._history_failed(error)
-            return {}
-
-    def action_messages(self) -> None:
-        if self._busy():
-            return
-        if not self.conversation.turns:
-            self._refuse("There are no messages yet")
-            return
-        self._cancel_editing()  # variants change what the indices point at
-        screen = MessagesScreen(self.conversation.turns, self._variants(), self._switch_variant, self._copy)
-        self.app.push_screen(screen, self._start_editing)
-
-    def _switch_variant(self, index: int, step: int) -> tuple[list[Turn], dict[int, tuple[int, int]]]:
-        """Show another variant at message ``index`` (the messages screen's ←/→); the chat behind follows."""
-        if self.conversation.id is None:
-            raise UserError("this conversation is not saved, so it keeps no variants")
-        self.tui.store.switch_variant(self.conversation.id, index, step)
-        self.conversation.turns[:] = self.tui.store.load(self.conversation.id)
-        older = index < len(self.conversation.turns) - Transcript.MOUNTED // 2
-        self.call_later(self._show_turns, index if older else None)  # the end, unless that misses the message
-        self._show_context()
-        return self.conversation.turns, self._variants()
-
-    def _start_editing(self, index: int | None) -> None:
-        """Put message ``index`` in the prompt; enter resends it, escape brings back what was there."""
-        if index is None:
-            return
-        prompt = self.query_one(PromptInput)
-        self._editing, self._draft = index, prompt.text
-        prompt.text = self.conversation.turns[index].user
-        prompt.move_cursor(prompt.document.end)
-        prompt.border_title = f"editing message {index + 1} · enter resends · esc cancels"
-        prompt.add_class("-editing")
-        self._focus_prompt()
-
-    def _cancel_editing(self) -> None:
-        """Leave an edit unsent: the prompt gets back what it held before."""
-        if self._editing is not None:
-            self.query_one(PromptInput).text = self._draft
-            self._end_editing()
-
-    def _end_editing(self) -> None:
-        self._editing = None
-        prompt = self.query_one(PromptInput)
-        prompt.border_title = None
-        prompt.remove_class("-editing")
+        screen = ConversationsScreen(conversations, self._delete_conversation, store.rename_conversation, self.chat.no_history())
+        self.app.push_screen(screen, self._open_conversation)
 
     def _delete_conversation(self, conversation_id: int) -> None:
-        self.tui.store.delete_conversation(conversation_id)
-        if conversation_id == self.conversation.id:
+        if self.chat.delete(conversation_id):
             self.call_later(self.action_new_conversation)
 
     async def _open_conversation(self, conversation_id: int | None) -> None:
@@ -642,14 +492,13 @@ class MainScreen(DrawnScreen, Screen[None]):
             await self.open_conversation(conversation_id)
 
     def action_search(self) -> None:
-        if self._busy():
-            return
-        self.app.push_screen(SearchScreen(self.tui.store.search, self._no_history()), self._open_match)
+        if not self._busy():
+            self.app.push_screen(SearchScreen(self.tui.store.search, self.chat.no_history()), self._open_match)
 
     async def _open_match(self, hit: SearchHit | None) -> None:
         if hit is None:
             return
-        at = hit.turn
+        at: int | None = hit.turn
         if hit.variant:  # the match is in a variant not shown: show it first, as ←/→ in ctrl+g would
             try:
                 self.tui.store.show_variant(hit.conversation_id, hit.variant)
@@ -664,91 +513,56 @@ class MainScreen(DrawnScreen, Screen[None]):
     ) -> None:
         """Show a saved conversation: its last messages, or with ``at`` (a search's match) the turns around that one,
         that turn's message (or with ``reply`` its reply) marked and scrolled to the ``matched`` text."""
-        store = self.tui.store
-        try:
-            turns = store.load(conversation_id)
-            overrides, problem = store.conversation_settings(conversation_id)
-        except UserError as error:  # the open chat stays as it is
-            self._history_failed(error)
-            return
-        self._cancel_editing()
-        self.conversation.turns[:] = turns
-        self.conversation.id = conversation_id
-        self.conversation.overrides = overrides
-        self._overrides_unsaved = False
-        if problem:
-            self.notify(problem, title="Warning", severity="warning", timeout=10)
+        if not self.chat.open(conversation_id):
+            return  # the open chat stays as it is
+        self.query_one(PromptInput).cancel_editing()
         self._show_overrides()
         await self._show_turns(at, reply, matched)
         self._show_context()
         self._focus_prompt()
 
     async def _show_turns(self, at: int | None = None, reply: bool = False, matched: str = "") -> None:
-        """Mount a window of the conversation's turns as widgets, the others counted above and below.
-
-        The window is the last ``Transcript.MOUNTED // 2`` turns, so a long chat opens as
-        fast as a short one; holding turn ``at`` when that is older, a few turns before it
-        for context, and the matched message scrolled to the top of the view (one line above
-        the ``matched`` text when that is further down a tall message).
-        """
-        turns, size = self.conversation.turns, Transcript.MOUNTED // 2
-        start = max(0, len(turns) - size)
-        if at is not None and at < start:
-            start = max(0, at - size // 4)
-        end = min(len(turns), start + size)
-        transcript = self.query_one(Transcript)
-        await transcript.clear()
-        backend = self.tui.backend
-        label = backend.model_name if backend else "opt"
-        variants = self._variants()
-        widgets: list[Static | ReplyView] = []
-        for index in range(start, end):
-            turn, variant = turns[index], variants.get(index)
-            view = ReplyView(turn.assistant, label=label, stopped=turn.stopped, variant=variant, ended=turn.stop_reason)
-            widgets += [UserMessage(turn.user), view]
-        transcript.hidden_messages = 2 * start
-        await transcript.add(*widgets)
-        await transcript.show_later(2 * (len(turns) - end))
+        """The conversation's turns in the transcript (a window of them: Transcript.show_turns), the context's start
+        marked; with ``at``, that turn's message (or ``reply``) marked and scrolled to the ``matched`` text."""
+        transcript, engine = self.query_one(Transcript), self.chat.engine
+        found = await transcript.show_turns(self.chat.conversation.turns, self.chat.variants(), engine.model_name if engine else "opt", at)
         await self._mark_context_start()
-        if at is None or not 0 <= at < len(turns):
-            transcript.anchor()  # as after a reply: the newest message at the bottom, however short the chat
-            return
-        transcript.anchor(False)
-        found = widgets[2 * (at - start) + reply]
-        found.add_class("-found")
-        self.call_after_refresh(self._scroll_to_match, transcript, found, matched)
-
-    @staticmethod
-    def _scroll_to_match(transcript: Transcript, found: Widget, matched: str) -> None:
-        top = found.virtual_region.y  # the message's top, unless the match is below the view from there
-        row = top + row_of(found, matched)
-        if row >= top + transcript.scrollable_content_region.height:
-            top = row - 1  # a line above the match, for context
-        transcript.scroll_to(y=top, animate=False)
+        transcript.anchor(not found)  # none to find: as after a reply, the newest message at the bottom
+        if found:
+            found[reply].add_class("-found")
+            self.call_after_refresh(transcript.scroll_to_match, found[reply], matched)
 
     async def _mark_context_start(self) -> None:
         """The transcript's line above the oldest turn the model still sees (none while all are seen)."""
-        if self.session is not None and not self.query_one(Transcript).later_messages:  # (a window: the end unseen)
-            reserve = self.session.reserve(self.effective_settings()[0])
-            kept = len(self.conversation.turns) - self.session.first_kept(reserve)
+        kept = self.chat.kept_turns()
+        if kept is not None and not self.query_one(Transcript).later_messages:  # (a window: the end unseen)
             await self.query_one(Transcript).mark_context_start(kept)
 
-    async def _back_to_the_end(self) -> None:
-        """A conversation opened at an older match shows the latest turns again before it goes on."""
-        if self.query_one(Transcript).later_messages:
-            await self._show_turns()
+    def action_messages(self) -> None:
+        if self._busy():
+            return
+        if not self.chat.conversation.turns:
+            self._refuse("There are no messages yet")
+            return
+        self.query_one(PromptInput).cancel_editing()  # variants change what the indices point at
+        screen = MessagesScreen(self.chat.conversation.turns, self.chat.variants(), self._switch_variant, self._copy)
+        self.app.push_screen(screen, self._start_editing)
+
+    def _switch_variant(self, index: int, step: int) -> tuple[list[Turn], dict[int, tuple[int, int]]]:
+        """Show another variant at message ``index`` (the messages screen's ←/→); the chat behind follows."""
+        shown = self.chat.switch_variant(index, step)
+        older = index < len(self.chat.conversation.turns) - Transcript.MOUNTED // 2
+        self.call_later(self._show_turns, index if older else None)  # the end, unless that misses the message
+        self._show_context()
+        return shown
+
+    def _start_editing(self, index: int | None) -> None:
+        """Put message ``index`` in the prompt; enter resends it, escape brings back what was there."""
+        if index is not None:
+            self.query_one(PromptInput).start_editing(index, self.chat.conversation.turns[index].user)
+            self._focus_prompt()
 
     # copy and export
-
-    def _last_reply(self) -> str | None:
-        """The last finished reply's text (None while one streams, or with none yet: the user is told)."""
-        if self._busy():
-            return None
-        turns = self.conversation.turns
-        if not turns or not turns[-1].assistant:
-            self._refuse("There is no reply yet")
-            return None
-        return turns[-1].assistant
 
     def _copy(self, text: str, what: str) -> None:
         """OSC 52 through Textual, and the same text in a file: many terminals ignore OSC 52."""
@@ -760,6 +574,13 @@ class MainScreen(DrawnScreen, Screen[None]):
             return
         self.notify(f"Copied {what} (if your terminal takes OSC 52), and into {path}", timeout=6)
 
+    def _last_reply(self) -> str | None:
+        try:
+            return self.chat.last_reply()
+        except UserError as error:
+            self._refuse(str(error))
+            return None
+
     def action_copy_reply(self) -> None:
         text = self._last_reply()
         if text is not None:
@@ -767,103 +588,50 @@ class MainScreen(DrawnScreen, Screen[None]):
 
     def action_copy_code(self) -> None:
         text = self._last_reply()
-        if text is None:
-            return
-        block = last_code_block(text)
-        if block is None:
+        block = None if text is None else last_code_block(text)
+        if text is not None and block is None:
             self._refuse("The last reply has no code block")
-            return
-        self._copy(block, "the code block")
+        elif block is not None:
+            self._copy(block, "the code block")
 
     def action_export(self) -> None:
         if self._busy():
             return
-        turns = self.conversation.turns
-        if not turns:
+        if not self.chat.conversation.turns:
             self._refuse("There is nothing to export yet")
             return
         try:
-            path = write_text(
-                export_path(self.conversation.id), conversation_markdown(title_for(turns[0].user), turns, time.time())
-            )
+            self.notify(f"Exported to {self.chat.export()}", timeout=8)
         except UserError as error:
             self.notify(str(error), title="Not exported", severity="error", timeout=8)
-            return
-        self.notify(f"Exported to {path}", timeout=8)
 
     # settings
 
-    def effective_settings(self) -> tuple[SamplingSettings, str]:
-        """The sampling values and preamble the open conversation replies with: its own over the defaults
-        (with this run's command-line values: app.defaults)."""
-        app = self.tui
-        return resolve(app.settings.sampling, app.settings.preamble, app.session_settings, self.conversation.overrides)
-
     def _show_overrides(self) -> None:
         """The pane and the status line's marker follow the defaults and the conversation's own settings."""
-        session = self.tui.session_settings.names
-        self.query_one(SettingsForm).load(*self.tui.defaults(), self.conversation.overrides, session)
-        self.query_one(StatusLine).custom = bool(self.conversation.overrides)
+        overrides = self.chat.conversation.overrides
+        self.query_one(SettingsForm).load(*self.tui.defaults(), overrides, self.tui.session_settings.names)
+        self.query_one(StatusLine).custom = bool(overrides)
         self._show_context()
 
     def on_settings_form_applied(self, message: SettingsForm.Applied) -> None:
-        if message.scope != CONVERSATION:
-            if self.tui.save_defaults(message.sampling, message.preamble, message.changed):
-                kept = sorted(message.changed & self.conversation.overrides.names)  # a default it does not follow
-                note = f"; this conversation keeps its own {', '.join(kept)} (f6)" if kept else ""
-                self.notify(f"Settings saved: they apply from the next reply{note}", timeout=3 + 3 * bool(kept))
-            self._show_overrides()
-            return
-        values = {**message.sampling.to_dict(), "preamble": message.preamble}
-        try:
-            overrides = self.conversation.overrides.updated(
-                {name: values[name] for name in message.changed}, *self.tui.defaults()
-            )
-        except UserError as error:  # the form checked the values already; this is a second line of defence
-            self.notify(str(error), title="Setting refused", severity="error")
-            return
-        self._set_overrides(overrides)
+        if message.scope == CONVERSATION:
+            self.chat.set_own({**message.sampling.to_dict(), "preamble": message.preamble}, message.changed)
+        elif self.tui.save_defaults(message.sampling, message.preamble, message.changed):
+            kept = sorted(message.changed & self.chat.conversation.overrides.names)  # a default it does not follow
+            note = f"; this conversation keeps its own {', '.join(kept)} (f6)" if kept else ""
+            self.notify(f"Settings saved: they apply from the next reply{note}", timeout=3 + 3 * bool(kept))
+        self._show_overrides()
 
     def on_settings_form_follow_defaults(self) -> None:
-        if not self.conversation.overrides:
-            self._refuse("This conversation already follows the defaults")
-            return
-        self._set_overrides(Overrides())
-
-    def _set_overrides(self, overrides: Overrides) -> None:
-        """Make ``overrides`` the conversation's own settings, saved now if it is in the history, else with it."""
-        self.conversation.overrides = overrides
+        self.chat.follow_defaults()
         self._show_overrides()
-        if self.conversation.id is None:
-            self._overrides_unsaved = True
-            self.notify("This conversation's settings: kept with it once it is saved; from the next reply", timeout=4)
-        elif self._save_overrides():
-            self.notify("Saved for this conversation: they apply from the next reply", timeout=3)
-
-    def _save_overrides(self) -> bool:
-        """Write the conversation's own settings to the history; on failure they stay for this run, and it says so."""
-        assert self.conversation.id is not None
-        self._overrides_unsaved = False
-        try:
-            self.tui.store.set_conversation_settings(self.conversation.id, self.conversation.overrides)
-        except (UserError, sqlite3.Error) as error:
-            self.notify(f"This conversation's settings are kept for this run only: {error}", severity="warning")
-            return False
-        return True
 
     # shutdown
 
     def on_unmount(self) -> None:
         """Quitting mid-reply: stop the decode within one token and let it save what it has (5 s at most)."""
         self._stats_stop.set()
-        streaming = self._streaming
-        if streaming is not None:
-            streaming.cancel.set()
-            streaming.done.wait(timeout=5)
+        self.chat.close(wait=5)
         if not gc.isenabled():
             gc.enable()
-
-    @property
-    def reply_running(self) -> bool:
-        """A decode step still running after quitting asked it to stop (the backend must not be freed under it)."""
-        return self._streaming is not None and not self._streaming.done.is_set()

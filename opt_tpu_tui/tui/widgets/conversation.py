@@ -27,6 +27,7 @@ from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import Static
 
+from opt_tpu_tui.chat import Turn
 from opt_tpu_tui.export import FENCE
 from opt_tpu_tui.generation import stop_words
 from opt_tpu_tui.safe_text import terminal_safe
@@ -374,3 +375,38 @@ class Transcript(VerticalScroll):
     async def clear(self) -> None:
         self.hidden_messages, self.later_messages, self._hidden_count, self._context_start = 0, 0, None, None
         await self.remove_children()
+
+    async def show_turns(
+        self, turns: list[Turn], variants: dict[int, tuple[int, int]], label: str, at: int | None = None,
+    ) -> list[Static | ReplyView]:  # fmt: skip
+        """Mount a window of ``turns`` as widgets, the others counted above and below; returns those of turn ``at``
+        (its message and reply) when it is shown, else none.
+
+        The window is the last ``MOUNTED // 2`` turns, so a long chat opens as fast as a
+        short one; holding turn ``at`` when that is older, with a few turns before it for context.
+        """
+        size = self.MOUNTED // 2
+        start = max(0, len(turns) - size)
+        if at is not None and at < start:
+            start = max(0, at - size // 4)
+        end = min(len(turns), start + size)
+        await self.clear()
+        widgets: list[Static | ReplyView] = []
+        for index in range(start, end):
+            turn, variant = turns[index], variants.get(index)
+            view = ReplyView(turn.assistant, label=label, stopped=turn.stopped, variant=variant, ended=turn.stop_reason)
+            widgets += [UserMessage(turn.user), view]
+        self.hidden_messages = 2 * start
+        await self.add(*widgets)
+        await self.show_later(2 * (len(turns) - end))
+        if at is None or not 0 <= at < len(turns):
+            return []
+        return widgets[2 * (at - start) : 2 * (at - start) + 2]
+
+    def scroll_to_match(self, found: Widget, matched: str) -> None:
+        """Scroll ``found`` to the top of the view (one line above the ``matched`` text when that is further down)."""
+        top = found.virtual_region.y
+        row = top + row_of(found, matched)
+        if row >= top + self.scrollable_content_region.height:
+            top = row - 1  # a line above the match, for context
+        self.scroll_to(y=top, animate=False)

@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Any, Union
 
 from textual import events
 
+from opt_tpu_tui.tui.textual_patches import busy_pump  # Textual internals: one place
+
 if TYPE_CHECKING:
     from textual.app import App as _App
     from textual.message_pump import MessagePump
@@ -97,12 +99,4 @@ class KeysInTurn(_App):
 
     def _busy_pump(self) -> MessagePump | None:
         """The app or a widget (on any screen) with a message queued or being handled, if any."""
-        for pump in (self, *self._registry):
-            queue = pump.__dict__.get("_message_queue")  # made on first use: a pump without one has had no message
-            if queue is None or pump._closing or pump._closed:
-                continue
-            task = pump._task
-            handling = task is not None and not task.done() and not queue.ready_event._waiters  # not waiting in get()
-            if queue.qsize() or handling:
-                return pump
-        return None
+        return busy_pump(self)  # type: ignore[arg-type]

@@ -50,6 +50,8 @@ class PromptInput(OrderedKeys, TextArea):
         self.cursor_blink = False  # a blinking cursor sends bytes twice a second over SSH for nothing
         self.refusal: str | None = None  # why a message cannot be sent now (a reply is streaming, ...)
         self._told: tuple[str | None, float] = (None, 0.0)  # the refusal last told, and when
+        self.editing: int | None = None  # the index of the message being edited here (enter resends it)
+        self._draft = ""  # what the box held before the edit began: escape brings it back
 
     def action_submit(self) -> None:
         if not self.text.strip():
@@ -92,3 +94,22 @@ class PromptInput(OrderedKeys, TextArea):
         self.text = text + typed
         lines = text.split("\n")
         self.cursor_location = (row + len(lines) - 1, column + len(lines[-1]) if row == 0 else column)
+
+    def start_editing(self, index: int, text: str) -> None:
+        """Hold message ``index``'s ``text`` for editing; enter resends it, cancel_editing brings back the draft."""
+        self.editing, self._draft = index, self.text
+        self.text = text
+        self.move_cursor(self.document.end)
+        self.border_title = f"editing message {index + 1} · enter resends · esc cancels"
+        self.add_class("-editing")
+
+    def cancel_editing(self) -> None:
+        """Leave an edit unsent: the box gets back what it held before."""
+        if self.editing is not None:
+            self.text = self._draft
+            self.end_editing()
+
+    def end_editing(self) -> None:
+        self.editing = None
+        self.border_title = None
+        self.remove_class("-editing")
