@@ -122,7 +122,7 @@ def stand_in_conversion(checkpoint: Path, out: Path, context: int = 32) -> Path:
     return out
 
 
-@pytest.mark.parametrize("saved", [False, True], ids=["--backend bmrt", "saved backend bmrt"])
+@pytest.mark.parametrize("saved", [False, True], ids=["--model, --backend bmrt", "last model used, --backend bmrt"])
 def test_chatting_on_bmrt_never_downloads_and_names_the_command_that_does(
     empty_cache: Path, tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch, saved: bool,
@@ -130,9 +130,9 @@ def test_chatting_on_bmrt_never_downloads_and_names_the_command_that_does(
     for name in ("download", "unpack"):
         monkeypatch.setattr(toolchain, name, forbidden)
     model = stand_in_conversion(tiny_model, tmp_path / "converted")
-    if saved:
-        save_settings(Settings(last_model=str(model), backend="bmrt"))
-    args = ["-p", "Hi"] if saved else ["--model", str(model), "--backend", "bmrt", "-p", "Hi"]
+    if saved:  # the backend is not remembered with the model (--backend is per run): the flag is given
+        save_settings(Settings(last_model=str(model)))
+    args = ["--backend", "bmrt", "-p", "Hi"] if saved else ["--model", str(model), "--backend", "bmrt", "-p", "Hi"]
     assert main(args) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and f"`{toolchain.FETCH_COMMAND}`" in error, error
