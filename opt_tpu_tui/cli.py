@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from opt_tpu_tui import __version__, paths
-from opt_tpu_tui.backends import BACKENDS, Backend, check_model_dir, open_model
+from opt_tpu_tui.backends import BACKENDS, DEVICE_HELP, Backend, check_model_dir, device_index, open_model
 from opt_tpu_tui.backends.base import emits_tokens
 from opt_tpu_tui.chat import ChatSession, ReplyStream
 from opt_tpu_tui.config import Settings, SettingsNotSaved, changed_values, load_settings, update_settings_file
@@ -68,6 +68,7 @@ def build_parser(saved: SamplingSettings | None = None) -> argparse.ArgumentPars
         help="inference backend, for this run (default: auto, which picks by what the model directory holds)",
     )  # fmt: skip
     parser.add_argument("--context", metavar="N", type=int, help="context length in tokens (default: the model's)")
+    parser.add_argument("--device", metavar="N", type=device_index, default=0, help=DEVICE_HELP)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument(
         "-p", "--prompt", nargs="?", const=DEMO_PROMPT, metavar="TEXT",
@@ -440,7 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 saved = replace(saved, mouse=False)  # for this run only: not saved
             return run_tui(
                 model_dir, backend_kind, args.context, demo, saved, [warning] if warning else [], session=session,
-                server=args.server,
+                server=args.server, device=args.device,
             )  # fmt: skip
         if warning:
             print(f"opt-tpu-tui: warning: {warning}", file=sys.stderr)
@@ -456,7 +457,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(for_terminal(DEMO_NOTICE, terminal_width(sys.stderr)), file=sys.stderr)
         with native_stdout_to(paths.native_output_log()):  # what the TPU runtime prints, out of the replies
             started = time.perf_counter()
-            backend, tokenizer = open_model(model_dir, backend_kind, args.context)
+            backend, tokenizer = open_model(model_dir, backend_kind, args.context, args.device)
             args.load_seconds = time.perf_counter() - started  # for -p's stats line
         if emits_tokens(backend) and not args.quiet:
             print(for_terminal(GREEDY_NOTICE, terminal_width(sys.stderr)), file=sys.stderr)

@@ -174,6 +174,7 @@ class DeviceMonitor:
     def __init__(
         self, backend_name: str, device_id: int = 0, sys_root: Path = Path("/sys"), sail: Any = None, bmlib: Any = None
     ) -> None:
+        self.device_id = device_id
         self.on_tpu = backend_name in ("bmrt", "sail")
         self.host = HostReader()
         if sail is None and self.on_tpu:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 from pathlib import Path
 
 from opt_tpu_tui import converted, original_layout
@@ -32,8 +34,25 @@ def pick_backend(model_dir: Path) -> str:
     )
 
 
-def open_backend(model_dir: Path, kind: str = "auto", context: int | None = None) -> Backend:
-    """Build the backend ``kind`` for ``model_dir``; "auto" picks by what the directory holds (``pick_backend``)."""
+DEVICE_HELP = "the TPU to use on a host with several, for bmrt and sail and the device stats (default: 0)"
+
+
+def device_index(text: str) -> int:
+    """``--device N``: a TPU's index, 0 or more (argparse's type)."""
+    try:
+        index = int(text)
+    except ValueError:
+        index = -1
+    if index < 0:
+        raise argparse.ArgumentTypeError(f"expected a device index, 0 or more, got {text!r}")
+    return index
+
+
+def open_backend(model_dir: Path, kind: str = "auto", context: int | None = None, device: int = 0) -> Backend:
+    """Build the backend ``kind`` for ``model_dir``; "auto" picks by what the directory holds (``pick_backend``).
+
+    ``device`` is the TPU's index on a host with several (``--device``); the CPU has none.
+    """
     if kind not in BACKENDS:
         raise UserError(f"unknown backend {kind!r}: choose one of {', '.join(BACKENDS)}")
     model_dir = Path(model_dir)
@@ -42,11 +61,11 @@ def open_backend(model_dir: Path, kind: str = "auto", context: int | None = None
     if kind == "bmrt":
         from opt_tpu_tui.backends.bmrt import open_bmrt
 
-        return open_bmrt(model_dir, context)
+        return open_bmrt(model_dir, context, device)
     if kind == "sail":
         from opt_tpu_tui.backends.sail import open_sail
 
-        return open_sail(model_dir, context)
+        return open_sail(model_dir, context, device)
     if converted.is_converted(model_dir):
         raise UserError(f"{model_dir} is converted for the TPU; the cpu backend needs the Hugging Face checkpoint")
     from opt_tpu_tui.backends.cpu import CPUBackend
@@ -69,7 +88,9 @@ def check_model_dir(model_dir: Path) -> None:
         raise UserError(f"{model_dir}: no such model directory")
 
 
-def open_model(model_dir: Path, kind: str = "auto", context: int | None = None) -> tuple[Backend, Tokenizer]:
+def open_model(
+    model_dir: Path, kind: str = "auto", context: int | None = None, device: int = 0
+) -> tuple[Backend, Tokenizer]:
     """The tokenizer and a backend for ``model_dir``: what every front end needs to chat.
 
     The tokenizer is read first, as it is cheap and its absence is the commonest mistake.
@@ -80,7 +101,7 @@ def open_model(model_dir: Path, kind: str = "auto", context: int | None = None) 
         raise UserError(f"--context {context} is out of range: a model allows 2 tokens at least")
     tokenizer = Tokenizer.from_dir(model_dir)
     try:
-        backend = open_backend(model_dir, kind, context)
+        backend = open_backend(model_dir, kind, context, device)
     except UserError as error:
         from opt_tpu_tui.serve.registry import held_by_server
 

@@ -85,9 +85,9 @@ class State:
         args = self.args
         model_dir = args.model if args.model is not None else DEMO_MODEL_DIR
         with native_stdout_to(paths.native_output_log()):  # what the TPU runtime prints goes to its log
-            backend, tokenizer = open_model(model_dir, args.backend, args.context)
+            backend, tokenizer = open_model(model_dir, args.backend, args.context, args.device)
         self.engine = Engine(backend, tokenizer, args.slots, args.queue, self.metrics)
-        self.monitor, self.backend_name = DeviceMonitor(backend.name), backend.name
+        self.monitor, self.backend_name = DeviceMonitor(backend.name, device_id=args.device), backend.name
         self.model = oa.Model(backend.model_name, tokenizer, backend.context_length, int(time.time()))
         self.registered = registry.register(url, backend.name, backend.model_name)
         if self.engine.slots.count < args.slots:

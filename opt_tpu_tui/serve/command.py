@@ -10,7 +10,7 @@ import argparse
 import os
 from pathlib import Path
 
-from opt_tpu_tui.backends import BACKENDS
+from opt_tpu_tui.backends import BACKENDS, DEVICE_HELP, device_index
 from opt_tpu_tui.errors import UserError
 
 MAX_BODY = 1024 * 1024  # bytes of a request body
@@ -34,6 +34,7 @@ def build_serve_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", metavar="DIR", type=Path, help="model directory (default: the built-in demo model)")
     parser.add_argument("--backend", choices=BACKENDS, default="auto", help="inference backend (default: auto)")
     parser.add_argument("--context", metavar="N", type=int, help="context length in tokens (default: the model's)")
+    parser.add_argument("--device", metavar="N", type=device_index, default=0, help=DEVICE_HELP)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000; 0 picks a free one)")
     parser.add_argument(

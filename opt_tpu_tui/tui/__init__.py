@@ -5,20 +5,24 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 
 from opt_tpu_tui import paths
 from opt_tpu_tui.backends import Backend, open_model
 from opt_tpu_tui.config import Settings
+from opt_tpu_tui.devices import DeviceMonitor
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.native_output import native_stdout_to
 from opt_tpu_tui.overrides import Overrides
 from opt_tpu_tui.tokenizer import Tokenizer
 
 
-def model_loader(model_dir: Path, backend: str, context: int | None) -> Callable[[], tuple[Backend, Tokenizer]]:
+def model_loader(
+    model_dir: Path, backend: str, context: int | None, device: int = 0
+) -> Callable[[], tuple[Backend, Tokenizer]]:
     """A loader for the app's load worker, which calls it off the UI thread."""
-    return lambda: open_model(model_dir, backend, context)
+    return lambda: open_model(model_dir, backend, context, device)
 
 
 OTHER_MODES = "opt-tpu-tui -p TEXT replies once and -c chats line by line, both without a full-screen terminal"
@@ -85,7 +89,7 @@ def server_loader(url: str) -> Callable[[], object]:
 
 def run(
     model_dir: Path, backend: str, context: int | None, demo: bool, settings: Settings, warnings: list[str],
-    session: Overrides | None = None, server: str | None = None,
+    session: Overrides | None = None, server: str | None = None, device: int = 0,
 ) -> int:
     """Start the app on ``model_dir``; returns the process exit code.
 
@@ -93,7 +97,8 @@ def run(
     used, or the demo) and read the settings; ``warnings`` are shown on start, ``session`` holds the
     values given on the command line for this run (sampling flags, ``--preamble``). The
     model is remembered as the last one used once it loads, unless it is the demo. With
-    ``server`` the model is that running server's, and none is loaded here.
+    ``server`` the model is that running server's, and none is loaded here. ``device`` is
+    the TPU the model is loaded on and the stats pane reads (``--device``).
     """
     check_terminal()
     check_open_files()
@@ -109,13 +114,14 @@ def run(
     app = OptTuiApp(
         settings=settings,
         store=store,
-        loader=server_loader(server) if server else model_loader(model_dir, backend, context),  # type: ignore[arg-type]
+        loader=server_loader(server) if server else model_loader(model_dir, backend, context, device),  # type: ignore[arg-type]
         model_label=server if server else model_dir.name,
         backend_label="server" if server else backend,
         demo=demo and not server,
         warnings=[*warnings, *([history_warning] if history_warning else [])],
         on_model_ready=None if server else remember,
         session=session,
+        monitor_factory=partial(DeviceMonitor, device_id=device),
     )
     try:
         with native_stdout_to(paths.native_output_log()):
