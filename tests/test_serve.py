@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from serve_support import ServeProcess, child_env, get, metric, request
-from tiny import make_model
+from tiny import SLOW_CONFIG, make_model
 
 openai = pytest.importorskip("openai", reason="the openai package (the dev extra) drives these tests")
 pytest.importorskip("uvicorn", reason="the serve extra (starlette, uvicorn) is not installed")
@@ -51,8 +51,7 @@ def server(tiny_model: Path) -> Iterator[ServeProcess]:
 @pytest.fixture(scope="module")
 def slow_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model big enough that a long reply takes seconds: room to drop a client or fill the queue meanwhile."""
-    config = dict(hidden_size=384, num_hidden_layers=6, ffn_dim=1536, num_attention_heads=6, max_position_embeddings=1024)
-    return make_model(tmp_path_factory.mktemp("slow") / "slow-opt", **config)
+    return make_model(tmp_path_factory.mktemp("slow") / "slow-opt", **SLOW_CONFIG)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import tmux
 from serve_support import ServeProcess, get
-from tiny import make_model
+from tiny import SLOW_CONFIG, make_model
 
 from opt_tpu_tui import paths
 from opt_tpu_tui.backends import open_model
@@ -35,8 +35,7 @@ MESSAGE = "What is the capital of France?"
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Big enough that a long reply takes seconds (room to stop it midway), small enough to load in a few."""
-    config = dict(hidden_size=384, num_hidden_layers=6, ffn_dim=1536, num_attention_heads=6, max_position_embeddings=1024)
-    return make_model(tmp_path_factory.mktemp("server-ui") / "slow-opt", **config)
+    return make_model(tmp_path_factory.mktemp("server-ui") / "slow-opt", **SLOW_CONFIG)
 
 
 @pytest.fixture(scope="module")

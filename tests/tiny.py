@@ -64,6 +64,11 @@ def train_tokenizer(out_dir: Path, vocab_size: int = 400) -> Path:
     return out_dir
 
 
+# A model big enough that a long reply takes seconds on the CPU (room to stop it, drop a client or fill a
+# queue meanwhile), small enough to load in a few.
+SLOW_CONFIG = dict(hidden_size=384, num_hidden_layers=6, ffn_dim=1536, num_attention_heads=6, max_position_embeddings=1024)
+
+
 def make_model(out_dir: Path, seed: int = 0, tokenizer: bool = True, **config: object) -> Path:
     """Save a random OPTForCausalLM in ``out_dir`` (safetensors) and, optionally, a tokenizer.
 
