@@ -287,11 +287,17 @@ def looks_like_hub_id(model: Path) -> bool:
 
 def server_for(args: argparse.Namespace, settings: Settings) -> str | None:
     """The server to use instead of loading a model: ``--server``, else the saved setting ``server`` unless the
-    command line picks a model to load here (``--model``, ``--backend`` or ``--context``)."""
+    command line picks a model to load here (``--model``, ``--backend``, ``--context`` or ``--device``).
+
+    ``--server`` with one of those is refused, in every mode: the server's model answers.
+    """
+    picking = [flag for flag, given in (("--model", args.model is not None), ("--backend", args.backend != "auto"),
+                                        ("--context", args.context is not None), ("--device", args.device != 0)) if given]  # fmt: skip
     if args.server is not None:
+        if picking:
+            raise UserError(f"{' and '.join(picking)} choose the model loaded here; with --server the server's model answers")
         return str(args.server)
-    picks_a_model = args.model is not None or args.context is not None or args.backend != "auto"
-    return None if picks_a_model else settings.server
+    return None if picking else settings.server
 
 
 def resolve_model(args: argparse.Namespace, settings: Settings) -> tuple[Path, str, bool]:

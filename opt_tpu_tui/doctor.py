@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Optional
 
 from opt_tpu_tui import __version__, box, converted, original_layout, paths
 from opt_tpu_tui.bmodel_info import BmodelInfo, read_bmodel_or_none
+from opt_tpu_tui.backends.sail import INSTALL_COMMAND as SAIL_INSTALL
 from opt_tpu_tui.errors import UserError
 
 ENGINE_LLM_LIBSOPHON = (0, 5, 0)  # sail.EngineLLM, and bmodels of current tpu-mlir, need libsophon 0.5.0 or newer
@@ -408,8 +409,7 @@ def check_backend(facts: dict[str, Any], needs: dict[str, Any]) -> Check:
         return Check("backend", None, "auto refuses a bmodel here (no sail, no libsophon); --backend bmrt runs it "
                                       "in the simulator, slowly")  # fmt: skip
     return Check("backend", False, "auto finds neither sophon-sail nor libsophon for the bmodel",
-                 "install libsophon (then --backend bmrt), and sophon-sail: `python3 -m pip install --user dfss && "
-                 "python3 -m dfss --install sail`")  # fmt: skip
+                 f"install libsophon (then --backend bmrt), and sophon-sail: `{SAIL_INSTALL}`")  # fmt: skip
 
 
 def checks(facts: dict[str, Any], needs: dict[str, Any]) -> list[Check]:

@@ -53,8 +53,11 @@ def stop_handling_in_loop(loop: asyncio.AbstractEventLoop) -> None:
         loop.remove_signal_handler(signum)
 
 
-class Ended(Exception):
-    """Raised in the main thread by ``ending_stops``'s handler where there is no reply to stop (``-c`` at its prompt)."""
+class Ended(BaseException):
+    """Raised in the main thread by ``ending_stops``'s handler where there is no reply to stop (``-c`` at its prompt).
+
+    A BaseException, as KeyboardInterrupt is: code that turns an ``Exception`` into a
+    failed reply (persist.run_and_save) must let it through, so a second signal leaves."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(f"ended by signal {signum}")

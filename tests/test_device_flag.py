@@ -58,3 +58,15 @@ def test_the_ui_loads_and_samples_the_device_given(
 
 def test_serve_takes_the_device() -> None:
     assert serve_parser().parse_args(["--device", "1"]).device == 1
+
+
+@pytest.mark.parametrize("mode", [[], ["-p", "hi"], ["-c"]], ids=["ui", "-p", "-c"])
+@pytest.mark.parametrize("picks", [["--model", "demo"], ["--backend", "cpu"], ["--context", "64"], ["--device", "1"]])
+def test_server_with_a_flag_that_picks_a_model_here_is_refused_in_every_mode(
+    mode: list[str], picks: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The server's model answers: a flag choosing the model loaded here is a mistake, said before anything
+    starts (the UI used to ignore it, and load nothing here)."""
+    assert cli.main(["--server", "http://127.0.0.1:9", *picks, *mode]) == 2
+    err = capsys.readouterr().err
+    assert f"{picks[0]} choose the model loaded here; with --server the server's model answers" in err

@@ -24,10 +24,10 @@ from opt_tpu_tui.backends.tpu import TPUBackend, expected_io
 from opt_tpu_tui.converted import Manifest
 from opt_tpu_tui.errors import UserError
 
+INSTALL_COMMAND = "python3 -m pip install --user dfss && python3 -m dfss --install sail"  # Sophgo's wheel for this Python
 INSTALL_HINT = (
     "sophon-sail is not installed (it is not on PyPI: install the wheel from Sophgo's SDK that matches the "
-    "box's libsophon, or `python3 -m pip install --user dfss && python3 -m dfss --install sail`); "
-    "or use --backend bmrt"
+    f"box's libsophon, or `{INSTALL_COMMAND}`); or use --backend bmrt"
 )
 
 

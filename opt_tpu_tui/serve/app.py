@@ -430,8 +430,11 @@ def serve(args: argparse.Namespace, key: str | None) -> int:
     def load() -> None:
         try:
             state.load(f"http://{url_host}:{port}")
-        except BaseException as error:  # noqa: BLE001 - said after the server stops
+        except (UserError, MemoryError) as error:  # said after the server stops, in one line
             state.load_error = error
+            server.should_exit = True
+        except BaseException as error:  # noqa: BLE001 - a runtime's own failure: one line too, as the UI says it
+            state.load_error = UserError(f"could not load the model: {type(error).__name__}: {error}")
             server.should_exit = True
 
     say(f"listening on http://{url_host}:{port} (OpenAI API under /v1); loading the model...")

@@ -291,16 +291,10 @@ class RemoteEngine:
 
 
 def connect(args: argparse.Namespace) -> tuple[ServerClient, ServerModel]:
-    """The client for ``--server`` and the server's model; a UserError for flags that pick a model here."""
-    given = [flag for flag, value in (("--model", args.model), ("--context", args.context)) if value is not None]
-    if args.backend != "auto":
-        given.append("--backend")
-    if given:
-        raise UserError(f"{' and '.join(given)} choose the model loaded here; with --server the server's model answers")
+    """The client for ``--server`` and the server's model (the flags were checked by cli.server_for)."""
     client = ServerClient(args.server)
     card = client.model()
-    model = ServerModel(client.url, str(card.get("id", "?")), int(card.get("context_length") or 0))
-    return client, model
+    return client, ServerModel(client.url, str(card.get("id", "?")), int(card.get("context_length") or 0))
 
 
 def run_remote(args: argparse.Namespace, settings: SamplingSettings) -> int:

@@ -12,12 +12,12 @@ from pathlib import Path
 
 from opt_tpu_tui.backends import BACKENDS, DEVICE_HELP, device_index
 from opt_tpu_tui.errors import UserError
+from opt_tpu_tui.serve.client import KEY_VARIABLE
 
 MAX_BODY = 1024 * 1024  # bytes of a request body
 HEADER_SECONDS = 10.0  # from a connection's opening (or its last response) to a request's complete headers
 BODY_SECONDS = 30.0  # from the headers to the end of the body
 LOOPBACK = ("127.0.0.1", "::1")  # hosts that need no API key
-KEY_VARIABLE = "OPT_TPU_TUI_API_KEY"
 
 
 def build_serve_parser() -> argparse.ArgumentParser:
