@@ -276,7 +276,7 @@ async def stream(
                 pieces.append(event.text)
                 yield sse(oa.chunk(api, rid, model, event.text))
             elif isinstance(event, Done):
-                yield sse(oa.chunk(api, rid, model, finish=event.finish_reason))
+                yield sse(oa.chunk(api, rid, model, finish=event.finish_reason, stop_reason=event.stats.stop_reason))
                 if api.include_usage:
                     yield sse(oa.chunk(api, rid, model, stats=event.stats))
                 break

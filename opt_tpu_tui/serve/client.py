@@ -168,8 +168,9 @@ class RemoteReply:
                     stats.decode_steps = max(0, stats.new_tokens - 1)
                 for choice in chunk.get("choices") or []:
                     piece = choice.get("text") if "text" in choice else (choice.get("delta") or {}).get("content")
-                    if choice.get("finish_reason"):
-                        stats.stop_reason = FINISH_WORDS.get(choice["finish_reason"], choice["finish_reason"])
+                    if choice.get("finish_reason"):  # the project's own reason where the server says it
+                        finish = choice["finish_reason"]
+                        stats.stop_reason = choice.get("stop_reason") or FINISH_WORDS.get(finish, finish)
                     if piece:
                         now = time.perf_counter()
                         if first is None:

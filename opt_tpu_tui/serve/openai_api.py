@@ -285,21 +285,27 @@ def usage(stats: GenerationStats) -> dict[str, Any]:
 
 
 def response(request: ApiRequest, rid: str, model: str, text: str, finish: str, stats: GenerationStats) -> dict[str, Any]:
-    """The whole (non-streaming) reply."""
+    """The whole (non-streaming) reply; its choice names the project's own ``stop_reason`` too (end_reason)."""
     if request.chat:
         choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text}}
     else:
         choice = {"index": 0, "text": text}
-    choice.update(logprobs=None, finish_reason=finish)
+    choice.update(logprobs=None, finish_reason=finish, stop_reason=stats.stop_reason)
     kind = "chat.completion" if request.chat else "text_completion"
     return {"id": rid, "object": kind, "created": int(time.time()), "model": model, "choices": [choice], "usage": usage(stats)}
 
 
 def chunk(
     request: ApiRequest, rid: str, model: str, text: str | None = None, finish: str | None = None,
-    role: bool = False, stats: GenerationStats | None = None,
+    role: bool = False, stats: GenerationStats | None = None, stop_reason: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """One streamed chunk: the role (chat's first), a piece of text, the finish reason, or (``stats``) the usage."""
+    """One streamed chunk: the role (chat's first), a piece of text, the finish reason, or (``stats``) the usage.
+
+    The chunk with the finish reason also carries ``stop_reason``, how the project says the
+    reply ended (GenerationStats.stop_reason: "eos", "max_new_tokens", "context",
+    "stop_string", "cancelled"), which OpenAI's two reasons cannot tell apart; clients that
+    do not know the field ignore it, ours mark the reply with it.
+    """
     kind = "chat.completion.chunk" if request.chat else "text_completion"
     out: dict[str, Any] = {"id": rid, "object": kind, "created": int(time.time()), "model": model}
     if stats is not None:
@@ -313,6 +319,8 @@ def chunk(
     else:
         choice = {"index": 0, "text": text or ""}
     choice.update(logprobs=None, finish_reason=finish)
+    if finish is not None:
+        choice["stop_reason"] = stop_reason
     out["choices"] = [choice]
     if request.include_usage:
         out["usage"] = None
