@@ -41,7 +41,7 @@ from opt_tpu_tui import paths
 from opt_tpu_tui.backends import Backend
 from opt_tpu_tui.chat import ChatSession, Conversation, ReplyStream, TranscriptSession
 from opt_tpu_tui.cli import (
-    for_terminal, print_stats, stream_out, terminal_width, tolerate_bad_bytes, valid_text, write_out,
+    for_terminal, print_stats, terminal_width, tolerate_bad_bytes, valid_text, write_out,
 )
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.history import HistoryStore
@@ -332,16 +332,13 @@ def chat_loop(
             print_stats(reply.stats)
 
 
-def stream_reply(reply: ReplyStream, run: Callable[[], None] | None = None) -> None:
-    """Print ``reply`` as it streams after ``bot>`` (by ``run`` where given: the history saves it);
-    when ctrl+c stopped it, mark it ``[stopped]``."""
+def stream_reply(reply: ReplyStream, run: Callable[[], None]) -> None:
+    """Print ``reply`` after ``bot>`` as ``run`` streams it (and the history saves it); when ctrl+c stopped
+    it, mark it ``[stopped]``."""
     try:
         write_out("bot> ")
-        with native_stdout_to(paths.native_output_log(), append=True):
-            if run is None:
-                stream_out(reply)  # native output is parked only here, not around input(): line editing
-            else:
-                run()
+        with native_stdout_to(paths.native_output_log(), append=True):  # parked only here, not around input()
+            run()
     except KeyboardInterrupt:  # a second ctrl+c, inside a step
         reply.stats.stop_reason = "cancelled"
         reply.turn.stopped = True
