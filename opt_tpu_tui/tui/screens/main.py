@@ -11,8 +11,6 @@ stylesheet does the rest.
 
 from __future__ import annotations
 
-import gc
-import threading
 import time
 from typing import TYPE_CHECKING, Callable
 
@@ -28,7 +26,6 @@ from textual.worker import get_current_worker
 
 from opt_tpu_tui.chat import Conversation, TranscriptSession, Turn
 from opt_tpu_tui.chat_controller import BUSY, ChatController, Streaming
-from opt_tpu_tui.devices import DeviceSample
 from opt_tpu_tui.engine import Engine
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.export import clipboard_file, last_code_block, write_text
@@ -36,7 +33,7 @@ from opt_tpu_tui.history import SearchHit
 from opt_tpu_tui.persist import Outcome
 from opt_tpu_tui.sampling import SamplingSettings
 from opt_tpu_tui.tui.compositor import DrawnScreen
-from opt_tpu_tui.tui.messages import DeviceSampled, FlushReply, ReplyFinished
+from opt_tpu_tui.tui.messages import ReplyFinished
 from opt_tpu_tui.tui.screens.conversations import ConversationsScreen
 from opt_tpu_tui.tui.screens.messages import MessagesScreen
 from opt_tpu_tui.tui.screens.search import SearchScreen
@@ -44,16 +41,14 @@ from opt_tpu_tui.tui.widgets.conversation import Notice, ReplyView, Transcript, 
 from opt_tpu_tui.tui.widgets.footer import KeyFooter
 from opt_tpu_tui.tui.widgets.prompt import PromptInput
 from opt_tpu_tui.tui.widgets.settings_form import CONVERSATION, GREEDY_NOTE, SettingsForm
-from opt_tpu_tui.tui.widgets.stats import StatsPanel, StatsView
+from opt_tpu_tui.tui.widgets.stats import StatsPanel
 from opt_tpu_tui.tui.widgets.status import StatusLine
 
 if TYPE_CHECKING:
     from opt_tpu_tui.tui.app import OptTuiApp
 
-FLUSH_HZ = 8  # streamed text reaches the view this often: smooth to the eye, few frames on the wire
 MIN_WIDTH, MIN_HEIGHT = 60, 15  # below this the screen says it is too small
 WIDE = 100  # from this many columns the side pane sits beside the chat; below, it replaces it
-STATS_PERIOD = 1.0
 QUIT_HINT = "ctrl+q quits (ctrl+c copies selected text, and stops a reply)"
 
 
@@ -94,9 +89,6 @@ class MainScreen(DrawnScreen, Screen[None]):
         super().__init__()
         self.chat = ChatController(self.tui.store, self.tui.defaults, self._tell)
         self._view: ReplyView | None = None  # the streaming reply's widget
-        self._flush_timer: Timer | None = None
-        self._stats_stop = threading.Event()
-        self._device: DeviceSample | None = None
         self._was_narrow: bool | None = None
         self._load_started = time.monotonic()  # the state line counts the seconds a load takes: loading, not hung
         self._load_timer: Timer | None = None
@@ -153,7 +145,7 @@ class MainScreen(DrawnScreen, Screen[None]):
         status = self.query_one(StatusLine)
         status.model, status.backend, status.demo = app.model_label, app.backend_label, app.demo
         await self.query_one(Transcript).add(*[Notice(text, kind) for text, kind in app.startup_notices()])
-        self._show_stats()
+        self.query_one(StatsPanel).follow(self.chat, app.backend_label, app.model_label)
         self._load_started = time.monotonic()
         self._load_timer = self.set_interval(1, self._update_state)  # stopped once loaded (or failed)
         self._update_state()
@@ -163,8 +155,7 @@ class MainScreen(DrawnScreen, Screen[None]):
         self.set_class(pane != "hidden", "-side-open")
         if pane != "hidden":
             self.query_one(ContentSwitcher).current = pane
-        if pane == "stats":
-            self._show_stats()  # what was sampled while it was hidden
+        self.query_one(StatsPanel).shown = pane == "stats"
 
     def on_resize(self) -> None:
         width, height = self.app.size
@@ -214,58 +205,19 @@ class MainScreen(DrawnScreen, Screen[None]):
             self.call_later(self.query_one(Transcript).add, Notice(GREEDY_NOTE, "info"))
         self._show_context()
         self._update_state()
-        self._show_stats()
-        self._stats_stop.clear()
-        self._sample_devices(engine)
+        self.query_one(StatsPanel).sample(engine)
 
     async def model_failed(self, error: str) -> None:
         await self.query_one(Transcript).add(Notice(f"Model failed to load: {error}", "error"))
         self.notify(error, title="Model failed to load", severity="error", timeout=10)
         self._update_state()
 
-    # device stats and the status line
+    # the status line
 
-    @work(thread=True, exclusive=True, exit_on_error=False, group="stats")
-    def _sample_devices(self, engine: Engine) -> None:
-        """A sample a second (a server's only while the pane shows it: each is a request); also the meter's tick."""
-        worker = get_current_worker()
-        while not worker.is_cancelled and not self._stats_stop.is_set():
-            sample = self._device
-            if not engine.remote or self.pane == "stats":
-                try:
-                    sample = engine.sample_device()
-                except Exception:  # noqa: BLE001 - a broken source must not end the pane
-                    sample = DeviceSample("host")
-            self.post_message(DeviceSampled(sample or DeviceSample("host")))
-            self._stats_stop.wait(STATS_PERIOD)
-
-    def on_device_sampled(self, message: DeviceSampled) -> None:
-        self._device = message.sample
-        streaming = self.chat.streaming
-        if streaming is not None:
-            self.chat.take_figures(streaming.reply)
-            self.query_one(StatsPanel).add_speed(streaming.reply.stats.tokens_per_second)
+    def on_device_sampled(self) -> None:
+        """The stats pane's tick (widgets/stats.py): while a reply streams, the meter follows it."""
+        if self.chat.streaming is not None:
             self._show_context()
-        self._show_stats()
-
-    def _show_stats(self) -> None:
-        """The stats pane's lines and speed graph, when it is open: an update of a hidden widget costs
-        Textual a re-read of the whole layout, each second. Opening the pane shows what it missed."""
-        if self.pane != "stats":
-            return
-        engine, figures = self.chat.engine, self.chat.figures
-        self.query_one(StatsPanel).show(
-            StatsView(
-                backend=engine.name if engine else self.tui.backend_label,
-                model=engine.model_name if engine else self.tui.model_label,
-                context_used=figures.context_used,
-                context_size=engine.context_length if engine else 0,
-                prefill_seconds=figures.prefill_seconds,
-                cached_tokens=figures.cached_tokens,
-                tokens_per_second=figures.tokens_per_second,
-                device=self._device,
-            )
-        )
 
     def _show_context(self) -> None:
         """The context meter (chat.TranscriptSession.context_use): the tokens the model sees, and whether it is full."""
@@ -372,17 +324,9 @@ class MainScreen(DrawnScreen, Screen[None]):
         transcript.anchor()
         self.query_one(StatusLine).first_token = 0.0  # the last reply's figures: back when this one ends
         self._show_context()  # the prompt as sent, from the reply's start
-        gc.disable()  # textual.md: gen-2 collections stall the stream for 200-300 ms; collect at the end
-        self._flush_timer = self.set_interval(1 / FLUSH_HZ, lambda: self.post_message(FlushReply()))
+        self._view.stream(streaming.buffer)
         self._update_state()
         self._run_reply(streaming)
-
-    async def on_flush_reply(self) -> None:
-        streaming, view = self.chat.streaming, self._view
-        if streaming is not None and view is not None:
-            text = streaming.buffer.take()
-            if text:
-                await view.append(text)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="reply")
     def _run_reply(self, streaming: Streaming) -> None:
@@ -394,9 +338,8 @@ class MainScreen(DrawnScreen, Screen[None]):
         streaming, view = self.chat.end_stream(), self._view
         if streaming is None or view is None:
             return
-        if self._flush_timer is not None:
-            self._flush_timer.stop()
-        self._flush_timer, self._view = None, None
+        self._view = None
+        await view.end_stream()
         if not view.is_attached:  # the app is closing
             return
         outcome: Outcome = message.outcome
@@ -414,14 +357,9 @@ class MainScreen(DrawnScreen, Screen[None]):
         self._show_context()
         status, stats = self.query_one(StatusLine), streaming.reply.stats
         status.first_token, status.speed = stats.prefill_seconds, stats.tokens_per_second
-        gc.enable()
-        # Nothing was collected during the stream, so its garbage is all in the young generations.
-        # A full collection would walk the whole heap, which grows through a long chat (Textual's
-        # own caches keep up to a thousand old widgets' line caches), so each turn would cost more.
-        gc.collect(1)
         self.finished_replies += 1
         self._update_state()
-        self._show_stats()
+        self.query_one(StatsPanel).update_view()
 
     # keys that stop
 
@@ -469,7 +407,7 @@ class MainScreen(DrawnScreen, Screen[None]):
         status = self.query_one(StatusLine)
         status.first_token = status.speed = 0.0
         self._show_context()
-        self._show_stats()
+        self.query_one(StatsPanel).update_view()
         self._focus_prompt()
 
     def action_conversations(self) -> None:
@@ -631,7 +569,4 @@ class MainScreen(DrawnScreen, Screen[None]):
 
     def on_unmount(self) -> None:
         """Quitting mid-reply: stop the decode within one token and let it save what it has (5 s at most)."""
-        self._stats_stop.set()
         self.chat.close(wait=5)
-        if not gc.isenabled():
-            gc.enable()
