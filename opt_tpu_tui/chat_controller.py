@@ -25,7 +25,7 @@ from opt_tpu_tui.chat import ContextUse, Conversation, ReplyStream, TranscriptSe
 from opt_tpu_tui.engine import Engine
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.export import conversation_markdown, export_path, write_text
-from opt_tpu_tui.history import HistoryStore, title_for
+from opt_tpu_tui.history import HistoryStore, SearchHit, title_for
 from opt_tpu_tui.overrides import Overrides, resolve
 from opt_tpu_tui.persist import Outcome, run_and_save
 from opt_tpu_tui.sampling import SamplingSettings
@@ -227,6 +227,17 @@ class ChatController:
     def no_history(self) -> str | None:
         """Why the history is unavailable (held elsewhere, found damaged), for a list to show in place of entries."""
         return None if self.store.writable else f"No history this run: {self.store.problem}"
+
+    def show_match(self, hit: SearchHit) -> int | None:
+        """Show the variant a search's match is in (as ←/→ in the messages screen would); the turn to open at.
+        None when that variant cannot be shown (gone meanwhile, or damaged): the conversation opens as it is."""
+        if hit.variant:
+            try:
+                self.store.show_variant(hit.conversation_id, hit.variant)
+            except UserError as error:
+                self.notify(str(error), "Variant not shown", "warning", 8)
+                return None
+        return hit.turn
 
     def variants(self) -> Variants:
         """The open conversation's turns that have alternatives: (variant shown, how many)."""

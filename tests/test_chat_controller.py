@@ -155,6 +155,21 @@ def test_regenerate_and_resend_keep_the_old_turns_as_variants(tokenizer: Tokeniz
     assert chat.kept_turns() == 2  # both still in the context
 
 
+def test_a_search_match_in_a_variant_not_shown_is_shown_before_it_opens(tokenizer: Tokenizer, store: HistoryStore) -> None:
+    chat, _, told = scripted(tokenizer, store)
+    run(chat, chat.send("first"))
+    run(chat, chat.send("second"))
+    run(chat, chat.resend(0, "other"))
+    [hit] = [hit for hit in store.search("first") if hit.field == "user"]
+    assert hit.variant and hit.turn == 0
+    cid = chat.conversation.id
+    chat.new_conversation()
+    assert chat.show_match(hit) == 0 and chat.open(cid)
+    assert [t.user for t in chat.conversation.turns] == ["first", "second"]
+    store.delete_conversation(cid)  # gone meanwhile: the conversation would open as it is, and the user is told
+    assert chat.show_match(hit) is None and told.lines[-1][0] == "warning"
+
+
 def test_a_conversations_own_settings_are_saved_with_its_first_reply(tokenizer: Tokenizer, store: HistoryStore) -> None:
     chat, _, told = scripted(tokenizer, store)
     chat.set_own({"max_new_tokens": 3}, frozenset({"max_new_tokens"}))

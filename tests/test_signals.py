@@ -36,11 +36,20 @@ def scripted_app(term: tmux.Tmux) -> psutil.Process:
     shell = psutil.Process(int(term("display-message", "-p", "-t", term.target, "#{pane_pid}")))
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        found = [p for p in shell.children(recursive=True) if str(SCRIPTED_APP) in " ".join(p.cmdline())]
+        found = [p for p in shell.children(recursive=True) if str(SCRIPTED_APP) in " ".join(command_line(p))]
         if found:
             return found[0]
         time.sleep(0.1)
     raise AssertionError("the scripted app did not start")
+
+
+def command_line(process: psutil.Process) -> list[str]:
+    """``process``'s command line; none for one that has ended meanwhile (a child of the shell listed, then
+    gone or a zombie: under load the lookup raised, and the test failed before the app had started)."""
+    try:
+        return process.cmdline()
+    except psutil.NoSuchProcess:  # ZombieProcess is one too
+        return []
 
 
 def ended(app: psutil.Process, timeout: float = 30) -> None:

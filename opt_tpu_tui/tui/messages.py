@@ -28,14 +28,14 @@ class ReplyFinished(Message):
     outcome: Outcome
 
 
-class FlushReply(Message):
-    """Time to move the streamed text into the view.
+class FlushReply(Message, bubble=False):
+    """Time to move the streamed text into the reply's view (widgets/conversation.py ReplyView.stream).
 
     A timer posts this rather than calling the flush itself: a timer's callback runs in
-    the timer's own task, beside the screen's, so it could change the reply's widgets
-    in the middle of the screen finishing that reply (rows mounted after it had removed
-    them were left behind). As a message it runs in the screen's queue, one thing at a
-    time; one waiting flush stands for any number.
+    the timer's own task, so it could change the reply's widgets in the middle of the
+    screen finishing that reply (rows mounted after it had removed them were left
+    behind). As a message it runs in the view's queue, under the lock the reply's end
+    takes; one waiting flush stands for any number.
     """
 
     def can_replace(self, message: Message) -> bool:
