@@ -201,6 +201,10 @@ class ChatPane(Vertical):
         if streaming is None or view is None:
             return
         self._view = None
+        # The chat takes a message from now on: keys held back while this ends (ordered_keys.py) are let go
+        # after SETTLE_LIMIT on a loaded machine, and an enter meeting the refusal of the finished reply
+        # became a line break, leaving the message unsent under a "ready" status.
+        self.update_state()
         await view.end_stream()
         if not view.is_attached:  # the app is closing
             return
