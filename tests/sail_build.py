@@ -204,7 +204,7 @@ class RealSail:
             self.skip = True
             self.problem = (
                 f"the real sophon.sail is built from source for these tests: set {SOURCE_ENV} "
-                "to a sophon-sail source tarball or tree (see the README's test section)"
+                "to a sophon-sail source tarball or tree (see docs/testing.md)"
             )
             return
         try:

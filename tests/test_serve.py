@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
 import shutil
 import signal
@@ -18,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from serve_support import ServeProcess, child_env, get, metric, request
+import serve_support
+from serve_support import REPO, ServeProcess, child_env, get, metric, request
 from tiny import SLOW_CONFIG, make_model
 
 openai = pytest.importorskip("openai", reason="the openai package (the dev extra) drives these tests")
@@ -452,10 +454,17 @@ def test_the_clients_say_what_is_wrong_with_the_server(server: ServeProcess, tin
 
 
 @pytest.mark.slow
-def test_the_server_on_bmrt_in_the_simulator_gives_the_cpu_greedy_text(
-    simulator: None, tiny_model: Path, tmp_path: Path
+@pytest.mark.parametrize("backend", ["bmrt", "sail"])
+def test_the_server_on_the_tpu_backends_in_the_simulator_gives_the_cpu_greedy_text(
+    simulator: None, tiny_model: Path, tmp_path: Path, backend: str, request: pytest.FixtureRequest
 ) -> None:
+    """bmrt, and the real sophon-sail built here (skipped, saying why, where it cannot be)."""
     from opt_tpu_tui.convert.build import convert
+
+    env = None
+    if backend == "sail":  # the child imports the same sophon.sail the sail tests use
+        folder = request.getfixturevalue("real_sail_folder")
+        env = {"PYTHONPATH": os.pathsep.join([str(REPO), str(folder)])}
 
     out = convert(tiny_model, tmp_path / "tiny-f16", "f16", 32, 64, "f16", log=lambda _: None, chunk=8, windows=(32, 64))
     greedy = {"temperature": 0, "repetition_penalty": 1.0}
@@ -463,8 +472,8 @@ def test_the_server_on_bmrt_in_the_simulator_gives_the_cpu_greedy_text(
     with ServeProcess("--model", str(tiny_model), "--context", "64") as cpu:
         cpu.wait_ready()
         for path, body in (("/v1/completions", {"prompt": PROMPTS[0]}), ("/v1/chat/completions", {"messages": chat_messages("hi")})):
-            expected.append(request(cpu.url + path, {**body, **greedy, "max_tokens": 8})[1])
-    with ServeProcess("--model", str(out), "--backend", "bmrt") as tpu:
+            expected.append(serve_support.request(cpu.url + path, {**body, **greedy, "max_tokens": 8})[1])
+    with ServeProcess("--model", str(out), "--backend", backend, env=env) as tpu:
         tpu.wait_ready(timeout=600)
         api = client(tpu)
         completion = api.completions.create(model=target_model(tpu), prompt=PROMPTS[0], max_tokens=8, extra_body=greedy)
