@@ -2,7 +2,9 @@
 
 Each graph (a prefill-chunk and a decode block per layer, and the lm_head) is written
 as Top-dialect MLIR with its weights, compiled to its own bmodel by tpuc-opt (as many
-at once as there are cores), and the bmodels are combined into one. The directory's
+at once as there are cores), and each bmodel goes into the combined one as soon as it is
+compiled, then is deleted, so the scratch disk is the result's size plus the graphs being
+compiled (``combine``). The directory's
 result is built in a folder beside ``--out`` and moved in only once complete, so a
 failed conversion leaves an earlier one in ``--out`` working; the build folder is
 removed on success, on ctrl+c and on any failure but a compile failure, where it is
@@ -33,6 +35,7 @@ from opt_tpu_tui.converted import (
     decode_net, decode_windows, prefill_net, quantization,
 )  # fmt: skip
 from opt_tpu_tui.convert import graphs
+from opt_tpu_tui.convert.combine import Combined
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.model import load_weights
 from opt_tpu_tui.model.checkpoint import OPTWeights
@@ -329,29 +332,41 @@ def build_into(
     log: Callable[[str], None],
 ) -> None:  # fmt: skip
     """Write and compile every graph under ``folder/build`` (``jobs`` at once) and combine them into
-    ``folder/model.bmodel``. A graph's weights are freed once written, before tpuc-opt runs."""
+    ``folder/model.bmodel``.
+
+    The disk it takes is bounded by the result's size, not the graphs': a graph's weights
+    are freed from memory once written, tpuc-opt deletes each weight file once the next
+    step has read it, and a compiled graph goes into the combined bmodel at once, its
+    folder deleted (``combine.Combined``; its binaries that an earlier graph holds, the
+    weights the sizes of a layer share and the kernel module, are not stored again).
+    """
     build = folder / "build"
+    build.mkdir(parents=True, exist_ok=True)
+    combined = Combined(build / "binary.part")
     done: list[str] = []
     compiles = Compiles()
 
-    def compile_one(name: str) -> Path | None:
+    def compile_one(name: str) -> None:
         if not compiles.begin():
-            return None  # a compile failed or ctrl+c was pressed: the conversion is over
+            return  # a compile failed or ctrl+c was pressed: the conversion is over
         try:
             bmodel = toolchain.compile_top(writers[name](build), precision, group_size)
+            combined.add(bmodel)
+            shutil.rmtree(bmodel.parent)
             done.append(name)
             log(f"compiled {name} ({len(done)}/{len(writers)})")
-            return bmodel
         finally:
             compiles.end()
 
     with ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:
         try:
             futures = [pool.submit(compile_one, name) for name in writers]
-            bmodels = [future.result() for future in futures]  # the first failure names its graph
+            for future in futures:
+                future.result()  # the first failure names its graph
         except BaseException:
             compiles.stop_and_wait()
+            combined.close()
             raise
-    log(f"combining {len(bmodels)} bmodels")
-    toolchain.combine([b for b in bmodels if b is not None], folder / BMODEL, build / "scratch")
+    log(f"combining {len(writers)} graphs")
+    combined.finish(folder / BMODEL, list(writers))
     shutil.rmtree(build)
