@@ -113,12 +113,19 @@ def graph_writers(
     the .mlir), called when the net's compile starts."""
     config = w.config
     reader = LayerReader(w)
+    shared: dict[int, Path] = {}  # layer -> the weights file its last graph was written with
+    sharing = threading.Lock()
 
     def block(name: str, i: int, cache: int, rows: int) -> Callable[[Path], Path]:
         def write(folder: Path) -> Path:
+            """The graphs of a layer have the same weights: a graph written while another one's
+            weights file is still there (not yet read by its compile) links it in, so compiles
+            running at once hold a layer's weights on disk once."""
             with reader.use(i) as layer:
                 graph, outputs = graphs.block(name, layer, config, cache, rows)
-                mlir = graph.write(folder / name, outputs)
+                with sharing:
+                    mlir = graph.write(folder / name, outputs, shared.get(i))
+                    shared[i] = mlir.parent / f"{name}_top_weights.npz"
                 del graph  # it holds the layer's arrays
             return mlir
 
