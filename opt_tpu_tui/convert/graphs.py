@@ -29,8 +29,13 @@ from opt_tpu_tui.model.forward import PreparedLayer
 MASKED = -1e4  # not -inf: it must survive float16, and exp(-1e4) is 0 all the same
 
 
-def block(name: str, lw: PreparedLayer, config: OPTConfig, context: int, rows: int) -> tuple[Graph, list[str]]:
-    """One layer for ``rows`` new tokens over the cache; outputs hidden [1, T, h], new K and V [1, T, H, d]."""
+def block(
+    name: str, lw: PreparedLayer, config: OPTConfig, context: int, rows: int, fused_qkv: bool = False
+) -> tuple[Graph, list[str]]:
+    """One layer for ``rows`` new tokens over the cache; outputs hidden [1, T, h], new K and V [1, T, H, d].
+
+    ``fused_qkv``: q, k and v as one MatMul of 3h columns, sliced after, instead of three.
+    """
     c, h, n_heads, d, f = context, config.hidden_size, config.num_attention_heads, config.head_dim, config.ffn_dim
     n, t = rows, context + rows  # query rows, keys attended over (the cache, then the new tokens)
     g = Graph(name)
@@ -51,9 +56,19 @@ def block(name: str, lw: PreparedLayer, config: OPTConfig, context: int, rows: i
 
     pre_ln = config.do_layer_norm_before
     a = layer_norm(x, lw.ln1_w, lw.ln1_b, "ln1") if pre_ln else x
-    q = heads(linear(a, lw.qkv_w[:h], lw.qkv_b[:h], "q_proj"), "q")  # [1, n, H, d]
-    k = heads(linear(a, lw.qkv_w[h : 2 * h], lw.qkv_b[h : 2 * h], "k_proj"), "k")
-    v = heads(linear(a, lw.qkv_w[2 * h :], lw.qkv_b[2 * h :], "v_proj"), "v")
+    if fused_qkv:
+        qkv = linear(a, lw.qkv_w, lw.qkv_b, "qkv_proj")  # [1, n, 3h]
+
+        def part(i: int, tag: str) -> str:
+            cut = g.op("Slice", f"{tag}_part", [qkv, None, None, None], (1, n, h),
+                       offset=[0, 0, i * h], steps=[1, 1, 1], ends=[1, n, (i + 1) * h])  # fmt: skip
+            return heads(cut, tag)
+
+        q, k, v = part(0, "q"), part(1, "k"), part(2, "v")  # q: [1, n, H, d]
+    else:
+        q = heads(linear(a, lw.qkv_w[:h], lw.qkv_b[:h], "q_proj"), "q")  # [1, n, H, d]
+        k = heads(linear(a, lw.qkv_w[h : 2 * h], lw.qkv_b[h : 2 * h], "k_proj"), "k")
+        v = heads(linear(a, lw.qkv_w[2 * h :], lw.qkv_b[2 * h :], "v_proj"), "v")
     k_all = g.op("Concat", "k_all", [past_k, k], (1, t, n_heads, d), axis=(1, "si32"))  # the new ones last
     v_all = g.op("Concat", "v_all", [past_v, v], (1, t, n_heads, d), axis=(1, "si32"))
     q_t = g.op("Permute", "q_t", [q], (1, n_heads, n, d), order=[0, 2, 1, 3])
