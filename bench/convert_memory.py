@@ -101,7 +101,7 @@ from opt_tpu_tui.convert.build import convert
 
 model, out, mode, context, jobs, compile_ = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6] == "1"
 if not compile_:
-    def compile_top(top_mlir, mode, group_size=0, scratch=None):
+    def compile_top(top_mlir, mode, group_size=0, scratch=None, **_):
         bmodel = top_mlir.with_suffix(".bmodel")
         bmodel.write_bytes(b"stand-in")
         return bmodel

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -193,13 +194,16 @@ DEFAULT_OPTIONS = Options()
 
 
 def compile_top(
-    top_mlir: Path, mode: str, group_size: int = 0, scratch: Path | None = None, options: Options = DEFAULT_OPTIONS
+    top_mlir: Path, mode: str, group_size: int = 0, scratch: Path | None = None, options: Options = DEFAULT_OPTIONS,
+    weights_read: Callable[[], None] | None = None,
 ) -> Path:
     """Compile a Top-dialect module to ``<name>.bmodel`` beside it, as model_deploy.py would for BM1684X.
 
     ``top_mlir``'s module names its weights .npz (``module.weight_file``), resolved from
     its folder, where every intermediate file lands too. A failure raises UserError
-    naming the module and the log kept beside it.
+    naming the module and the log kept beside it. Each weights file is deleted once the
+    next step has read it (unless ``options.keep``); ``weights_read`` is called once the
+    first step has read the Top weights.
 
     ``high_precision=False``: with it on, an input feeding a LayerNorm stays float32 while
     other IO is float16, so one layer's hidden output could not feed the next layer's
@@ -247,6 +251,8 @@ def compile_top(
             if not options.keep:
                 for path in consumed:
                     path.unlink()
+            if weights_read is not None and step is steps[0]:
+                weights_read()  # the float32 weights are quantised: the caller may write the next ones
     return folder / f"{name}.bmodel"
 
 

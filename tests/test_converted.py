@@ -83,7 +83,7 @@ def fake_toolchain(monkeypatch: pytest.MonkeyPatch) -> dict[str, bool]:
 
     state = {"fail": False}
 
-    def compile_top(top_mlir: Path, mode: str, group_size: int = 0, scratch: Path | None = None) -> Path:
+    def compile_top(top_mlir: Path, mode: str, group_size: int = 0, scratch: Path | None = None, **_: object) -> Path:
         if state["fail"]:
             raise UserError(f"compiling graph {top_mlir.stem} ({mode}) failed")
         bmodel = top_mlir.with_suffix(".bmodel")

@@ -31,8 +31,8 @@ from pathlib import Path
 from opt_tpu_tui import toolchain
 from opt_tpu_tui.atomic import atomic_write
 from opt_tpu_tui.converted import (
-    ACTIVATIONS, BMODEL, LM_HEAD, MANIFEST, MODES, TOKENIZER_FILES, HostEmbedding, Manifest, conversion_files,
-    decode_net, decode_windows, prefill_net, quantization,
+    ACTIVATIONS, BMODEL, LM_HEAD, MANIFEST, MODES, TOKENIZER_FILES, HostEmbedding, Manifest,
+    conversion_files, decode_net, decode_windows, prefill_net, quantization,
 )  # fmt: skip
 from opt_tpu_tui.convert import graphs
 from opt_tpu_tui.convert.combine import Combined
@@ -129,6 +129,7 @@ def graph_writers(
                 del graph  # it holds the layer's arrays
             return mlir
 
+        write.weights = i  # type: ignore[attr-defined] # the graphs of a layer share their weights file
         return write
 
     def lm_head(folder: Path) -> Path:
@@ -266,6 +267,44 @@ class Compiles:
             raise KeyboardInterrupt
 
 
+class WeightsOnDisk:
+    """One set of float32 weights on disk at a time, whatever the number of compile jobs.
+
+    A graph's weights file (float32, 8 times its int4 size: 805 MB for an OPT-6.7B layer)
+    lives from its writing to the end of its compile's first step, when tpuc-opt has
+    quantised it; the graphs of one layer share theirs (a hard link), so they may hold it
+    together. A graph of another layer waits until the last holder's first step is over;
+    the later steps, on weights of the result's size, run beside it.
+    """
+
+    def __init__(self) -> None:
+        self.changed = threading.Condition()
+        self.owner: object = None
+        self.holders = 0
+
+    @contextlib.contextmanager
+    def hold(self, weights: object) -> Iterator[Callable[[], None]]:
+        """Wait until ``weights`` (a layer, or a graph's own) may be on disk; yields the release, callable once."""
+        with self.changed:
+            while self.holders and self.owner != weights:
+                self.changed.wait()
+            self.owner = weights
+            self.holders += 1
+        released = [False]
+
+        def release() -> None:
+            with self.changed:
+                if not released[0]:
+                    released[0] = True
+                    self.holders -= 1
+                    self.changed.notify_all()
+
+        try:
+            yield release
+        finally:
+            release()
+
+
 def discard(staging: Path, error: BaseException, log: Callable[[str], None]) -> None:
     """Remove a failed or interrupted conversion's folder, unless a compile failure's message names a log in it."""
     if isinstance(error, UserError) and any(staging.rglob("*.log")):
@@ -353,11 +392,16 @@ def build_into(
     done: list[str] = []
     compiles = Compiles()
 
+    gate = WeightsOnDisk()
+
     def compile_one(name: str) -> None:
         if not compiles.begin():
             return  # a compile failed or ctrl+c was pressed: the conversion is over
         try:
-            bmodel = toolchain.compile_top(writers[name](build), precision, group_size)
+            with gate.hold(getattr(writers[name], "weights", name)) as release:
+                if compiles.stopped:
+                    return
+                bmodel = toolchain.compile_top(writers[name](build), precision, group_size, weights_read=release)
             combined.add(bmodel)
             shutil.rmtree(bmodel.parent)
             done.append(name)
