@@ -249,15 +249,21 @@ def main() -> None:
         print(f"| {graph} | {mode} | {name} | {ms:.2f} ms | {b.read / 1e6:.0f} MB | {b.ddr_usage:.0f} % | "
               f"{roof:.2f} ms | {ms / roof:.2f} | {b.dma_pace / 1e6:.2f} ms | {dma_ops(b)} | {b.compute_only / 1e6:.2f} ms "
               f"({top_ops(b)}) | {b.idle / 1e6:.2f} ms |")
-    print(f"\nPer token at window 512 ({LAYERS} decode layers + lm_head), where both were compiled:")
-    print("| weights | variant | predicted per token | tok/s |")
-    print("|---|---|---|---|")
+    print(f"\nPer token at window 512 ({LAYERS} decode layers + lm_head), where both were compiled; 'floor': its "
+          "bytes at the fastest rate the cost model gives any DMA (its weight loads), 'prefill / decode': a chunk "
+          "of 64 against a decode layer")
+    print("| weights | variant | predicted per token | tok/s | floor at the model's DMA rate | prefill / decode |")
+    print("|---|---|---|---|---|---|")
     for mode in args.modes:
         for name in args.variants:
             layer, head = results.get(("decode", mode, name)), results.get(("head", mode, name))
+            prefill = results.get(("prefill", mode, name))
             if layer and head:
                 ms = (LAYERS * layer.total + head.total) / 1e6
-                print(f"| {mode} | {name} | {ms:.0f} ms | {1e3 / ms:.1f} |")
+                rate = max(size / t for b in (layer, head) for t, size in (b.dma_by_op or {}).values() if size > 1e6)
+                floor = (LAYERS * layer.read + head.read) / rate / 1e6
+                ratio = f"{prefill.total / layer.total:.2f}" if prefill else ""
+                print(f"| {mode} | {name} | {ms:.1f} ms | {1e3 / ms:.1f} | {floor:.1f} ms ({rate:.0f} GB/s) | {ratio} |")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from pathlib import Path
 from opt_tpu_tui import toolchain
 from opt_tpu_tui.atomic import atomic_write
 from opt_tpu_tui.converted import (
-    ACTIVATIONS, BMODEL, LM_HEAD, MANIFEST, MODES, TOKENIZER_FILES, HostEmbedding, Manifest,
+    ACTIVATIONS, BMODEL, DEFAULT_GROUP_SIZE, LM_HEAD, MANIFEST, MODES, TOKENIZER_FILES, HostEmbedding, Manifest,
     conversion_files, decode_net, decode_windows, prefill_net, quantization,
 )  # fmt: skip
 from opt_tpu_tui.convert import graphs
@@ -315,7 +315,7 @@ def discard(staging: Path, error: BaseException, log: Callable[[str], None]) -> 
 
 
 def convert(
-    model_dir: Path, out: Path, mode: str = "int4", group_size: int = 64, context: int = 512,
+    model_dir: Path, out: Path, mode: str = "int4", group_size: int = DEFAULT_GROUP_SIZE, context: int = 512,
     activations: str = "f16", jobs: int | None = None, log: Callable[[str], None] = say, chunk: int = 64,
     windows: Sequence[int] | None = None,
 ) -> Path:  # fmt: skip
