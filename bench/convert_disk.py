@@ -31,13 +31,18 @@ MIB = 2**20
 
 
 def disk_used(folder: Path) -> int:
-    total = 0
+    """Bytes of disk the files under ``folder`` take: allocated blocks (a sparse file counts what it holds),
+    a file with several hard links once."""
+    total, seen = 0, set()
     for root, _, files in os.walk(folder):
         for name in files:
             try:
-                total += os.lstat(os.path.join(root, name)).st_blocks * 512
-            except FileNotFoundError:
-                pass
+                stat = os.lstat(os.path.join(root, name))
+            except FileNotFoundError:  # deleted while walking
+                continue
+            if (stat.st_dev, stat.st_ino) not in seen:
+                seen.add((stat.st_dev, stat.st_ino))
+                total += stat.st_blocks * 512
     return total
 
 
