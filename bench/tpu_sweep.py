@@ -59,6 +59,8 @@ class Variant:
     perchannel: bool = False
     layer_group: int = 2
     fused_qkv: bool = False
+    head_major: bool = False
+    split_attention: bool = False
     activations: str = "f16"
 
     def options(self) -> toolchain.Options:
@@ -75,6 +77,8 @@ CHANGES = {  # name: what it changes against the converter's choice at the time 
     "perchannel": {"perchannel": True, "group": 0},
     "sym": {"q_symmetric": True},
     "fused": {"fused_qkv": True},
+    "kv_heads": {"head_major": True},
+    "split_attn": {"split_attention": True},  # scores over the cache and the new tokens apart: no K/V Concat  # the K/V cache as [1, H, C, d]: not what the runtime can write in place
     "lg1": {"layer_group": 1},
     "lg3": {"layer_group": 3},
     "bf16": {"activations": "bf16"},
@@ -161,8 +165,12 @@ def cache_dir() -> Path:
     return paths.cache_dir() / "bench-sweep"
 
 
+LATER = {"head_major": False, "split_attention": False}  # fields added after entries were cached: at their default, left out of the key
+
+
 def key(graph: str, mode: str, v: Variant) -> str:
-    text = json.dumps([CACHE_VERSION, toolchain.VERSION, graph, mode, asdict(v)], sort_keys=True)
+    params = {k: value for k, value in asdict(v).items() if k not in LATER or value != LATER[k]}
+    text = json.dumps([CACHE_VERSION, toolchain.VERSION, graph, mode, params], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -179,7 +187,8 @@ def measure(graph: str, mode: str, v: Variant) -> Breakdown | None:
         if graph == "head":
             g, outputs = graphs.lm_head(name, random_head(rng))
         else:
-            g, outputs = graphs.block(name, random_layer(rng), config(), cache, rows, fused_qkv=v.fused_qkv)
+            g, outputs = graphs.block(name, random_layer(rng), config(), cache, rows, fused_qkv=v.fused_qkv,
+                                        head_major=v.head_major, split_attention=v.split_attention)
         path = g.write(Path(scratch) / name, outputs)
         del g
         start = time.perf_counter()
