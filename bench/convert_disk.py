@@ -61,12 +61,12 @@ def peak_scratch(model: Path, out: Path, mode: str, context: int, jobs: int) -> 
 
         return wrapper
 
-    saved = Path.unlink, shutil.rmtree, os.fsync, os.replace
-    Path.unlink, shutil.rmtree, os.fsync, os.replace = map(measured, saved)  # type: ignore[assignment]
+    saved = Path.unlink, shutil.rmtree, os.ftruncate, os.replace
+    Path.unlink, shutil.rmtree, os.ftruncate, os.replace = map(measured, saved)  # type: ignore[assignment]
     try:
         convert(model, out, mode, context=context, jobs=jobs, log=lambda _: None)
     finally:
-        Path.unlink, shutil.rmtree, os.fsync, os.replace = saved  # type: ignore[assignment]
+        Path.unlink, shutil.rmtree, os.ftruncate, os.replace = saved  # type: ignore[assignment]
     return peak[0]
 
 

@@ -122,6 +122,12 @@ class Combined:
                     if size:
                         struct.pack_into("<Q", flat, where, self._store(source, base + start, size))
                 nets = [(net.string(0), net.pos) for net in root.tables(4)]
+                if self.graphs:  # the result's root names the first graph's type, version, time and chip
+                    for index in range(4):  # this graph's copies of them are unreachable: blanked, not left to find
+                        where = root._target(index)
+                        if where is not None:
+                            length = struct.unpack_from("<I", flat, where)[0]
+                            flat[where + 4 : where + 4 + length] = bytes(length)
                 self.graphs.append(Graph(flat, nets))
 
     def _store(self, source, offset: int, size: int) -> int:  # type: ignore[no-untyped-def]
@@ -181,8 +187,7 @@ class Combined:
                 result.seek(at + start)
                 result.write(block)
                 result.flush()
-                os.fsync(result.fileno())  # the block is on disk before its copy is cut away
-                binary.truncate(start)
+                os.ftruncate(binary.fileno(), start)  # no sync: a crash loses the build folder anyway
                 end = start
 
     def _flatbuffer(self, nets: list[tuple[int, int]]) -> bytearray:
