@@ -77,8 +77,8 @@ CHANGES = {  # name: what it changes against the converter's choice at the time 
     "perchannel": {"perchannel": True, "group": 0},
     "sym": {"q_symmetric": True},
     "fused": {"fused_qkv": True},
-    "kv_heads": {"head_major": True},
-    "split_attn": {"split_attention": True},  # scores over the cache and the new tokens apart: no K/V Concat  # the K/V cache as [1, H, C, d]: not what the runtime can write in place
+    "kv_heads": {"head_major": True},  # the K/V cache as [1, H, C, d]: the runtime cannot write it in place
+    "split_attn": {"split_attention": True},  # scores over the cache and the new tokens apart: no K/V Concat
     "lg1": {"layer_group": 1},
     "lg3": {"layer_group": 3},
     "bf16": {"activations": "bf16"},
@@ -165,7 +165,8 @@ def cache_dir() -> Path:
     return paths.cache_dir() / "bench-sweep"
 
 
-LATER = {"head_major": False, "split_attention": False}  # fields added after entries were cached: at their default, left out of the key
+# fields added after entries were cached: at their default, left out of the key
+LATER = {"head_major": False, "split_attention": False}
 
 
 def key(graph: str, mode: str, v: Variant) -> str:
