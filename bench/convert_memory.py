@@ -96,16 +96,22 @@ threading.Thread(target=watch, daemon=True).start()
 CHILD = WATCH + """
 import json
 from opt_tpu_tui import toolchain
+from opt_tpu_tui.convert import build
 from opt_tpu_tui.convert.build import convert
 
 model, out, mode, context, jobs, compile_ = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6] == "1"
 if not compile_:
-    def compile_top(top_mlir, mode, group_size=0, scratch=None):
+    def compile_top(top_mlir, mode, group_size=0, scratch=None, **_):
         bmodel = top_mlir.with_suffix(".bmodel")
         bmodel.write_bytes(b"stand-in")
         return bmodel
     toolchain.compile_top = compile_top
-    toolchain.combine = lambda bmodels, out, scratch: out.write_bytes(b"stand-in")
+    class Combined:
+        def __init__(self, binary): pass
+        def add(self, bmodel): pass
+        def close(self): pass
+        def finish(self, out, order): out.write_bytes(b"stand-in")
+    build.Combined = Combined
 convert(Path(model), Path(out), mode, 64 if mode != "f16" else 0, context, jobs=jobs, log=lambda _: None, windows=[context])
 print(json.dumps({"python": hwm_bytes(), "tpuc_opt": tpuc_peak[0], "together": together_peak[0]}))
 """

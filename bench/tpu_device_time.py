@@ -14,8 +14,8 @@ results and prints no time.
 This bench builds one decoder layer of OPT-6.7B's width (hidden 4096, 32 heads, FFN
 16384; random weights, since time does not depend on values) as the converter does,
 for a decode step over a window of cached positions and for a prefill chunk over the
-whole context, and the lm_head, compiles each at int8 and int4 (W8F16 / W4F16, groups of
-64), and prints the compiler's time beside the roofline (weights and the K/V read at
+whole context, and the lm_head, compiles each at int8 and int4 (W8F16 / W4F16, in
+``convert``'s default groups: 128), and prints the compiler's time beside the roofline (weights and the K/V read at
 68 GB/s, the matmuls at 16 TFLOPS), then what it implies for a whole token: 32 layers
 plus the lm_head. Six compiles of about a minute each on an idle core (15 minutes on a
 shared 2-core machine), up to 4 GB of memory; needs the tpu-mlir download.
@@ -38,13 +38,13 @@ from tpu_host_overhead import BANDWIDTH, FLOPS, VOCAB, block_params, weight_byte
 from opt_tpu_tui import toolchain
 from opt_tpu_tui.convert import graphs
 from opt_tpu_tui.convert.mlir import Graph
-from opt_tpu_tui.converted import MODES, quantization
+from opt_tpu_tui.converted import DEFAULT_GROUP_SIZE, MODES, quantization
 from opt_tpu_tui.model.checkpoint import OPTWeights
 from opt_tpu_tui.model.config import OPTConfig
 from opt_tpu_tui.model.forward import PreparedLayer
 
 HIDDEN, HEADS, FFN, LAYERS = 4096, 32, 16384, 32  # OPT-6.7B
-GROUP = 64
+GROUP = DEFAULT_GROUP_SIZE
 
 
 def config() -> OPTConfig:

@@ -21,6 +21,8 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from opt_tpu_tui import paths
@@ -168,12 +170,40 @@ def environment(folder: Path, scratch: Path) -> dict[str, str]:
 MODES = ("F16", "BF16", "W8F16", "W8BF16", "W4F16", "W4BF16")
 
 
-def compile_top(top_mlir: Path, mode: str, group_size: int = 0, scratch: Path | None = None) -> Path:
+@dataclass(frozen=True)
+class Options:
+    """tpuc-opt's choices that move a graph's speed but not its interface: the defaults are what ``convert`` uses.
+
+    ``addr_mode``: "basic" (IO in the activation scratch) or "io_alone" (IO in memory of its
+    own); ``q_symmetric``: W4 weights without a zero point; ``perchannel``: one scale per
+    output column instead of groups (then ``group_size`` is 0); ``layer_group``: the
+    layer-group pass's ``opt`` level (1 to 3); ``keep``: intermediate files kept after the
+    compile (by default only the bmodel and the log stay, so that a conversion's scratch
+    disk holds one graph's working set, not every graph's weights three times).
+    """
+
+    addr_mode: str = "basic"
+    high_precision: bool = False
+    q_symmetric: bool = False
+    perchannel: bool = False
+    layer_group: int = 2
+    keep: bool = False
+
+
+DEFAULT_OPTIONS = Options()
+
+
+def compile_top(
+    top_mlir: Path, mode: str, group_size: int = 0, scratch: Path | None = None, options: Options = DEFAULT_OPTIONS,
+    weights_read: Callable[[], None] | None = None,
+) -> Path:
     """Compile a Top-dialect module to ``<name>.bmodel`` beside it, as model_deploy.py would for BM1684X.
 
     ``top_mlir``'s module names its weights .npz (``module.weight_file``), resolved from
     its folder, where every intermediate file lands too. A failure raises UserError
-    naming the module and the log kept beside it.
+    naming the module and the log kept beside it. Each weights file is deleted once the
+    next step has read it (unless ``options.keep``); ``weights_read`` is called once the
+    first step has read the Top weights.
 
     ``high_precision=False``: with it on, an input feeding a LayerNorm stays float32 while
     other IO is float16, so one layer's hidden output could not feed the next layer's
@@ -182,24 +212,26 @@ def compile_top(top_mlir: Path, mode: str, group_size: int = 0, scratch: Path | 
     """
     if mode not in MODES:
         raise ValueError(f"mode {mode!r} is not one of {MODES}")
-    if mode.startswith("W") != (group_size > 0):
+    if mode.startswith("W") != (group_size > 0 or options.perchannel):
         raise ValueError("weight-only modes need a quantisation group size > 0 (tpuc-opt crashes on 0); others take 0")
     folder, name = top_mlir.parent, top_mlir.stem
     tool = root()
     opt = str(tool / "bin" / "tpuc-opt")
     steps = [
         [opt, top_mlir.name,
-         f"--processor-assign=chip=bm1684x mode={mode} num_device=1 num_core=1 addr_mode=basic high_precision=False",
+         f"--processor-assign=chip=bm1684x mode={mode} num_device=1 num_core=1 addr_mode={options.addr_mode} "
+         f"high_precision={options.high_precision}",
          "--processor-top-optimize",
          f"--convert-top-to-tpu=weightFileName={name}_tpu_weights.npz asymmetric=False doWinograd=False "
-         f"q_group_size={group_size} q_symmetric=False matmul_perchannel=False gelu_mode=normal",
+         f"q_group_size={group_size} q_symmetric={options.q_symmetric} matmul_perchannel={options.perchannel} "
+         "gelu_mode=normal",
          "--canonicalize", "--weight-fold", "-o", f"{name}_tpu.mlir"],
         [opt, f"{name}_tpu.mlir", "--mlir-disable-threading",
          "--strip-io-quant=quant_input=True quant_output=True quant_input_list= quant_output_list= "
          "quant_output_bf16=False quant_input_int8=False quant_output_int8=False ",
          "--processor-tpu-optimize", "--dev-parallel", "--weight-reorder", "--subnet-divide=dynamic=False",
          "--op-reorder", "--topo-sort",
-         "--layer-group=opt=2 group_by_cores=auto compress_mode=none debugger=0 disable_group_overlap=false "
+         f"--layer-group=opt={options.layer_group} group_by_cores=auto compress_mode=none debugger=0 disable_group_overlap=false "
          "lgcache=true config_filename= enable_lghash=false lghash_dir=",
          "--core-parallel", "--after-layergroup-weight-reorder", "--address-assign",
          "-o", f"{name}_final.mlir", "--debug_cmd="],
@@ -213,8 +245,14 @@ def compile_top(top_mlir: Path, mode: str, group_size: int = 0, scratch: Path | 
         for step in steps:
             out.write("$ " + " ".join(step) + "\n")
             out.flush()
+            consumed = set(folder.glob("*.npz"))  # each step reads the weights the last one wrote
             if subprocess.run(step, cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
                 raise UserError(f"compiling graph {name} ({mode}) failed; the log is {log}")
+            if not options.keep:
+                for path in consumed:
+                    path.unlink()
+            if weights_read is not None and step is steps[0]:
+                weights_read()  # the float32 weights are quantised: the caller may write the next ones
     return folder / f"{name}.bmodel"
 
 

@@ -22,6 +22,7 @@ from perplexity import log_softmax_at, read_heldout, sequences
 from opt_tpu_tui.backends import open_backend
 from opt_tpu_tui.backends.base import Backend
 from opt_tpu_tui.convert.build import convert
+from opt_tpu_tui.converted import DEFAULT_GROUP_SIZE
 from opt_tpu_tui.demo import DEMO_MODEL_DIR
 from opt_tpu_tui.tokenizer import Tokenizer
 
@@ -42,7 +43,10 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=HERE / "demo_heldout.txt")
     parser.add_argument("--context", type=int, default=64)
     parser.add_argument("--texts", type=int, default=1, help="held-out transcripts to score")
-    parser.add_argument("--group-size", type=int, default=64)
+    parser.add_argument("--group-size", type=int, nargs="+", default=[DEFAULT_GROUP_SIZE],
+                        help="int8/int4 quantisation groups, a row each")
+    parser.add_argument("--modes", nargs="+", default=["f16", "int8", "int4"], choices=["f16", "int8", "int4"])
+    parser.add_argument("--activations", nargs="+", default=["f16", "bf16"], choices=["f16", "bf16"])
     args = parser.parse_args()
 
     texts = sequences(Tokenizer.from_dir(args.model), read_heldout(args.data)[: args.texts], args.context)
@@ -55,9 +59,9 @@ def main() -> None:
 
     rows = []  # printed at the end, after the simulator's own chatter on stdout
     with tempfile.TemporaryDirectory() as scratch:
-        for mode in ("f16", "int8", "int4"):
-            for activations in ("f16", "bf16"):
-                out = convert(args.model, Path(scratch) / f"{mode}-{activations}", mode, args.group_size, args.context,
+        for mode, group in [(m, g) for m in args.modes for g in (args.group_size if m != "f16" else [0])]:
+            for activations in args.activations:
+                out = convert(args.model, Path(scratch) / f"{mode}-{group}-{activations}", mode, group, args.context,
                               activations, log=lambda _: None)  # fmt: skip
                 backend = open_backend(out, "bmrt")
                 got = [teacher_forced(backend, ids) for ids in texts]
@@ -65,10 +69,10 @@ def main() -> None:
                 pairs = [(g, r) for gs, rs in zip(got, reference) for g, r in zip(gs, rs)]
                 error = max(np.abs(g - r).max() / np.abs(r).max() for g, r in pairs)
                 agree = np.mean([np.argmax(g) == np.argmax(r) for g, r in pairs])
-                name = f"{mode}/{activations}"
-                rows.append(f"| {name:<10} | {error:.4f} | {agree:.1%} | {nll(got):.2f} |")
+                name = f"{mode}/{activations}" + (f", g{group}" if group else "")
+                rows.append(f"| {name:<16} | {error:.4f} | {agree:.1%} | {nll(got):.2f} |")
     print(f"\n{sum(len(t) - 1 for t in texts)} predicted tokens, context {args.context}; numpy perplexity {nll(reference):.2f}")
-    print(f"| {'precision':<10} | max logit error / scale | top-1 agrees | perplexity |")
+    print(f"| {'precision':<16} | max logit error / scale | top-1 agrees | perplexity |")
     print("|---|---|---|---|")
     print("\n".join(rows))
 

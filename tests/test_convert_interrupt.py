@@ -53,7 +53,7 @@ def test_an_interrupt_in_a_compile_removes_the_build_folder_logs_and_all(
 ) -> None:
     from opt_tpu_tui import toolchain
 
-    def interrupted(top_mlir: Path, mode: str, group_size: int = 0, scratch: Path | None = None) -> Path:
+    def interrupted(top_mlir: Path, mode: str, group_size: int = 0, scratch: Path | None = None, **_: object) -> Path:
         (top_mlir.parent / f"{top_mlir.stem}.compile.log").write_text("$ tpuc-opt ...\n")
         raise KeyboardInterrupt
 

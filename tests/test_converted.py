@@ -79,24 +79,36 @@ def test_decode_windows_halve_from_the_context(context: int, windows: list[int])
 def fake_toolchain(monkeypatch: pytest.MonkeyPatch) -> dict[str, bool]:
     """convert's calls into tpu-mlir answered at once: compiling writes a stand-in bmodel, unless ``fail`` is set."""
     from opt_tpu_tui import toolchain
+    from opt_tpu_tui.convert import build
 
     state = {"fail": False}
 
-    def compile_top(top_mlir: Path, mode: str, group_size: int = 0, scratch: Path | None = None) -> Path:
+    def compile_top(top_mlir: Path, mode: str, group_size: int = 0, scratch: Path | None = None, **_: object) -> Path:
         if state["fail"]:
             raise UserError(f"compiling graph {top_mlir.stem} ({mode}) failed")
         bmodel = top_mlir.with_suffix(".bmodel")
         bmodel.write_bytes(b"net")
         return bmodel
 
-    def combine(bmodels: list[Path], out: Path, scratch: Path) -> Path:
-        out.write_bytes(b"bmodel from %d nets" % len(bmodels))
-        return out
+    class Combined:
+        """convert's combiner, for stand-in bmodels: the result names how many nets went in."""
+
+        def __init__(self, binary: Path) -> None:
+            self.nets: list[str] = []
+
+        def add(self, bmodel: Path) -> None:
+            self.nets.append(bmodel.read_text())
+
+        def close(self) -> None:
+            pass
+
+        def finish(self, out: Path, order: list[str]) -> None:
+            out.write_bytes(b"bmodel from %d nets" % len(self.nets))
 
     for name in ("fetch", "root"):
         monkeypatch.setattr(toolchain, name, lambda: Path("/nonexistent"), raising=False)
     monkeypatch.setattr(toolchain, "compile_top", compile_top)
-    monkeypatch.setattr(toolchain, "combine", combine)
+    monkeypatch.setattr(build, "Combined", Combined)
     return state
 
 

@@ -116,6 +116,28 @@ def test_quantised_logits_match_numpy_on_the_same_quantised_weights(
         assert np.abs(got - want).max() < np.abs(got - plain).max()
 
 
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_convert_s_default_group_size_gives_the_numpy_logits_on_weights_quantised_so(
+    simulator: None, tmp_path_factory: pytest.TempPathFactory, mode: str
+) -> None:
+    """What ``convert`` makes without --group-size (groups of 128: a checkpoint with K of 128 and 256),
+    against numpy on weights quantised in groups of 128 (on the old default of 64, int4 is 2 % away)."""
+    base = tmp_path_factory.mktemp("default-group")
+    checkpoint = make_model(base / "wide", hidden_size=128, ffn_dim=256)
+    out = convert(checkpoint, base / mode, mode, context=CONTEXT, log=lambda _: None, chunk=CHUNK, windows=WINDOWS)
+    group = converted_dir.DEFAULT_GROUP_SIZE
+    reference = OPTModel(quantized_weights(load_weights(checkpoint), 8 if mode == "int8" else 4, group), CONTEXT)
+    tpu = open_backend(out, "bmrt")
+    try:
+        ids = prompt_ids(checkpoint)
+        pairs = [(tpu.prefill(ids).copy(), reference.prefill(ids).copy())]
+        pairs += [(tpu.decode(token).copy(), reference.decode(token).copy()) for token in (40, 41)]
+    finally:
+        tpu.close()
+    for got, want in pairs:
+        assert np.abs(got - want).max() < TOLERANCE * np.abs(want).max()
+
+
 def test_bfloat16_activations_give_the_numpy_logits_within_bfloat16_precision(
     converted, checkpoints, tpu_kind: str
 ) -> None:

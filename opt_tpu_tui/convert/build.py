@@ -2,7 +2,9 @@
 
 Each graph (a prefill-chunk and a decode block per layer, and the lm_head) is written
 as Top-dialect MLIR with its weights, compiled to its own bmodel by tpuc-opt (as many
-at once as there are cores), and the bmodels are combined into one. The directory's
+at once as there are cores), and each bmodel goes into the combined one as soon as it is
+compiled, then is deleted, so the scratch disk is the result's size plus the graphs being
+compiled (``combine``). The directory's
 result is built in a folder beside ``--out`` and moved in only once complete, so a
 failed conversion leaves an earlier one in ``--out`` working; the build folder is
 removed on success, on ctrl+c and on any failure but a compile failure, where it is
@@ -29,10 +31,11 @@ from pathlib import Path
 from opt_tpu_tui import toolchain
 from opt_tpu_tui.atomic import atomic_write
 from opt_tpu_tui.converted import (
-    ACTIVATIONS, BMODEL, LM_HEAD, MANIFEST, MODES, TOKENIZER_FILES, HostEmbedding, Manifest, conversion_files,
-    decode_net, decode_windows, prefill_net, quantization,
+    ACTIVATIONS, BMODEL, DEFAULT_GROUP_SIZE, LM_HEAD, MANIFEST, MODES, TOKENIZER_FILES, HostEmbedding, Manifest,
+    conversion_files, decode_net, decode_windows, prefill_net, quantization,
 )  # fmt: skip
 from opt_tpu_tui.convert import graphs
+from opt_tpu_tui.convert.combine import Combined
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.model import load_weights
 from opt_tpu_tui.model.checkpoint import OPTWeights
@@ -110,15 +113,23 @@ def graph_writers(
     the .mlir), called when the net's compile starts."""
     config = w.config
     reader = LayerReader(w)
+    shared: dict[int, Path] = {}  # layer -> the weights file its last graph was written with
+    sharing = threading.Lock()
 
     def block(name: str, i: int, cache: int, rows: int) -> Callable[[Path], Path]:
         def write(folder: Path) -> Path:
+            """The graphs of a layer have the same weights: a graph written while another one's
+            weights file is still there (not yet read by its compile) links it in, so compiles
+            running at once hold a layer's weights on disk once."""
             with reader.use(i) as layer:
                 graph, outputs = graphs.block(name, layer, config, cache, rows)
-                mlir = graph.write(folder / name, outputs)
+                with sharing:
+                    mlir = graph.write(folder / name, outputs, shared.get(i))
+                    shared[i] = mlir.parent / f"{name}_top_weights.npz"
                 del graph  # it holds the layer's arrays
             return mlir
 
+        write.weights = i  # type: ignore[attr-defined] # the graphs of a layer share their weights file
         return write
 
     def lm_head(folder: Path) -> Path:
@@ -256,6 +267,44 @@ class Compiles:
             raise KeyboardInterrupt
 
 
+class WeightsOnDisk:
+    """One set of float32 weights on disk at a time, whatever the number of compile jobs.
+
+    A graph's weights file (float32, 8 times its int4 size: 805 MB for an OPT-6.7B layer)
+    lives from its writing to the end of its compile's first step, when tpuc-opt has
+    quantised it; the graphs of one layer share theirs (a hard link), so they may hold it
+    together. A graph of another layer waits until the last holder's first step is over;
+    the later steps, on weights of the result's size, run beside it.
+    """
+
+    def __init__(self) -> None:
+        self.changed = threading.Condition()
+        self.owner: object = None
+        self.holders = 0
+
+    @contextlib.contextmanager
+    def hold(self, weights: object) -> Iterator[Callable[[], None]]:
+        """Wait until ``weights`` (a layer, or a graph's own) may be on disk; yields the release, callable once."""
+        with self.changed:
+            while self.holders and self.owner != weights:
+                self.changed.wait()
+            self.owner = weights
+            self.holders += 1
+        released = [False]
+
+        def release() -> None:
+            with self.changed:
+                if not released[0]:
+                    released[0] = True
+                    self.holders -= 1
+                    self.changed.notify_all()
+
+        try:
+            yield release
+        finally:
+            release()
+
+
 def discard(staging: Path, error: BaseException, log: Callable[[str], None]) -> None:
     """Remove a failed or interrupted conversion's folder, unless a compile failure's message names a log in it."""
     if isinstance(error, UserError) and any(staging.rglob("*.log")):
@@ -266,7 +315,7 @@ def discard(staging: Path, error: BaseException, log: Callable[[str], None]) -> 
 
 
 def convert(
-    model_dir: Path, out: Path, mode: str = "int4", group_size: int = 64, context: int = 512,
+    model_dir: Path, out: Path, mode: str = "int4", group_size: int = DEFAULT_GROUP_SIZE, context: int = 512,
     activations: str = "f16", jobs: int | None = None, log: Callable[[str], None] = say, chunk: int = 64,
     windows: Sequence[int] | None = None,
 ) -> Path:  # fmt: skip
@@ -329,29 +378,46 @@ def build_into(
     log: Callable[[str], None],
 ) -> None:  # fmt: skip
     """Write and compile every graph under ``folder/build`` (``jobs`` at once) and combine them into
-    ``folder/model.bmodel``. A graph's weights are freed once written, before tpuc-opt runs."""
+    ``folder/model.bmodel``.
+
+    The disk it takes is bounded by the result's size, not the graphs': a graph's weights
+    are freed from memory once written, tpuc-opt deletes each weight file once the next
+    step has read it, and a compiled graph goes into the combined bmodel at once, its
+    folder deleted (``combine.Combined``; its binaries that an earlier graph holds, the
+    weights the sizes of a layer share and the kernel module, are not stored again).
+    """
     build = folder / "build"
+    build.mkdir(parents=True, exist_ok=True)
+    combined = Combined(build / "binary.part")
     done: list[str] = []
     compiles = Compiles()
 
-    def compile_one(name: str) -> Path | None:
+    gate = WeightsOnDisk()
+
+    def compile_one(name: str) -> None:
         if not compiles.begin():
-            return None  # a compile failed or ctrl+c was pressed: the conversion is over
+            return  # a compile failed or ctrl+c was pressed: the conversion is over
         try:
-            bmodel = toolchain.compile_top(writers[name](build), precision, group_size)
+            with gate.hold(getattr(writers[name], "weights", name)) as release:
+                if compiles.stopped:
+                    return
+                bmodel = toolchain.compile_top(writers[name](build), precision, group_size, weights_read=release)
+            combined.add(bmodel)
+            shutil.rmtree(bmodel.parent)
             done.append(name)
             log(f"compiled {name} ({len(done)}/{len(writers)})")
-            return bmodel
         finally:
             compiles.end()
 
     with ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:
         try:
             futures = [pool.submit(compile_one, name) for name in writers]
-            bmodels = [future.result() for future in futures]  # the first failure names its graph
+            for future in futures:
+                future.result()  # the first failure names its graph
         except BaseException:
             compiles.stop_and_wait()
+            combined.close()
             raise
-    log(f"combining {len(bmodels)} bmodels")
-    toolchain.combine([b for b in bmodels if b is not None], folder / BMODEL, build / "scratch")
+    log(f"combining {len(writers)} graphs")
+    combined.finish(folder / BMODEL, list(writers))
     shutil.rmtree(build)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import zipfile
 from pathlib import Path
 
@@ -91,9 +92,20 @@ class Graph:
         )
         return value
 
-    def write(self, folder: Path, outputs: list[str]) -> Path:
+    def write(self, folder: Path, outputs: list[str], weights: Path | None = None) -> Path:
+        """Write the module and its weights under ``folder``; return the .mlir.
+
+        ``weights``: an .npz holding exactly this graph's weights (another graph of the same
+        layer wrote it), linked in instead of written again while it exists.
+        """
         folder.mkdir(parents=True, exist_ok=True)
-        write_float32_npz(folder / f"{self.name}_top_weights.npz", self.weights)
+        npz = folder / f"{self.name}_top_weights.npz"
+        try:
+            if weights is None:
+                raise FileNotFoundError
+            os.link(weights, npz)  # the same data on disk once, however many graphs read it
+        except OSError:  # none, gone since (its compile read it), or a file system without hard links
+            write_float32_npz(npz, self.weights)
         args = ", ".join(f"{a}: {tensor(s)} loc(unknown)" for a, s in self.inputs)
         results = ", ".join(tensor(self.shapes[o]) for o in outputs)
         body = "\n    ".join(['%0 = "top.None"() : () -> none loc(#loc)', *self.lines])
