@@ -27,6 +27,7 @@ openai = pytest.importorskip("openai", reason="the openai package (the dev extra
 pytest.importorskip("uvicorn", reason="the serve extra (starlette, uvicorn) is not installed")
 
 from opt_tpu_tui.chat import DEFAULT_PREAMBLE, transcript  # noqa: E402
+from opt_tpu_tui.safe_text import terminal_safe  # noqa: E402
 from opt_tpu_tui.serve.command import MAX_BODY  # noqa: E402
 from opt_tpu_tui.tokenizer import Tokenizer  # noqa: E402
 
@@ -67,7 +68,8 @@ def client(server: ServeProcess, key: str = "none") -> openai.OpenAI:
 
 
 def prompt_mode(model: Path, text: str, max_tokens: int, raw: bool = False) -> str:
-    """What ``opt-tpu-tui -p`` prints for ``text``, greedy, without its final newline."""
+    """What ``opt-tpu-tui -p`` prints for ``text``, greedy, without its final newline: the model's text with its
+    control characters made visible (safe_text.py), where the API gives the text itself."""
     command = [
         sys.executable, "-m", "opt_tpu_tui", "--model", str(model), "-p", text, "-q", "--temperature", "0",
         "--repetition-penalty", "1.1", "--max-new-tokens", str(max_tokens), "--preamble", PREAMBLE,
@@ -91,27 +93,27 @@ def test_openai_chat_and_completions_match_prompt_mode(server: ServeProcess, tin
     reply = api.chat.completions.create(
         model="tiny-opt", messages=chat_messages(text), max_tokens=max_tokens, extra_body=GREEDY
     )
-    assert reply.choices[0].message.content == expected_chat
+    assert terminal_safe(reply.choices[0].message.content) == expected_chat
     assert reply.usage.prompt_tokens == len(tokenizer.encode(transcript(PREAMBLE, [], text)))
     chunks = list(api.chat.completions.create(
         model="tiny-opt", messages=chat_messages(text), max_tokens=max_tokens, extra_body=GREEDY, stream=True,
         stream_options={"include_usage": True},
     ))  # fmt: skip
     assert chunks[0].choices[0].delta.role == "assistant"
-    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == expected_chat
+    assert terminal_safe("".join(c.choices[0].delta.content or "" for c in chunks if c.choices)) == expected_chat
     assert chunks[-1].usage.prompt_tokens == reply.usage.prompt_tokens
     assert chunks[-1].usage.completion_tokens == reply.usage.completion_tokens
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == reply.choices[0].finish_reason
 
     completion = api.completions.create(model="tiny-opt", prompt=text, max_tokens=max_tokens, extra_body=GREEDY)
-    assert completion.choices[0].text == expected_raw
+    assert terminal_safe(completion.choices[0].text) == expected_raw
     assert completion.usage.prompt_tokens == len(tokenizer.encode(text))
     assert completion.usage.completion_tokens == max_tokens
     assert completion.choices[0].finish_reason == "length"
     streamed = list(api.completions.create(
         model="tiny-opt", prompt=text, max_tokens=max_tokens, extra_body=GREEDY, stream=True
     ))  # fmt: skip
-    assert "".join(c.choices[0].text for c in streamed) == expected_raw
+    assert terminal_safe("".join(c.choices[0].text for c in streamed)) == expected_raw
     assert streamed[-1].choices[0].finish_reason == "length"
 
 
@@ -135,7 +137,7 @@ def test_curl_streams_end_with_done(server: ServeProcess, tiny_model: Path) -> N
     events = curl_stream(server.url + "/v1/completions", body)
     assert events[-1] == "[DONE]"
     chunks = [json.loads(event) for event in events[:-1]]
-    assert "".join(c["choices"][0]["text"] for c in chunks) == expected
+    assert terminal_safe("".join(c["choices"][0]["text"] for c in chunks)) == expected
     assert chunks[-1]["choices"][0]["finish_reason"] == "length"
     assert chunks[-1]["choices"][0]["stop_reason"] == "max_new_tokens"  # the project's own, which "length" blurs
 
