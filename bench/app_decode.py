@@ -83,18 +83,18 @@ def child(model: str, tokens: int, stats_fd: int) -> None:
 
     quiet_blas_threads()  # as the console script does, before numpy is imported
     from opt_tpu_tui import cli, config
-    from opt_tpu_tui.tui.screens import main as main_screen
+    from opt_tpu_tui import chat_controller
 
     config.update_settings_file({"sampling": {"temperature": 0.0, "repetition_penalty": 1.0, "max_new_tokens": tokens}})
     out = os.fdopen(stats_fd, "w", buffering=1)
-    run_and_save = main_screen.run_and_save
+    run_and_save = chat_controller.run_and_save  # what the chat's reply worker saves each reply with
 
     def reporting(reply, *args, **kwargs):  # type: ignore[no-untyped-def]
         outcome = run_and_save(reply, *args, **kwargs)
         out.write(f"{reply.stats.tokens_per_second} {reply.stats.new_tokens}\n")
         return outcome
 
-    main_screen.run_and_save = reporting
+    chat_controller.run_and_save = reporting
     cli.main(["--model", model, "--backend", "cpu"])
 
 
