@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple, TypeVar
 
 from opt_tpu_tui.chat import ContextUse, Conversation, ReplyStream, TranscriptSession, Turn
 from opt_tpu_tui.engine import Engine
@@ -34,6 +34,7 @@ from opt_tpu_tui.tui.streaming import TokenBuffer
 BUSY = "A reply is streaming: press escape to stop it first"
 Notify = Callable[[str, str, str, float], None]  # (text, title, severity, seconds)
 Variants = Dict[int, Tuple[int, int]]  # turn index -> (variant shown, how many): typing's, for 3.8
+T = TypeVar("T")
 
 
 @dataclass
@@ -67,6 +68,7 @@ class ChatController:
         self.store = store
         self.defaults = defaults  # the saved defaults with this run's command-line values over them
         self.notify = notify
+        self._count_failed = False  # the last count failed, and the user was told
         self.conversation = Conversation()
         self.engine: Engine | None = None
         self.session: TranscriptSession | None = None
@@ -174,20 +176,36 @@ class ChatController:
     # the context meter
 
     def context_use(self) -> ContextUse | None:
-        """The status line's meter (chat.TranscriptSession.context_use): None before the model is there."""
+        """The status line's meter (chat.TranscriptSession.context_use): None before the model is there, or
+        while it cannot be counted (a server's tokenizer that does not answer: said once)."""
         session = self.session
         if session is None:
             return None
         sampling, session.preamble = self.effective_settings()
         streaming = self.streaming
-        return session.context_use(session.reserve(sampling), streaming.reply if streaming else None)
+        return self._counted(lambda: session.context_use(session.reserve(sampling), streaming.reply if streaming else None))
 
     def kept_turns(self) -> int | None:
-        """How many of the last turns the model still sees (the transcript's marker above them); None: no model yet."""
-        if self.session is None:
+        """How many of the last turns the model still sees (the transcript's marker above them); None: no model
+        yet, or they cannot be counted now."""
+        session = self.session
+        if session is None:
             return None
-        sampling, self.session.preamble = self.effective_settings()
-        return len(self.conversation.turns) - self.session.first_kept(self.session.reserve(sampling))
+        sampling, session.preamble = self.effective_settings()
+        return self._counted(lambda: len(self.conversation.turns) - session.first_kept(session.reserve(sampling)))
+
+    def _counted(self, count: Callable[[], T]) -> T | None:
+        """``count()``, or None where the tokens cannot be counted: over --server they are counted by the
+        server's /tokenize, and a server gone away must cost a line, not the app."""
+        try:
+            result = count()
+        except UserError as error:
+            if not self._count_failed:
+                self.notify(f"cannot count the context: {error}", "Warning", "warning", 10)
+            self._count_failed = True
+            return None
+        self._count_failed = False
+        return result
 
     # conversations
 

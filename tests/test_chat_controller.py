@@ -260,3 +260,23 @@ def test_stopping_a_server_reply_closes_its_stream(slow_server: ServeProcess, st
     chat.finish(streaming, outcome[0])  # type: ignore[arg-type]
     turn = chat.conversation.turns[-1]
     assert turn.stopped and turn.stop_reason == "cancelled" and streaming.reply.stats.new_tokens < 400
+
+
+def test_a_server_gone_away_costs_the_meter_a_line_not_the_app(tiny_model: Path, store: HistoryStore) -> None:
+    """Over --server the meter is counted by the server's tokenizer; when the server stops, counting fails:
+    the meter reads nothing and the user is told once (it raised into the UI thread, a traceback)."""
+    pytest.importorskip("uvicorn", reason="the serve extra (starlette, uvicorn) is not installed")
+    from opt_tpu_tui.serve.client import RemoteEngine
+
+    told: list[str] = []
+    with ServeProcess("--model", str(tiny_model)) as process:
+        process.wait_ready()
+        chat = ChatController(store, lambda: (GREEDY, PREAMBLE), lambda text, *_: told.append(text))
+        chat.attach(RemoteEngine.connect(process.url))
+        assert run(chat, chat.send("Hello world, this is")) == "kept"
+        assert chat.context_use() is not None
+        assert process.stop() == 0
+    chat.conversation.turns[0].user += " and more"  # text not counted before: the tokenizer must be asked
+    assert chat.context_use() is None and chat.context_use() is None
+    chat.kept_turns()  # counted from what is known, or None: never an exception
+    assert len(told) == 1 and told[0].startswith("cannot count the context: cannot reach the server")
