@@ -146,7 +146,7 @@ class ChatController:
         conversation not yet saved has nothing of it.
         """
         turn = streaming.reply.turn
-        if turn in self.conversation.turns:
+        if any(kept is turn for kept in self.conversation.turns):  # this turn, not an equal one before it
             ending = "kept"
         elif self.conversation.id is not None:
             ending = "reloaded"

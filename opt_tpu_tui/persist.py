@@ -57,7 +57,7 @@ def run_and_save(
     except UserError as error:  # the history is busy or unwritable: reply, but say it is not kept
         turn_id, outcome.unsaved = None, str(error)
     except (sqlite3.Error, OSError) as error:
-        conversation.turns.remove(turn)
+        conversation.turns[:] = [kept for kept in conversation.turns if kept is not turn]  # not an equal one
         turn.stopped = True
         outcome.error = f"could not save the message, so it was not sent: {error}"
         return outcome
