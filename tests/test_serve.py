@@ -485,3 +485,11 @@ def test_the_server_on_the_tpu_backends_in_the_simulator_gives_the_cpu_greedy_te
         )
         assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected[1]["choices"][0]["message"]["content"]
         assert tpu.stop() == 0
+
+
+def test_serve_takes_demo_as_the_built_in_model_as_the_other_modes_do() -> None:
+    """``--model demo`` names the built-in model everywhere (cli.resolve_model); serve read it as a folder."""
+    with ServeProcess("--model", "demo") as process:
+        process.wait_ready()
+        assert get(process.url + "/v1/models")[1]["data"][0]["id"] == "demo_model"
+        assert process.stop() == 0

@@ -49,7 +49,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from opt_tpu_tui import paths
 from opt_tpu_tui.backends import open_model
-from opt_tpu_tui.demo import DEMO_MODEL_DIR
+from opt_tpu_tui.demo import DEMO_MODEL_DIR, DEMO_NAME
 from opt_tpu_tui.devices import DeviceMonitor
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.native_output import native_stdout_to
@@ -83,7 +83,7 @@ class State:
     def load(self, url: str) -> None:
         """Open the model (on the loading thread); the routes answer 503 until it is there."""
         args = self.args
-        model_dir = args.model if args.model is not None else DEMO_MODEL_DIR
+        model_dir = DEMO_MODEL_DIR if args.model is None or str(args.model) == DEMO_NAME else args.model  # as cli's --model
         with native_stdout_to(paths.native_output_log()):  # what the TPU runtime prints goes to its log
             backend, tokenizer = open_model(model_dir, args.backend, args.context, args.device)
         self.engine = Engine(backend, tokenizer, args.slots, args.queue, self.metrics)
