@@ -67,3 +67,29 @@ def test_a_tpu_load_that_fails_names_the_running_server(tiny_model: Path, monkey
         server.wait()
     with pytest.raises(UserError, match=r"^out of TPU device memory allocating 3900.0 MiB$"):
         backends.open_model(tiny_model, "bmrt")  # its process is gone: the file is stale
+
+
+
+def test_the_model_card_says_whether_the_device_picks_the_tokens(monkeypatch) -> None:  # noqa: ANN001
+    """A greedy-only model (an OPT-TPU bmodel) says so in /v1/models, and a --server client reads it there,
+    so the UI shows the sampling settings as not applying, as in-process."""
+    from opt_tpu_tui.serve import client as serve_client
+    from opt_tpu_tui.serve import openai_api as oa
+
+    card = oa.model_card(oa.Model("opt-7b", None, 512, 0, greedy_only=True))  # type: ignore[arg-type]
+    assert card["greedy_only"] is True and card["context_length"] == 512
+
+    class Client:  # the server's answers, without a server
+        def __init__(self, url: str) -> None:
+            self.url = url
+
+        def model(self) -> dict:
+            return card
+
+        def device(self) -> tuple:
+            return ("sail", None)
+
+    monkeypatch.setattr(serve_client, "ServerClient", Client)
+    assert serve_client.RemoteEngine.connect("http://127.0.0.1:1").greedy_only is True
+    card["greedy_only"] = False
+    assert serve_client.RemoteEngine.connect("http://127.0.0.1:1").greedy_only is False

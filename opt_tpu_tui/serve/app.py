@@ -49,6 +49,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from opt_tpu_tui import paths
 from opt_tpu_tui.backends import open_model
+from opt_tpu_tui.backends.base import emits_tokens
 from opt_tpu_tui.demo import DEMO_MODEL_DIR, DEMO_NAME
 from opt_tpu_tui.devices import DeviceMonitor
 from opt_tpu_tui.errors import UserError
@@ -88,7 +89,7 @@ class State:
             backend, tokenizer = open_model(model_dir, args.backend, args.context, args.device)
         self.engine = Engine(backend, tokenizer, args.slots, args.queue, self.metrics)
         self.monitor, self.backend_name = DeviceMonitor(backend.name, device_id=args.device), backend.name
-        self.model = oa.Model(backend.model_name, tokenizer, backend.context_length, int(time.time()))
+        self.model = oa.Model(backend.model_name, tokenizer, backend.context_length, int(time.time()), emits_tokens(backend))
         self.registered = registry.register(url, backend.name, backend.model_name)
         if self.engine.slots.count < args.slots:
             say(f"--slots {args.slots}: the {backend.name} backend keeps its K/V on the device, so one slot")

@@ -248,7 +248,7 @@ class RemoteEngine:
     """A running ``opt-tpu-tui serve`` as the UI's engine (engine.py): its model answers, the chat stays here."""
 
     remote = True
-    greedy_only = False  # the server samples as asked (a device that cannot says so in its replies)
+    greedy_only = False  # the server samples as asked, unless its model card says its device picks the tokens
 
     def __init__(self, client: ServerClient, model: ServerModel) -> None:
         self.client, self.model = client, model
@@ -261,6 +261,7 @@ class RemoteEngine:
         client = ServerClient(url)
         card = client.model()
         engine = cls(client, ServerModel(client.url, str(card.get("id", "?")), int(card.get("context_length") or 0)))
+        engine.greedy_only = bool(card.get("greedy_only"))  # an OPT-TPU bmodel's lm_head picks the token
         try:
             engine.backend = client.device()[0]  # its name, once: the status line shows where the model runs
         except UserError:  # a server without /device: its address stands for it

@@ -87,6 +87,7 @@ class Model:
     tokenizer: Tokenizer
     context_length: int
     created: int = 0
+    greedy_only: bool = False  # the device picks each token (an OPT-TPU bmodel): sampling fields do not apply
 
 
 @dataclass
@@ -335,5 +336,5 @@ def model_card(model: Model) -> dict[str, Any]:
     """OpenAI's model object, with the context length as an extra field (clients use it for their meter)."""
     return {
         "id": model.id, "object": "model", "created": model.created, "owned_by": "opt-tpu-tui",
-        "context_length": model.context_length,
+        "context_length": model.context_length, "greedy_only": model.greedy_only,
     }  # fmt: skip
