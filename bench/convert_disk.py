@@ -21,29 +21,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from convert_memory import make_checkpoint  # noqa: E402
+from test_convert_disk import disk_used  # noqa: E402  (the measure the test holds convert to)
 
 from opt_tpu_tui import toolchain  # noqa: E402
 from opt_tpu_tui.convert.build import convert  # noqa: E402
 
 MIB = 2**20
-
-
-def disk_used(folder: Path) -> int:
-    """Bytes of disk the files under ``folder`` take: allocated blocks (a sparse file counts what it holds),
-    a file with several hard links once."""
-    total, seen = 0, set()
-    for root, _, files in os.walk(folder):
-        for name in files:
-            try:
-                stat = os.lstat(os.path.join(root, name))
-            except FileNotFoundError:  # deleted while walking
-                continue
-            if (stat.st_dev, stat.st_ino) not in seen:
-                seen.add((stat.st_dev, stat.st_ino))
-                total += stat.st_blocks * 512
-    return total
 
 
 def peak_scratch(model: Path, out: Path, mode: str, context: int, jobs: int) -> int:
