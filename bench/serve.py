@@ -11,7 +11,11 @@ In one run, on one model (the built-in demo model by default):
   as the client sees it, against the same generation in this process: the HTTP
   path's share; goal < 20 ms;
 - ``--clients`` streams at once: their tokens over the wall time, against one
-  stream's tok/s (the device stays busy); goal >= 0.9.
+  stream's tok/s (the device stays busy); goal >= 0.9;
+- two conversations alternating, two turns each, each under its own long system message: the
+  server's prefill time (``/metrics``) of the second turns against the first, with
+  ``--slots 2`` (each keeps its K/V: only the new tokens run) and ``--slots 1`` (the
+  other conversation's turn evicted it: the whole prompt runs again).
 
 Greedy, repetition penalty off, so every run makes the same tokens; medians of
 ``--runs``. The server is a real ``opt-tpu-tui serve`` on a free loopback port
@@ -35,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
-from serve_support import ServeProcess, child_env  # noqa: E402
+from serve_support import ServeProcess, child_env, metric, request  # noqa: E402
 
 from opt_tpu_tui.backends import open_model  # noqa: E402
 from opt_tpu_tui.demo import DEMO_MODEL_DIR  # noqa: E402
@@ -100,6 +104,30 @@ def in_process_first_token(model: Path, backend_kind: str, runs: int) -> float:
     return statistics.median(times[1:])  # the first run fills the cache
 
 
+def prefill_seconds(url: str) -> float:
+    return metric(url, "opt_tpu_tui_prefill_seconds_sum")
+
+
+def alternating_prefill(model: Path, backend: str, slots: int) -> tuple[float, float]:
+    """(first turns', second turns') prefill seconds of two alternating conversations on a server with ``slots``."""
+    rules = " ".join(["Answer briefly and stay on the topic of the Python standard library."] * 10)
+    histories = [[{"role": "system", "content": f"You are assistant number {number}. {rules}"}] for number in range(2)]
+    spent = []
+    with ServeProcess("--model", str(model), "--backend", backend, "--slots", str(slots)) as server:
+        server.wait_ready(timeout=600)
+        request(server.url + "/v1/completions", settings_body(1), timeout=600)  # the first request's one-off costs
+        for turn in range(2):
+            before = prefill_seconds(server.url)
+            for number, messages in enumerate(histories):
+                messages.append({"role": "user", "content": f"conversation {number}, turn {turn}"})
+                body = {"messages": messages, "max_tokens": 8, "temperature": 0, "repetition_penalty": 1.0}
+                reply = request(server.url + "/v1/chat/completions", body, timeout=600)[1]
+                messages.append(reply["choices"][0]["message"])
+            spent.append(prefill_seconds(server.url) - before)
+        server.stop()
+    return spent[0], spent[1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=DEMO_MODEL_DIR)
@@ -135,6 +163,8 @@ def main() -> None:
         single = statistics.median(n / (first + decode) for first, decode, n in streams)
         together = statistics.median(aggregate() for _ in range(args.runs))
         server.stop()
+    kept = alternating_prefill(args.model, args.backend, 2)
+    evicted = alternating_prefill(args.model, args.backend, 1)
 
     rows = [
         ("decode tok/s: -p --raw", f"{direct:.1f}", ""),
@@ -145,6 +175,10 @@ def main() -> None:
         ("one stream, tok/s (first token included)", f"{single:.1f}", ""),
         (f"{args.clients} streams at once, tok/s in all", f"{together:.1f}",
          f"{together / single:.2f} of one stream (goal >= 0.9)"),
+        ("alternating, --slots 2: prefill of turns 1 / 2", f"{kept[0] * 1e3:.1f} / {kept[1] * 1e3:.1f} ms",
+         f"second turns {kept[1] / kept[0]:.2f} of first"),
+        ("alternating, --slots 1: prefill of turns 1 / 2", f"{evicted[0] * 1e3:.1f} / {evicted[1] * 1e3:.1f} ms",
+         f"second turns {evicted[1] / evicted[0]:.2f} of first"),
     ]  # fmt: skip
     print(f"model {args.model.name} on {args.backend}, {args.tokens} tokens a reply, medians of {args.runs}")
     width = max(len(r[0]) for r in rows)

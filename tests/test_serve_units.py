@@ -93,3 +93,40 @@ def test_the_model_card_says_whether_the_device_picks_the_tokens(monkeypatch) ->
     assert serve_client.RemoteEngine.connect("http://127.0.0.1:1").greedy_only is True
     card["greedy_only"] = False
     assert serve_client.RemoteEngine.connect("http://127.0.0.1:1").greedy_only is False
+
+
+def test_a_stream_gets_the_text_made_meanwhile_as_one_piece_and_its_end_at_once() -> None:
+    """The device thread's pieces wait for the stream's next write (one chunk), but the reply's end does not."""
+    import asyncio
+    import threading
+    import time
+
+    from opt_tpu_tui.generation import GenerationStats
+    from opt_tpu_tui.serve.app import Inbox
+    from opt_tpu_tui.serve.engine import Done, Piece
+
+    async def scenario() -> tuple[list, list, float]:
+        loop = asyncio.get_running_loop()
+        inbox = Inbox(loop)
+        done = Done(GenerationStats(stop_reason="eos"), "stop")
+
+        def device(pieces: list[str], end: bool) -> None:
+            for text in pieces:
+                inbox.put(Piece(text))
+                time.sleep(0.002)
+            if end:
+                inbox.put(done)
+
+        first_thread = threading.Thread(target=device, args=(["a", "b", "c"], False))
+        first_thread.start()
+        first = await inbox.take(not_before=loop.time() + 0.5)  # the pieces of the next half second at most
+        first_thread.join()
+        threading.Thread(target=device, args=(["d", "e"], True)).start()
+        started = loop.time()
+        second = await inbox.take(not_before=started + 30)
+        return first, second, loop.time() - started
+
+    first, second, waited = asyncio.run(scenario())
+    assert first == [Piece("abc")]
+    assert second[0] == Piece("de") and isinstance(second[1], Done) and len(second) == 2
+    assert waited < 10  # the end went out when it came, not 30 s later
