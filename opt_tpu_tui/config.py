@@ -11,7 +11,6 @@ its default, an unknown key is ignored here and kept in the file. Example::
       "preamble": "A conversation between a curious user and ...",
       "theme": "dark",
       "last_model": "/models/opt-125m",
-      "backend": "auto",
       "side_pane": "stats",
       "mouse": true,
       "server": null
@@ -53,7 +52,6 @@ from typing import Any
 
 from opt_tpu_tui import paths
 from opt_tpu_tui.atomic import atomic_write, move_aside
-from opt_tpu_tui.backends import BACKENDS
 from opt_tpu_tui.chat import DEFAULT_PREAMBLE
 from opt_tpu_tui.errors import UserError, parse_json
 from opt_tpu_tui.sampling import SamplingSettings
@@ -71,7 +69,6 @@ class Settings:
     preamble: str = DEFAULT_PREAMBLE
     theme: str = DEFAULT_THEME
     last_model: str | None = None
-    backend: str = "auto"
     side_pane: str = "stats"
     mouse: bool = True
     server: str | None = None  # a running `opt-tpu-tui serve` to use by default (cli.server_for)
@@ -79,15 +76,13 @@ class Settings:
     def validate(self) -> Settings:
         """Return self, or raise UserError naming the first bad value."""
         self.sampling.validate()
-        for name in ("preamble", "theme", "backend", "side_pane"):
+        for name in ("preamble", "theme", "side_pane"):
             if not isinstance(getattr(self, name), str):
                 raise UserError(f"{name} must be text, got {getattr(self, name)!r}")
         if not self.theme.strip():
             raise UserError("theme must not be empty")
         if self.last_model is not None and not isinstance(self.last_model, str):
             raise UserError(f"last_model must be a path or null, got {self.last_model!r}")
-        if self.backend not in BACKENDS:
-            raise UserError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.side_pane not in SIDE_PANES:
             raise UserError(f"side_pane must be one of {', '.join(SIDE_PANES)}, got {self.side_pane!r}")
         if not isinstance(self.mouse, bool):
@@ -103,7 +98,6 @@ class Settings:
             "preamble": self.preamble,
             "theme": self.theme,
             "last_model": self.last_model,
-            "backend": self.backend,
             "side_pane": self.side_pane,
             "mouse": self.mouse,
             "server": self.server,

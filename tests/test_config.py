@@ -31,7 +31,6 @@ def test_round_trip_in_the_config_dir(tmp_path: Path) -> None:
         preamble="Be brief.",
         theme="light",
         last_model="/models/opt-125m",
-        backend="cpu",
         side_pane="settings",
     )
     save_settings(settings)
@@ -61,7 +60,6 @@ def test_save_refuses_out_of_range_values() -> None:
     [
         ("{not json", "not valid JSON"),
         (json.dumps({"sampling": {"top_p": 7}}), "top_p must be between"),
-        (json.dumps({"backend": "gpu"}), "backend must be one of"),
         (json.dumps([1, 2]), "expected a JSON object"),
         pytest.param("[" * 100_000, "nested too deeply", id="deep"),  # json.loads raised RecursionError
         pytest.param('{"theme": ' + "7" * 5000 + "}", "not valid JSON", id="huge-int"),  # int(): ValueError

@@ -66,7 +66,7 @@ def test_an_earlier_runs_backend_is_not_reused(capsys, model_copy: Path) -> None
     code, out, err = run_cli(capsys, "-p", "Hi", *GREEDY)
     assert code == 0 and out.strip(), err  # the cpu backend (auto for a checkpoint), not the simulator
     assert run_cli(capsys, "--model", str(model_copy), "--backend", "cpu", "-p", "Hi", *GREEDY)[0] == 0
-    assert load_settings()[0].backend == "bmrt"  # the run's backend is not written either
+    assert json.loads(paths.settings_file().read_text())["backend"] == "bmrt"  # the run's backend is not written either
 
 
 def test_a_file_given_as_the_model_is_told_to_pass_its_folder(capsys, model_copy: Path) -> None:
