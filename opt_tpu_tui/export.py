@@ -22,6 +22,7 @@ from opt_tpu_tui import paths
 from opt_tpu_tui.atomic import atomic_write
 from opt_tpu_tui.chat import Turn
 from opt_tpu_tui.errors import UserError
+from opt_tpu_tui.native_output import to_devnull
 from opt_tpu_tui.safe_text import terminal_safe
 
 FENCE = re.compile(r"^(```|~~~)[^\n]*\n(.*?)^\1[ \t]*$", re.MULTILINE | re.DOTALL)
@@ -129,19 +130,8 @@ def write_stdout(text: str) -> None:
             binary.write(text.encode("utf-8"))
         stream.flush()
     except (OSError, ValueError) as error:  # ValueError: a stream whose descriptor was closed under it
-        _drop_stdout(stream)
+        to_devnull(stream)
         raise UserError(f"stdout: cannot write the export ({getattr(error, 'strerror', None) or error})") from None
-
-
-def _drop_stdout(stream: object) -> None:
-    """Point ``stream``'s descriptor at /dev/null, so the unwritten rest goes nowhere, quietly."""
-    try:
-        descriptor = stream.fileno()  # type: ignore[attr-defined]
-    except (AttributeError, OSError, ValueError):
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, descriptor)
-    os.close(devnull)
 
 
 def write_named_file(path: Path, text: str, force: bool) -> None:

@@ -67,6 +67,28 @@ def _descriptor(stream: object) -> int | None:
         return None
 
 
+def to_devnull(target: object) -> None:
+    """Point ``target``'s descriptor (a stream's, or a descriptor number) at /dev/null, quietly.
+
+    For output that has nowhere to go any more (a hung-up terminal, a full disk, a closed
+    pipe): what is still written, and the flush at exit, then succeed instead of failing
+    a second time with a second message.
+    """
+    descriptor = target if isinstance(target, int) else _descriptor(target)
+    if descriptor is None:
+        return
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        return
+    try:
+        os.dup2(devnull, descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(devnull)
+
+
 def park_native_stdout(path: Path) -> None:
     """Point descriptor 1 at ``path`` (appended) for the rest of the process; ``sys.stdout`` moves to a copy of it.
 

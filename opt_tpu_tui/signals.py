@@ -25,6 +25,8 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Optional
 
+from opt_tpu_tui.native_output import to_devnull
+
 # SIGHUP does not exist on Windows, where neither has a meaning here
 ENDING_SIGNALS = tuple(getattr(signal, name) for name in ("SIGHUP", "SIGTERM") if hasattr(signal, name))
 
@@ -120,13 +122,10 @@ def drop_terminal_output() -> None:
     save and close. Descriptors that are not a character device (a pipe, a file) keep
     theirs; a hung-up terminal is one, though ``isatty`` says no to it any more.
     """
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        for descriptor in (1, 2):
-            try:
-                if stat.S_ISCHR(os.fstat(descriptor).st_mode):
-                    os.dup2(devnull, descriptor)
-            except OSError:
-                pass
-    finally:
-        os.close(devnull)
+    for descriptor in (1, 2):
+        try:
+            terminal = stat.S_ISCHR(os.fstat(descriptor).st_mode)
+        except OSError:
+            continue
+        if terminal:
+            to_devnull(descriptor)

@@ -38,7 +38,7 @@ from textual.driver import Driver
 
 from opt_tpu_tui.tui.textual_patches import ParseError, XTermParser  # Textual internals: one place
 
-from opt_tpu_tui.native_output import terminal_size
+from opt_tpu_tui.native_output import terminal_size, to_devnull
 from opt_tpu_tui.signals import exit_code
 
 
@@ -78,10 +78,8 @@ class TerminalOutput:
         return self.stream.fileno()
 
     def lost(self) -> None:
+        to_devnull(self.stream)
         try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, self.stream.fileno())
-            os.close(devnull)
             self.stream.flush()  # what the failed write left in the buffer, now to /dev/null
         except (OSError, ValueError):
             pass
