@@ -107,12 +107,6 @@ class ModelCard(Protocol):
     def context_length(self) -> int: ...
 
 
-class Encoder(Protocol):
-    """What a session counts tokens with: the Tokenizer, or a server's /tokenize (serve/client.py)."""
-
-    def encode(self, text: str, add_bos: bool = True) -> list[int]: ...
-
-
 class ReplyStream(Protocol):
     """A reply as the chat's callers see it, in-process (Reply) or from a server (serve/client.py's RemoteReply):
     iterate for text pieces; ``turn`` fills in as it streams, ``stats`` counts it."""
@@ -169,7 +163,7 @@ class TranscriptSession:
     """
 
     def __init__(
-        self, model: ModelCard, tokenizer: Encoder, preamble: str = DEFAULT_PREAMBLE,
+        self, model: ModelCard, tokenizer: Tokenizer, preamble: str = DEFAULT_PREAMBLE,
         conversation: Conversation | None = None,
     ) -> None:  # fmt: skip
         self.model = model

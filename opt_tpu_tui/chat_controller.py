@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple, TypeVar
+from typing import Callable, Dict, Optional, Tuple
 
 from opt_tpu_tui.chat import ContextUse, Conversation, ReplyStream, TranscriptSession, Turn
 from opt_tpu_tui.engine import Engine
@@ -29,12 +29,34 @@ from opt_tpu_tui.history import HistoryStore, SearchHit, title_for
 from opt_tpu_tui.overrides import Overrides, resolve
 from opt_tpu_tui.persist import Outcome, run_and_save
 from opt_tpu_tui.sampling import SamplingSettings
-from opt_tpu_tui.tui.streaming import TokenBuffer
+
+
+class TokenBuffer:
+    """The hand-off of a reply's text from the worker thread to the UI: the worker pushes pieces under a lock
+    (microseconds, never waiting on the UI); a UI timer takes all there is several times a second and renders
+    it in one go, so the view redraws at the timer's pace, not per token."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pieces: list[str] = []
+
+    def push(self, piece: str) -> None:
+        with self._lock:
+            self._pieces.append(piece)
+
+    def take(self) -> str:
+        """Everything pushed since the last take, joined ("" if nothing)."""
+        with self._lock:
+            if not self._pieces:
+                return ""
+            text = "".join(self._pieces)
+            self._pieces.clear()
+        return text
+
 
 BUSY = "A reply is streaming: press escape to stop it first"
 Notify = Callable[[str, str, str, float], None]  # (text, title, severity, seconds)
 Variants = Dict[int, Tuple[int, int]]  # turn index -> (variant shown, how many): typing's, for 3.8
-T = TypeVar("T")
 
 
 @dataclass
@@ -68,7 +90,6 @@ class ChatController:
         self.store = store
         self.defaults = defaults  # the saved defaults with this run's command-line values over them
         self.notify = notify
-        self._count_failed = False  # the last count failed, and the user was told
         self.conversation = Conversation()
         self.engine: Engine | None = None
         self.session: TranscriptSession | None = None
@@ -176,36 +197,21 @@ class ChatController:
     # the context meter
 
     def context_use(self) -> ContextUse | None:
-        """The status line's meter (chat.TranscriptSession.context_use): None before the model is there, or
-        while it cannot be counted (a server's tokenizer that does not answer: said once)."""
+        """The status line's meter (chat.TranscriptSession.context_use): None before the model is there."""
         session = self.session
         if session is None:
             return None
         sampling, session.preamble = self.effective_settings()
         streaming = self.streaming
-        return self._counted(lambda: session.context_use(session.reserve(sampling), streaming.reply if streaming else None))
+        return session.context_use(session.reserve(sampling), streaming.reply if streaming else None)
 
     def kept_turns(self) -> int | None:
-        """How many of the last turns the model still sees (the transcript's marker above them); None: no model
-        yet, or they cannot be counted now."""
+        """How many of the last turns the model still sees (the transcript's marker above them); None: no model yet."""
         session = self.session
         if session is None:
             return None
         sampling, session.preamble = self.effective_settings()
-        return self._counted(lambda: len(self.conversation.turns) - session.first_kept(session.reserve(sampling)))
-
-    def _counted(self, count: Callable[[], T]) -> T | None:
-        """``count()``, or None where the tokens cannot be counted: over --server they are counted by the
-        server's /tokenize, and a server gone away must cost a line, not the app."""
-        try:
-            result = count()
-        except UserError as error:
-            if not self._count_failed:
-                self.notify(f"cannot count the context: {error}", "Warning", "warning", 10)
-            self._count_failed = True
-            return None
-        self._count_failed = False
-        return result
+        return len(self.conversation.turns) - session.first_kept(session.reserve(sampling))
 
     # conversations
 

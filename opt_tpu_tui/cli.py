@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 import textwrap
@@ -13,20 +12,19 @@ from dataclasses import replace
 from pathlib import Path
 
 from opt_tpu_tui import __version__, paths
-from opt_tpu_tui.backends import BACKENDS, DEVICE_HELP, Backend, check_model_dir, device_index, open_model
-from opt_tpu_tui.backends.base import emits_tokens
-from opt_tpu_tui.chat import ChatSession, ReplyStream
+from opt_tpu_tui.backends import BACKENDS, DEVICE_HELP, check_model_dir, device_index, open_model
+from opt_tpu_tui.chat import Conversation
 from opt_tpu_tui.config import Settings, SettingsNotSaved, changed_values, load_settings, update_settings_file
 from opt_tpu_tui.demo import DEMO_MODEL_DIR, DEMO_NAME, DEMO_NOTICE, is_demo_model
+from opt_tpu_tui.engine import Engine, LocalEngine
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.export import run_export
-from opt_tpu_tui.generation import Generation, GenerationStats, stop_words
-from opt_tpu_tui.native_output import hold_closed_descriptors, native_stdout_to, park_native_stdout, terminal_size
+from opt_tpu_tui.generation import GenerationStats, stop_words
+from opt_tpu_tui.native_output import hold_closed_descriptors, native_stdout_to, park_native_stdout, terminal_size, to_devnull
 from opt_tpu_tui.overrides import Overrides, resolve
 from opt_tpu_tui.plain_text import plain_output
 from opt_tpu_tui.safe_text import terminal_safe
 from opt_tpu_tui.sampling import LIMITS, SamplingSettings, number
-from opt_tpu_tui.tokenizer import Tokenizer
 
 DEMO_PROMPT = "What is Python, and why do people like it?"
 GREEDY_NOTICE = (  # an OPT-TPU bmodel's lm_head ends in top-1: it gives the token, not logits
@@ -58,17 +56,7 @@ def build_parser(saved: SamplingSettings | None = None) -> argparse.ArgumentPars
         "SIGHUP and SIGTERM end the UI and -c as ctrl+q does (a reply is stopped and saved), "
         "with exit code 128 + the signal's number (129, 143).",
     )
-    parser.add_argument(
-        "--model", metavar="DIR", type=Path,
-        help=f"model directory: a Hugging Face OPT checkpoint or a converted bmodel; {DEMO_NAME} is the built-in "
-        f"demo model (./{DEMO_NAME} a folder of that name) (default: the last one used, else the demo model)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--backend", choices=BACKENDS, default="auto",
-        help="inference backend, for this run (default: auto, which picks by what the model directory holds)",
-    )  # fmt: skip
-    parser.add_argument("--context", metavar="N", type=int, help="context length in tokens (default: the model's)")
-    parser.add_argument("--device", metavar="N", type=device_index, default=0, help=DEVICE_HELP)
+    add_model_flags(parser, "the last one used, else the demo model")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument(
         "-p", "--prompt", nargs="?", const=DEMO_PROMPT, metavar="TEXT",
@@ -232,20 +220,10 @@ def write_out(text: str) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
     except OSError as error:
-        silence_stdout()
+        to_devnull(sys.stdout)
         if isinstance(error, BrokenPipeError):
             raise
         raise UserError(f"stdout: cannot write the reply ({error.strerror or error})") from None
-
-
-def silence_stdout() -> None:
-    try:
-        descriptor = sys.stdout.fileno()
-    except (AttributeError, OSError, ValueError):
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, descriptor)
-    os.close(devnull)
 
 
 def plain_streams(ascii_only: bool) -> None:
@@ -302,23 +280,50 @@ def server_for(args: argparse.Namespace, settings: Settings) -> str | None:
     return None if picking else settings.server
 
 
+def add_model_flags(parser: argparse.ArgumentParser, default_model: str) -> None:
+    """--model, --backend, --context and --device: what picks the model to load (the app's modes and serve)."""
+    parser.add_argument(
+        "--model", metavar="DIR", type=Path,
+        help=f"model directory: a Hugging Face OPT checkpoint or a converted bmodel; {DEMO_NAME} is the built-in "
+        f"demo model (./{DEMO_NAME} a folder of that name) (default: {default_model})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--backend", choices=BACKENDS, default="auto",
+        help="inference backend, for this run (default: auto, which picks by what the model directory holds)",
+    )  # fmt: skip
+    parser.add_argument("--context", metavar="N", type=int, help="context length in tokens (default: the model's)")
+    parser.add_argument("--device", metavar="N", type=device_index, default=0, help=DEVICE_HELP)
+
+
+def named_model(model: Path | None) -> tuple[Path, bool] | None:
+    """The folder ``--model`` names and whether it is the demo model; None without --model.
+
+    A Hugging Face model id that is no folder here says how to fetch it; a folder that
+    holds no model is refused before anything loads.
+    """
+    if model is None:
+        return None
+    if str(model) == DEMO_NAME:  # the keyword; ./demo is a folder of that name
+        return DEMO_MODEL_DIR, True
+    if looks_like_hub_id(model):
+        raise UserError(
+            f"{model}: no such model directory; as a Hugging Face model id it has to be downloaded into a "
+            f"folder first (opt-tpu-tui downloads nothing), e.g. `hf download {model} --local-dir "
+            f"{model.name}` (huggingface-cli in older huggingface_hub), then --model {model.name}"
+        )
+    check_model_dir(model)
+    return model, is_demo_model(model)
+
+
 def resolve_model(args: argparse.Namespace, settings: Settings) -> tuple[Path, str, bool]:
     """The model directory, backend and whether it is the demo: --model, else the last model used, else the demo.
 
     The backend is ``--backend`` for this run: the one an earlier run used is not
     reused (a bmrt run would otherwise pin every later one to the simulator).
     """
-    if args.model is not None and str(args.model) == DEMO_NAME:  # the keyword; ./demo is a folder of that name
-        return DEMO_MODEL_DIR, args.backend, True
-    if args.model is not None:
-        if looks_like_hub_id(args.model):
-            raise UserError(
-                f"{args.model}: no such model directory; as a Hugging Face model id it has to be downloaded into a "
-                f"folder first (opt-tpu-tui downloads nothing), e.g. `hf download {args.model} --local-dir "
-                f"{args.model.name}` (huggingface-cli in older huggingface_hub), then --model {args.model.name}"
-            )
-        check_model_dir(args.model)
-        return args.model, args.backend, is_demo_model(args.model)
+    named = named_model(args.model)
+    if named is not None:
+        return named[0], args.backend, named[1]
     if settings.last_model:
         last = Path(settings.last_model)
         if last.is_dir():
@@ -357,12 +362,9 @@ def read_prompt(prompt: str) -> str:
     return text
 
 
-def run_prompt(args: argparse.Namespace, backend: Backend, tokenizer: Tokenizer, settings: SamplingSettings) -> int:
+def run_prompt(args: argparse.Namespace, engine: Engine, settings: SamplingSettings) -> int:
     text = args.prompt
-    if args.raw:
-        reply: Generation | ReplyStream = Generation(backend, tokenizer, tokenizer.encode(text), settings)
-    else:
-        reply = ChatSession(backend, tokenizer, args.preamble).send(text, settings)
+    reply = engine.complete(text, settings) if args.raw else engine.session(Conversation(), args.preamble).send(text, settings)
     stats = reply.stats
     try:
         stream_out(reply)
@@ -372,6 +374,17 @@ def run_prompt(args: argparse.Namespace, backend: Backend, tokenizer: Tokenizer,
     if not args.quiet:
         print_stats(stats, getattr(args, "load_seconds", None))
     return 130 if stats.stop_reason == "cancelled" else 0
+
+
+def run_engine(args: argparse.Namespace, engine: Engine, settings: SamplingSettings) -> int:
+    """``-p`` or ``-c`` with ``engine``, loaded here or a server's; the exit status."""
+    if engine.greedy_only and not args.quiet:
+        print(for_terminal(GREEDY_NOTICE, terminal_width(sys.stderr)), file=sys.stderr)
+    if args.prompt is not None:
+        return run_prompt(args, engine, settings)
+    from opt_tpu_tui.line_chat import run_chat
+
+    return run_chat(args, engine, settings)
 
 
 def settings_for_parser() -> tuple[Settings, str | None, UserError | None]:
@@ -458,26 +471,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.prompt is not None:  # after every check of the flags, before the model loads
             args.prompt = read_prompt(args.prompt)
         if args.server is not None:  # the model of a running server, none loaded here
-            from opt_tpu_tui.serve.client import run_remote
+            from opt_tpu_tui.serve.client import RemoteEngine
 
-            return run_remote(args, settings)
+            return run_engine(args, RemoteEngine.connect(args.server), settings)
         if demo and not args.quiet:
             print(for_terminal(DEMO_NOTICE, terminal_width(sys.stderr)), file=sys.stderr)
         with native_stdout_to(paths.native_output_log()):  # what the TPU runtime prints, out of the replies
             started = time.perf_counter()
             backend, tokenizer = open_model(model_dir, backend_kind, args.context, args.device)
             args.load_seconds = time.perf_counter() - started  # for -p's stats line
-        if emits_tokens(backend) and not args.quiet:
-            print(for_terminal(GREEDY_NOTICE, terminal_width(sys.stderr)), file=sys.stderr)
         try:
             if not demo:
                 remember_model(saved, model_dir)
-            if args.prompt is not None:
-                with native_stdout_to(paths.native_output_log(), append=True):
-                    return run_prompt(args, backend, tokenizer, settings)
-            from opt_tpu_tui.line_chat import run_chat
-
-            return run_chat(args, backend, tokenizer, settings)
+            engine = LocalEngine(backend, tokenizer)
+            if args.prompt is None:
+                return run_engine(args, engine, settings)  # -c parks the runtime's output around each reply
+            with native_stdout_to(paths.native_output_log(), append=True):
+                return run_engine(args, engine, settings)
         finally:
             backend.close()
     except UserError as error:
@@ -499,6 +509,6 @@ def run() -> None:
         if sys.stdout is not None:  # None: started with stdout closed
             sys.stdout.flush()
     except OSError:
-        silence_stdout()
+        to_devnull(sys.stdout)
     park_native_stdout(paths.native_output_log())
     sys.exit(code)

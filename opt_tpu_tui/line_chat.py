@@ -33,16 +33,13 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
 from typing import TextIO
 
 from opt_tpu_tui import paths
-from opt_tpu_tui.backends import Backend
-from opt_tpu_tui.chat import ChatSession, Conversation, ReplyStream, TranscriptSession
-from opt_tpu_tui.cli import (
-    for_terminal, print_stats, terminal_width, tolerate_bad_bytes, valid_text, write_out,
-)
+from opt_tpu_tui.chat import Conversation, ReplyStream
+from opt_tpu_tui.cli import for_terminal, print_stats, terminal_width, tolerate_bad_bytes, valid_text, write_out
+from opt_tpu_tui.engine import Engine
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.history import HistoryStore
 from opt_tpu_tui.line_history import LineHistory
@@ -51,7 +48,6 @@ from opt_tpu_tui.persist import run_and_save
 from opt_tpu_tui.safe_text import terminal_safe
 from opt_tpu_tui.sampling import SamplingSettings
 from opt_tpu_tui.signals import Ended, Ending, ending_stops, exit_code
-from opt_tpu_tui.tokenizer import Tokenizer
 
 PROMPT, MORE = "you> ", "...> "
 PASTE_WAIT = 0.025  # seconds a line waits for the rest of a paste; typing is slower than that, pasting faster
@@ -213,19 +209,14 @@ def to_model(message: str) -> str:
     return stripped[1:] if stripped.startswith("//") else message
 
 
-def run_chat(
-    args: argparse.Namespace, backend: Backend, tokenizer: Tokenizer, settings: SamplingSettings,
-    session_for: Callable[[Conversation], TranscriptSession] | None = None,
-) -> int:  # fmt: skip
-    """The chat loop, saving to the history; returns the exit status (0: the user left; 128 + n: signal n
-    ended it, signals.py). ``session_for`` makes the chat of a conversation (a server's: serve/client.py)."""
-    if session_for is None:
-        session_for = partial(ChatSession, backend, tokenizer, args.preamble)
+def run_chat(args: argparse.Namespace, engine: Engine, settings: SamplingSettings) -> int:
+    """The chat loop with ``engine`` (loaded here or a server's), saving to the history; returns the exit
+    status (0: the user left; 128 + n: signal n ended it, signals.py)."""
     history = Saving()
     try:
         with ending_stops() as ending:
             try:
-                return chat_loop(args, backend, settings, history, ending, session_for)
+                return chat_loop(args, engine, settings, history, ending)
             except Ended as ended:
                 return exit_code(ended.signum)
     finally:
@@ -269,17 +260,14 @@ class Saving:
             print(f"\nopt-tpu-tui: warning: not saved: {outcome.unsaved}", file=sys.stderr)
 
 
-def chat_loop(
-    args: argparse.Namespace, backend: Backend, settings: SamplingSettings, history: Saving, ending: Ending,
-    session_for: Callable[[Conversation], TranscriptSession],
-) -> int:  # fmt: skip
+def chat_loop(args: argparse.Namespace, engine: Engine, settings: SamplingSettings, history: Saving, ending: Ending) -> int:
     """The messages and replies; a reply runs with ``ending`` set to stop it, and its end leaves if it did."""
-    session = session_for(history.conversation)
+    session = engine.session(history.conversation, args.preamble)
     tolerate_bad_bytes(sys.stdin)
     reader = LineReader(sys.stdin, LineHistory(paths.line_history_file()))
     print(
         for_terminal(
-            f"Chatting with {backend.model_name} on {backend.name} ({backend.context_length}-token context). "
+            f"Chatting with {engine.model_name} on {engine.name} ({engine.context_length}-token context). "
             "/help lists the commands; ctrl+c stops a reply, ctrl+d leaves.",
             terminal_width(sys.stdin),
         )
@@ -309,7 +297,7 @@ def chat_loop(
             continue
         if command == "/new":
             history.new()
-            session = session_for(history.conversation)
+            session = engine.session(history.conversation, args.preamble)
             print("(new conversation)")
             continue
         if command is not None and command != "/regen":

@@ -256,6 +256,8 @@ def test_a_hub_id_as_the_model_says_how_to_download_it(capsys, monkeypatch, tmp_
     code, _, err = run_cli(capsys, "--model", "opt-125m", "-p", "Hi")
     assert_one_line_error(code, err, "opt-125m: no such model directory")  # no owner/: not an id
     assert "hf download" not in err
+    code, _, err = run_cli(capsys, "serve", "--model", "facebook/opt-125m")  # serve reads --model as the app does
+    assert_one_line_error(code, err, "facebook/opt-125m: no such model directory", "`hf download facebook/opt-125m")
 
 
 def test_help_shows_each_sampling_default_from_the_saved_settings_and_its_range(capsys) -> None:

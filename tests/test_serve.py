@@ -435,7 +435,7 @@ def test_prompt_and_chat_modes_through_the_server_print_what_they_print_in_proce
     there = cli("--server", server.url, "-c", "-q", *flags, stdin=messages)
     assert there.returncode == 0, there.stderr
     assert there.stdout.split("\n", 1)[1] == here.stdout.split("\n", 1)[1]  # all but the banner, which names where
-    assert there.stdout.startswith(f"Chatting with tiny-opt on {server.url} (128-token context).")
+    assert there.stdout.startswith(f"Chatting with tiny-opt on cpu @ {server.host}:{server.port} (128-token context).")
 
 
 def test_the_clients_say_what_is_wrong_with_the_server(server: ServeProcess, tiny_model: Path) -> None:

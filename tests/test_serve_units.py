@@ -89,6 +89,9 @@ def test_the_model_card_says_whether_the_device_picks_the_tokens(monkeypatch) ->
         def device(self) -> tuple:
             return ("sail", None)
 
+        def tokenizer(self) -> None:
+            return None
+
     monkeypatch.setattr(serve_client, "ServerClient", Client)
     assert serve_client.RemoteEngine.connect("http://127.0.0.1:1").greedy_only is True
     card["greedy_only"] = False

@@ -109,7 +109,7 @@ def open_model(
     if tokenizer.max_id >= backend.vocab_size:
         backend.close()
         raise UserError(
-            f"{tokenizer.vocab_path}: holds token id {tokenizer.max_id}, but the model has logits for ids "
+            f"{tokenizer.source}: holds token id {tokenizer.max_id}, but the model has logits for ids "
             f"0 to {backend.vocab_size - 1} (vocab_size): the vocabulary belongs to another model"
         )
     return backend, tokenizer

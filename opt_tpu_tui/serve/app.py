@@ -2,8 +2,8 @@
 
 It listens at once and loads the model in a thread, so ``/health`` says 503 while
 loading and 200 when ready. Routes: ``/health``, ``/v1/models``, ``/v1/chat/completions``,
-``/v1/completions``, ``/metrics``, ``/tokenize`` (the model's tokenizer, for a
-client's context meter) and ``/device`` (the device's figures as JSON, for a client's
+``/v1/completions``, ``/metrics``, ``/tokenizer`` (the model's vocab.json and
+merges.txt, which a client counts its context meter with) and ``/device`` (the device's figures as JSON, for a client's
 stats pane). Streams are server-sent events written by Starlette's
 ``StreamingResponse``: each event is one ``data:`` line, so a package for SSE would
 add a dependency and no behaviour; Starlette cancels the stream when the client goes
@@ -50,7 +50,6 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from opt_tpu_tui import paths
 from opt_tpu_tui.backends import open_model
 from opt_tpu_tui.backends.base import emits_tokens
-from opt_tpu_tui.demo import DEMO_MODEL_DIR, DEMO_NAME
 from opt_tpu_tui.devices import DeviceMonitor
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.native_output import native_stdout_to
@@ -64,7 +63,7 @@ from opt_tpu_tui.serve.metrics import CONTENT_TYPE, Gauge, Metrics
 STREAM_INTERVAL = 0.01  # seconds: a stream's text goes out at most this often (Inbox)
 DISCONNECT_POLL = 0.25  # seconds between checks that a non-streaming client is still there
 OPEN_PATHS = ("/health",)  # reachable without the API key (a load balancer's probe)
-ROUTES = ("/health", "/metrics", "/device", "/tokenize", "/v1/models", "/v1/chat/completions", "/v1/completions")
+ROUTES = ("/health", "/metrics", "/device", "/tokenizer", "/v1/models", "/v1/chat/completions", "/v1/completions")
 log = logging.getLogger("opt_tpu_tui.serve")
 
 
@@ -81,13 +80,16 @@ class State:
         self.load_error: BaseException | None = None
         self.registered: Path | None = None  # this server's file in the registry (registry.py)
         self.defaults = SamplingSettings()
+        self.tokenizer_files: dict[str, str] = {}
 
     def load(self, url: str) -> None:
         """Open the model (on the loading thread); the routes answer 503 until it is there."""
         args = self.args
-        model_dir = DEMO_MODEL_DIR if args.model is None or str(args.model) == DEMO_NAME else args.model  # as cli's --model
+        model_dir = args.model  # checked by command.check_args
         with native_stdout_to(paths.native_output_log()):  # what the TPU runtime prints goes to its log
             backend, tokenizer = open_model(model_dir, args.backend, args.context, args.device)
+        files = (("vocab", "vocab.json"), ("merges", "merges.txt"))  # checked by the tokenizer: the clients count with them
+        self.tokenizer_files = {key: (Path(model_dir) / name).read_bytes().decode("utf-8") for key, name in files}
         self.engine = Engine(backend, tokenizer, args.slots, args.queue, self.metrics)
         self.monitor, self.backend_name = DeviceMonitor(backend.name, device_id=args.device), backend.name
         self.model = oa.Model(backend.model_name, tokenizer, backend.context_length, int(time.time()), emits_tokens(backend))
@@ -173,15 +175,10 @@ async def models(state: State, request: Request) -> Response:
     return JSONResponse(oa.model_card(model))
 
 
-async def tokenize(state: State, request: Request) -> Response:
-    """``{"text": ...}`` -> its token ids as the model reads them (with the leading <s>), and their count."""
-    model, _ = state.ready()
-    body = oa.as_object(await read_json(request))
-    text = body.get("text")
-    if not isinstance(text, str):
-        raise oa.bad("text must be a string", "text")
-    ids = model.tokenizer.encode(oa.checked_text(text, "text"))
-    return JSONResponse({"tokens": ids, "count": len(ids), "context_length": model.context_length})
+async def tokenizer_files(state: State, request: Request) -> Response:
+    """The model's tokenizer as its two files' texts: ``{"vocab": vocab.json, "merges": merges.txt}``."""
+    state.ready()
+    return JSONResponse(state.tokenizer_files)
 
 
 async def metrics(state: State, request: Request) -> Response:
@@ -399,7 +396,7 @@ def build_app(state: State) -> Any:
             route("/health", health, ["GET"]),
             route("/metrics", metrics, ["GET"]),
             route("/device", device, ["GET"]),
-            route("/tokenize", tokenize, ["POST"]),
+            route("/tokenizer", tokenizer_files, ["GET"]),
             route("/v1/models", models, ["GET"]),
             route("/v1/models/{name:path}", models, ["GET"]),
             route("/v1/chat/completions", generate(chat=True), ["POST"]),

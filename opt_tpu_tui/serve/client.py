@@ -4,16 +4,16 @@ Standard library only (http.client), so the clients need no extra. A chat goes t
 ``/v1/chat/completions`` as OpenAI messages (the preamble as the system message), a
 ``--raw`` prompt to ``/v1/completions``, both streamed; stopping a reply (ctrl+c in
 ``-c``) closes the stream, which stops the server's generation within a token. The
-chat history stays here: ``RemoteSession`` is a ``ChatSession`` whose tokenizer is
-the server's (``/tokenize``), so the turns left out for lack of context are the same
-as in-process. ``RemoteEngine`` is the same for the UI (engine.py): the UI's chat
+chat history stays here: ``RemoteSession`` is a ``ChatSession`` that counts with the
+server model's own tokenizer, fetched once (``/tokenizer``: its vocab.json and
+merges.txt) and run here, so the turns left out for lack of context and the context
+meter are the same as in-process, without a round trip per count. ``RemoteEngine`` is the same for the UI (engine.py): the UI's chat
 controller runs on it as on the model loaded in-process, and its stats pane reads the
 server's ``/device``. An API key comes from the environment variable OPT_TPU_TUI_API_KEY.
 """
 
 from __future__ import annotations
 
-import argparse
 import http.client
 import json
 import os
@@ -22,7 +22,6 @@ import time
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 from opt_tpu_tui.chat import Conversation, TranscriptSession, Turn
@@ -30,10 +29,10 @@ from opt_tpu_tui.devices import DeviceSample
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.generation import GenerationStats
 from opt_tpu_tui.sampling import SamplingSettings
+from opt_tpu_tui.tokenizer import Tokenizer
 
 KEY_VARIABLE = "OPT_TPU_TUI_API_KEY"
 TIMEOUT = 600.0  # seconds without a byte from the server (a long prefill on a slow device is minutes at most)
-COUNTS_KEPT = 4096  # texts whose token ids the client remembers: the meter asks again for the same turns
 FINISH_WORDS = {"length": "max_new_tokens", "stop": "stop"}  # OpenAI's finish_reason -> the stats line's stop
 
 
@@ -88,8 +87,13 @@ class ServerClient:
         data = self.call("GET", "/v1/models").get("data") or [{}]
         return data[0]
 
-    def tokenize(self, text: str) -> list[int]:
-        return list(self.call("POST", "/tokenize", {"text": text})["tokens"])
+    def tokenizer(self) -> Tokenizer:
+        """The server model's tokenizer, built here from its files (the meter counts without asking again)."""
+        files = self.call("GET", "/tokenizer")
+        vocab, merges = (files.get("vocab"), files.get("merges")) if isinstance(files, dict) else (None, None)
+        if not isinstance(vocab, str) or not isinstance(merges, str):
+            raise UserError(f"the server at {self.url} does not give its tokenizer (an opt-tpu-tui serve older than this client?)")
+        return Tokenizer.from_texts(vocab, merges, f"{self.url}/tokenizer")
 
     def device(self) -> tuple[str, DeviceSample]:
         """The server's backend name and its device's figures now (what its stats pane would show)."""
@@ -200,36 +204,14 @@ class ServerModel:
     context_length: int
 
 
-class RemoteTokenizer:
-    """The server model's tokenizer, through /tokenize: what a session counts a prompt with.
-
-    The counts are kept (the last COUNTS_KEPT texts): the context meter and the turns
-    left out are counted again after each reply and on each reopening, from the same
-    turns, and each count would otherwise be a round trip.
-    """
-
-    def __init__(self, client: ServerClient) -> None:
-        self.client = client
-        self._known: dict[str, list[int]] = {}
-
-    def encode(self, text: str, add_bos: bool = True) -> list[int]:
-        ids = self._known.pop(text, None)
-        if ids is None:
-            ids = self.client.tokenize(text)  # as the model reads it: <s> first
-            if len(self._known) >= COUNTS_KEPT:
-                del self._known[next(iter(self._known))]  # the least recently used (dicts keep their order)
-        self._known[text] = ids
-        return list(ids) if add_bos else ids[1:]
-
-
 class RemoteSession(TranscriptSession):
     """A chat whose turns are kept here and whose replies come from the server."""
 
     def __init__(
-        self, client: ServerClient, model: ServerModel, preamble: str, conversation: Conversation | None = None,
-        tokenizer: RemoteTokenizer | None = None,
+        self, client: ServerClient, model: ServerModel, tokenizer: Tokenizer, preamble: str,
+        conversation: Conversation | None = None,
     ) -> None:  # fmt: skip
-        super().__init__(model, tokenizer or RemoteTokenizer(client), preamble, conversation)
+        super().__init__(model, tokenizer, preamble, conversation)
         self.client = client
 
     def begin(
@@ -250,9 +232,8 @@ class RemoteEngine:
     remote = True
     greedy_only = False  # the server samples as asked, unless its model card says its device picks the tokens
 
-    def __init__(self, client: ServerClient, model: ServerModel) -> None:
-        self.client, self.model = client, model
-        self.tokenizer = RemoteTokenizer(client)  # one for every conversation: the counts it keeps are shared
+    def __init__(self, client: ServerClient, model: ServerModel, tokenizer: Tokenizer) -> None:
+        self.client, self.model, self.tokenizer = client, model, tokenizer
         self.backend = ""  # the server's backend, once its figures say
 
     @classmethod
@@ -260,7 +241,8 @@ class RemoteEngine:
         """The engine of the server at ``url`` (blocking: the UI calls it in its load worker)."""
         client = ServerClient(url)
         card = client.model()
-        engine = cls(client, ServerModel(client.url, str(card.get("id", "?")), int(card.get("context_length") or 0)))
+        model = ServerModel(client.url, str(card.get("id", "?")), int(card.get("context_length") or 0))
+        engine = cls(client, model, client.tokenizer())
         engine.greedy_only = bool(card.get("greedy_only"))  # an OPT-TPU bmodel's lm_head picks the token
         try:
             engine.backend = client.device()[0]  # its name, once: the status line shows where the model runs
@@ -282,7 +264,11 @@ class RemoteEngine:
         return self.model.context_length
 
     def session(self, conversation: Conversation, preamble: str) -> TranscriptSession:
-        return RemoteSession(self.client, self.model, preamble, conversation, self.tokenizer)
+        return RemoteSession(self.client, self.model, self.tokenizer, preamble, conversation)
+
+    def complete(self, text: str, settings: SamplingSettings) -> RemoteReply:
+        body = {"model": self.model.model_name, "prompt": text, **sampling_fields(settings)}
+        return RemoteReply(self.client, "/v1/completions", body)
 
     def sample_device(self) -> DeviceSample:
         self.backend, sample = self.client.device()
@@ -292,35 +278,4 @@ class RemoteEngine:
         """Nothing to free here: the server keeps its model for its other clients."""
 
 
-def connect(args: argparse.Namespace) -> tuple[ServerClient, ServerModel]:
-    """The client for ``--server`` and the server's model (the flags were checked by cli.server_for)."""
-    client = ServerClient(args.server)
-    card = client.model()
-    return client, ServerModel(client.url, str(card.get("id", "?")), int(card.get("context_length") or 0))
-
-
-def run_remote(args: argparse.Namespace, settings: SamplingSettings) -> int:
-    """``-p`` or ``-c`` against the server at ``args.server``; the exit status, as in-process."""
-    from opt_tpu_tui import cli
-
-    client, model = connect(args)
-    if args.prompt is None:
-        from opt_tpu_tui.line_chat import run_chat
-
-        return run_chat(args, model, None, settings, partial(RemoteSession, client, model, args.preamble))  # type: ignore[arg-type]  # no backend here
-    if args.raw:
-        body = {"model": model.model_name, "prompt": args.prompt, **sampling_fields(settings)}
-        reply = RemoteReply(client, "/v1/completions", body)
-    else:
-        reply = RemoteSession(client, model, args.preamble).send(args.prompt, settings)
-    try:
-        cli.stream_out(reply)
-    except KeyboardInterrupt:
-        reply.stats.stop_reason = "cancelled"
-    cli.write_out("\n")
-    if not args.quiet:
-        cli.print_stats(reply.stats)
-    return 130 if reply.stats.stop_reason == "cancelled" else 0
-
-
-__all__ = ["RemoteEngine", "RemoteSession", "ServerClient", "run_remote"]
+__all__ = ["RemoteEngine", "RemoteSession", "ServerClient"]

@@ -10,7 +10,8 @@ import argparse
 import os
 from pathlib import Path
 
-from opt_tpu_tui.backends import BACKENDS, DEVICE_HELP, device_index
+from opt_tpu_tui.cli import add_model_flags, named_model
+from opt_tpu_tui.demo import DEMO_MODEL_DIR
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.serve.client import KEY_VARIABLE
 
@@ -31,10 +32,7 @@ def build_serve_parser() -> argparse.ArgumentParser:
         f"API key, from --api-key-file or the environment variable {KEY_VARIABLE}, sent by clients as "
         "'Authorization: Bearer KEY'. SIGINT or SIGTERM stops the running reply and exits 0.",
     )
-    parser.add_argument("--model", metavar="DIR", type=Path, help="model directory (default: the built-in demo model)")
-    parser.add_argument("--backend", choices=BACKENDS, default="auto", help="inference backend (default: auto)")
-    parser.add_argument("--context", metavar="N", type=int, help="context length in tokens (default: the model's)")
-    parser.add_argument("--device", metavar="N", type=device_index, default=0, help=DEVICE_HELP)
+    add_model_flags(parser, "the built-in demo model")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000; 0 picks a free one)")
     parser.add_argument(
@@ -75,6 +73,7 @@ def check_args(args: argparse.Namespace) -> None:
             raise UserError(f"{flag} {value}: must be at least {low}")
     if args.port > 65535:
         raise UserError(f"--port {args.port}: must be at most 65535")
+    args.model = (named_model(args.model) or (DEMO_MODEL_DIR, True))[0]
 
 
 def run_serve(argv: list[str]) -> int:

@@ -25,7 +25,7 @@ from textual.theme import Theme
 from opt_tpu_tui.config import DEFAULT_THEME, Settings, SettingsNotSaved, changed_values, update_settings_file
 from opt_tpu_tui.demo import DEMO_NOTICE
 from opt_tpu_tui.devices import DeviceMonitor
-from opt_tpu_tui.engine import Engine, LocalEngine, Monitor
+from opt_tpu_tui.engine import Engine, LocalEngine, ModelLoader, Monitor
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.history import HistoryStore
 from opt_tpu_tui.overrides import PREAMBLE, Overrides, resolve
@@ -36,7 +36,6 @@ from opt_tpu_tui.tui.driver import driver_for
 from opt_tpu_tui.tui.messages import ModelFailed, ModelLoaded
 from opt_tpu_tui.tui.screens.help import HelpScreen
 from opt_tpu_tui.tui.screens.main import MainScreen
-from opt_tpu_tui.tui.streaming import ModelLoader
 from opt_tpu_tui.tui.terminal_copy import CopiedTerminal
 from opt_tpu_tui.tui.textual_patches import version_warning
 from opt_tpu_tui.tui.themes import load_themes

@@ -31,11 +31,11 @@ from textual.widget import Widget
 from textual.widgets import Static
 
 from opt_tpu_tui.chat import Turn
+from opt_tpu_tui.chat_controller import TokenBuffer
 from opt_tpu_tui.export import FENCE
 from opt_tpu_tui.generation import stop_words
 from opt_tpu_tui.safe_text import terminal_safe
 from opt_tpu_tui.tui.messages import FlushReply
-from opt_tpu_tui.tui.streaming import TokenBuffer
 
 MARKED = ("max_new_tokens", "context", "stop_string")  # the ends a reply is marked with, besides stopped and failed
 FLUSH_HZ = 8  # streamed text reaches the view this often: smooth to the eye, few frames on the wire
