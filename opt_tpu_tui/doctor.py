@@ -509,7 +509,7 @@ def run_model(model_dir: Path, kind: str, device: int, needs: dict[str, Any]) ->
         return result, Check("run", True, f"{len(tokens)} greedy tokens equal the CPU backend's on {checkpoint}")
     detail = f"token {same + 1} of {len(tokens)} differs from the CPU backend's on {checkpoint}"
     if needs.get("weights") in ("int8", "int4"):
-        return result, Check("run", None, detail + f" (expected now and then: the CPU runs the unquantised weights)")
+        return result, Check("run", None, detail + " (expected now and then: the CPU runs the unquantised weights)")
     return result, Check("run", False, detail, "report it with the output of `opt-tpu-tui doctor --run --json`")
 
 

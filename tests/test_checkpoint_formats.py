@@ -10,7 +10,6 @@ from __future__ import annotations
 import collections
 import datetime
 import os
-import pickle
 import shlex
 import shutil
 import tracemalloc

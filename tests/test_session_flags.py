@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from pathlib import Path
 
 import pytest
 import tmux
 from textual.widgets import Input, TextArea
 from tiny import train_tokenizer
-from tui_support import finish, make_app, ready, script_ids, send, shown
+from tui_support import make_app, ready, script_ids, send, shown
 
 from opt_tpu_tui import cli, paths
 from opt_tpu_tui.config import DEFAULT_PREAMBLE, Settings, load_settings, save_settings

@@ -9,7 +9,6 @@ runs the console script as a user would, on a pseudo-terminal where one is wante
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import pytest
 import tmux
