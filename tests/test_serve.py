@@ -140,6 +140,8 @@ def test_curl_streams_end_with_done(server: ServeProcess, tiny_model: Path) -> N
     assert terminal_safe("".join(c["choices"][0]["text"] for c in chunks)) == expected
     assert chunks[-1]["choices"][0]["finish_reason"] == "length"
     assert chunks[-1]["choices"][0]["stop_reason"] == "max_new_tokens"  # the project's own, which "length" blurs
+    counts = [c["choices"][0]["tokens"] for c in chunks if c["choices"][0]["text"]]  # the project's: tokens so far
+    assert counts == sorted(set(counts)) and counts[-1] == max_tokens, counts
 
     body = {"messages": chat_messages(text), "max_tokens": 3, "stream": True, "stream_options": {"include_usage": True}}
     events = curl_stream(server.url + "/v1/chat/completions", {**body, **GREEDY})

@@ -133,3 +133,19 @@ def test_a_stream_gets_the_text_made_meanwhile_as_one_piece_and_its_end_at_once(
     assert first == [Piece("abc")]
     assert second[0] == Piece("de") and isinstance(second[1], Done) and len(second) == 2
     assert waited < 10  # the end went out when it came, not 30 s later
+
+
+def test_a_client_counts_the_tokens_a_chunk_says_it_holds() -> None:
+    """A chunk may hold several tokens (the server sends what was made since its last write): the reply's count,
+    which the context meter reads while it streams, follows the server's ``tokens``, not one per chunk."""
+    from opt_tpu_tui.serve.client import RemoteReply
+
+    class Client:
+        def stream(self, path: str, body: dict, cancel: object) -> object:
+            yield {"choices": [{"index": 0, "text": "Hello", "tokens": 3}]}
+            yield {"choices": [{"index": 0, "text": " world", "tokens": "many"}]}  # not a count: one more, as before
+            yield {"choices": [{"index": 0, "text": "!", "tokens": 9}]}
+
+    reply = RemoteReply(Client(), "/v1/completions", {}, prompt_tokens=5)  # type: ignore[arg-type]
+    counts = [(piece, reply.stats.new_tokens, reply.stats.context_used) for piece in reply]
+    assert counts == [("Hello", 3, 8), (" world", 4, 9), ("!", 9, 14)]

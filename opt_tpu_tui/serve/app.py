@@ -296,7 +296,7 @@ def merged(events: list[Any]) -> list[Any]:
     out: list[Any] = []
     for event in events:
         if isinstance(event, Piece) and out and isinstance(out[-1], Piece):
-            out[-1] = Piece(out[-1].text + event.text)
+            out[-1] = Piece(out[-1].text + event.text, event.tokens)
         else:
             out.append(event)
     return out
@@ -329,7 +329,7 @@ async def stream(state: State, api: oa.ApiRequest, rid: str, model: str, job: Jo
             for event in await events.take(not_before=written + STREAM_INTERVAL):
                 if isinstance(event, Piece):
                     pieces.append(event.text)
-                    yield sse(oa.chunk(api, rid, model, event.text))
+                    yield sse(oa.chunk(api, rid, model, event.text, tokens=event.tokens))
                     written = loop.time()
                     continue
                 if isinstance(event, Done):

@@ -179,7 +179,8 @@ class RemoteReply:
                         now = time.perf_counter()
                         if first is None:
                             first, stats.prefill_seconds = now, now - started
-                        stats.new_tokens += 1  # until the usage says how many exactly
+                        told = choice.get("tokens")  # the server's count so far; the usage has the last word
+                        stats.new_tokens = told if isinstance(told, int) and told > stats.new_tokens else stats.new_tokens + 1
                         stats.decode_steps = stats.new_tokens - 1
                         stats.decode_seconds = now - first
                         stats.context_used = stats.prompt_tokens + stats.new_tokens

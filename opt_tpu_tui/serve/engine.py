@@ -39,6 +39,7 @@ class EngineClosed(Exception):
 @dataclass
 class Piece:
     text: str
+    tokens: int = 0  # the reply's tokens so far, this piece's included (a piece may hold several, or part of one)
 
 
 @dataclass
@@ -167,7 +168,7 @@ class Engine:
                 elif stats.new_tokens > tokens:
                     metrics.per_token.observe((now - last) / (stats.new_tokens - tokens))
                 last, tokens, text = now, stats.new_tokens, text + piece
-                job.sink(Piece(piece))
+                job.sink(Piece(piece, stats.new_tokens))
         except BaseException as error:  # noqa: BLE001 - a broken backend must fail the request, not the thread
             self.slots.finish()
             metrics.busy.set(0)

@@ -298,14 +298,16 @@ def response(request: ApiRequest, rid: str, model: str, text: str, finish: str, 
 
 def chunk(
     request: ApiRequest, rid: str, model: str, text: str | None = None, finish: str | None = None,
-    role: bool = False, stats: GenerationStats | None = None, stop_reason: str | None = None,
+    role: bool = False, stats: GenerationStats | None = None, stop_reason: str | None = None, tokens: int = 0,
 ) -> dict[str, Any]:  # fmt: skip
     """One streamed chunk: the role (chat's first), a piece of text, the finish reason, or (``stats``) the usage.
 
-    The chunk with the finish reason also carries ``stop_reason``, how the project says the
-    reply ended (GenerationStats.stop_reason: "eos", "max_new_tokens", "context",
-    "stop_string", "cancelled"), which OpenAI's two reasons cannot tell apart; clients that
-    do not know the field ignore it, ours mark the reply with it.
+    Two fields of the project's own, which clients that do not know them ignore: the chunk
+    with the finish reason carries ``stop_reason``, how the project says the reply ended
+    (GenerationStats.stop_reason: "eos", "max_new_tokens", "context", "stop_string",
+    "cancelled"), which OpenAI's two reasons cannot tell apart, and ours mark the reply
+    with it; a text chunk carries ``tokens``, the reply's tokens so far (a chunk may hold
+    several: app.Inbox), which keeps a client's context meter exact while it streams.
     """
     kind = "chat.completion.chunk" if request.chat else "text_completion"
     out: dict[str, Any] = {"id": rid, "object": kind, "created": int(time.time()), "model": model}
@@ -322,6 +324,8 @@ def chunk(
     choice.update(logprobs=None, finish_reason=finish)
     if finish is not None:
         choice["stop_reason"] = stop_reason
+    if tokens:
+        choice["tokens"] = tokens
     out["choices"] = [choice]
     if request.include_usage:
         out["usage"] = None
