@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from opt_tpu_tui.box import LIBSOPHON_DIR
+from opt_tpu_tui.box import LIBSOPHON_DIR, chip_name
 from opt_tpu_tui.errors import UserError
 
 LIB_ENV = "OPT_TPU_TUI_BMRT_LIB"
@@ -324,7 +324,7 @@ class DeviceStats:
         chip = ctypes.c_uint()
         if not self._call("bm_get_chipid", ctypes.byref(chip)):
             return None
-        return {0x1686: "BM1684X", 0x1684: "BM1684", 0x1688: "BM1688"}.get(chip.value, f"chip id 0x{chip.value:x}")
+        return chip_name(f"0x{chip.value:x}") or f"chip id 0x{chip.value:x}"
 
     def driver_version(self) -> str | None:
         """"0.5.1" from bm_get_driver_version's (chip << 16) | (major << 8) | minor."""
