@@ -248,6 +248,25 @@ def open_file_limit() -> tuple[int | None, int | None]:
     return (None if soft == unlimited else soft), (None if hard == unlimited else hard)
 
 
+def raise_open_file_limit(need: int) -> bool:
+    """Whether this process may open ``need`` files, after raising its soft limit toward the hard one if need be
+    (any process may); True where there is no such limit."""
+    try:
+        import resource
+    except ImportError:
+        return True
+    soft, hard = open_file_limit()
+    if soft is None or soft >= need:
+        return True
+    if hard is not None and hard < need:
+        return False
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, resource.RLIM_INFINITY if hard is None else hard))
+    except (ValueError, OSError):
+        return False
+    return True
+
+
 def open_files() -> int:
     """Files this process holds open now (256 where /proc/self/fd cannot be listed)."""
     try:

@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Optional
 from opt_tpu_tui import __version__, box, converted, original_layout, paths
 from opt_tpu_tui.bmodel_info import BmodelInfo, read_bmodel_or_none
 from opt_tpu_tui.backends.sail import INSTALL_COMMAND as SAIL_INSTALL
+from opt_tpu_tui.backends.sail import files_needed
 from opt_tpu_tui.errors import UserError
 
 ENGINE_LLM_LIBSOPHON = (0, 5, 0)  # sail.EngineLLM, and bmodels of current tpu-mlir, need libsophon 0.5.0 or newer
@@ -368,7 +369,7 @@ def check_open_files(facts: dict[str, Any], needs: dict[str, Any]) -> Check:
     """Whether the open-file limit holds the device handles sail's EngineLLM opens (the sail backend raises the soft one)."""
     handles, per = needs["handles"], needs["files_per_handle"]
     limit = facts["open_files"]
-    need = limit["in_use"] + per * handles + 64
+    need = files_needed(handles, limit["in_use"])
     soft, hard = limit["soft"], limit["hard"]
     detail = f"sail's EngineLLM opens {handles} device handles (up to {per * handles} files); limit soft {soft or 'unlimited'}, hard {hard or 'unlimited'}"
     if not facts["sail"]["installed"]:

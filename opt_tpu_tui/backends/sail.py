@@ -9,14 +9,13 @@ works unchanged.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from opt_tpu_tui import original_layout
+from opt_tpu_tui import box, original_layout
 from opt_tpu_tui.backends.base import Backend
 from opt_tpu_tui.backends.original import OriginalBackend
 from opt_tpu_tui.backends.original import graph_io as original_graph_io
@@ -61,23 +60,12 @@ def room_for_handles(handles: int) -> bool:
     2048, past the usual soft limit of 1,024 open files. The hard limit is usually far
     higher, and raising the soft one up to it needs no privilege.
     """
-    try:
-        import resource
-    except ImportError:  # not Linux: no such limit to plan for
-        return True
-    try:
-        in_use = len(os.listdir("/proc/self/fd"))
-    except OSError:
-        in_use = 256
-    need = in_use + FILES_PER_HANDLE * handles + 64
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < need:
-        soft = need if hard == resource.RLIM_INFINITY else min(hard, need)
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-        except (ValueError, OSError):
-            return False
-    return soft == resource.RLIM_INFINITY or soft >= need
+    return box.raise_open_file_limit(files_needed(handles, box.open_files()))
+
+
+def files_needed(handles: int, in_use: int) -> int:
+    """The open-file limit EngineLLM's ``handles`` need beside the ``in_use`` files (and some room)."""
+    return in_use + FILES_PER_HANDLE * handles + 64
 
 
 class SailDriver:

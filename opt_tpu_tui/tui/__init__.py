@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 
-from opt_tpu_tui import paths
+from opt_tpu_tui import box, paths
 from opt_tpu_tui.backends import Backend, open_model
 from opt_tpu_tui.config import Settings
 from opt_tpu_tui.devices import DeviceMonitor
@@ -60,20 +60,11 @@ def check_open_files() -> None:
     event loop's socket pair, a module Textual imports late, the history. A soft limit
     below the floor is raised to it when the hard limit allows (any process may).
     """
-    try:
-        import resource
-    except ImportError:  # Windows: no such limit
-        return
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY or soft >= MIN_OPEN_FILES:
-        return
-    if hard == resource.RLIM_INFINITY or hard >= MIN_OPEN_FILES:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (MIN_OPEN_FILES, hard))
-        return
-    raise UserError(
-        f"the terminal UI needs at least {MIN_OPEN_FILES} open files, and this shell allows {hard} "
-        f"(ulimit -n): raise it, e.g. ulimit -n 1024"
-    )
+    if not box.raise_open_file_limit(MIN_OPEN_FILES):
+        raise UserError(
+            f"the terminal UI needs at least {MIN_OPEN_FILES} open files, and this shell allows "
+            f"{box.open_file_limit()[1]} (ulimit -n): raise it, e.g. ulimit -n 1024"
+        )
 
 
 def server_loader(url: str) -> Callable[[], object]:
