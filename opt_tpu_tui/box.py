@@ -249,8 +249,8 @@ def open_file_limit() -> tuple[int | None, int | None]:
 
 
 def raise_open_file_limit(need: int) -> bool:
-    """Whether this process may open ``need`` files, after raising its soft limit toward the hard one if need be
-    (any process may); True where there is no such limit."""
+    """Whether this process may open ``need`` files, after raising its soft limit toward ``need`` (as far as
+    the hard limit allows: any process may); True where there is no such limit."""
     try:
         import resource
     except ImportError:
@@ -258,13 +258,12 @@ def raise_open_file_limit(need: int) -> bool:
     soft, hard = open_file_limit()
     if soft is None or soft >= need:
         return True
-    if hard is not None and hard < need:
-        return False
+    raised = need if hard is None else min(hard, need)
     try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (need, resource.RLIM_INFINITY if hard is None else hard))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (raised, resource.RLIM_INFINITY if hard is None else hard))
     except (ValueError, OSError):
         return False
-    return True
+    return raised >= need
 
 
 def open_files() -> int:
