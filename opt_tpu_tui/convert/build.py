@@ -2,11 +2,11 @@
 
 Each graph (a prefill-chunk and a decode block per layer, and the lm_head) is written
 as Top-dialect MLIR, its weights streamed into tpuc-opt through a pipe, compiled to its
-own bmodel (as many at once as there are cores), and each bmodel goes into the combined one as soon as it is
-compiled, then is deleted, so the scratch disk is the result's size plus the graphs being
-compiled (``combine``). The directory's
-result is built in a folder beside ``--out`` and moved in only once complete, so a
-failed conversion leaves an earlier one in ``--out`` working; the build folder is
+own bmodel (as many at once as there are cores), and each bmodel goes into the combined
+one as soon as it is compiled, then is deleted, so the scratch disk is the result's size
+plus the graphs being compiled (``combine``). The directory's result is built in a
+folder beside ``--out`` and moved in only once complete, so a failed conversion leaves
+an earlier one in ``--out`` working; the build folder is
 removed on success, on ctrl+c and on any failure but a compile failure, where it is
 kept with each graph's compile log (the error names the log). A build folder left by a
 conversion that was killed (SIGKILL, a power cut) is removed by the next conversion
@@ -375,16 +375,16 @@ def convert(
 
 
 def build_into(
-    folder: Path, writers: dict[str, Callable[[Path], tuple[Path, Feed]]], precision: str, group_size: int, jobs: int | None,
-    log: Callable[[str], None],
+    folder: Path, writers: dict[str, Callable[[Path], tuple[Path, Feed]]], precision: str, group_size: int,
+    jobs: int | None, log: Callable[[str], None],
 ) -> None:  # fmt: skip
     """Write and compile every graph under ``folder/build`` (``jobs`` at once) and combine them into
     ``folder/model.bmodel``.
 
     The disk it takes is bounded by the result's size, not the graphs': a graph's float32
     weights never reach the disk (streamed into tpuc-opt), each later weight file is
-    deleted once the next step has read it, and a compiled graph goes into the combined bmodel at once, its
-    folder deleted (``combine.Combined``; its binaries that an earlier graph holds, the
+    deleted once the next step has read it, and a compiled graph goes into the combined
+    bmodel at once, its folder deleted (``combine.Combined``; its binaries that an earlier graph holds, the
     weights the sizes of a layer share and the kernel module, are not stored again).
     """
     build = folder / "build"
