@@ -32,13 +32,30 @@ from opt_tpu_tui.convert.build import convert  # noqa: E402
 MIB = 2**20
 
 
-def peak_scratch(model: Path, out: Path, mode: str, context: int, jobs: int) -> int:
-    """The conversion's largest build folder, measured before each deletion it makes."""
-    peak = [0]
+def files_in(folder: Path) -> dict[str, int]:
+    """Disk each file under ``folder`` takes (allocated blocks; a file with several hard links once), by path."""
+    sizes, seen = {}, set()
+    for root, _, files in os.walk(folder):
+        for name in files:
+            try:
+                stat = os.lstat(os.path.join(root, name))
+            except FileNotFoundError:  # deleted while walking
+                continue
+            if (stat.st_dev, stat.st_ino) not in seen:
+                seen.add((stat.st_dev, stat.st_ino))
+                sizes[os.path.relpath(os.path.join(root, name), folder)] = stat.st_blocks * 512
+    return sizes
+
+
+def peak_scratch(model: Path, out: Path, mode: str, context: int, jobs: int) -> tuple[int, dict[str, int]]:
+    """The conversion's largest build folder, measured before each deletion it makes, and its files then."""
+    peak: list = [0, {}]
 
     def measure() -> None:
         for staging in out.parent.glob(out.name + ".converting-*"):
-            peak[0] = max(peak[0], disk_used(staging))
+            used = disk_used(staging)
+            if used > peak[0]:
+                peak[:] = [used, files_in(staging)]
 
     def measured(function):  # type: ignore[no-untyped-def]
         def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
@@ -53,7 +70,7 @@ def peak_scratch(model: Path, out: Path, mode: str, context: int, jobs: int) -> 
         convert(model, out, mode, context=context, jobs=jobs, log=lambda _: None)
     finally:
         Path.unlink, shutil.rmtree, os.ftruncate, os.replace = saved  # type: ignore[assignment]
-    return peak[0]
+    return peak[0], peak[1]
 
 
 def main() -> None:
@@ -63,18 +80,21 @@ def main() -> None:
     parser.add_argument("--mode", choices=("f16", "int8", "int4"), default="int4")
     parser.add_argument("--context", type=int, default=512)
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--layers", default="4,16", help="the depths to convert")
     args = parser.parse_args()
     hidden, ffn = map(int, args.widths.split(","))
     toolchain.fetch()
     rows = []
+    breakdowns: list[tuple[int, dict[str, int]]] = []
     with tempfile.TemporaryDirectory(prefix="bench-convert-disk-") as scratch_name:
         scratch = Path(scratch_name)
-        for layers in (4, 16):
+        for layers in map(int, args.layers.split(",")):
             model = scratch / f"opt-{layers}"
             make_checkpoint(model, hidden, ffn, hidden // 64, layers, args.vocab)
             out = scratch / f"out-{layers}"
             start = time.perf_counter()
-            peak = peak_scratch(model, out, args.mode, args.context, args.jobs)
+            peak, files = peak_scratch(model, out, args.mode, args.context, args.jobs)
+            breakdowns.append((layers, files))
             print(f"converted {layers} layers in {time.perf_counter() - start:.0f} s", file=sys.stderr)
             rows.append((layers, disk_used(model), disk_used(out), (out / "model.bmodel").stat().st_size, peak))
             shutil.rmtree(out)
@@ -86,6 +106,12 @@ def main() -> None:
     for layers, checkpoint, result, bmodel, peak in rows:
         print(f"| {layers} | {checkpoint / MIB:.0f} MiB | {result / MIB:.0f} MiB ({bmodel / MIB:.0f} MiB) | "
               f"{peak / MIB:.0f} MiB | **{peak / result:.2f}x** |")
+
+    for layers, files in breakdowns:
+        print(f"\nat the peak, {layers} layers: the build folder's files")
+        for name, size in sorted(files.items(), key=lambda item: -item[1]):
+            if size >= MIB // 2:
+                print(f"  {size / MIB:7.1f} MiB  {name}")
 
 
 if __name__ == "__main__":

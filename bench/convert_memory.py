@@ -25,44 +25,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from test_convert_disk import make_checkpoint  # noqa: E402, F401  (the checkpoints the tests convert too)
 from tpu_host_overhead import BANDWIDTH, traffic  # noqa: E402
 
 MIB = 2**20
 ROOT = Path(__file__).resolve().parents[1]  # the children run this checkout's opt_tpu_tui
 SHAPES = {"OPT-6.7b": (4096, 16384, 32, 32), "OPT-13b": (5120, 20480, 40, 40)}  # hidden, ffn, heads, layers
-
-
-def make_checkpoint(folder: Path, hidden: int, ffn: int, heads: int, layers: int, vocab: int) -> Path:
-    """A random float16 OPT in the hub's 6.7B+ layout (``decoder.*``, no lm_head), with a stand-in tokenizer."""
-    from safetensors.numpy import save_file
-
-    rng = np.random.default_rng(0)
-
-    def w(*shape: int) -> np.ndarray:
-        return (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(np.float16)
-
-    tensors = {"decoder.embed_tokens.weight": w(vocab, hidden), "decoder.embed_positions.weight": w(2050, hidden),
-               "decoder.final_layer_norm.weight": w(hidden), "decoder.final_layer_norm.bias": w(hidden)}  # fmt: skip
-    for i in range(layers):
-        p = f"decoder.layers.{i}."
-        for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
-            tensors[f"{p}self_attn.{name}.weight"], tensors[f"{p}self_attn.{name}.bias"] = w(hidden, hidden), w(hidden)
-        tensors[f"{p}fc1.weight"], tensors[f"{p}fc1.bias"] = w(ffn, hidden), w(ffn)
-        tensors[f"{p}fc2.weight"], tensors[f"{p}fc2.bias"] = w(hidden, ffn), w(hidden)
-        for ln in ("self_attn_layer_norm", "final_layer_norm"):
-            tensors[f"{p}{ln}.weight"], tensors[f"{p}{ln}.bias"] = w(hidden), w(hidden)
-    folder.mkdir(parents=True)
-    save_file(tensors, str(folder / "model.safetensors"))
-    config = dict(model_type="opt", vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
-                  num_attention_heads=heads, ffn_dim=ffn, max_position_embeddings=2048, word_embed_proj_dim=hidden)  # fmt: skip
-    (folder / "config.json").write_text(json.dumps(config))
-    (folder / "vocab.json").write_text(json.dumps({"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    return folder
 
 
 WATCH = """

@@ -275,6 +275,44 @@ def main() -> None:
                 ratio = f"{prefill.total / layer.total:.2f}" if prefill else ""
                 print(f"| {mode} | {name} | {ms:.1f} ms | {1e3 / ms:.1f} | {floor:.1f} ms ({rate:.0f} GB/s) | {ratio} |")
 
+    prefill_bounds(results, args.modes, args.variants)
+
+
+def prefill_bounds(results: dict[tuple[str, str, str], Breakdown | None], modes: list[str], variants: list[str]) -> None:
+    """What a prefill chunk of 64 costs beyond a decode layer, where both were compiled.
+
+    A net's predicted time is DMA-busy time + compute with no DMA under it + idle (the
+    breakdown's parts), so the difference splits the same way; the DMA part by op: the
+    weight-only MatMuls (their weight tiles and the activations they move), the K/V cache
+    loads, the rest (activations between ops, the new K/V).
+    """
+    rows = []
+    for mode in modes:
+        for name in variants:
+            decode, prefill = results.get(("decode", mode, name)), results.get(("prefill", mode, name))
+            if decode and prefill:
+                rows.append((mode, name, decode, prefill))
+    if not rows:
+        return
+    print("\nWhat bounds the prefill chunk: its time beyond the decode layer's, split as the profile splits "
+          "the time (ms; bytes read in MB)")
+    print("| weights | variant | prefill / decode | extra | weight-only MatMul DMA | K/V cache DMA | other DMA "
+          "| compute only | extra read | weight MatMul DMA rate |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+
+    def dma(b: Breakdown, *ops: str) -> float:
+        return sum((b.dma_by_op or {}).get(op, [0, 0])[0] for op in ops) / 1e6
+
+    for mode, name, d, p in rows:
+        matmul = dma(p, "A16MatMul") - dma(d, "A16MatMul")
+        cache = dma(p, "Load", "Concat") - dma(d, "Load", "Concat")
+        other = (p.dma_busy - d.dma_busy) / 1e6 - matmul - cache
+        rates = "/".join(f"{b.dma_by_op['A16MatMul'][1] / max(1, b.dma_by_op['A16MatMul'][0]):.0f}"  # type: ignore[index]
+                         for b in (d, p) if "A16MatMul" in (b.dma_by_op or {}))  # fmt: skip
+        print(f"| {mode} | {name} | {p.total / d.total:.2f} | {(p.total - d.total) / 1e6:.2f} | {matmul:.2f} | "
+              f"{cache:.2f} | {other:.2f} | {(p.compute_only - d.compute_only) / 1e6:.2f} ({top_ops(p, 1)}) | "
+              f"{(p.read - d.read) / 1e6:.0f} | {rates} GB/s |")
+
 
 if __name__ == "__main__":
     main()

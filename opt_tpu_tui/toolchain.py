@@ -14,16 +14,20 @@ to chat never does, it only looks for an unpacked toolchain (``root``).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from opt_tpu_tui import paths
 from opt_tpu_tui.errors import UserError
@@ -195,7 +199,7 @@ DEFAULT_OPTIONS = Options()
 
 def compile_top(
     top_mlir: Path, mode: str, group_size: int = 0, scratch: Path | None = None, options: Options = DEFAULT_OPTIONS,
-    weights_read: Callable[[], None] | None = None,
+    weights_read: Callable[[], None] | None = None, feed: Callable[[BinaryIO], None] | None = None,
 ) -> Path:
     """Compile a Top-dialect module to ``<name>.bmodel`` beside it, as model_deploy.py would for BM1684X.
 
@@ -203,7 +207,8 @@ def compile_top(
     its folder, where every intermediate file lands too. A failure raises UserError
     naming the module and the log kept beside it. Each weights file is deleted once the
     next step has read it (unless ``options.keep``); ``weights_read`` is called once the
-    first step has read the Top weights.
+    first step has read the Top weights. ``feed``: the module's weights file is not on
+    disk, ``feed`` writes it into a pipe that tpuc-opt reads in its place (``feed_weights``).
 
     ``high_precision=False``: with it on, an input feeding a LayerNorm stays float32 while
     other IO is float16, so one layer's hidden output could not feed the next layer's
@@ -246,7 +251,13 @@ def compile_top(
             out.write("$ " + " ".join(step) + "\n")
             out.flush()
             consumed = set(folder.glob("*.npz"))  # each step reads the weights the last one wrote
-            if subprocess.run(step, cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
+            process = subprocess.Popen(step, cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT)
+            try:
+                if feed is not None and step is steps[0]:
+                    feed_weights(folder / weight_file(top_mlir), feed, process)
+            finally:  # a feed that failed closed the pipe: tpuc-opt read a short file and ends
+                process.wait()
+            if process.returncode != 0:
                 raise UserError(f"compiling graph {name} ({mode}) failed; the log is {log}")
             if not options.keep:
                 for path in consumed:
@@ -254,6 +265,49 @@ def compile_top(
             if weights_read is not None and step is steps[0]:
                 weights_read()  # the float32 weights are quantised: the caller may write the next ones
     return folder / f"{name}.bmodel"
+
+
+def weight_file(top_mlir: Path) -> str:
+    """The weights file a Top module names (``module.weight_file``, in its first line)."""
+    with top_mlir.open() as text:
+        found = re.search(r'module\.weight_file = "([^"]+)"', text.readline())
+    if found is None:
+        raise ValueError(f"{top_mlir}: names no weight file")
+    return found.group(1)
+
+
+def feed_weights(fifo: Path, feed: Callable[[BinaryIO], None], reader: subprocess.Popen) -> None:  # type: ignore[type-arg]
+    """Write the weights through a named pipe at ``fifo`` that ``reader`` (tpuc-opt's first step) reads as its file.
+
+    tpuc-opt reads its weights file once, front to back, into memory (tpu-mlir's npz
+    reader never seeks), so a pipe serves: the float32 weights, 8 times a layer's int4
+    size, then never take disk, where a file of them was the largest part of a
+    conversion's scratch. The pipe is opened for writing only once the reader has opened
+    it (polled, so that a tpuc-opt that fails before reading does not leave this waiting),
+    and a reader that stops early (it failed, and says so in its log) ends the writing.
+    The pipe is removed at the end, read or not.
+    """
+    os.mkfifo(fifo)
+    try:
+        while True:
+            try:
+                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+                break
+            except OSError as error:  # ENXIO: no reader yet
+                if error.errno != errno.ENXIO or reader.poll() is not None:
+                    return
+                time.sleep(0.02)
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "wb") as pipe:
+            try:
+                feed(pipe)
+                pipe.flush()
+            except BrokenPipeError:
+                pass
+    except BrokenPipeError:  # at the close's flush
+        pass
+    finally:
+        fifo.unlink()
 
 
 def combine(bmodels: list[Path], out: Path, scratch: Path) -> Path:

@@ -96,6 +96,41 @@ def test_a_failed_compile_names_the_graph_and_keeps_the_log(tpu_runtime: Runtime
     assert (tmp_path / "broken.compile.log").stat().st_size > 0
 
 
+def test_weights_fed_through_a_pipe_compile_to_the_same_bmodel_as_from_a_file(simulator: None, tmp_path: Path) -> None:
+    """convert streams each graph's float32 weights into tpuc-opt (no disk for them): the same bmodel, byte for byte."""
+    from opt_tpu_tui.convert.mlir import write_float32_npz
+
+    rng = np.random.default_rng(2)
+    weights = {"fc.weight": rng.standard_normal((64, 64)).astype(np.float16).T,  # as convert has them: float16 views
+               "fc.bias": rng.standard_normal((1, 1, 64)).astype(np.float16)}  # fmt: skip
+    bmodels = []
+    for how in ("file", "pipe"):
+        folder = tmp_path / how
+        folder.mkdir()
+        (folder / "mm_fed.mlir").write_text(MODULE.format(name="mm_fed"))
+        if how == "file":
+            with (folder / "mm_fed_top_weights.npz").open("wb") as out:
+                write_float32_npz(out, weights)
+            bmodels.append(toolchain.compile_top(folder / "mm_fed.mlir", "W4F16", 64))
+        else:
+            fed = []
+            feed = lambda out: (fed.append(True), write_float32_npz(out, weights))  # noqa: E731
+            bmodels.append(toolchain.compile_top(folder / "mm_fed.mlir", "W4F16", 64, feed=feed))
+            assert fed == [True]
+        assert not list(folder.glob("*.npz")), "every weights file, and the pipe, is gone"
+    assert bmodels[0].read_bytes() == bmodels[1].read_bytes()
+
+
+def test_a_compile_that_fails_before_reading_its_pipe_is_reported_not_waited_for(simulator: None, tmp_path: Path) -> None:
+    """tpuc-opt ends on a module it cannot parse before it opens the weights: the feed is never called, the pipe goes."""
+    (tmp_path / "broken.mlir").write_text(MODULE.format(name="broken").replace('"top.MatMul"', '"top.NoSuchOp"'))
+    fed = []
+    with pytest.raises(UserError, match="compiling graph broken .W4F16. failed"):
+        toolchain.compile_top(tmp_path / "broken.mlir", "W4F16", 64, feed=fed.append)
+    assert fed == []
+    assert not (tmp_path / "broken_top_weights.npz").exists()
+
+
 @pytest.fixture
 def empty_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """The app's user cache, empty, and no runtime override; pip must not be run."""

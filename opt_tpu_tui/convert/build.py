@@ -1,12 +1,12 @@
 """``opt-tpu-tui convert``: a Hugging Face OPT checkpoint -> a converted model directory.
 
 Each graph (a prefill-chunk and a decode block per layer, and the lm_head) is written
-as Top-dialect MLIR with its weights, compiled to its own bmodel by tpuc-opt (as many
-at once as there are cores), and each bmodel goes into the combined one as soon as it is
-compiled, then is deleted, so the scratch disk is the result's size plus the graphs being
-compiled (``combine``). The directory's
-result is built in a folder beside ``--out`` and moved in only once complete, so a
-failed conversion leaves an earlier one in ``--out`` working; the build folder is
+as Top-dialect MLIR, its weights streamed into tpuc-opt through a pipe, compiled to its
+own bmodel (as many at once as there are cores), and each bmodel goes into the combined
+one as soon as it is compiled, then is deleted, so the scratch disk is the result's size
+plus the graphs being compiled (``combine``). The directory's result is built in a
+folder beside ``--out`` and moved in only once complete, so a failed conversion leaves
+an earlier one in ``--out`` working; the build folder is
 removed on success, on ctrl+c and on any failure but a compile failure, where it is
 kept with each graph's compile log (the error names the log). A build folder left by a
 conversion that was killed (SIGKILL, a power cut) is removed by the next conversion
@@ -27,6 +27,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import BinaryIO, Callable as Function  # subscriptable at run time on Python 3.8
 
 from opt_tpu_tui import toolchain
 from opt_tpu_tui.atomic import atomic_write
@@ -43,6 +44,7 @@ from opt_tpu_tui.model.config import POSITION_OFFSET
 from opt_tpu_tui.model.forward import PreparedLayer
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+Feed = Function[[BinaryIO], None]  # writes a graph's weights file (into the pipe its compile reads)
 
 
 def return_large_frees_to_the_system() -> None:
@@ -108,36 +110,34 @@ class LayerReader:
 
 def graph_writers(
     w: OPTWeights, context: int, chunk: int, windows: Sequence[int]
-) -> dict[str, Callable[[Path], Path]]:
-    """Every net of the model by name: a function writing its MLIR and weights under a folder (returning
-    the .mlir), called when the net's compile starts."""
+) -> dict[str, Callable[[Path], tuple[Path, Feed]]]:
+    """Every net of the model by name: a function writing its MLIR under a folder, called when the net's
+    compile starts, returning the .mlir and what writes its weights into the pipe tpuc-opt reads them from."""
     config = w.config
     reader = LayerReader(w)
-    shared: dict[int, Path] = {}  # layer -> the weights file its last graph was written with
-    sharing = threading.Lock()
 
-    def block(name: str, i: int, cache: int, rows: int) -> Callable[[Path], Path]:
-        def write(folder: Path) -> Path:
-            """The graphs of a layer have the same weights: a graph written while another one's
-            weights file is still there (not yet read by its compile) links it in, so compiles
-            running at once hold a layer's weights on disk once."""
+    def block(name: str, i: int, cache: int, rows: int) -> Callable[[Path], tuple[Path, Feed]]:
+        def write(folder: Path) -> tuple[Path, Feed]:
             with reader.use(i) as layer:
                 graph, outputs = graphs.block(name, layer, config, cache, rows)
-                with sharing:
-                    mlir = graph.write(folder / name, outputs, shared.get(i))
-                    shared[i] = mlir.parent / f"{name}_top_weights.npz"
+                mlir = graph.write_module(folder / name, outputs)
                 del graph  # it holds the layer's arrays
-            return mlir
 
-        write.weights = i  # type: ignore[attr-defined] # the graphs of a layer share their weights file
+            def feed(out: BinaryIO) -> None:
+                with reader.use(i) as layer:
+                    graphs.block(name, layer, config, cache, rows)[0].write_weights(out)
+
+            return mlir, feed
+
+        write.weights = i  # type: ignore[attr-defined] # the graphs of a layer stream the same weights
         return write
 
-    def lm_head(folder: Path) -> Path:
+    def lm_head(folder: Path) -> tuple[Path, Feed]:
         reader.release()  # the last graph: its tpuc-opt run is the conversion's largest
         graph, outputs = graphs.lm_head(LM_HEAD, w)
-        return graph.write(folder / LM_HEAD, outputs)
+        return graph.write_module(folder / LM_HEAD, outputs), graph.write_weights
 
-    writers: dict[str, Callable[[Path], Path]] = {}
+    writers: dict[str, Callable[[Path], tuple[Path, Feed]]] = {}
     for i in range(len(w.layers)):
         writers[prefill_net(i)] = block(prefill_net(i), i, context, chunk)
         for window in windows:
@@ -267,14 +267,15 @@ class Compiles:
             raise KeyboardInterrupt
 
 
-class WeightsOnDisk:
-    """One set of float32 weights on disk at a time, whatever the number of compile jobs.
+class OneLayerAtATime:
+    """The compiles' first steps (tpuc-opt reading a graph's float32 weights) for one layer at a time, whatever
+    the number of compile jobs.
 
-    A graph's weights file (float32, 8 times its int4 size: 805 MB for an OPT-6.7B layer)
-    lives from its writing to the end of its compile's first step, when tpuc-opt has
-    quantised it; the graphs of one layer share theirs (a hard link), so they may hold it
-    together. A graph of another layer waits until the last holder's first step is over;
-    the later steps, on weights of the result's size, run beside it.
+    Each graph's weights are streamed into its first step (``toolchain.feed_weights``)
+    from the layer the ``LayerReader`` holds, so the graphs of one layer may stream at
+    once, but a graph of another layer waits until the last holder's first step is over:
+    the reader then holds one layer, not two read again by turns; the later steps, on
+    weights of the result's size, run beside it.
     """
 
     def __init__(self) -> None:
@@ -374,16 +375,16 @@ def convert(
 
 
 def build_into(
-    folder: Path, writers: dict[str, Callable[[Path], Path]], precision: str, group_size: int, jobs: int | None,
-    log: Callable[[str], None],
+    folder: Path, writers: dict[str, Callable[[Path], tuple[Path, Feed]]], precision: str, group_size: int,
+    jobs: int | None, log: Callable[[str], None],
 ) -> None:  # fmt: skip
     """Write and compile every graph under ``folder/build`` (``jobs`` at once) and combine them into
     ``folder/model.bmodel``.
 
-    The disk it takes is bounded by the result's size, not the graphs': a graph's weights
-    are freed from memory once written, tpuc-opt deletes each weight file once the next
-    step has read it, and a compiled graph goes into the combined bmodel at once, its
-    folder deleted (``combine.Combined``; its binaries that an earlier graph holds, the
+    The disk it takes is bounded by the result's size, not the graphs': a graph's float32
+    weights never reach the disk (streamed into tpuc-opt), each later weight file is
+    deleted once the next step has read it, and a compiled graph goes into the combined
+    bmodel at once, its folder deleted (``combine.Combined``; its binaries that an earlier graph holds, the
     weights the sizes of a layer share and the kernel module, are not stored again).
     """
     build = folder / "build"
@@ -392,7 +393,7 @@ def build_into(
     done: list[str] = []
     compiles = Compiles()
 
-    gate = WeightsOnDisk()
+    gate = OneLayerAtATime()
 
     def compile_one(name: str) -> None:
         if not compiles.begin():
@@ -401,7 +402,8 @@ def build_into(
             with gate.hold(getattr(writers[name], "weights", name)) as release:
                 if compiles.stopped:
                     return
-                bmodel = toolchain.compile_top(writers[name](build), precision, group_size, weights_read=release)
+                mlir, feed = writers[name](build)
+                bmodel = toolchain.compile_top(mlir, precision, group_size, weights_read=release, feed=feed)
             combined.add(bmodel)
             shutil.rmtree(bmodel.parent)
             done.append(name)

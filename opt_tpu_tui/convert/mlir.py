@@ -2,30 +2,65 @@
 
 from __future__ import annotations
 
-import os
-import zipfile
+import io
+import struct
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 CHUNK_BYTES = 16 * 2**20
+ZIP64 = 45  # the zip version that reads ZIP64 extras
+DOS_DATE = 33  # 1980-01-01, zip's epoch: the archive's bytes depend on its arrays alone
 
 
-def write_float32_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """``np.savez`` of the arrays cast to C-ordered float32, a block of rows at a time.
+def float32_blocks(array: np.ndarray) -> Iterator[bytes]:
+    """``array`` as C-ordered little-endian float32 bytes, a block of rows at a time (never a whole copy)."""
+    rows = array.reshape(1, -1) if array.ndim == 0 else array.reshape(-1, *array.shape[-1:])
+    step = max(1, CHUNK_BYTES // max(1, rows.shape[1] * 4))
+    for start in range(0, rows.shape[0], step):
+        yield np.ascontiguousarray(rows[start : start + step], dtype="<f4").tobytes()
+
+
+def write_float32_npz(out: BinaryIO, arrays: dict[str, np.ndarray]) -> None:
+    """What ``np.savez`` writes for the arrays cast to float32 (stored, ZIP64), written front to back without a seek.
 
     The arrays are the checkpoint's own (float16, transposed views), so a layer's graph
     never holds a float32 copy of its weights: for OPT-6.7B that copy is 800 MB a graph.
+    Without seeking, ``out`` may be a pipe: ``convert`` streams each graph's weights into
+    tpuc-opt through one (``toolchain.compile_top``'s ``feed``), so that they never take
+    disk. Each member's size and CRC go into its local header, before its data, as
+    tpu-mlir's npz reader (cnpy) needs: it reads the local headers in order and never the
+    central directory. So each array is cast twice, once for the CRC and once to write.
     """
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
-        for name, array in arrays.items():
-            with archive.open(f"{name}.npy", "w", force_zip64=True) as out:
-                header = {"descr": "<f4", "fortran_order": False, "shape": array.shape}
-                np.lib.format.write_array_header_1_0(out, header)
-                rows = array.reshape(1, -1) if array.ndim == 0 else array.reshape(-1, *array.shape[-1:])
-                step = max(1, CHUNK_BYTES // max(1, rows.shape[1] * 4))
-                for start in range(0, rows.shape[0], step):
-                    out.write(np.ascontiguousarray(rows[start : start + step], dtype="<f4").data)
+    offset, members = 0, []
+    for name, array in arrays.items():
+        npy = io.BytesIO()
+        np.lib.format.write_array_header_1_0(npy, {"descr": "<f4", "fortran_order": False, "shape": array.shape})
+        head = npy.getvalue()
+        crc = zlib.crc32(head)
+        for block in float32_blocks(array):
+            crc = zlib.crc32(block, crc)
+        size, filename = len(head) + 4 * array.size, f"{name}.npy".encode()
+        local = struct.pack("<IHHHHHIIIHH", 0x04034B50, ZIP64, 0, 0, 0, DOS_DATE, crc, 0xFFFFFFFF, 0xFFFFFFFF,
+                            len(filename), 20) + filename + struct.pack("<HHQQ", 1, 16, size, size)  # fmt: skip
+        out.write(local + head)
+        for block in float32_blocks(array):
+            out.write(block)
+        members.append((filename, crc, size, offset))
+        offset += len(local) + size
+    directory = b"".join(
+        struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, ZIP64, ZIP64, 0, 0, 0, DOS_DATE, crc, 0xFFFFFFFF, 0xFFFFFFFF,
+                    len(filename), 28, 0, 0, 0, 0, 0xFFFFFFFF) + filename + struct.pack("<HHQQQ", 1, 24, size, size, at)
+        for filename, crc, size, at in members
+    )  # fmt: skip
+    count, end = len(members), offset + len(directory)
+    out.write(directory)
+    out.write(struct.pack("<IQHHIIQQQQ", 0x06064B50, 44, ZIP64, ZIP64, 0, 0, count, count, len(directory), offset))
+    out.write(struct.pack("<IIQI", 0x07064B50, 0, end, 1))
+    out.write(struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0))
 
 
 def tensor(shape: tuple[int, ...]) -> str:
@@ -92,20 +127,24 @@ class Graph:
         )
         return value
 
-    def write(self, folder: Path, outputs: list[str], weights: Path | None = None) -> Path:
-        """Write the module and its weights under ``folder``; return the .mlir.
+    def write(self, folder: Path, outputs: list[str]) -> Path:
+        """Write the module and its weights file under ``folder``; return the .mlir."""
+        mlir = self.write_module(folder, outputs)
+        with self.weights_file(mlir).open("wb") as out:
+            self.write_weights(out)
+        return mlir
 
-        ``weights``: an .npz holding exactly this graph's weights (another graph of the same
-        layer wrote it), linked in instead of written again while it exists.
-        """
+    def weights_file(self, mlir: Path) -> Path:
+        """Where the module written to ``mlir`` reads its weights (from its folder, by the name it gives)."""
+        return mlir.parent / f"{self.name}_top_weights.npz"
+
+    def write_weights(self, out: BinaryIO) -> None:
+        """The weights as the .npz the module names, into a file or a pipe."""
+        write_float32_npz(out, self.weights)
+
+    def write_module(self, folder: Path, outputs: list[str]) -> Path:
+        """Write the module alone under ``folder`` (its weights to come: ``write_weights``); return the .mlir."""
         folder.mkdir(parents=True, exist_ok=True)
-        npz = folder / f"{self.name}_top_weights.npz"
-        try:
-            if weights is None:
-                raise FileNotFoundError
-            os.link(weights, npz)  # the same data on disk once, however many graphs read it
-        except OSError:  # none, gone since (its compile read it), or a file system without hard links
-            write_float32_npz(npz, self.weights)
         args = ", ".join(f"{a}: {tensor(s)} loc(unknown)" for a, s in self.inputs)
         results = ", ".join(tensor(self.shapes[o]) for o in outputs)
         body = "\n    ".join(['%0 = "top.None"() : () -> none loc(#loc)', *self.lines])
