@@ -60,3 +60,29 @@ def test_block_mask_opens_the_cached_positions_and_the_new_rows_causally() -> No
     assert mask.shape == (3, 9)
     assert open_[:, :2].all() and not open_[:, 2:6].any()  # the cache: only its first 2 slots
     assert (open_[:, 6:] == np.tril(np.ones((3, 3), bool))).all()  # the new rows, causally
+
+
+def test_the_streamed_weights_file_is_the_npz_numpy_and_zipfile_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """convert writes each graph's weights as a ZIP64 .npz without seeking (so into a pipe): numpy reads back
+    every array as float32 equal to the float16 views it was given, and zipfile finds every CRC right; arrays
+    bigger than a block of rows (written in several) included."""
+    import io
+    import zipfile
+
+    from opt_tpu_tui.convert import mlir
+
+    monkeypatch.setattr(mlir, "CHUNK_BYTES", 1024)  # several blocks per array
+    rng = np.random.default_rng(3)
+    arrays = {
+        "w": rng.standard_normal((96, 40)).astype(np.float16).T,  # a transposed view, as convert has them
+        "b": rng.standard_normal((1, 1, 40)).astype(np.float16),
+        "s": np.array(1.5, dtype=np.float16),
+    }
+    out = io.BytesIO()
+    mlir.write_float32_npz(out, arrays)
+    with zipfile.ZipFile(io.BytesIO(out.getvalue())) as archive:
+        assert archive.testzip() is None
+    loaded = np.load(io.BytesIO(out.getvalue()))
+    assert sorted(loaded.files) == sorted(arrays)
+    for name, array in arrays.items():
+        assert loaded[name].dtype == np.float32 and np.array_equal(loaded[name], array.astype(np.float32))
