@@ -1,8 +1,10 @@
 """The server's cost over in-process generation: decode speed, time to first token, four clients at once.
 
-    python bench/serve.py [--model DIR] [--backend cpu] [--tokens 128] [--runs 3] [--clients 4]
+    python bench/serve.py [--model DIR | --wide] [--backend cpu] [--tokens 128] [--runs 3] [--clients 4]
 
-In one run, on one model (the built-in demo model by default):
+In one run, on one model (the built-in demo model by default, which makes a token in
+under a millisecond; ``--wide``: a random OPT-125m-wide checkpoint that never ends its
+reply early, bench/app_decode.py's, whose tokens take milliseconds on the CPU):
 
 - decode tok/s of ``opt-tpu-tui -p --raw`` (its stats line) against a streamed
   ``/v1/completions`` of the same prompt and settings, as the client sees it
@@ -25,12 +27,15 @@ Greedy, repetition penalty off, so every run makes the same tokens; medians of
 from __future__ import annotations
 
 import argparse
+import atexit
 import http.client
 import json
 import re
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -131,11 +136,19 @@ def alternating_prefill(model: Path, backend: str, slots: int) -> tuple[float, f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=DEMO_MODEL_DIR)
+    parser.add_argument("--wide", action="store_true", help="a random OPT-125m-wide model instead of --model")
     parser.add_argument("--backend", default="cpu")
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--clients", type=int, default=4)
     args = parser.parse_args()
+    if args.wide:
+        sys.path.insert(0, str(ROOT / "bench"))
+        from app_decode import make_checkpoint
+
+        folder = Path(tempfile.mkdtemp(prefix="bench-serve-"))
+        atexit.register(shutil.rmtree, folder, True)
+        args.model = make_checkpoint(folder / "opt-125m-wide")
 
     direct = statistics.median(prompt_mode_rate(args.model, args.backend, args.tokens) for _ in range(args.runs))
     local_first = in_process_first_token(args.model, args.backend, args.runs)
