@@ -1,11 +1,11 @@
 """What a chat runs on: the engine interface, and its in-process implementation.
 
 The chat controller (chat_controller.py), ``-p`` and ``-c`` talk to one ``Engine``,
-whichever continues their replies: ``LocalEngine`` holds the backend and tokenizer loaded in this process;
-serve/client.py's ``RemoteEngine`` is a running ``opt-tpu-tui serve``. The two give
-the same sessions (chat.TranscriptSession: the same prompts, the same turns left out
-for lack of context) and the same device figures (devices.DeviceSample), so the UI
-reads one path for both. No Textual here.
+whichever continues their replies: ``LocalEngine`` holds the backend and tokenizer
+loaded in this process; serve/client.py's ``RemoteEngine`` is a running ``opt-tpu-tui
+serve``. The two give the same sessions (chat.TranscriptSession: the same prompts, the
+same turns left out for lack of context) and the same device figures
+(devices.DeviceSample), so the UI reads one path for both. No Textual here.
 """
 
 from __future__ import annotations

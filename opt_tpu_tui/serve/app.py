@@ -1,13 +1,14 @@
 """The HTTP layer of ``opt-tpu-tui serve``: a Starlette app on uvicorn over the engine.
 
 It listens at once and loads the model in a thread, so ``/health`` says 503 while
-loading and 200 when ready. Routes: ``/health``, ``/v1/models``, ``/v1/chat/completions``,
-``/v1/completions``, ``/metrics``, ``/tokenizer`` (the model's vocab.json and
-merges.txt, which a client counts its context meter with) and ``/device`` (the device's figures as JSON, for a client's
-stats pane). Streams are server-sent events written by Starlette's
-``StreamingResponse``: each event is one ``data:`` line, so a package for SSE would
-add a dependency and no behaviour; Starlette cancels the stream when the client goes
-away (it listens for ``http.disconnect``), and the stream's ``finally`` cancels the job.
+loading and 200 when ready. Routes: ``/health``, ``/v1/models``,
+``/v1/chat/completions``, ``/v1/completions``, ``/metrics``, ``/tokenizer`` (the model's
+vocab.json and merges.txt, which a client counts its context meter with) and ``/device``
+(the device's figures as JSON, for a client's stats pane). Streams are server-sent
+events written by Starlette's ``StreamingResponse``: each event is one ``data:`` line,
+so a package for SSE would add a dependency and no behaviour; Starlette cancels the
+stream when the client goes away (it listens for ``http.disconnect``), and the stream's
+``finally`` cancels the job.
 
 Security and limits (also in ``serve -h``; the numbers are in command.py): any host
 but loopback needs an API key, checked in constant time against ``Authorization:
