@@ -495,3 +495,49 @@ def test_serve_takes_demo_as_the_built_in_model_as_the_other_modes_do() -> None:
         process.wait_ready()
         assert get(process.url + "/v1/models")[1]["data"][0]["id"] == "demo_model"
         assert process.stop() == 0
+
+
+def test_a_dropped_request_that_is_not_streamed_frees_the_device_too(slow_server: ServeProcess) -> None:
+    """Nobody reads a whole reply being collected, so only the disconnect says the client left: it must stop it."""
+    url, long_reply = slow_server.url, {"prompt": "Hello world", "max_tokens": 900, **GREEDY}
+    started = time.monotonic()
+    request(url + "/v1/completions", {**long_reply, "max_tokens": 200}, timeout=300)
+    two_hundred = time.monotonic() - started
+    host, port = url.split("//", 1)[1].rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=120)
+    connection.request("POST", "/v1/completions", json.dumps(long_reply), {"Content-Type": "application/json"})
+    deadline = time.monotonic() + 60
+    while not metric(url, "opt_tpu_tui_generating"):
+        assert time.monotonic() < deadline, "the reply never started"
+        time.sleep(0.05)
+    connection.sock.shutdown(socket.SHUT_RDWR)  # the client goes away while its reply is collected
+    connection.close()
+    started = time.monotonic()
+    assert request(url + "/v1/completions", {"prompt": "The quick", "max_tokens": 2, **GREEDY})[0] == 200
+    waited = time.monotonic() - started
+    assert waited < 2 * two_hundred, (waited, two_hundred)  # the dropped reply's 900 tokens would take 4.5 times that
+
+
+def test_a_request_dropped_while_it_waits_gives_its_place_in_the_queue_up(slow_server: ServeProcess) -> None:
+    url, long_reply = slow_server.url, {"prompt": "Hello world", "max_tokens": 900, **GREEDY}
+    started = time.monotonic()
+    request(url + "/v1/completions", {**long_reply, "max_tokens": 200}, timeout=300)
+    two_hundred = time.monotonic() - started
+    running = open_stream(url, long_reply)
+    read_event(running[1])  # it has the device
+    waiting = open_stream(url, long_reply)  # --queue 1: the queue is full
+    waiting[0].sock.shutdown(socket.SHUT_RDWR)  # and its client leaves
+    waiting[0].close()
+    host, port = url.split("//", 1)[1].rsplit(":", 1)
+    started, status = time.monotonic(), 429
+    try:
+        while status == 429 and time.monotonic() - started < two_hundred:  # well before the running reply ends
+            connection = http.client.HTTPConnection(host, int(port), timeout=60)
+            body = json.dumps({**long_reply, "max_tokens": 1, "stream": True})
+            connection.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+            status = connection.getresponse().status  # a stream answers at once when queued: 200, or 429
+            connection.close()
+            time.sleep(0.05)
+        assert status == 200, "the place of a client that left is still taken"
+    finally:
+        running[0].close()

@@ -149,3 +149,50 @@ def test_a_client_counts_the_tokens_a_chunk_says_it_holds() -> None:
     reply = RemoteReply(Client(), "/v1/completions", {}, prompt_tokens=5)  # type: ignore[arg-type]
     counts = [(piece, reply.stats.new_tokens, reply.stats.context_used) for piece in reply]
     assert counts == [("Hello", 3, 8), (" world", 4, 9), ("!", 9, 14)]
+
+
+def engine_with_a_held_job(tiny_model: Path, queue_limit: int) -> tuple:
+    """An Engine on the tiny model whose first job holds the device until the returned event is set."""
+    import threading
+
+    from opt_tpu_tui.backends import open_model
+    from opt_tpu_tui.sampling import SamplingSettings
+    from opt_tpu_tui.serve.engine import Engine, Job
+
+    backend, tokenizer = open_model(tiny_model, "cpu")
+    engine = Engine(backend, tokenizer, queue_limit=queue_limit)
+    release, running = threading.Event(), threading.Event()
+
+    def held(event: object) -> None:  # on the device thread: the job runs until released
+        running.set()
+        release.wait(30)
+
+    settings = SamplingSettings(max_new_tokens=4, temperature=0.0)
+    engine.submit(Job(tokenizer.encode("Hello"), settings, held))
+    assert running.wait(30)
+    return engine, release, lambda sink: Job(tokenizer.encode("Hello"), settings, sink)
+
+
+def test_queue_0_runs_one_and_lets_none_wait(tiny_model: Path) -> None:
+    """--queue 0 refused every request, the idle device's too: it means one running and none waiting."""
+    from opt_tpu_tui.serve.engine import QueueFull
+
+    engine, release, job = engine_with_a_held_job(tiny_model, queue_limit=0)  # the first one was taken
+    with pytest.raises(QueueFull):
+        engine.submit(job(lambda event: None))
+    release.set()
+    engine.close()
+
+
+def test_a_job_that_never_ran_is_told_the_server_is_shutting_down(tiny_model: Path) -> None:
+    """At SIGTERM a queued job ends as EngineClosed (a 503), not as a finished empty reply (a 200 "stop")."""
+    from opt_tpu_tui.serve.engine import Done, EngineClosed, Failed
+
+    engine, release, job = engine_with_a_held_job(tiny_model, queue_limit=2)
+    events: list = []
+    engine.submit(job(events.append))
+    engine.stop_all()
+    release.set()
+    engine.close()
+    assert len(events) == 1 and isinstance(events[0], Failed) and isinstance(events[0].error, EngineClosed), events
+    assert not any(isinstance(event, Done) for event in events)

@@ -31,6 +31,7 @@ import dataclasses
 import hmac
 import json
 import logging
+import math
 import signal
 import socket
 import sys
@@ -62,7 +63,6 @@ from opt_tpu_tui.serve.engine import Done, Engine, EngineClosed, Failed, Job, Pi
 from opt_tpu_tui.serve.metrics import CONTENT_TYPE, Gauge, Metrics
 
 STREAM_INTERVAL = 0.01  # seconds: a stream's text goes out at most this often (Inbox)
-DISCONNECT_POLL = 0.25  # seconds between checks that a non-streaming client is still there
 OPEN_PATHS = ("/health",)  # reachable without the API key (a load balancer's probe)
 ROUTES = ("/health", "/metrics", "/device", "/tokenizer", "/v1/models", "/v1/chat/completions", "/v1/completions")
 log = logging.getLogger("opt_tpu_tui.serve")
@@ -115,6 +115,8 @@ def error_response(error: oa.ApiError) -> JSONResponse:
 
 
 def server_error(error: BaseException) -> oa.ApiError:
+    if isinstance(error, EngineClosed):
+        return oa.ApiError(503, "the server is shutting down", kind="server_error")
     return oa.ApiError(500, f"generation failed: {error}", kind="server_error")
 
 
@@ -217,10 +219,12 @@ def generate(chat: bool) -> Callable[[State, Request], Awaitable[Response]]:
         try:
             engine.submit(job)
         except QueueFull:
-            raise oa.ApiError(429, f"the server is busy: {engine.queue_limit} requests wait already",
-                              kind="rate_limit_error", code="queue_full", headers={"Retry-After": "1"}) from None  # fmt: skip
-        except EngineClosed:
-            raise oa.ApiError(503, "the server is shutting down", kind="server_error") from None
+            waiting = engine.waiting
+            raise oa.ApiError(429, f"the server is busy: {waiting} {'request waits' if waiting == 1 else 'requests wait'} "
+                              "already", kind="rate_limit_error", code="queue_full",
+                              headers={"Retry-After": str(max(1, math.ceil(engine.wait_estimate())))}) from None  # fmt: skip
+        except EngineClosed as closed:
+            raise server_error(closed) from None
         rid = oa.new_id(chat)
         if state.args.log_requests:
             log.info("%s prompt: %r", rid, api.text)
@@ -304,19 +308,31 @@ def merged(events: list[Any]) -> list[Any]:
 
 
 async def collect(request: Request, job: Job, events: Inbox) -> tuple[str, Done]:
-    """The whole reply of a non-streaming request; its job is cancelled if the client goes away meanwhile."""
+    """The whole reply of a non-streaming request; its job is cancelled as soon as the client goes away."""
+    watcher = asyncio.ensure_future(cancel_on_disconnect(request, job))
     pieces: list[str] = []
-    while True:
-        batch = await events.take(DISCONNECT_POLL)
-        if not batch and await request.is_disconnected():
-            job.cancel.set()
-        for event in batch:
-            if isinstance(event, Piece):
-                pieces.append(event.text)
-            elif isinstance(event, Done):
-                return "".join(pieces), event
-            else:
-                raise server_error(event.error)
+    try:
+        while True:
+            for event in await events.take():
+                if isinstance(event, Piece):
+                    pieces.append(event.text)
+                elif isinstance(event, Done):
+                    return "".join(pieces), event
+                else:
+                    raise server_error(event.error)
+    finally:
+        watcher.cancel()
+
+
+async def cancel_on_disconnect(request: Request, job: Job) -> None:
+    """Cancel ``job`` when the client disconnects: the request's body is read, so what comes next is that.
+
+    (A stream notices by itself: Starlette stops it; a reply that is collected whole
+    would otherwise run to its max_tokens for nobody, holding the device.)
+    """
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    job.cancel.set()
 
 
 async def stream(state: State, api: oa.ApiRequest, rid: str, model: str, job: Job, events: Inbox) -> AsyncIterator[bytes]:

@@ -89,6 +89,7 @@ class Engine:
         self._lock = threading.Condition()
         self._running: Job | None = None
         self._closing = False
+        self.job_seconds = 1.0  # a job's time on the device, a moving average of the recent ones
         self._thread = threading.Thread(target=self._work, name="opt-tpu-tui device", daemon=True)
         self._thread.start()
 
@@ -101,15 +102,27 @@ class Engine:
         return self._running is not None
 
     def submit(self, job: Job) -> None:
-        """Queue ``job``; QueueFull when ``queue_limit`` jobs wait already, EngineClosed while shutting down."""
+        """Queue ``job``; QueueFull when ``queue_limit`` jobs wait already, EngineClosed while shutting down.
+
+        Jobs whose client left while they waited give their place up now (they would be
+        dropped when their turn came, but meanwhile refuse others). An idle device takes a
+        job at once, so ``queue_limit`` 0 means one running and none waiting.
+        """
         with self._lock:
             if self._closing:
                 raise EngineClosed
-            if len(self._queue) >= self.queue_limit:
+            for gone in [queued for queued in self._queue if queued.cancel.is_set()]:
+                self._queue.remove(gone)
+                gone.sink(Done(GenerationStats(stop_reason="cancelled"), "stop"))
+            if len(self._queue) >= self.queue_limit + (0 if self._running else 1):
                 raise QueueFull
             self._queue.append(job)
             self.metrics.queue_depth.set(len(self._queue))
             self._lock.notify()
+
+    def wait_estimate(self) -> float:
+        """Seconds until a job queued now would start, from the recent jobs' length: for Retry-After."""
+        return (len(self._queue) + (1 if self._running else 0)) * self.job_seconds
 
     def stop_all(self) -> None:
         """Refuse new jobs and cancel every one queued or running (shutdown: the running one ends within a token)."""
@@ -148,8 +161,8 @@ class Engine:
 
     def _run(self, job: Job) -> None:
         """Generate ``job`` on this (the device) thread, sending its events; never raises."""
-        if job.cancel.is_set():  # the client left while it waited, or the server is stopping
-            job.sink(Done(GenerationStats(stop_reason="cancelled"), "stop"))
+        if job.cancel.is_set():  # the client left while it waited, or the server is stopping: it never ran
+            job.sink(Failed(EngineClosed()) if self._closing else Done(GenerationStats(stop_reason="cancelled"), "stop"))
             return
         metrics, started = self.metrics, time.perf_counter()
         generation = Generation(self.backend, self.tokenizer, job.ids, job.settings, job.stop_strings, job.cancel)
@@ -176,6 +189,7 @@ class Engine:
             return
         self.slots.finish()
         metrics.busy.set(0)
+        self.job_seconds += (time.perf_counter() - started - self.job_seconds) / 4
         metrics.prefill.observe(stats.prefill_seconds)
         metrics.prompt_tokens.inc(stats.prompt_tokens)
         metrics.reused_tokens.inc(stats.cached_tokens)
