@@ -317,13 +317,14 @@ def test_bad_requests_get_one_json_error_and_the_server_keeps_serving(
 
 
 def test_a_host_other_than_loopback_needs_a_key_and_sigterm_exits_0(tiny_model: Path, tmp_path: Path) -> None:
-    """--host 127.0.0.2 (loopback, but not the default): refused without a key; with one, 401 unless it is sent."""
+    """--host 0.0.0.0 (every interface) is refused without a key, before it listens; with a key (here on
+    127.0.0.2, loopback: tests listen on nothing else), 401 unless it is sent, "bearer" in any case."""
     refused = subprocess.run(
-        [sys.executable, "-m", "opt_tpu_tui", "serve", "--model", str(tiny_model), "--host", "127.0.0.2", "--port", "0"],
+        [sys.executable, "-m", "opt_tpu_tui", "serve", "--model", str(tiny_model), "--host", "0.0.0.0", "--port", "0"],
         capture_output=True, text=True, env=child_env(), timeout=60,
     )  # fmt: skip
     assert refused.returncode == 2
-    assert refused.stderr.startswith("opt-tpu-tui: error: --host 127.0.0.2") and "--api-key-file" in refused.stderr
+    assert refused.stderr.startswith("opt-tpu-tui: error: --host 0.0.0.0") and "--api-key-file" in refused.stderr
     key_file = tmp_path / "key"
     key_file.write_text("s3cret-key\n")
     args = ["--model", str(tiny_model), "--api-key-file", str(key_file), "--log-requests"]
@@ -334,6 +335,7 @@ def test_a_host_other_than_loopback_needs_a_key_and_sigterm_exits_0(tiny_model: 
             status, error, got = request(process.url + "/v1/completions", body, headers)
             assert status == 401 and error["error"]["code"] == "invalid_api_key" and got["WWW-Authenticate"] == "Bearer"
         assert get(process.url + "/metrics")[0] == 401
+        assert get(process.url + "/metrics", {"Authorization": "bearer  s3cret-key"})[0] == 200  # RFC 7235: any case
         assert get(process.url + "/health") == (200, {"status": "ok"})
         with pytest.raises(openai.AuthenticationError):
             client(process, "wrong").completions.create(model="tiny-opt", prompt="hi", max_tokens=1)
@@ -541,3 +543,22 @@ def test_a_request_dropped_while_it_waits_gives_its_place_in_the_queue_up(slow_s
         assert status == 200, "the place of a client that left is still taken"
     finally:
         running[0].close()
+
+
+@pytest.mark.parametrize(
+    "headers, status",
+    [
+        ({}, 200),
+        ({"Origin": "http://localhost:3000"}, 200),  # a page served from this machine
+        ({"Origin": "https://evil.example"}, 403),  # a page on the web, which needs no preflight for text/plain
+        ({"Origin": "null"}, 403),  # a file opened in the browser
+        ({"Host": "rebound.example:8000"}, 403),  # DNS rebinding: a web name made to resolve to 127.0.0.1
+        ({"Host": "localhost:8000"}, 200),  # an ssh -L tunnel's local end, by name
+    ],
+)
+def test_without_a_key_what_a_web_page_could_send_is_refused(server: ServeProcess, headers: dict, status: int) -> None:
+    body = json.dumps({"prompt": "hi", "max_tokens": 1, **GREEDY}).encode()
+    got, answer, _ = request(server.url + "/v1/completions", data=body, headers={"Content-Type": "text/plain", **headers})
+    assert got == status, answer
+    if status == 403:
+        assert answer["error"]["code"] == "forbidden"

@@ -196,3 +196,15 @@ def test_a_job_that_never_ran_is_told_the_server_is_shutting_down(tiny_model: Pa
     engine.close()
     assert len(events) == 1 and isinstance(events[0], Failed) and isinstance(events[0].error, EngineClosed), events
     assert not any(isinstance(event, Done) for event in events)
+
+
+@pytest.mark.parametrize(
+    "host, loopback",
+    [("127.0.0.1", True), ("127.0.0.2", True), ("localhost", True), ("::1", True), ("[::1]", True),
+     ("0.0.0.0", False), ("::", False), ("192.168.1.20", False), ("box", False), ("", False)],
+)  # fmt: skip
+def test_loopback_hosts_need_no_key(host: str, loopback: bool) -> None:
+    """--host localhost was refused as letting other machines connect (it does not)."""
+    from opt_tpu_tui.serve.command import is_loopback
+
+    assert is_loopback(host) is loopback

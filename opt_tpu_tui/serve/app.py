@@ -37,6 +37,7 @@ import socket
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,7 @@ from opt_tpu_tui.native_output import native_stdout_to
 from opt_tpu_tui.sampling import SamplingSettings
 from opt_tpu_tui.serve import openai_api as oa
 from opt_tpu_tui.serve import registry
-from opt_tpu_tui.serve.command import BODY_SECONDS, HEADER_SECONDS, MAX_BODY
+from opt_tpu_tui.serve.command import BODY_SECONDS, HEADER_SECONDS, MAX_BODY, is_loopback
 from opt_tpu_tui.serve.engine import Done, Engine, EngineClosed, Failed, Job, Piece, QueueFull
 from opt_tpu_tui.serve.metrics import CONTENT_TYPE, Gauge, Metrics
 
@@ -112,6 +113,11 @@ def say(message: str) -> None:
 
 def error_response(error: oa.ApiError) -> JSONResponse:
     return JSONResponse(error.body(), error.status, headers=error.headers)
+
+
+def header(scope: dict[str, Any], name: bytes) -> bytes:
+    """A request header's value (b"" when absent)."""
+    return next((value for key, value in scope["headers"] if key == name), b"")
 
 
 def server_error(error: BaseException) -> oa.ApiError:
@@ -370,13 +376,29 @@ class Guard:
 
     def __init__(self, app: Any, state: State) -> None:
         self.app, self.state = app, state
-        self.expected = f"Bearer {state.key}".encode() if state.key else None
+        self.expected = state.key.encode() if state.key else None
 
     def authorized(self, scope: dict[str, Any]) -> bool:
         if self.expected is None or scope["path"] in OPEN_PATHS:
             return True
-        given = next((value for name, value in scope["headers"] if name == b"authorization"), b"")
-        return hmac.compare_digest(given, self.expected)
+        scheme, _, token = header(scope, b"authorization").partition(b" ")
+        return hmac.compare_digest(token.strip(), self.expected) and scheme.lower() == b"bearer"  # RFC 7235: any case
+
+    def from_a_web_page(self, scope: dict[str, Any]) -> bool:
+        """Without a key (a loopback bind), what a web page in the user's browser could send is refused.
+
+        A page on any site may POST to 127.0.0.1 (a text/plain body needs no CORS
+        preflight), which would spend the device on it, and a name it makes resolve to
+        127.0.0.1 (DNS rebinding) could read the replies. The browser says where the page
+        comes from (Origin) and which name it asked for (Host): both must be loopback.
+        """
+        if self.expected is not None:
+            return False
+        origin, host = header(scope, b"origin").decode("latin-1"), header(scope, b"host").decode("latin-1")
+        names = [urllib.parse.urlsplit(origin).hostname or ""] if origin else []  # "null": a file's page
+        if host:
+            names.append(urllib.parse.urlsplit(f"//{host}").hostname or "")
+        return not all(is_loopback(name) for name in names)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -389,7 +411,11 @@ class Guard:
                 status[0] = message["status"]
             await send(message)
 
-        if self.authorized(scope):
+        if self.from_a_web_page(scope):
+            refused = oa.ApiError(403, "requests from web pages are refused (Origin or Host not loopback); "
+                                  "serve with --host and an API key to be reached by another name", code="forbidden")  # fmt: skip
+            await error_response(refused)(scope, receive, counted)
+        elif self.authorized(scope):
             await self.app(scope, receive, counted)
         else:
             denied = oa.ApiError(401, "a valid API key is needed: Authorization: Bearer KEY", code="invalid_api_key",

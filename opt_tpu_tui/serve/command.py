@@ -7,6 +7,7 @@ so the missing extra is one clear error, not an ImportError.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 from pathlib import Path
 
@@ -15,10 +16,10 @@ from opt_tpu_tui.demo import DEMO_MODEL_DIR
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.serve.client import KEY_VARIABLE
 
+EXTRA_INSTALL = "python3 -m pip install --user './opt-tpu-tui[serve]' (the folder you installed the app from)"
 MAX_BODY = 1024 * 1024  # bytes of a request body
 HEADER_SECONDS = 10.0  # from a connection's opening (or its last response) to a request's complete headers
 BODY_SECONDS = 30.0  # from the headers to the end of the body
-LOOPBACK = ("127.0.0.1", "::1")  # hosts that need no API key
 
 
 def build_serve_parser() -> argparse.ArgumentParser:
@@ -26,9 +27,10 @@ def build_serve_parser() -> argparse.ArgumentParser:
         prog="opt-tpu-tui serve",
         description="Hold one model and serve it over HTTP with OpenAI's API (/v1/chat/completions, "
         "/v1/completions, /v1/models), plus /health and /metrics (Prometheus). Needs the extra: "
-        "pip install 'opt-tpu-tui[serve]'.",
+        f"{EXTRA_INSTALL}.",
         epilog=f"Limits: request bodies up to {MAX_BODY // 1024} KiB, chats up to 1024 messages, headers within "
-        f"{HEADER_SECONDS:g} s and the body within {BODY_SECONDS:g} s. Any --host but 127.0.0.1 or ::1 needs an "
+        f"{HEADER_SECONDS:g} s and the body within {BODY_SECONDS:g} s. Any --host but a loopback one (127.0.0.1, "
+        "::1, localhost) needs an "
         f"API key, from --api-key-file or the environment variable {KEY_VARIABLE}, sent by clients as "
         "'Authorization: Bearer KEY'. SIGINT or SIGTERM stops the running reply and exits 0.",
     )
@@ -47,6 +49,17 @@ def build_serve_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or address, IPv6 in brackets or not) is this machine's loopback: no API key needed."""
+    host = host.strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def api_key(args: argparse.Namespace) -> str | None:
     """The key from --api-key-file or the environment; a UserError when a non-loopback host has none."""
     key = None
@@ -59,7 +72,7 @@ def api_key(args: argparse.Namespace) -> str | None:
             raise UserError(f"{args.api_key_file}: the API key file is empty")
     elif os.environ.get(KEY_VARIABLE, "").strip():
         key = os.environ[KEY_VARIABLE].strip()
-    if key is None and args.host not in LOOPBACK:
+    if key is None and not is_loopback(args.host):
         raise UserError(
             f"--host {args.host} lets other machines connect, so it needs an API key: --api-key-file FILE, or the "
             f"environment variable {KEY_VARIABLE} (never on the command line, where ps shows it)"
@@ -85,7 +98,7 @@ def run_serve(argv: list[str]) -> int:
         import starlette  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError:
-        raise UserError("serve needs its extra: pip install 'opt-tpu-tui[serve]' (starlette and uvicorn)") from None
+        raise UserError(f"serve needs its extra (starlette and uvicorn): {EXTRA_INSTALL}") from None
     from opt_tpu_tui.serve.app import serve
 
     return serve(args, key)
