@@ -145,10 +145,14 @@ def test_a_client_counts_the_tokens_a_chunk_says_it_holds() -> None:
             yield {"choices": [{"index": 0, "text": "Hello", "tokens": 3}]}
             yield {"choices": [{"index": 0, "text": " world", "tokens": "many"}]}  # not a count: one more, as before
             yield {"choices": [{"index": 0, "text": "!", "tokens": 9}]}
+            timings = {"prefill_seconds": 0.25, "decode_seconds": 0.5, "decode_steps": 8}
+            yield {"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 9, "timings": timings}}
 
     reply = RemoteReply(Client(), "/v1/completions", {}, prompt_tokens=5)  # type: ignore[arg-type]
-    counts = [(piece, reply.stats.new_tokens, reply.stats.context_used) for piece in reply]
-    assert counts == [("Hello", 3, 8), (" world", 4, 9), ("!", 9, 14)]
+    counts = [(piece, reply.stats.new_tokens, reply.stats.context_used, reply.stats.decode_steps) for piece in reply]
+    assert counts == [("Hello", 3, 8, 0), (" world", 4, 9, 1), ("!", 9, 14, 6)]  # steps after the first chunk's
+    stats = reply.stats  # then the device's own times: chunks that arrive at once are no measure of its speed
+    assert (stats.prefill_seconds, stats.decode_seconds, stats.decode_steps, stats.tokens_per_second) == (0.25, 0.5, 8, 16)
 
 
 def engine_with_a_held_job(tiny_model: Path, queue_limit: int) -> tuple:

@@ -160,16 +160,13 @@ class RemoteReply:
     def __iter__(self) -> Iterator[str]:
         stats, text, started = self.stats, "", time.perf_counter()
         stats.prompt_tokens = stats.context_used = self.prompt_tokens
-        first = None
+        first, first_tokens = None, 0
         chunks = self.client.stream(self.path, {**self.body, "stream_options": {"include_usage": True}}, self.cancel)
         try:
             for chunk in chunks:
                 usage = chunk.get("usage")
                 if usage:
-                    stats.prompt_tokens = usage.get("prompt_tokens", 0)
-                    stats.new_tokens = usage.get("completion_tokens", 0)
-                    stats.cached_tokens = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
-                    stats.decode_steps = max(0, stats.new_tokens - 1)
+                    take_usage(stats, usage)
                 for choice in chunk.get("choices") or []:
                     piece = choice.get("text") if "text" in choice else (choice.get("delta") or {}).get("content")
                     if choice.get("finish_reason"):  # the project's own reason where the server says it
@@ -177,11 +174,11 @@ class RemoteReply:
                         stats.stop_reason = choice.get("stop_reason") or FINISH_WORDS.get(finish, finish)
                     if piece:
                         now = time.perf_counter()
-                        if first is None:
-                            first, stats.prefill_seconds = now, now - started
                         told = choice.get("tokens")  # the server's count so far; the usage has the last word
                         stats.new_tokens = told if isinstance(told, int) and told > stats.new_tokens else stats.new_tokens + 1
-                        stats.decode_steps = stats.new_tokens - 1
+                        if first is None:  # the rate until the usage comes: the tokens after the first chunk's
+                            first, first_tokens, stats.prefill_seconds = now, stats.new_tokens, now - started
+                        stats.decode_steps = stats.new_tokens - first_tokens
                         stats.decode_seconds = now - first
                         stats.context_used = stats.prompt_tokens + stats.new_tokens
                         text += piece
@@ -203,6 +200,26 @@ class ServerModel:
     name: str  # where it runs: the server's address
     model_name: str
     context_length: int
+
+
+def take_usage(stats: GenerationStats, usage: dict[str, Any]) -> None:
+    """The server's counts and (its own field) the device's times into ``stats``; what is not a number is left."""
+    def number(table: Any, key: str, kind: type) -> Any:
+        value = table.get(key) if isinstance(table, dict) else None
+        return value if isinstance(value, kind) and not isinstance(value, bool) and value >= 0 else None
+
+    for field_name, key in (("prompt_tokens", "prompt_tokens"), ("new_tokens", "completion_tokens")):
+        value = number(usage, key, int)
+        if value is not None:
+            setattr(stats, field_name, value)
+    cached = number(usage.get("prompt_tokens_details"), "cached_tokens", int)
+    stats.cached_tokens = stats.cached_tokens if cached is None else cached
+    stats.decode_steps = max(0, stats.new_tokens - 1)
+    timings = usage.get("timings")
+    for key, kind in (("prefill_seconds", (int, float)), ("decode_seconds", (int, float)), ("decode_steps", int)):
+        value = number(timings, key, kind)  # type: ignore[arg-type]
+        if value is not None:
+            setattr(stats, key, value)
 
 
 class RemoteSession(TranscriptSession):

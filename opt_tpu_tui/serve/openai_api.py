@@ -277,12 +277,18 @@ def new_id(chat: bool) -> str:
 
 
 def usage(stats: GenerationStats) -> dict[str, Any]:
+    """OpenAI's usage, and the project's ``timings`` in it (the device's own times, which a client's stats
+    pane shows: timed by the client, text that arrives in one chunk would read as decoded at once)."""
     return {
         "prompt_tokens": stats.prompt_tokens,
         "completion_tokens": stats.new_tokens,
         "total_tokens": stats.prompt_tokens + stats.new_tokens,
         "prompt_tokens_details": {"cached_tokens": stats.cached_tokens},
-    }
+        "timings": {
+            "prefill_seconds": stats.prefill_seconds, "decode_seconds": stats.decode_seconds,
+            "decode_steps": stats.decode_steps,
+        },
+    }  # fmt: skip
 
 
 def response(request: ApiRequest, rid: str, model: str, text: str, finish: str, stats: GenerationStats) -> dict[str, Any]:
