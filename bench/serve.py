@@ -30,6 +30,7 @@ import argparse
 import atexit
 import http.client
 import json
+import os
 import re
 import shutil
 import statistics
@@ -142,6 +143,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--clients", type=int, default=4)
     args = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="bench-serve-home-"))  # the runs' settings and history, not the user's
+    atexit.register(shutil.rmtree, home, True)
+    os.environ["XDG_CONFIG_HOME"], os.environ["XDG_DATA_HOME"] = str(home / "config"), str(home / "data")
     if args.wide:
         sys.path.insert(0, str(ROOT / "bench"))
         from app_decode import make_checkpoint
