@@ -67,6 +67,12 @@ STREAM_INTERVAL = 0.01  # seconds: a stream's text goes out at most this often (
 OPEN_PATHS = ("/health",)  # reachable without the API key (a load balancer's probe)
 ROUTES = ("/health", "/metrics", "/device", "/tokenizer", "/v1/models", "/v1/chat/completions", "/v1/completions")
 log = logging.getLogger("opt_tpu_tui.serve")
+UVICORN_LOG = {  # uvicorn's own warnings (a client speaking https or garbage) as the app's other lines
+    "version": 1, "disable_existing_loggers": False,
+    "formatters": {"line": {"format": "opt-tpu-tui: uvicorn: %(message)s"}},
+    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "line", "stream": "ext://sys.stderr"}},
+    "loggers": {"uvicorn": {"handlers": ["stderr"], "level": "WARNING", "propagate": False}},
+}  # fmt: skip
 
 
 class State:
@@ -522,7 +528,7 @@ def serve(args: argparse.Namespace, key: str | None) -> int:
     host, port = sock.getsockname()[:2]
     url_host = f"[{host}]" if ":" in host else host
     config = uvicorn.Config(
-        build_app(state), http=HeaderTimeoutH11, lifespan="off", log_level="warning", access_log=False,
+        build_app(state), http=HeaderTimeoutH11, lifespan="off", log_level="warning", access_log=False, log_config=UVICORN_LOG,
         timeout_graceful_shutdown=5, limit_concurrency=max(64, 2 * args.queue + 16),
     )  # fmt: skip
     server = Server(config, state)
