@@ -31,7 +31,7 @@ from pathlib import Path
 from opt_tpu_tui import toolchain
 from opt_tpu_tui.atomic import atomic_write
 from opt_tpu_tui.converted import (
-    ACTIVATIONS, BMODEL, DEFAULT_GROUP_SIZE, LM_HEAD, MANIFEST, MODES, TOKENIZER_FILES, HostEmbedding, Manifest,
+    ACTIVATIONS, BMODEL, DEFAULT_GROUP_SIZE, LM_HEAD, LM_HEAD_TOP1, MANIFEST, MODES, TOKENIZER_FILES, HostEmbedding, Manifest,
     conversion_files, decode_net, decode_windows, prefill_net, quantization,
 )  # fmt: skip
 from opt_tpu_tui.convert import graphs
@@ -113,7 +113,7 @@ def graph_writers(
     the .mlir), called when the net's compile starts."""
     config = w.config
     reader = LayerReader(w)
-    shared: dict[int, Path] = {}  # layer -> the weights file its last graph was written with
+    shared: dict[object, Path] = {}  # layer (or LM_HEAD) -> the weights file its last graph was written with
     sharing = threading.Lock()
 
     def block(name: str, i: int, cache: int, rows: int) -> Callable[[Path], Path]:
@@ -132,17 +132,26 @@ def graph_writers(
         write.weights = i  # type: ignore[attr-defined] # the graphs of a layer share their weights file
         return write
 
-    def lm_head(folder: Path) -> Path:
-        reader.release()  # the last graph: its tpuc-opt run is the conversion's largest
-        graph, outputs = graphs.lm_head(LM_HEAD, w)
-        return graph.write(folder / LM_HEAD, outputs)
+    def head(name: str, top1: bool) -> Callable[[Path], Path]:
+        def write(folder: Path) -> Path:
+            """The logits head and the greedy one (``graphs.lm_head``) share their weights file as a layer's graphs do."""
+            reader.release()  # the last graphs: their tpuc-opt runs are the conversion's largest
+            graph, outputs = graphs.lm_head(name, w, top1)
+            with sharing:
+                mlir = graph.write(folder / name, outputs, shared.get(LM_HEAD))
+                shared[LM_HEAD] = mlir.parent / f"{name}_top_weights.npz"
+            return mlir
+
+        write.weights = LM_HEAD  # type: ignore[attr-defined]
+        return write
 
     writers: dict[str, Callable[[Path], Path]] = {}
     for i in range(len(w.layers)):
         writers[prefill_net(i)] = block(prefill_net(i), i, context, chunk)
         for window in windows:
             writers[decode_net(i, window)] = block(decode_net(i, window), i, window, 1)
-    writers[LM_HEAD] = lm_head
+    writers[LM_HEAD] = head(LM_HEAD, False)
+    writers[LM_HEAD_TOP1] = head(LM_HEAD_TOP1, True)
     return writers
 
 
