@@ -554,21 +554,38 @@ def test_a_reply_runs_the_greedy_head_only_when_greedy_without_a_penalty(
         assert generation.tokens == cpu.tokens
 
 
+@pytest.fixture(scope="session")
+def converted_without_head(simulator: None, checkpoints, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The pre-ln f16 model converted as before the greedy head: every net but lm_head_top1."""
+    from opt_tpu_tui.convert import build
+
+    writers = build.graph_writers
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(build, "graph_writers", lambda *args: {
+            name: write for name, write in writers(*args).items() if name != converted_dir.LM_HEAD_TOP1
+        })  # fmt: skip
+        return convert(checkpoints["pre-ln"], tmp_path_factory.mktemp("old") / "pre-ln-f16", "f16", 0, CONTEXT,
+                       log=lambda _: None, chunk=CHUNK, windows=WINDOWS)  # fmt: skip
+
+
+def test_the_greedy_head_stores_no_weights_of_its_own(converted, converted_without_head: Path, tmp_path: Path) -> None:
+    """It shares the logits head's weights, which the combined bmodel holds once: it costs its instructions."""
+    with_head = BmodelMemory(converted("pre-ln", "f16") / converted_dir.BMODEL, tmp_path)
+    without = BmodelMemory(converted_without_head / converted_dir.BMODEL, tmp_path)
+    assert len(with_head.scratch) == len(without.scratch) + 1
+    assert with_head.weights == without.weights
+    assert 0 < with_head.instructions - without.instructions < 0.1 * with_head.total
+    assert with_head.shared_scratch - without.shared_scratch == with_head.instructions - without.instructions
+
+
 def test_a_model_converted_before_the_greedy_head_decodes_greedily_from_its_logits(
-    simulator: None, checkpoints, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    converted_without_head: Path, checkpoints, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A conversion without the head (as every one before it): greedy replies download the logits and pick
     on the host, the same tokens as the cpu backend, through the backend and through ``-p``."""
     from opt_tpu_tui.cli import main
-    from opt_tpu_tui.convert import build
 
-    writers = build.graph_writers
-    with pytest.MonkeyPatch.context() as patch:  # the conversion as it was: no greedy head
-        patch.setattr(build, "graph_writers", lambda *args: {
-            name: write for name, write in writers(*args).items() if name != converted_dir.LM_HEAD_TOP1
-        })  # fmt: skip
-        out = convert(checkpoints["pre-ln"], tmp_path / "old", "f16", 0, CONTEXT, log=lambda _: None, chunk=CHUNK,
-                      windows=WINDOWS)  # fmt: skip
+    out = converted_without_head
     tokenizer = Tokenizer.from_dir(out)
     ids = tokenizer.encode(PROMPT)
     expected = greedy(CPUBackend(checkpoints["pre-ln"], CONTEXT), ids, 6)

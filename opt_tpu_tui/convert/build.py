@@ -113,7 +113,7 @@ def graph_writers(
     the .mlir), called when the net's compile starts."""
     config = w.config
     reader = LayerReader(w)
-    shared: dict[object, Path] = {}  # layer (or LM_HEAD) -> the weights file its last graph was written with
+    shared: dict[int, Path] = {}  # layer -> the weights file its last graph was written with
     sharing = threading.Lock()
 
     def block(name: str, i: int, cache: int, rows: int) -> Callable[[Path], Path]:
@@ -134,15 +134,13 @@ def graph_writers(
 
     def head(name: str, top1: bool) -> Callable[[Path], Path]:
         def write(folder: Path) -> Path:
-            """The logits head and the greedy one (``graphs.lm_head``) share their weights file as a layer's graphs do."""
-            reader.release()  # the last graphs: their tpuc-opt runs are the conversion's largest
+            """The logits head, or the greedy one (``graphs.lm_head``). Each writes the weights of its own:
+            their first tpuc-opt steps are the conversion's largest (3.5 GiB for OPT-6.7B), so the gate
+            (``WeightsOnDisk``) runs them one after the other."""
+            reader.release()  # the last graphs
             graph, outputs = graphs.lm_head(name, w, top1)
-            with sharing:
-                mlir = graph.write(folder / name, outputs, shared.get(LM_HEAD))
-                shared[LM_HEAD] = mlir.parent / f"{name}_top_weights.npz"
-            return mlir
+            return graph.write(folder / name, outputs)
 
-        write.weights = LM_HEAD  # type: ignore[attr-defined]
         return write
 
     writers: dict[str, Callable[[Path], Path]] = {}
