@@ -116,8 +116,8 @@ def expected_io(manifest: Manifest) -> dict[str, tuple[list[Shape], list[Shape]]
 def top1_io(manifest: Manifest) -> tuple[list[tuple[Shape, str]], list[tuple[Shape, str]]]:
     """The greedy head's inputs and outputs, (shape, dtype): hidden in; the token id (int32) and its logit out.
 
-    The logit comes out in the activations' dtype, but float32 under bfloat16 activations
-    (so tpu-mlir 1.30 lowers ``top.Arg`` in BF16): either is taken (``TPUBackend._check_top1``).
+    The logit comes out in the activations' dtype, but as float32 under bfloat16 activations
+    (tpu-mlir 1.30's lowering of ``top.Arg`` in BF16): either is taken (``TPUBackend._check_top1``).
     """
     dtype = ACTIVATION_DTYPES[manifest.activations]
     return [((1, 1, manifest.config.hidden_size), dtype)], [((1, 1, 1), "int32"), ((1, 1, 1), dtype)]
@@ -206,7 +206,7 @@ class TPUBackend:
             for w in self.manifest.windows
         }
         self.logits_device = d.alloc((1, 1, cfg.vocab_size), self.dtype, host=True)
-        self.logits_host = np.empty(cfg.vocab_size, host_dtype(self.dtype))
+        self.logits_host = np.zeros(cfg.vocab_size, host_dtype(self.dtype))  # no NaN bits before a download
         self.logits = np.empty(cfg.vocab_size, np.float32)
         if self.top1:
             value = self.top1_dtype
@@ -296,10 +296,11 @@ class TPUBackend:
         """The logits of ``hidden``; with ``argmax_below``, the first largest logit's id among ids below it.
 
         The greedy head picks it on the device, and only the id and its logit come back
-        (6 bytes, where the logits are 100 kB for OPT's 50,272 rows and then widened to
-        float32 on the host). Its argmax spans every row, so when it lands on a padding row
-        past ``argmax_below`` (which no greedy sampler may pick) the logits come after all and
-        the host picks; so it does for a model converted without the head.
+        (6 or 8 bytes, where the logits are 100 kB for OPT's 50,272 rows, then widened to
+        float32 on the host); a NaN logit is the sampler's error. Its argmax spans every
+        row, so when it lands on a padding row past ``argmax_below`` (which no greedy
+        sampler may pick) the logits come after all and the host picks; so it does for a
+        model converted without the head.
         """
         if argmax_below is None or not self.top1:
             logits = self._logits(hidden)
