@@ -147,8 +147,8 @@ def main() -> None:
             print(f"| | **16 / 4 layers** | | **{peaks[16]['python'] / peaks[4]['python']:.3f}** | |")
         if args.no_projection:
             return
-        print(f"\nThe real models' widths and vocabulary, 2 layers (the peaks do not grow with the layer count), "
-              f"context 512, one decode window")  # fmt: skip
+        print("\nThe real models' widths and vocabulary, 2 layers (the peaks do not grow with the layer count), "
+              "context 512, one decode window")  # fmt: skip
         print("| model | float16 checkpoint, all layers | Python side | largest tpuc-opt | all processes at once |")
         print("|---|---|---|---|---|")
         for name, (width, ffn_dim, n_heads, layers) in SHAPES.items():

@@ -3,25 +3,33 @@
     python bench/tpu_host_overhead.py [--layers 32] [--tokens 16] [--runs 7] [--context 64]
                                       [--model DIR] [--no-simulator]
 
-Converts a small 32-layer OPT (hidden 64, int4), or takes an already converted model
-(``--model``), and decodes with ``backends.tpu`` on drivers that have nothing behind
-them, so that no simulator is loaded while the host is timed (the simulator's threads
-keep a core busy for as long as it is open, which once tripled the figure on a 2-core
-machine): first a null driver whose buffers are host arrays and whose launches return
-at once, which leaves tpu.py's own work per token (embedding lookup, mask, 33 launches'
-argument lists, 64 cache-slot views, three small host copies, the logits' conversion);
-then the bmrt driver itself on a runtime stub with no library, which adds the ctypes
-structs each launch builds. Each pass runs ``--runs`` times and the table gives the
-min, median and max over the runs of the median ms per token. Last, as the reference,
-the same tokens on the BM1684X simulator (skipped with ``--no-simulator``). The goal is
-under 1 ms on x86, so that the Python loop stays near 2% of an OPT-6.7B int4 token on a
-box's slower cores, the token's time being set by memory traffic.
+Converts a small 32-layer OPT (hidden 64, int4; its vocabulary OPT's 50,272 rows, so
+that the logits weigh what they do in a real model), or takes an already converted model
+(``--model``), and decodes greedily with ``backends.tpu`` on drivers that have nothing
+behind them, so that no simulator is loaded while the host is timed (the simulator's
+threads keep a core busy for as long as it is open, which once tripled the figure on a
+2-core machine): first a null driver whose buffers are host arrays and whose launches
+return at once, which leaves tpu.py's own work per token (embedding lookup, mask, 33
+launches' argument lists, 64 cache-slot views, the small host copies); then the bmrt
+driver itself on a runtime stub with no library, which adds the ctypes structs each
+launch builds. Each driver runs both ways a greedy token can be taken: the logits
+downloaded (100 kB in float16), widened to float32 and the argmax taken on the host, as
+every sampled token still is and a model converted before the greedy head does; and the
+greedy head's id and logit downloaded instead (``lm_head_top1``, the argmax on the
+device). A null driver copies its "downloads" in host memory, so the first way's cost
+here is the copy, the conversion and the argmax, not the PCIe or SoC transfer. Each
+pass runs ``--runs`` times and the table gives the min, median and max over the runs
+of the median ms per token. Last, as the reference, the same tokens on the BM1684X
+simulator (skipped with ``--no-simulator``). The goal is under 1 ms on x86, so that
+the Python loop stays near 2% of an OPT-6.7B int4 token on a box's slower cores, the
+token's time being set by memory traffic.
 
 The second table is that traffic, computed from the graphs: every weight once, plus the
 K/V cache the decode net attends over (static shapes: a whole window of slots; at
 context 512 the windows are 128, 256 and 512), divided by the ~68 GB/s of the BM1684X's
 LPDDR4x. Weight bytes per parameter are those measured on tpu-mlir's W8/W4 MatMuls:
-bits / 8, plus 3 bytes (float16 scale, uint8 zero point) per group of 64. The third
+bits / 8, plus 3 bytes (float16 scale, uint8 zero point) per group of 128, ``convert``'s
+default (``converted.DEFAULT_GROUP_SIZE``). The third
 table bounds the first token's wait the same way (compute at the float16 peak, reads at
 the bandwidth): ceilings, not measurements. Converting needs the [dev] extra (to make
 the checkpoint) and the tpu-mlir download; ``--model`` with ``--no-simulator`` needs
@@ -49,8 +57,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from opt_tpu_tui.backends import bmrt_lib  # noqa: E402
 from opt_tpu_tui.backends.bmrt import BmrtDriver  # noqa: E402
-from opt_tpu_tui.backends.tpu import ACTIVATION_DTYPES, TPUBackend, expected_io, host_dtype  # noqa: E402
-from opt_tpu_tui.converted import Manifest  # noqa: E402
+from opt_tpu_tui.backends.tpu import ACTIVATION_DTYPES, TPUBackend, expected_io, host_dtype, top1_io  # noqa: E402
+from opt_tpu_tui.converted import DEFAULT_GROUP_SIZE, LM_HEAD_TOP1, Manifest  # noqa: E402
 from opt_tpu_tui.errors import UserError  # noqa: E402
 
 BANDWIDTH = 68e9  # bytes/s, BM1684X LPDDR4x (../shared/notes/bm1684x.md)
@@ -64,7 +72,7 @@ OPT_SIZES = {  # name: hidden, layers, ffn
 }
 
 
-def weight_bytes(params: float, mode: str, group: int = 64) -> float:
+def weight_bytes(params: float, mode: str, group: int = DEFAULT_GROUP_SIZE) -> float:
     return params * {"f16": 2.0, "int8": 1 + 3 / group, "int4": 0.5 + 3 / group}[mode]
 
 
@@ -94,17 +102,26 @@ def traffic(hidden: int, layers: int, ffn: int, mode: str, context: int) -> tupl
 
 
 class NullDriver:
-    """``tpu.Driver`` with nothing behind it: buffers are host arrays, copies are host copies, launches return at once."""
+    """``tpu.Driver`` with nothing behind it: buffers are host arrays, copies are host copies, launches return at once.
 
-    def __init__(self, model_dir: Path) -> None:
+    ``head``: whether the model has the greedy head (``lm_head_top1``), as a conversion since it has.
+    """
+
+    def __init__(self, model_dir: Path, head: bool = True) -> None:
         manifest = Manifest.load(model_dir)
-        self.nets, self.dtype = expected_io(manifest), ACTIVATION_DTYPES[manifest.activations]
+        dtype = ACTIVATION_DTYPES[manifest.activations]
+        self.nets = {net: ([(s, dtype) for s in ins], [(s, dtype) for s in outs])
+                     for net, (ins, outs) in expected_io(manifest).items()}  # fmt: skip
+        if head:
+            self.nets[LM_HEAD_TOP1] = top1_io(manifest)
 
     def io(self, net: str) -> tuple[list[tuple[tuple[int, ...], str]], list[tuple[tuple[int, ...], str]]]:
         if net not in self.nets:
             raise UserError(f"no net {net}")
-        ins, outs = self.nets[net]
-        return [(s, self.dtype) for s in ins], [(s, self.dtype) for s in outs]
+        return self.nets[net]
+
+    def net_names(self) -> list[str]:
+        return list(self.nets)
 
     def alloc(self, shape: tuple[int, ...], dtype: str, host: bool = False) -> np.ndarray:
         return np.zeros(shape, host_dtype(dtype))
@@ -131,9 +148,12 @@ class NullRuntime:
 
     tensor = bmrt_lib.Runtime.tensor  # uses no library: the struct building the driver pays for
 
-    def __init__(self, model_dir: Path) -> None:
-        self.driver = NullDriver(model_dir)
+    def __init__(self, model_dir: Path, head: bool = True) -> None:
+        self.driver = NullDriver(model_dir, head)
         self.next_address = 1 << 32
+
+    def net_names(self) -> list[str]:
+        return self.driver.net_names()
 
     def net(self, name: str) -> Any:
         ins, outs = self.driver.io(name)
@@ -163,8 +183,8 @@ class NullRuntime:
 class StubbedBmrtDriver(BmrtDriver):
     """The bmrt driver as it is, on a ``NullRuntime``."""
 
-    def __init__(self, model_dir: Path) -> None:
-        self.runtime = NullRuntime(model_dir)  # type: ignore[assignment]
+    def __init__(self, model_dir: Path, head: bool = True) -> None:
+        self.runtime = NullRuntime(model_dir, head)  # type: ignore[assignment]
 
 
 def convert_tiny(scratch: Path, layers: int, context: int) -> Path:
@@ -172,16 +192,16 @@ def convert_tiny(scratch: Path, layers: int, context: int) -> Path:
 
     from opt_tpu_tui.convert.build import convert
 
-    checkpoint = make_model(scratch / "hf", num_hidden_layers=layers, vocab_size=512, ffn_dim=256,
+    checkpoint = make_model(scratch / "hf", num_hidden_layers=layers, vocab_size=VOCAB, ffn_dim=256,
                             max_position_embeddings=context)  # fmt: skip
     start = time.perf_counter()
     model_dir = convert(checkpoint, scratch / "int4", "int4", 64, context, log=lambda _: None)
-    print(f"converted {2 * layers + 1} graphs in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    print(f"converted {2 * layers + 2} graphs in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     return model_dir
 
 
 def host_runs(model_dir: Path, open_driver: Callable[[Path], Any], runs: int, tokens: int) -> list[float]:
-    """The median ms per decoded token of each of ``runs`` runs, after one untimed warm-up run."""
+    """The median ms per greedy token of each of ``runs`` runs, after one untimed warm-up run."""
     backend = TPUBackend("null", model_dir, open_driver)
     try:
         decode_times(backend, tokens)
@@ -191,13 +211,15 @@ def host_runs(model_dir: Path, open_driver: Callable[[Path], Any], runs: int, to
 
 
 def decode_times(backend: TPUBackend, tokens: int) -> list[float]:
-    """ms per decoded token after a 4-token prompt."""
-    backend.prefill([2, 100, 200, 300])
+    """ms per greedy token after a 4-token prompt: decoded and picked, as ``generation`` asks for it
+    (``argmax_below``): on the device with the greedy head, else from the logits on the host."""
+    below = backend.vocab_size - 7  # OPT's tokenizer has 7 ids fewer than the logits' rows
+    backend.prefill([2, 100, 200, 300], argmax_below=below)
     gc.collect()
     times = []
     for k in range(tokens):
         start = time.perf_counter()
-        backend.decode(10 + k)
+        backend.decode(10 + k, argmax_below=below)
         times.append((time.perf_counter() - start) * 1e3)
     return times
 
@@ -226,12 +248,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-tpu-") as scratch:
         model_dir = args.model or convert_tiny(Path(scratch), args.layers, args.context)
         layers = Manifest.load(model_dir).config.num_hidden_layers
+        drivers = {"tpu.py on a null driver": NullDriver, "tpu.py + bmrt driver on a null runtime": StubbedBmrtDriver}
+        ways = {"logits + host argmax": False, "greedy head on the device": True}
         passes = {
-            "tpu.py on a null driver": host_runs(model_dir, lambda _: NullDriver(model_dir), args.runs, args.tokens),
-            "tpu.py + bmrt driver on a null runtime": host_runs(
-                model_dir, lambda _: StubbedBmrtDriver(model_dir), args.runs, args.tokens
-            ),
-        }
+            f"{driver}, {way}": host_runs(model_dir, lambda _, d=make, h=head: d(model_dir, h), args.runs, args.tokens)
+            for driver, make in drivers.items() for way, head in ways.items()
+        }  # fmt: skip
         reference = None if args.no_simulator else simulated(model_dir, args.tokens)
 
     print(f"\nHost work per decoded token, {layers}-layer model, Python {platform.python_version()}, numpy "
@@ -243,7 +265,7 @@ def main() -> None:
 
     _, _, per_token = traffic(*OPT_SIZES["OPT-6.7b"], "int4", 512)
     device_ms = per_token / BANDWIDTH * 1e3
-    host = statistics.median(passes["tpu.py + bmrt driver on a null runtime"])
+    host = statistics.median(passes["tpu.py + bmrt driver on a null runtime, greedy head on the device"])
     sim = "not run" if reference is None else f"{reference:.0f} ms"
     print("\nAgainst the device: the host's median (bmrt driver) beside the same token on the simulator and")
     print("an OPT-6.7b int4 token at the bandwidth ceiling")

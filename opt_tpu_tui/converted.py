@@ -60,6 +60,9 @@ def decode_windows(context: int, most: int = 4, smallest: int = 128) -> list[int
 
 
 LM_HEAD = "lm_head"
+# The greedy head: the same weights ending in an argmax, so a greedy reply fetches a token id per
+# step, not the logits. Conversions before it lack it; the backend then takes the logits.
+LM_HEAD_TOP1 = "lm_head_top1"
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,7 @@ class Manifest:
             "prefill": [prefill_net(i) for i in range(self.config.num_hidden_layers)],
             "decode": [decode_net(i, w) for i in range(self.config.num_hidden_layers) for w in self.windows],
             "lm_head": LM_HEAD,
+            "lm_head_top1": LM_HEAD_TOP1,
         }
         raw["files"] = sorted(files)
         return json.dumps(raw, indent=2) + "\n"

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from opt_tpu_tui.backends.base import Backend, emits_tokens
+from opt_tpu_tui.backends.base import Backend, emits_tokens, picks_argmax
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.sampling import Sampler, SamplingSettings
 from opt_tpu_tui.tokenizer import Tokenizer
@@ -77,13 +77,15 @@ class Generation:
             )
         stats.prompt_tokens = n_prompt
         sampler = Sampler(self.settings, vocab_limit=self.tokenizer.vocab_size)
-        sample = (lambda token, _: int(token)) if emits_tokens(backend) else sampler  # the model chose greedily
+        pick = argmax_request(backend, self.settings, self.tokenizer.vocab_size)
+        chosen = emits_tokens(backend) or bool(pick)  # the model or the backend chose greedily
+        sample = (lambda token, _: int(token)) if chosen else sampler
         seen = list(self.prompt_ids)
         stream = self.tokenizer.stream()
         stops = StopStringFilter(self.stop_strings)
 
         started = time.perf_counter()
-        logits = backend.prefill(list(self.prompt_ids))
+        logits = backend.prefill(list(self.prompt_ids), **pick)
         decode_start = time.perf_counter()
         stats.prefill_seconds = decode_start - started
         stats.cached_tokens = backend.reused
@@ -111,7 +113,7 @@ class Generation:
             if self.cancel is not None and self.cancel.is_set():
                 stats.stop_reason = "cancelled"
                 break
-            logits = backend.decode(token)
+            logits = backend.decode(token, **pick)
             stats.decode_steps += 1
             stats.decode_seconds = time.perf_counter() - decode_start
             stats.context_used = backend.length
@@ -119,6 +121,20 @@ class Generation:
             tail = stops.feed(stream.flush()) + stops.finish()
             if tail:
                 yield tail
+
+
+def argmax_request(backend: Backend, settings: SamplingSettings, vocab_limit: int) -> dict[str, int]:
+    """The keyword that has ``backend`` return the greedy token instead of the logits, or {} to sample on the host.
+
+    Asked when the settings take the largest logit and nothing else (``argmax_only``) and
+    the backend can pick it (``picks_argmax``): on the TPU, an id crosses from the device
+    instead of the whole vocabulary's logits. ``vocab_limit``: as the sampler, ids past the
+    tokenizer's are padding rows and never chosen. Any other settings sample on the host
+    exactly as before.
+    """
+    if settings.argmax_only and picks_argmax(backend) and not emits_tokens(backend):
+        return {"argmax_below": vocab_limit}
+    return {}
 
 
 class StopStringFilter:

@@ -62,6 +62,15 @@ class SamplingSettings:
         """
         return self.temperature < GREEDY_BELOW
 
+    @property
+    def argmax_only(self) -> bool:
+        """Whether the next token is the largest logit's, whatever came before (greedy, no repetition penalty).
+
+        Then nothing else of the logits is needed, and a backend may pick the token itself
+        (``generation``: a converted model's greedy head does it on the TPU).
+        """
+        return self.greedy and self.repetition_penalty == 1.0
+
 
 def number(value: float) -> str:
     """``value`` as people write it: whole numbers in full (4294967295, not 4.29497e+09)."""
@@ -147,11 +156,8 @@ class Sampler:
     def __call__(self, logits: np.ndarray, seen: Sequence[int]) -> int:
         logits = logits[: self.vocab_limit]
         s = self.settings
-        if s.greedy and s.repetition_penalty == 1.0:
-            token = int(np.argmax(logits))  # the common greedy case allocates nothing; argmax picks a NaN first
-            if np.isnan(logits[token]):
-                raise not_a_number()
-            return token
+        if s.argmax_only:
+            return argmax_token(logits)  # the common greedy case allocates nothing
         if np.isnan(logits).any():
             raise not_a_number()
         ids, scores = candidates(logits, s, seen)
@@ -159,6 +165,13 @@ class Sampler:
         index = np.searchsorted(cumulative, self.rng.random() * cumulative[-1], side="right")
         return int(ids[min(index, len(ids) - 1)])
 
+
+def argmax_token(logits: np.ndarray) -> int:
+    """The greedy token: the first of the largest logits (numpy's argmax, which picks a NaN first: an error)."""
+    token = int(np.argmax(logits))
+    if np.isnan(logits[token]):
+        raise not_a_number()
+    return token
 
 
 def not_a_number() -> UserError:

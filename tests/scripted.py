@@ -66,3 +66,24 @@ class GreedyScriptedBackend(ScriptedBackend):
 
     def _next(self) -> int:  # type: ignore[override]
         return int(np.argmax(super()._next()))
+
+
+class ArgmaxScriptedBackend(ScriptedBackend):
+    """The same script from a backend that picks the greedy token when asked (``picks_argmax``, as a
+    converted model's greedy head does on the TPU); ``asked`` records each call's ``argmax_below``."""
+
+    picks_argmax = True
+
+    def __init__(self, script: list[int], vocab_size: int, context_length: int = 64) -> None:
+        super().__init__(script, vocab_size, context_length)
+        self.asked: list[int | None] = []
+
+    def _pick(self, logits: np.ndarray, argmax_below: int | None) -> np.ndarray | int:
+        self.asked.append(argmax_below)
+        return logits if argmax_below is None else int(np.argmax(logits[:argmax_below]))
+
+    def prefill(self, ids: list[int], argmax_below: int | None = None) -> np.ndarray | int:  # type: ignore[override]
+        return self._pick(super().prefill(ids), argmax_below)
+
+    def decode(self, token: int, argmax_below: int | None = None) -> np.ndarray | int:  # type: ignore[override]
+        return self._pick(super().decode(token), argmax_below)

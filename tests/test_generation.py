@@ -6,7 +6,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from scripted import GreedyScriptedBackend, ScriptedBackend
+from scripted import ArgmaxScriptedBackend, GreedyScriptedBackend, ScriptedBackend
 from tiny import torch_and_transformers
 
 from opt_tpu_tui.backends import open_backend, open_model
@@ -48,6 +48,26 @@ def test_a_model_that_emits_token_ids_decodes_greedily_whatever_the_sampling_set
     text, generation = run(GreedyScriptedBackend(script, tokenizer.vocab_size), tokenizer, hot)
     assert (text, generation.tokens, generation.stats.stop_reason) == ("Hello world", script[:-2], "eos")
     assert generation.stats.decode_steps == len(script) - 2
+
+
+@pytest.mark.parametrize(
+    "settings, backend_picks",
+    [
+        (GREEDY, True),
+        (SamplingSettings(temperature=0, repetition_penalty=1.1, max_new_tokens=100), False),  # needs every logit
+        (SamplingSettings(temperature=0.7, repetition_penalty=1.0, max_new_tokens=100, seed=3), False),
+    ],
+)
+def test_the_backend_picks_the_token_itself_only_when_the_settings_take_the_largest_logit(
+    tokenizer: Tokenizer, settings: SamplingSettings, backend_picks: bool
+) -> None:
+    """A backend that can pick the greedy token (a converted model's greedy head on the TPU) is asked to,
+    among the tokenizer's ids, when greedy without a repetition penalty; any other settings sample the logits."""
+    script = script_for(tokenizer, "Hello world") + [tokenizer.eos_id, 50]
+    backend = ArgmaxScriptedBackend(script, tokenizer.vocab_size + 8)  # OPT's padding rows past the tokenizer's ids
+    text, generation = run(backend, tokenizer, settings)
+    assert (text, generation.tokens, generation.stats.stop_reason) == ("Hello world", script[:-2], "eos")
+    assert backend.asked == [tokenizer.vocab_size if backend_picks else None] * (len(script) - 1)
 
 
 def test_stops_at_max_new_tokens(tokenizer: Tokenizer) -> None:

@@ -325,7 +325,7 @@ def test_convert_refuses_to_write_into_a_folder_that_is_not_a_conversion(checkpo
 
 
 def test_the_cli_converts_a_checkpoint_and_chats_with_it_on_bmrt(
-    simulator: None, checkpoints, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    simulator: None, checkpoints, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from opt_tpu_tui.cli import main
 
@@ -346,6 +346,16 @@ def test_the_cli_converts_a_checkpoint_and_chats_with_it_on_bmrt(
     expected = greedy(CPUBackend(checkpoints["pre-ln"], CONTEXT), tokenizer.encode(PROMPT), 6)
     assert captured.out == tokenizer.decode(expected) + "\n"
 
+    from opt_tpu_tui.backends.bmrt import BmrtDriver
+
+    launched: list[str] = []  # greedy without a penalty: the tokens picked on the device by the greedy head
+    launch = BmrtDriver.launch
+    monkeypatch.setattr(BmrtDriver, "launch", lambda self, net, *io: (launched.append(net), launch(self, net, *io))[1])
+    assert main([*chat, "--repetition-penalty", "1", "-p", PROMPT]) == 0
+    assert capsys.readouterr().out == tokenizer.decode(expected) + "\n"
+    assert heads(launched) == [converted_dir.LM_HEAD_TOP1] * 6
+    monkeypatch.undo()
+
     assert main([*chat, "-p", "word " * 40]) == 2
     error = capsys.readouterr().err.strip()
     assert "context" in error and len(error.splitlines()) == 1
@@ -357,7 +367,7 @@ def backend_buffers(manifest: converted_dir.Manifest) -> int:
     kv = 2 * cfg.num_hidden_layers * c * cfg.hidden_size * item
     hidden = 2 * t * cfg.hidden_size * item + cfg.hidden_size * item  # two ping-pong chunks, the decode token
     masks = t * (c + t) * item + sum((w + 1) * item for w in manifest.windows)
-    return kv + hidden + masks + cfg.vocab_size * item
+    return kv + hidden + masks + cfg.vocab_size * item + 4 + item  # the logits; the greedy head's id and logit
 
 
 def test_sail_allocates_the_model_its_cache_and_one_shared_scratch(
@@ -380,7 +390,7 @@ def test_sail_allocates_the_model_its_cache_and_one_shared_scratch(
     compiled = BmodelMemory(model_dir / converted_dir.BMODEL, tmp_path)
     got = measure(model_dir, build_shim(tmp_path), "sail", real_sail_folder)
     assert got["start"] == got["end"] == 0
-    assert len(compiled.scratch) == manifest.config.num_hidden_layers * (1 + len(manifest.windows)) + 1
+    assert len(compiled.scratch) == manifest.config.num_hidden_layers * (1 + len(manifest.windows)) + 2  # two heads
     saved = sum(compiled.scratch) - max(compiled.scratch)
     assert saved > 0.2 * compiled.shared_scratch  # far outside the tolerance: the checks below tell the two apart
 
@@ -459,3 +469,138 @@ def test_bmrt_allocates_the_model_its_cache_and_one_shared_scratch(converted, tm
     assert got["runtime_unshared"] == pytest.approx(compiled.every_net_scratch, rel=0.05)
     assert got["peak_while_running"] == got["backend_open"]
     assert got["backend_closed"] == 0
+
+
+def launches(backend: Backend) -> list[str]:
+    """The nets ``backend`` launches from now on, in order."""
+    launched: list[str] = []
+    launch = backend.driver.launch  # type: ignore[attr-defined]
+    backend.driver.launch = lambda net, inputs, outputs: (launched.append(net), launch(net, inputs, outputs))[1]  # type: ignore[attr-defined]
+    return launched
+
+
+def heads(launched: list[str]) -> list[str]:
+    return [net for net in launched if net.startswith(converted_dir.LM_HEAD)]
+
+
+@pytest.mark.parametrize("mode, activations", [("f16", "f16"), ("int4", "f16"), ("f16", "bf16")])
+def test_the_greedy_head_picks_on_the_device_the_argmax_of_the_logits_net(
+    converted, checkpoints, tpu_kind: str, mode: str, activations: str
+) -> None:
+    """Two backends on one model in step, fed the same tokens: the greedy head's id is numpy's argmax of
+    the logits the logits net gives for the same state, among the tokenizer's ids, at every step."""
+    model_dir = converted("pre-ln", mode, activations)
+    limit = Tokenizer.from_dir(model_dir).vocab_size
+    head, full = open_backend(model_dir, tpu_kind), open_backend(model_dir, tpu_kind)
+    launched = launches(head)
+    try:
+        ids = prompt_ids(checkpoints["pre-ln"])
+        got, want = [head.prefill(ids, argmax_below=limit)], [int(np.argmax(full.prefill(ids)[:limit]))]
+        for _ in range(8):
+            token = got[-1]
+            got.append(head.decode(token, argmax_below=limit))
+            want.append(int(np.argmax(full.decode(token)[:limit])))
+    finally:
+        head.close()
+        full.close()
+    assert got == want and all(type(token) is int for token in got)
+    assert heads(launched) == [converted_dir.LM_HEAD_TOP1] * 9  # only an id came back: no logits net ran
+
+
+def test_a_greedy_pick_past_the_tokenizer_s_ids_is_made_again_from_the_logits(converted, checkpoints) -> None:
+    """The head's argmax spans OPT's padding rows too; one landing past ``argmax_below`` is not taken."""
+    model_dir = converted("pre-ln", "f16")
+    tpu, full = open_backend(model_dir, "bmrt"), open_backend(model_dir, "bmrt")
+    try:
+        ids = prompt_ids(checkpoints["pre-ln"])
+        first = tpu.prefill(ids, argmax_below=tpu.vocab_size)
+        assert first > 0
+        launched = launches(tpu)
+        again = tpu.prefill(ids, argmax_below=first)  # the same state, the device's pick now out of bounds
+        assert heads(launched) == [converted_dir.LM_HEAD_TOP1, converted_dir.LM_HEAD]
+        assert again == int(np.argmax(full.prefill(ids)[:first])) != first
+    finally:
+        tpu.close()
+        full.close()
+
+
+@pytest.mark.parametrize(
+    "settings, head",
+    [
+        (SamplingSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=8), converted_dir.LM_HEAD_TOP1),
+        (SamplingSettings(temperature=0, repetition_penalty=1.3, max_new_tokens=8), converted_dir.LM_HEAD),
+        (SamplingSettings(temperature=0.8, top_k=0, top_p=1.0, max_new_tokens=8, seed=5), converted_dir.LM_HEAD),
+    ],
+)
+def test_a_reply_runs_the_greedy_head_only_when_greedy_without_a_penalty(
+    converted, checkpoints, settings: SamplingSettings, head: str
+) -> None:
+    """Greedy replies take the device's pick and give the cpu backend's tokens; sampled or penalised ones
+    download the logits and sample on the host as before, on a model that has the greedy head all the same."""
+    tpu, tokenizer = open_model(converted("pre-ln", "f16"), "bmrt")
+    tokenizer.eos_id = -1  # never produced: every reply runs its 8 tokens
+    launched = launches(tpu)
+    try:
+        assert tpu.top1  # the head is there, used or not
+        ids = prompt_ids(checkpoints["pre-ln"])
+        generation = Generation(tpu, tokenizer, ids, settings)
+        list(generation)
+    finally:
+        tpu.close()
+    assert heads(launched) == [head] * 8
+    if settings.greedy:
+        cpu = Generation(CPUBackend(checkpoints["pre-ln"], CONTEXT), tokenizer, ids, settings)
+        list(cpu)
+        assert generation.tokens == cpu.tokens
+
+
+@pytest.fixture(scope="session")
+def converted_without_head(simulator: None, checkpoints, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The pre-ln f16 model converted as before the greedy head: every net but lm_head_top1."""
+    from opt_tpu_tui.convert import build
+
+    writers = build.graph_writers
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(build, "graph_writers", lambda *args: {
+            name: write for name, write in writers(*args).items() if name != converted_dir.LM_HEAD_TOP1
+        })  # fmt: skip
+        return convert(checkpoints["pre-ln"], tmp_path_factory.mktemp("old") / "pre-ln-f16", "f16", 0, CONTEXT,
+                       log=lambda _: None, chunk=CHUNK, windows=WINDOWS)  # fmt: skip
+
+
+def test_the_greedy_head_stores_no_weights_of_its_own(converted, converted_without_head: Path, tmp_path: Path) -> None:
+    """It shares the logits head's weights, which the combined bmodel holds once: it costs its instructions."""
+    with_head = BmodelMemory(converted("pre-ln", "f16") / converted_dir.BMODEL, tmp_path)
+    without = BmodelMemory(converted_without_head / converted_dir.BMODEL, tmp_path)
+    assert len(with_head.scratch) == len(without.scratch) + 1
+    assert with_head.weights == without.weights
+    assert 0 < with_head.instructions - without.instructions < 0.1 * with_head.total
+    assert with_head.shared_scratch - without.shared_scratch == with_head.instructions - without.instructions
+
+
+def test_a_model_converted_before_the_greedy_head_decodes_greedily_from_its_logits(
+    converted_without_head: Path, checkpoints, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A conversion without the head (as every one before it): greedy replies download the logits and pick
+    on the host, the same tokens as the cpu backend, through the backend and through ``-p``."""
+    from opt_tpu_tui.cli import main
+
+    out = converted_without_head
+    tokenizer = Tokenizer.from_dir(out)
+    ids = tokenizer.encode(PROMPT)
+    expected = greedy(CPUBackend(checkpoints["pre-ln"], CONTEXT), ids, 6)
+    tpu = open_backend(out, "bmrt")
+    launched = launches(tpu)
+    try:
+        assert not tpu.top1
+        got = [tpu.prefill(ids, argmax_below=tokenizer.vocab_size)]
+        for _ in range(5):
+            got.append(tpu.decode(got[-1], argmax_below=tokenizer.vocab_size))
+    finally:
+        tpu.close()
+    assert got == expected and heads(launched) == [converted_dir.LM_HEAD] * 6
+
+    chat = ["--model", str(out), "--backend", "bmrt", "--raw", "--temperature", "0", "--repetition-penalty", "1",
+            "--max-new-tokens", "6", "-p", PROMPT]  # fmt: skip
+    assert main(chat) == 0
+    assert capsys.readouterr().out == tokenizer.decode(expected) + "\n"

@@ -20,6 +20,11 @@ class Backend(Protocol):
     buffer that the next call overwrites. A backend whose model picks the token itself (an
     OPT-TPU bmodel's lm_head ends in top-1) sets ``emits_tokens`` and returns that token id
     instead (``emits_tokens``): it decodes greedily, and sampling settings do not apply.
+    A backend that can pick the greedy token when asked (``picks_argmax``: a converted model
+    with a greedy head, run on the TPU) takes ``argmax_below=N`` in ``prefill`` and ``decode``
+    and returns the id of the first largest logit among ids 0..N-1 instead of the logits, so
+    that only an id leaves the device; ``generation`` asks for it when nothing else of the
+    logits is needed.
     """
 
     name: str  # "cpu", "bmrt", "sail": shown in the UI
@@ -45,6 +50,11 @@ class Backend(Protocol):
 def emits_tokens(backend: object) -> bool:
     """Whether ``backend``'s prefill and decode return the next token's id (greedy, chosen on the device), not logits."""
     return bool(getattr(backend, "emits_tokens", False))
+
+
+def picks_argmax(backend: object) -> bool:
+    """Whether ``backend``'s prefill and decode take ``argmax_below`` (see ``Backend``)."""
+    return bool(getattr(backend, "picks_argmax", False))
 
 
 def reusable_prefix(cached: Sequence[int], ids: Sequence[int]) -> int:

@@ -19,7 +19,7 @@ from opt_tpu_tui import box, original_layout
 from opt_tpu_tui.backends.base import Backend
 from opt_tpu_tui.backends.original import OriginalBackend
 from opt_tpu_tui.backends.original import graph_io as original_graph_io
-from opt_tpu_tui.backends.tpu import TPUBackend, expected_io
+from opt_tpu_tui.backends.tpu import TPUBackend, expected_io, top1_io
 from opt_tpu_tui.converted import Manifest
 from opt_tpu_tui.errors import UserError
 
@@ -197,8 +197,10 @@ class SailDriver:
 
 
 def graph_io(model_dir: Path) -> int:
-    """The inputs and outputs of every graph of a converted model, in all."""
-    return sum(len(ins) + len(outs) for ins, outs in expected_io(Manifest.load(model_dir)).values())
+    """The inputs and outputs of every graph of a converted model, in all (the greedy head's counted, present or not)."""
+    manifest = Manifest.load(model_dir)
+    head = sum(map(len, top1_io(manifest)))
+    return head + sum(len(ins) + len(outs) for ins, outs in expected_io(manifest).values())
 
 
 def open_sail(model_dir: Path, context: int | None = None, device: int = 0) -> Backend:

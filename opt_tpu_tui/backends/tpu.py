@@ -9,7 +9,8 @@ already holds (a chat's earlier turns); decode runs one token through ``block_ca
 the net of the smallest window w (cache size) holding the positions in use, which reads
 the first w slots of the cache only. The hidden state moves between two device buffers;
 per chunk or token the host uploads the embedding rows and a mask, and downloads the
-logits.
+logits, or, for a greedy reply on a model converted with the greedy head, only the token
+id that head picked on the device (``argmax_below``).
 
 A driver supplies the few device primitives (``Driver``); everything else is here.
 """
@@ -23,11 +24,12 @@ from typing import Any, Protocol, Tuple
 import numpy as np
 
 from opt_tpu_tui.converted import (
-    BMODEL, CHIP, LM_HEAD, HostEmbedding, Manifest, bmodel_chip, decode_net, prefill_net,
+    BMODEL, CHIP, LM_HEAD, LM_HEAD_TOP1, HostEmbedding, Manifest, bmodel_chip, decode_net, prefill_net,
 )  # fmt: skip
 from opt_tpu_tui.backends.base import reusable_prefix
 from opt_tpu_tui.convert.graphs import block_mask
 from opt_tpu_tui.errors import UserError
+from opt_tpu_tui.sampling import argmax_token, not_a_number
 
 Shape = Tuple[int, ...]  # evaluated at import: typing.Tuple, as tuple[...] needs Python 3.9
 ACTIVATION_DTYPES = {"f16": "float16", "bf16": "bfloat16"}
@@ -80,8 +82,8 @@ def to_device(x: np.ndarray, dtype: str) -> np.ndarray:
 
 
 def from_device(a: np.ndarray, dtype: str, out: np.ndarray) -> np.ndarray:
-    """The host form of a 16-bit device array -> float32, into ``out``."""
-    if dtype == "float16":
+    """The host form of a 16-bit (or float32) device array -> float32, into ``out``."""
+    if dtype in ("float16", "float32"):
         out[...] = a
     else:
         out.view(np.uint32)[...] = a.astype(np.uint32) << 16
@@ -89,7 +91,8 @@ def from_device(a: np.ndarray, dtype: str, out: np.ndarray) -> np.ndarray:
 
 
 def host_dtype(dtype: str) -> np.dtype:
-    return np.dtype(np.float16 if dtype == "float16" else np.uint16)
+    """How the host holds a device dtype: bfloat16 as its uint16 bits."""
+    return np.dtype({"float16": np.float16, "float32": np.float32, "int32": np.int32}.get(dtype, np.uint16))
 
 
 def expected_io(manifest: Manifest) -> dict[str, tuple[list[Shape], list[Shape]]]:
@@ -110,8 +113,20 @@ def expected_io(manifest: Manifest) -> dict[str, tuple[list[Shape], list[Shape]]
     return nets
 
 
+def top1_io(manifest: Manifest) -> tuple[list[tuple[Shape, str]], list[tuple[Shape, str]]]:
+    """The greedy head's inputs and outputs, (shape, dtype): hidden in; the token id (int32) and its logit out.
+
+    The logit comes out in the activations' dtype, but as float32 under bfloat16 activations
+    (tpu-mlir 1.30's lowering of ``top.Arg`` in BF16): either is taken (``TPUBackend._check_top1``).
+    """
+    dtype = ACTIVATION_DTYPES[manifest.activations]
+    return [((1, 1, manifest.config.hidden_size), dtype)], [((1, 1, 1), "int32"), ((1, 1, 1), dtype)]
+
+
 class TPUBackend:
     """A converted model directory run through ``driver``; implements ``backends.base.Backend``."""
+
+    picks_argmax = True  # prefill and decode take ``argmax_below``: on the device where the bmodel has the greedy head
 
     def __init__(self, name: str, model_dir: Path, open_driver: Callable[[Path], Driver], context: int | None = None):
         model_dir = Path(model_dir)
@@ -157,6 +172,21 @@ class TPUBackend:
             dtypes = {t for _, t in got_ins + got_outs}
             if dtypes != {self.dtype}:
                 raise UserError(f"{bmodel}: net {net} has {sorted(dtypes)} IO, but manifest.json says {self.dtype}")
+        self.top1 = LM_HEAD_TOP1 in self.driver.net_names()  # absent from conversions made before it
+        if self.top1:
+            self._check_top1(bmodel)
+
+    def _check_top1(self, bmodel: Path) -> None:
+        """The greedy head takes and gives what ``top1_io`` says (its logit maybe float32); sets ``top1_dtype``."""
+        got = self.driver.io(LM_HEAD_TOP1)
+        ins, outs = top1_io(self.manifest)
+        logit = ((1, 1, 1), "float32") if got[1][1:] == [((1, 1, 1), "float32")] else outs[1]
+        if got != (ins, [outs[0], logit]):
+            raise UserError(
+                f"{bmodel}: net {LM_HEAD_TOP1} takes and gives {got}, but manifest.json implies {(ins, outs)}; they "
+                "come from different conversions"
+            )
+        self.top1_dtype = logit[1]
 
     def _allocate(self) -> None:
         cfg, c, t, d = self.config, self.manifest.context, self.manifest.chunk, self.driver
@@ -176,8 +206,13 @@ class TPUBackend:
             for w in self.manifest.windows
         }
         self.logits_device = d.alloc((1, 1, cfg.vocab_size), self.dtype, host=True)
-        self.logits_host = np.empty(cfg.vocab_size, host_dtype(self.dtype))
+        self.logits_host = np.zeros(cfg.vocab_size, host_dtype(self.dtype))  # no NaN bits before a download
         self.logits = np.empty(cfg.vocab_size, np.float32)
+        if self.top1:
+            value = self.top1_dtype
+            self.top1_device = [d.alloc((1, 1, 1), "int32", host=True), d.alloc((1, 1, 1), value, host=True)]
+            self.top1_host = [np.zeros(1, np.int32), np.zeros(1, host_dtype(value))]
+            self.top1_logit = np.zeros(1, np.float32)
         self.slot = cfg.num_attention_heads * cfg.head_dim  # elements of one position in a K/V cache
 
     @property
@@ -190,8 +225,11 @@ class TPUBackend:
         if min(ids) < 0 or max(ids) >= self.vocab_size:
             raise ValueError(f"token id out of range 0..{self.vocab_size - 1}")
 
-    def prefill(self, ids: list[int]) -> np.ndarray:
-        """Run the prompt after the start the cache already holds, in chunks of T tokens."""
+    def prefill(self, ids: list[int], argmax_below: int | None = None) -> np.ndarray | int:
+        """Run the prompt after the start the cache already holds, in chunks of T tokens.
+
+        Returns the last position's logits, or with ``argmax_below`` the greedy token (``_head``).
+        """
         n, c, t, h, d = len(ids), self.manifest.context, self.manifest.chunk, self.config.hidden_size, self.driver
         if n == 0:
             raise ValueError("no tokens to run")
@@ -199,7 +237,7 @@ class TPUBackend:
         keep = reusable_prefix(self.ids, ids)
         del self.ids[keep:]  # what a failed run leaves past here is not to be trusted
         if n - keep == 1:  # one new token (a regenerated reply, a one-token prompt): a decode step is cheaper
-            logits = self.decode(ids[-1])
+            logits = self.decode(ids[-1], argmax_below)
         else:
             pos, x = keep, np.zeros((t, h), np.float32)
             while pos < n:
@@ -215,12 +253,15 @@ class TPUBackend:
                 out = self._layers(prefill_net, self.hidden[0], self.hidden[::-1], self.chunk_mask, past, start, t)
                 pos = start + len(rows)
             self.ids = list(ids)
-            logits = self._logits(d.view(out, (n - 1 - start) * h, (1, 1, h)))
+            logits = self._head(d.view(out, (n - 1 - start) * h, (1, 1, h)), argmax_below)
         self.reused = keep
         return logits
 
-    def decode(self, token: int) -> np.ndarray:
-        """Run one token at the next position, through the nets of the smallest window holding the cache in use."""
+    def decode(self, token: int, argmax_below: int | None = None) -> np.ndarray | int:
+        """Run one token at the next position, through the nets of the smallest window holding the cache in use.
+
+        Returns its logits, or with ``argmax_below`` the greedy token (``_head``).
+        """
         pos, d = self.length, self.driver
         self._check([token], pos)
         window = next(w for w in self.manifest.windows if w >= pos)
@@ -229,7 +270,7 @@ class TPUBackend:
         d.upload(mask, to_device(block_mask(window, pos, 1), self.dtype))
         out = self._layers(lambda i: decode_net(i, window), self.token, self.step, mask, self.windows[window], pos, 1)
         self.ids.append(token)
-        return self._logits(out)
+        return self._head(out, argmax_below)
 
     def _layers(
         self, net: Callable[[int], str], x: Any, outputs: list[Any], mask: Any, past: tuple[list[Any], list[Any]],
@@ -251,6 +292,29 @@ class TPUBackend:
             x = out
         return x
 
+    def _head(self, hidden: Any, argmax_below: int | None) -> np.ndarray | int:
+        """The logits of ``hidden``; with ``argmax_below``, the first largest logit's id among ids below it.
+
+        The greedy head picks it on the device, and only the id and its logit come back
+        (6 or 8 bytes, where the logits are 100 kB for OPT's 50,272 rows, then widened to
+        float32 on the host); a NaN logit is the sampler's error. Its argmax spans every
+        row, so when it lands on a padding row past ``argmax_below`` (which no greedy
+        sampler may pick) the logits come after all and the host picks; so it does for a
+        model converted without the head.
+        """
+        if argmax_below is None or not self.top1:
+            logits = self._logits(hidden)
+            return logits if argmax_below is None else argmax_token(logits[:argmax_below])
+        d, (token_device, logit_device), (token, logit) = self.driver, self.top1_device, self.top1_host
+        d.launch(LM_HEAD_TOP1, [hidden], self.top1_device)
+        d.download(token_device, token)
+        d.download(logit_device, logit)
+        if np.isnan(from_device(logit, self.top1_dtype, self.top1_logit)[0]):
+            raise not_a_number()
+        if token[0] < argmax_below:
+            return int(token[0])
+        return argmax_token(self._logits(hidden)[:argmax_below])
+
     def _logits(self, hidden: Any) -> np.ndarray:
         self.driver.launch(LM_HEAD, [hidden], [self.logits_device])
         self.driver.download(self.logits_device, self.logits_host)
@@ -265,4 +329,5 @@ class TPUBackend:
         self.k, self.v, self.hidden, self.step = [], [], [], []
         self.windows, self.decode_masks = {}, {}
         self.token = self.chunk_mask = self.logits_device = None
+        self.top1_device = []
         self.driver.close()

@@ -32,7 +32,7 @@ from typing import BinaryIO, Callable as Function  # subscriptable at run time o
 from opt_tpu_tui import toolchain
 from opt_tpu_tui.atomic import atomic_write
 from opt_tpu_tui.converted import (
-    ACTIVATIONS, BMODEL, DEFAULT_GROUP_SIZE, LM_HEAD, MANIFEST, MODES, TOKENIZER_FILES, HostEmbedding, Manifest,
+    ACTIVATIONS, BMODEL, DEFAULT_GROUP_SIZE, LM_HEAD, LM_HEAD_TOP1, MANIFEST, MODES, TOKENIZER_FILES, HostEmbedding, Manifest,
     conversion_files, decode_net, decode_windows, prefill_net, quantization,
 )  # fmt: skip
 from opt_tpu_tui.convert import graphs
@@ -132,17 +132,24 @@ def graph_writers(
         write.weights = i  # type: ignore[attr-defined] # the graphs of a layer stream the same weights
         return write
 
-    def lm_head(folder: Path) -> tuple[Path, Feed]:
-        reader.release()  # the last graph: its tpuc-opt run is the conversion's largest
-        graph, outputs = graphs.lm_head(LM_HEAD, w)
-        return graph.write_module(folder / LM_HEAD, outputs), graph.write_weights
+    def head(name: str, top1: bool) -> Callable[[Path], tuple[Path, Feed]]:
+        def write(folder: Path) -> tuple[Path, Feed]:
+            """The logits head, or the greedy one (``graphs.lm_head``): their first tpuc-opt steps are the
+            conversion's largest (3.5 GiB for OPT-6.7B), so the gate (``OneLayerAtATime``, which each
+            holds by its own name) runs them one after the other."""
+            reader.release()  # the last graphs
+            graph, outputs = graphs.lm_head(name, w, top1)
+            return graph.write_module(folder / name, outputs), graph.write_weights
+
+        return write
 
     writers: dict[str, Callable[[Path], tuple[Path, Feed]]] = {}
     for i in range(len(w.layers)):
         writers[prefill_net(i)] = block(prefill_net(i), i, context, chunk)
         for window in windows:
             writers[decode_net(i, window)] = block(decode_net(i, window), i, window, 1)
-    writers[LM_HEAD] = lm_head
+    writers[LM_HEAD] = head(LM_HEAD, False)
+    writers[LM_HEAD_TOP1] = head(LM_HEAD_TOP1, True)
     return writers
 
 

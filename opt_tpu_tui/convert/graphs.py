@@ -10,7 +10,8 @@ their slots of the cache. Decode is T = 1, compiled for a few cache sizes C (see
 short prompt costs one chunk instead of a pass over the whole context, and a chat's next
 turn runs only its new tokens. The math is that of ``opt_tpu_tui.model.forward.block``,
 from the same ``PreparedLayer`` (q/k/v with the 1/sqrt(d) scale folded into q), so the
-numpy model is the reference. ``lm_head`` turns one position's hidden state into logits.
+numpy model is the reference. ``lm_head`` turns one position's hidden state into logits
+(or, as the greedy head, into the id of the largest).
 
 The token and position embeddings stay on the host (see ``backends.tpu``): a lookup of
 one row there costs microseconds and one small copy, where a graph would cost a launch
@@ -122,8 +123,16 @@ def block(
     return g, [x, k, v]
 
 
-def lm_head(name: str, w: OPTWeights) -> tuple[Graph, list[str]]:
-    """hidden [1, 1, h] -> logits [1, 1, vocab]: final LayerNorm, project_out, then the head."""
+def lm_head(name: str, w: OPTWeights, top1: bool = False) -> tuple[Graph, list[str]]:
+    """hidden [1, 1, h] -> logits [1, 1, vocab]: final LayerNorm, project_out, then the head.
+
+    ``top1``: the greedy head instead, ending in an argmax over the logits, as the original
+    OPT-TPU's lm_head does: the token id [1, 1, 1] (int32 once compiled) and its logit [1, 1, 1]
+    come out, 6 bytes for the host to fetch instead of the whole vocabulary. ``top.Arg``,
+    not ``top.TopK``: tpu-mlir 1.30 lowers TopK into a second, CPU subnet, Arg runs on the
+    TPU; ``select_last_index = false`` takes the first of equal logits, as numpy's argmax.
+    The weights are the logits head's, so the bmodel stores them once (``combine``).
+    """
     config = w.config
     h, e, vocab = config.hidden_size, config.word_embed_proj_dim, config.vocab_size
     g = Graph(name)
@@ -134,7 +143,11 @@ def lm_head(name: str, w: OPTWeights) -> tuple[Graph, list[str]]:
     if w.project_out is not None:
         x = g.op("MatMul", "project_out", [x, g.weight("project_out.weight", w.project_out.T), None], (1, 1, e), do_relu=False)
     logits = g.op("MatMul", "logits", [x, g.weight("lm_head.weight", w.lm_head.T), None], (1, 1, vocab), do_relu=False)
-    return g, [logits]
+    if not top1:
+        return g, [logits]
+    top = g.ops("Arg", ["token", "token_logit"], [logits], [(1, 1, 1), (1, 1, 1)],
+                axis=(2, "i64"), keepdims=True, mode="ArgMax", select_last_index=False)  # fmt: skip
+    return g, top
 
 
 def block_mask(context: int, cached: int, rows: int) -> np.ndarray:

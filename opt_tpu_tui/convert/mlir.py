@@ -68,7 +68,9 @@ def tensor(shape: tuple[int, ...]) -> str:
 
 
 def attr(value: object) -> str:
-    """An MLIR attribute: floats as f64 in full (tpuc-opt rejects "1e-05"), (n, "si32") typed ints, lists."""
+    """An MLIR attribute: floats as f64 in full (tpuc-opt rejects "1e-05"), (n, "si32") typed ints, lists, strings."""
+    if isinstance(value, str):
+        return f'"{value}"'
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
@@ -126,6 +128,26 @@ class Graph:
             f"loc(#loc{len(self.locs)})"
         )
         return value
+
+    def ops(self, kind: str, locs: list[str], operands: list[str], outs: list[tuple[int, ...]], **attrs: object) -> list[str]:
+        """An op with several results (``top.Arg``: indices, values), one ``loc`` name each; returns them in order.
+
+        Its location is ``fused`` from the results' names, written inline (tpuc-opt does not
+        resolve a ``#loc`` alias inside ``fused``), which is how tpu-mlir names each output.
+        """
+        value = f"%{self.count}"
+        self.count += 1
+        results = [f"{value}#{k}" for k in range(len(outs))]
+        for result, shape in zip(results, outs):
+            self.shapes[result] = shape
+        attributes = ", ".join(f"{k} = {attr(v)}" for k, v in attrs.items())
+        types = ", ".join(tensor(self.shapes[o]) for o in operands)
+        fused = ", ".join(f'"{loc}"' for loc in locs)
+        self.lines.append(
+            f'{value}:{len(outs)} = "top.{kind}"({", ".join(operands)}) {{{attributes}}} : ({types}) -> '
+            f'({", ".join(tensor(s) for s in outs)}) loc(fused[{fused}])'
+        )
+        return results
 
     def write(self, folder: Path, outputs: list[str]) -> Path:
         """Write the module and its weights file under ``folder``; return the .mlir."""
