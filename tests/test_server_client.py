@@ -1,0 +1,112 @@
+"""What the --server clients say when the server is not there, refuses them, or goes away (serve/client.py).
+
+A few lines of the standard library's HTTP server stand for the server's misbehaviour:
+no model, no subprocess, so these run in a blink.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from opt_tpu_tui.errors import UserError
+from opt_tpu_tui.serve.client import KEY_VARIABLE, ServerClient, Unreachable
+
+Answer = Callable[[BaseHTTPRequestHandler], None]
+
+
+@contextmanager
+def fake_server(answer: Answer) -> Iterator[str]:
+    """A plain-http server on a loopback port that answers every request with ``answer``; yields its address."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            answer(self)
+
+        do_POST = do_GET  # noqa: N815
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def free_port() -> int:
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        return int(free.getsockname()[1])
+
+
+def test_a_refused_connection_says_to_start_the_server_or_run_without_it() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(Unreachable) as raised:
+        ServerClient(url).model()
+    assert raised.value.reason == "Connection refused"
+    assert str(raised.value) == (
+        f"cannot reach the server at {url}: Connection refused; is `opt-tpu-tui serve` running there (over SSH: is "
+        "the `ssh -L` tunnel open)? Or run without --server to load a model here"
+    )
+
+
+def test_a_401_says_where_the_clients_take_the_key_from(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(handler: BaseHTTPRequestHandler) -> None:
+        body = json.dumps({"error": {"message": "a valid API key is needed: Authorization: Bearer KEY"}}).encode()
+        handler.send_response(401)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    monkeypatch.delenv(KEY_VARIABLE, raising=False)
+    with fake_server(refuse) as address:
+        with pytest.raises(UserError, match=f"said 401: a valid API key is needed: .*{KEY_VARIABLE}, which is not set$"):
+            ServerClient(f"http://{address}").model()
+        monkeypatch.setenv(KEY_VARIABLE, "wrong")
+        with pytest.raises(UserError, match=f"{KEY_VARIABLE}, and the server refused that one$"):
+            ServerClient(f"http://{address}").model()
+
+
+def test_https_to_the_plain_http_server_says_to_use_http() -> None:
+    def never(handler: BaseHTTPRequestHandler) -> None:
+        raise AssertionError("a TLS handshake is not a request")
+
+    with fake_server(never) as address:
+        with pytest.raises(UserError) as raised:
+            ServerClient(f"https://{address}").model()
+    message = str(raised.value)
+    assert message.startswith(f"the server at https://{address} does not speak https (")
+    assert message.endswith(f"`opt-tpu-tui serve` speaks plain http, so use http://{address}")
+
+
+def test_a_stream_cut_midway_says_so_in_plain_words() -> None:
+    def cut(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "text/event-stream")
+        handler.send_header("Connection", "close")
+        handler.end_headers()
+        chunk = {"choices": [{"index": 0, "text": "Hello"}]}
+        handler.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        handler.close_connection = True  # and no [DONE]: the server died, or the tunnel closed
+
+    with fake_server(cut) as address:
+        pieces = []
+        with pytest.raises(UserError) as raised:
+            for chunk in ServerClient(f"http://{address}").stream("/v1/completions", {"prompt": "hi"}):
+                pieces.append(chunk["choices"][0]["text"])
+    assert pieces == ["Hello"]
+    assert str(raised.value) == (
+        f"the connection to the server at http://{address} ended in the middle of the reply: the server stopped, "
+        "or the connection to it was cut"
+    )
