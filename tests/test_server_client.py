@@ -15,6 +15,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from opt_tpu_tui import paths
+from opt_tpu_tui.cli import main
+from opt_tpu_tui.config import update_settings_file
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.serve.client import KEY_VARIABLE, ServerClient, Unreachable
 
@@ -109,4 +112,33 @@ def test_a_stream_cut_midway_says_so_in_plain_words() -> None:
     assert str(raised.value) == (
         f"the connection to the server at http://{address} ended in the middle of the reply: the server stopped, "
         "or the connection to it was cut"
+    )
+
+
+@pytest.mark.parametrize("address", ["ftp://x", "unreachable"])
+def test_a_saved_server_setting_that_fails_is_named_with_its_file_and_what_to_do(
+    capsys: pytest.CaptureFixture, address: str
+) -> None:
+    """No --server was given: the errors name the setting and its file, and say to fix it or give --model."""
+    if address == "unreachable":
+        address = f"http://127.0.0.1:{free_port()}"
+    update_settings_file({"server": address})
+    assert main(["-p", "hi"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "--server" not in lines[0], lines
+    where = f'the setting "server" ({address}) in {paths.settings_file()}: not an http:// address ('
+    if address == "ftp://x":
+        assert lines[0] == f"opt-tpu-tui: error: {where}fix it there, or give --model to run a model here)"
+    else:
+        assert lines[0].startswith(
+            f'opt-tpu-tui: error: cannot reach the server at {address} (the setting "server" in {paths.settings_file()}): '
+            "Connection refused; is `opt-tpu-tui serve` running there"
+        )
+        assert lines[0].endswith(f'Or change the setting "server" in {paths.settings_file()}, or give --model to run a model here')
+
+
+def test_a_bad_server_flag_says_what_an_address_looks_like(capsys: pytest.CaptureFixture) -> None:
+    assert main(["--server", "ftp://x", "-p", "hi"]) == 2
+    assert capsys.readouterr().err == (
+        "opt-tpu-tui: error: --server ftp://x: not an http:// address (give one such as http://127.0.0.1:8000)\n"
     )

@@ -55,10 +55,23 @@ class Origin:
         return f"--server {url}" if self.setting is None else f'the setting "server" ({url}) in {self.setting}'
 
     @property
-    def instead(self) -> str:
+    def source(self) -> str:
+        """What follows the address in a message: nothing for --server, which the user just typed."""
+        return "" if self.setting is None else f' (the setting "server" in {self.setting})'
+
+    @property
+    def fix(self) -> str:
+        """What to do about an address that is not one."""
         if self.setting is None:
-            return "or run without --server to load a model here"
-        return f'or change the setting "server" in {self.setting}, or give --model to run a model here'
+            return "give one such as http://127.0.0.1:8000"
+        return "fix it there, or give --model to run a model here"
+
+    @property
+    def instead(self) -> str:
+        """What to do about a server that does not answer, besides starting it."""
+        if self.setting is None:
+            return "Or run without --server to load a model here"
+        return f'Or change the setting "server" in {self.setting}, or give --model to run a model here'
 
 
 FLAG = Origin()
@@ -70,8 +83,8 @@ class Unreachable(UserError):
     def __init__(self, url: str, reason: str, origin: Origin = FLAG) -> None:
         self.url, self.reason = url, reason
         super().__init__(
-            f"cannot reach the server at {url}: {reason}; is `opt-tpu-tui serve` running there (over SSH: is the "
-            f"`ssh -L` tunnel open)? {origin.instead[0].upper()}{origin.instead[1:]}"
+            f"cannot reach the server at {url}{origin.source}: {reason}; is `opt-tpu-tui serve` running there "
+            f"(over SSH: is the `ssh -L` tunnel open)? {origin.instead}"
         )
 
 
@@ -81,8 +94,7 @@ class ServerClient:
     def __init__(self, url: str, key: str | None = None, origin: Origin = FLAG) -> None:
         parts = urllib.parse.urlsplit(url if "://" in url else "http://" + url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            fix = "give one such as http://127.0.0.1:8000" if origin.setting is None else f"fix it there, {origin.instead}"
-            raise UserError(f"{origin.named(url)}: not an http:// address ({fix})")
+            raise UserError(f"{origin.named(url)}: not an http:// address ({origin.fix})")
         self.url = url
         self.origin = origin
         self.https = parts.scheme == "https"
