@@ -12,14 +12,19 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
 from opt_tpu_tui import paths
+from opt_tpu_tui.backends.cpu import CPUBackend
 from opt_tpu_tui.cli import main
 from opt_tpu_tui.config import update_settings_file
 from opt_tpu_tui.errors import UserError
-from opt_tpu_tui.serve.client import KEY_VARIABLE, ServerClient, Unreachable
+from opt_tpu_tui.generation import Generation
+from opt_tpu_tui.sampling import SamplingSettings
+from opt_tpu_tui.serve.client import KEY_VARIABLE, RemoteEngine, ServerClient, ServerModel, Unreachable
+from opt_tpu_tui.tokenizer import Tokenizer
 
 Answer = Callable[[BaseHTTPRequestHandler], None]
 
@@ -142,3 +147,16 @@ def test_a_bad_server_flag_says_what_an_address_looks_like(capsys: pytest.Captur
     assert capsys.readouterr().err == (
         "opt-tpu-tui: error: --server ftp://x: not an http:// address (give one such as http://127.0.0.1:8000)\n"
     )
+
+
+def test_a_raw_prompt_too_long_for_the_servers_context_is_refused_here_in_the_in_process_words(tiny_model: Path) -> None:
+    """Counted with the server model's tokenizer before asking: the address answers nothing, and is not asked."""
+    tokenizer = Tokenizer.from_dir(tiny_model)
+    engine = RemoteEngine(ServerClient(f"http://127.0.0.1:{free_port()}"), ServerModel("here", "tiny", 32), tokenizer)
+    text = "word " * 100
+    here = Generation(CPUBackend(tiny_model, 32), tokenizer, tokenizer.encode(text))
+    with pytest.raises(UserError) as in_process:
+        list(here)
+    with pytest.raises(UserError) as remote:
+        engine.complete(text, SamplingSettings())
+    assert str(remote.value) == str(in_process.value) == f"the prompt is {len(tokenizer.encode(text))} tokens, but the context holds 32: shorten it"

@@ -28,7 +28,7 @@ from typing import Any
 from opt_tpu_tui.chat import Conversation, TranscriptSession, Turn
 from opt_tpu_tui.devices import DeviceSample
 from opt_tpu_tui.errors import UserError
-from opt_tpu_tui.generation import GenerationStats
+from opt_tpu_tui.generation import GenerationStats, check_prompt_length
 from opt_tpu_tui.sampling import SamplingSettings
 from opt_tpu_tui.tokenizer import Tokenizer
 
@@ -350,8 +350,11 @@ class RemoteEngine:
         return RemoteSession(self.client, self.model, self.tokenizer, preamble, conversation)
 
     def complete(self, text: str, settings: SamplingSettings) -> RemoteReply:
+        """``text`` continued by the server; a prompt too long for its context is refused here, in-process words."""
+        tokens = len(self.tokenizer.encode(text))
+        check_prompt_length(tokens, self.context_length)
         body = {"model": self.model.model_name, "prompt": text, **sampling_fields(settings)}
-        return RemoteReply(self.client, "/v1/completions", body)
+        return RemoteReply(self.client, "/v1/completions", body, prompt_tokens=tokens)
 
     def sample_device(self) -> DeviceSample:
         self.backend, sample = self.client.device()
