@@ -6,8 +6,10 @@ no model, no subprocess, so these run in a blink.
 
 from __future__ import annotations
 
+import io
 import json
 import socket
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,6 +24,7 @@ from opt_tpu_tui.cli import main
 from opt_tpu_tui.config import update_settings_file
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.generation import Generation
+from opt_tpu_tui.history import HistoryStore
 from opt_tpu_tui.sampling import SamplingSettings
 from opt_tpu_tui.serve.client import KEY_VARIABLE, RemoteEngine, ServerClient, ServerModel, Unreachable
 from opt_tpu_tui.tokenizer import Tokenizer
@@ -160,3 +163,66 @@ def test_a_raw_prompt_too_long_for_the_servers_context_is_refused_here_in_the_in
     with pytest.raises(UserError) as remote:
         engine.complete(text, SamplingSettings())
     assert str(remote.value) == str(in_process.value) == f"the prompt is {len(tokenizer.encode(text))} tokens, but the context holds 32: shorten it"
+
+
+def chat_server(tiny_model: Path, requests: list[dict]) -> Answer:
+    """A server of ``tiny_model``'s tokenizer whose first chat request dies before its answer (the server was
+    killed), and whose next ones reply "Hi there"; the chat requests' bodies go into ``requests``."""
+    files = {"vocab": (tiny_model / "vocab.json").read_text(), "merges": (tiny_model / "merges.txt").read_text()}
+
+    def answer(handler: BaseHTTPRequestHandler) -> None:
+        def send(status: int, data: object) -> None:
+            body = json.dumps(data).encode()
+            handler.send_response(status)
+            handler.send_header("Content-Length", str(len(body)))
+            handler.end_headers()
+            handler.wfile.write(body)
+
+        if handler.path == "/v1/models":
+            return send(200, {"data": [{"id": "tiny-opt", "context_length": 128}]})
+        if handler.path == "/tokenizer":
+            return send(200, files)
+        if handler.path != "/v1/chat/completions":
+            return send(404, {"error": {"message": "not here"}})
+        requests.append(json.loads(handler.rfile.read(int(handler.headers["Content-Length"]))))
+        if len(requests) == 1:
+            handler.close_connection = True  # no answer at all
+            return None
+        handler.send_response(200)
+        handler.send_header("Content-Type", "text/event-stream")
+        handler.send_header("Connection", "close")
+        handler.end_headers()
+        chunks = [
+            {"choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi there"}}]},
+            {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+            {"choices": [], "usage": {"prompt_tokens": 20, "completion_tokens": 2}},
+        ]
+        handler.wfile.write(b"".join(f"data: {json.dumps(chunk)}\n\n".encode() for chunk in chunks) + b"data: [DONE]\n\n")
+        handler.close_connection = True
+        return None
+
+    return answer
+
+
+def test_a_chat_reply_that_fails_before_its_first_word_leaves_one_error_line_and_no_turn(
+    capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, tiny_model: Path
+) -> None:
+    """No "[stopped]" (the user stopped nothing), no stats of a reply that never was, and the next message's
+    prompt does not hold the failed one; the history keeps only the turn that was answered."""
+    requests: list[dict] = []
+    with fake_server(chat_server(tiny_model, requests)) as address:
+        monkeypatch.setattr(sys, "stdin", io.StringIO("first message\nsecond message\n"))
+        code = main(["--server", f"http://{address}", "-c"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert out.splitlines()[1:] == ["you> first message", "you> second message", "bot> Hi there", "you> "]
+    errors = err.splitlines()
+    assert len(errors) == 2 and errors[0].startswith(f"error: cannot reach the server at http://{address}: "), err
+    assert errors[1].startswith("[20 prompt tokens"), err  # the stats of the reply that was given, only
+    assert [m["content"] for m in requests[1]["messages"][1:]] == ["second message"]
+    store, _ = HistoryStore.open()
+    try:
+        (listed,) = store.list_conversations()
+        assert [(t.user, t.assistant) for t in store.load(listed.id)] == [("second message", "Hi there")]
+    finally:
+        store.close()
