@@ -33,8 +33,9 @@ Answer = Callable[[BaseHTTPRequestHandler], None]
 
 
 @contextmanager
-def fake_server(answer: Answer) -> Iterator[str]:
-    """A plain-http server on a loopback port that answers every request with ``answer``; yields its address."""
+def fake_server(answer: Answer, port: int = 0) -> Iterator[str]:
+    """A plain-http server on a loopback ``port`` (0: any free one) that answers every request with ``answer``;
+    yields its address."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
@@ -45,7 +46,7 @@ def fake_server(answer: Answer) -> Iterator[str]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -165,9 +166,10 @@ def test_a_raw_prompt_too_long_for_the_servers_context_is_refused_here_in_the_in
     assert str(remote.value) == str(in_process.value) == f"the prompt is {len(tokenizer.encode(text))} tokens, but the context holds 32: shorten it"
 
 
-def chat_server(tiny_model: Path, requests: list[dict]) -> Answer:
+def chat_server(tiny_model: Path, requests: list[dict], die_first: bool = True) -> Answer:
     """A server of ``tiny_model``'s tokenizer whose first chat request dies before its answer (the server was
-    killed), and whose next ones reply "Hi there"; the chat requests' bodies go into ``requests``."""
+    killed; unless not ``die_first``), and whose next ones reply "Hi there"; the chat requests' bodies go into
+    ``requests``."""
     files = {"vocab": (tiny_model / "vocab.json").read_text(), "merges": (tiny_model / "merges.txt").read_text()}
 
     def answer(handler: BaseHTTPRequestHandler) -> None:
@@ -185,7 +187,7 @@ def chat_server(tiny_model: Path, requests: list[dict]) -> Answer:
         if handler.path != "/v1/chat/completions":
             return send(404, {"error": {"message": "not here"}})
         requests.append(json.loads(handler.rfile.read(int(handler.headers["Content-Length"]))))
-        if len(requests) == 1:
+        if die_first and len(requests) == 1:
             handler.close_connection = True  # no answer at all
             return None
         handler.send_response(200)

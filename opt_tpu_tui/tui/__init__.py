@@ -72,9 +72,12 @@ def server_loader(url: str, setting: Path | None = None) -> Callable[[], object]
     ``setting``: the settings file the address is from (None: ``--server``), which its errors name."""
 
     def connect() -> object:
-        from opt_tpu_tui.serve.client import Origin, RemoteEngine
+        from opt_tpu_tui.serve.client import Origin, RemoteEngine, Unreachable
 
-        return RemoteEngine.connect(url, Origin(setting))
+        try:
+            return RemoteEngine.connect(url, Origin(setting))
+        except Unreachable as error:  # the UI's words: it tries again when the user sends (chat_pane.reconnect)
+            raise UserError(f"Cannot connect to the server at {url}: {error.reason} (is opt-tpu-tui serve running there?)") from None
 
     return connect
 
