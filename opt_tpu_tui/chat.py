@@ -190,7 +190,10 @@ class TranscriptSession:
         ids, dropped = self._fit(user, reserve, self.first_kept(reserve))
         context = self.model.context_length
         if len(ids) >= context:
-            raise UserError(f"the message is {len(ids)} tokens with the preamble, but the context holds {context}")
+            raise UserError(
+                f"the message is {len(ids)} tokens with the preamble, but the context holds {context}: shorten it "
+                "(or the preamble)"
+            )
         return ids, dropped
 
     def _fit(self, user: str, reserve: int, first: int) -> tuple[list[int], int]:

@@ -452,6 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise unreadable
         if args.raw and args.prompt is None:
             raise UserError("--raw goes with -p/--prompt")
+        args.server_setting = None if args.server is not None else paths.settings_file()  # where an address is from
         args.server = server_for(args, saved)
         model_dir, backend_kind, demo = (DEMO_MODEL_DIR, args.backend, False) if args.server else resolve_model(args, saved)
         session = session_settings(args)
@@ -462,7 +463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 saved = replace(saved, mouse=False)  # for this run only: not saved
             return run_tui(
                 model_dir, backend_kind, args.context, demo, saved, [warning] if warning else [], session=session,
-                server=args.server, device=args.device,
+                server=args.server, device=args.device, server_setting=args.server_setting,
             )  # fmt: skip
         if warning:
             print(f"opt-tpu-tui: warning: {warning}", file=sys.stderr)
@@ -471,9 +472,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.prompt is not None:  # after every check of the flags, before the model loads
             args.prompt = read_prompt(args.prompt)
         if args.server is not None:  # the model of a running server, none loaded here
-            from opt_tpu_tui.serve.client import RemoteEngine
+            from opt_tpu_tui.serve.client import Origin, RemoteEngine
 
-            return run_engine(args, RemoteEngine.connect(args.server), settings)
+            return run_engine(args, RemoteEngine.connect(args.server, Origin(args.server_setting)), settings)
         if demo and not args.quiet:
             print(for_terminal(DEMO_NOTICE, terminal_width(sys.stderr)), file=sys.stderr)
         with native_stdout_to(paths.native_output_log()):  # what the TPU runtime prints, out of the replies

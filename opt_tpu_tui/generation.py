@@ -32,6 +32,15 @@ def stop_words(reason: str | None) -> str:
     return STOP_WORDS.get(reason or "", reason or "unknown")
 
 
+def check_prompt_length(tokens: int, context: int) -> None:
+    """A UserError for a prompt of ``tokens`` that leaves no room in the ``context`` (the one wording, in-process
+    and through a server: its client counts with the server model's tokenizer before it asks)."""
+    if tokens == 0:
+        raise UserError("the prompt is empty")
+    if tokens >= context:
+        raise UserError(f"the prompt is {tokens} tokens, but the context holds {context}: shorten it")
+
+
 @dataclass
 class GenerationStats:
     """Live figures of one generation, updated as tokens come out."""
@@ -69,12 +78,7 @@ class Generation:
     def _run(self) -> Iterator[str]:
         backend, stats = self.backend, self.stats
         n_prompt = len(self.prompt_ids)
-        if n_prompt == 0:
-            raise UserError("the prompt is empty")
-        if n_prompt >= backend.context_length:
-            raise UserError(
-                f"the prompt is {n_prompt} tokens, but the context holds {backend.context_length}: shorten it"
-            )
+        check_prompt_length(n_prompt, backend.context_length)
         stats.prompt_tokens = n_prompt
         sampler = Sampler(self.settings, vocab_limit=self.tokenizer.vocab_size)
         pick = argmax_request(backend, self.settings, self.tokenizer.vocab_size)

@@ -747,6 +747,27 @@ class HistoryStore:
         db.execute("UPDATE conversations SET updated = ? WHERE id = ?", (now, conversation_id))
         return int(cursor.lastrowid or 0)
 
+    def take_back(self, turn_id: int) -> None:
+        """Undo :meth:`start_turn` for a reply that failed before its first word (never given, so not kept): the
+        turn goes, and what it set aside at its place (an edited message, a regenerated reply) is shown again."""
+        with self._writing() as db:
+            row = db.execute("SELECT conversation_id, position FROM turns WHERE id = ?", (turn_id,)).fetchone()
+            if row is None:
+                return
+            conversation_id, position = row
+            db.execute("DELETE FROM turns WHERE conversation_id = ? AND position >= ?", (conversation_id, position))
+            latest = db.execute(
+                "SELECT id, branch FROM alternatives WHERE conversation_id = ? AND position = ? ORDER BY id DESC LIMIT 1",
+                (conversation_id, position),
+            ).fetchone()
+            if latest is None:
+                return
+            db.execute("DELETE FROM alternatives WHERE id = ?", (latest[0],))
+            try:
+                self._restore(db, conversation_id, position, json.loads(latest[1]))
+            except (ValueError, KeyError, TypeError) as error:  # the transaction rolls back: the empty turn stays
+                raise UserError(f"{self.path}: an alternative is damaged ({error!r}); it is left as it was") from None
+
     # alternatives
 
     @staticmethod

@@ -237,14 +237,16 @@ class Saving:
         """/new: the next message starts another conversation in the history."""
         self.conversation = Conversation()
 
-    def run(self, reply: ReplyStream, cancel: threading.Event) -> None:
-        """Stream ``reply`` to stdout (control characters made visible) while saving it as it grows."""
+    def run(self, reply: ReplyStream, cancel: threading.Event, line: BotLine) -> bool:
+        """Stream ``reply`` to stdout after ``line``'s ``bot>`` (control characters made visible) while saving it
+        as it grows; False when it failed before its first piece, so was taken back (persist.py): ``line`` goes."""
         failed: list[Exception] = []
 
         def emit(piece: str) -> None:
             if failed:
                 return
             try:
+                line.start()
                 write_out(terminal_safe(piece))
             except (OSError, UserError) as error:  # stdout is gone: stop the reply, then end as write_out would
                 failed.append(error)
@@ -253,11 +255,15 @@ class Saving:
         outcome = run_and_save(reply, self.conversation, self.store, emit=emit)
         if failed:
             raise failed[0]
-        if outcome.error:
-            print(f"\nerror: {outcome.error}", file=sys.stderr)
+        if outcome.taken_back:
+            line.forget()
+        if outcome.error:  # after a piece, on a line of its own; a reply taken back left none
+            lead = "" if outcome.taken_back else "\n"
+            print(f"{lead}error: {outcome.error}", file=sys.stderr)
         if outcome.unsaved and not self.said:
             self.said = True
             print(f"\nopt-tpu-tui: warning: not saved: {outcome.unsaved}", file=sys.stderr)
+        return not outcome.taken_back
 
 
 def chat_loop(args: argparse.Namespace, engine: Engine, settings: SamplingSettings, history: Saving, ending: Ending) -> int:
@@ -315,21 +321,46 @@ def chat_loop(args: argparse.Namespace, engine: Engine, settings: SamplingSettin
             except UserError as error:
                 print(f"error: {error}", file=sys.stderr)
                 continue
-            stream_reply(reply, lambda: history.run(reply, cancel))
-        if not args.quiet:
+            given = stream_reply(reply, lambda line: history.run(reply, cancel, line))
+        if given and not args.quiet:
             print_stats(reply.stats)
 
 
-def stream_reply(reply: ReplyStream, run: Callable[[], None]) -> None:
+class BotLine:
+    """The ``bot>`` a reply is printed after: at once on a terminal (someone waits through the prefill), else
+    with the first piece; a reply never given (failed before its first piece) takes it back, so it prints none."""
+
+    def __init__(self, terminal: bool) -> None:
+        self.shown = False
+        self.terminal = terminal
+        if terminal:
+            self.start()
+
+    def start(self) -> None:
+        if not self.shown:
+            self.shown = True
+            write_out("bot> ")
+
+    def forget(self) -> None:
+        if self.shown:
+            self.shown = False
+            write_out("\r\x1b[K")  # only ever shown at once on a terminal, which this clears
+
+
+def stream_reply(reply: ReplyStream, run: Callable[[BotLine], bool]) -> bool:
     """Print ``reply`` after ``bot>`` as ``run`` streams it (and the history saves it); when ctrl+c stopped
-    it, mark it ``[stopped]``."""
+    it, mark it ``[stopped]``. False, with nothing printed, for a reply that failed before its first piece: it
+    was never given (``run`` said its error), so it has no ``bot>`` line, no mark and no stats."""
+    line = BotLine(_isatty(sys.stdout))
     try:
-        write_out("bot> ")
         with native_stdout_to(paths.native_output_log(), append=True):  # parked only here, not around input()
-            run()
+            if not run(line):
+                return False
     except KeyboardInterrupt:  # a second ctrl+c, inside a step
         reply.stats.stop_reason = "cancelled"
         reply.turn.stopped = True
+    line.start()
     if reply.turn.stopped:
         write_out(" [stopped]")
     write_out("\n")
+    return True

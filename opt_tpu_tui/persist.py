@@ -8,7 +8,10 @@ session's turns and the file end in agreement:
   a UserError): the reply runs (or goes on) unsaved, and the caller is told so in one line;
 - a save fails (a full disk): the reply stops there and its text goes back to what was
   last saved, marked stopped, which is how the incomplete turn on disk reopens;
-- the message itself cannot be saved: no reply runs, and the turn is taken back.
+- the message itself cannot be saved: no reply runs, and the turn is taken back;
+- the reply fails before its first piece (a server that is gone, a backend error): it was
+  never given, so its turn is taken back, from the history too (HistoryStore.take_back),
+  and the conversation is as it was before the message; the caller says the error.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from opt_tpu_tui.chat import Conversation, ReplyStream
+from opt_tpu_tui.chat import Conversation, ReplyStream, Turn
 from opt_tpu_tui.errors import UserError
 from opt_tpu_tui.history import ConversationGone, HistoryStore
 
@@ -32,6 +35,7 @@ class Outcome:
 
     error: str | None = None
     unsaved: str | None = None
+    taken_back: bool = False  # the reply failed before its first piece: its turn is gone (the error says why)
     notice: str | None = None  # what else the user should know (the conversation was saved anew)
 
 
@@ -52,6 +56,7 @@ def run_and_save(
     """Run ``reply`` to its end, handing each text piece to ``emit`` and saving as it goes."""
     turn = reply.turn
     outcome = Outcome()
+    new = conversation.id is None  # the conversation is saved with this message: taken back, it goes too
     try:
         turn_id = _open_turn(store, conversation, reply, outcome)
     except UserError as error:  # the history is busy or unwritable: reply, but say it is not kept
@@ -81,8 +86,10 @@ def run_and_save(
         return True
 
     saved_at = time.monotonic()
+    given = False  # a piece of the reply was handed on
     try:
         for piece in reply:
+            given = True
             emit(piece)
             if time.monotonic() - saved_at >= interval:
                 if not save():
@@ -92,8 +99,29 @@ def run_and_save(
         turn.stopped, outcome.error = True, str(error)
     except Exception as error:  # noqa: BLE001 - a backend failure ends the reply; the caller shows it
         turn.stopped, outcome.error = True, f"reply failed: {type(error).__name__}: {error}"
+    if outcome.error and not given and not turn.assistant:
+        _take_back(conversation, store, turn, turn_id, new)
+        outcome.taken_back = True
+        return outcome
     save(stopped=turn.stopped, complete=True, stop_reason=turn.stop_reason)  # if this fails, the turn on disk is incomplete: reopened as stopped
     return outcome
+
+
+def _take_back(conversation: Conversation, store: HistoryStore, turn: Turn, turn_id: int | None, new: bool) -> None:
+    """A reply that failed before its first piece was never given: its turn goes from the conversation and the
+    history, and the conversation is the saved one again (an edit or a regeneration gave way to it)."""
+    conversation.turns[:] = [kept for kept in conversation.turns if kept is not turn]  # not an equal one
+    if turn_id is None or conversation.id is None:
+        return
+    try:
+        store.take_back(turn_id)
+        if new:
+            store.delete_conversation(conversation.id)
+            conversation.id = None
+        else:
+            conversation.turns[:] = store.load(conversation.id)
+    except (UserError, sqlite3.Error, OSError):  # the empty turn stays on disk: reopened as stopped, and the next
+        pass  # message in its place drops it (HistoryStore.start_turn)
 
 
 def _open_turn(store: HistoryStore, conversation: Conversation, reply: ReplyStream, outcome: Outcome) -> int:

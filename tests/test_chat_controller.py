@@ -197,6 +197,30 @@ def test_a_message_that_cannot_be_saved_is_taken_back(tokenizer: Tokenizer, stor
     assert chat.conversation.turns == [] and told.lines[0][0] == "error"
 
 
+
+def test_a_reply_that_fails_before_its_first_word_leaves_no_turn(
+    tokenizer: Tokenizer, store: HistoryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server gone, a backend error: the reply was never given, so neither the conversation nor the history
+    keeps its turn, and a regeneration that fails shows the reply it was to replace again, as the only one."""
+    chat, backend, told = scripted(tokenizer, store)
+    answer = backend.prefill
+
+    def fail(ids: list[int]) -> object:
+        raise RuntimeError("device lost")
+
+    monkeypatch.setattr(backend, "prefill", fail)
+    assert run(chat, chat.send("hello")) == "taken back"
+    assert chat.conversation.turns == [] and chat.conversation.id is None and store.list_conversations() == []
+    assert told.lines[-1] == ("error", "reply failed: RuntimeError: device lost")
+    monkeypatch.setattr(backend, "prefill", answer)
+    run(chat, chat.send("first"))
+    monkeypatch.setattr(backend, "prefill", fail)
+    assert run(chat, chat.regenerate()) == "reloaded"
+    assert [(t.user, t.assistant) for t in chat.conversation.turns] == [("first", REPLY)]
+    assert chat.variants() == {} and [(t.user, t.assistant) for t in store.load(chat.conversation.id)] == [("first", REPLY)]  # type: ignore[arg-type]
+
+
 # the same controller against a real server
 
 

@@ -289,7 +289,7 @@ def test_help_without_saved_settings_shows_the_built_in_defaults(capsys) -> None
 
 def test_prompt_longer_than_the_context(capsys, tiny_model: Path) -> None:
     code, _, err = run_cli(capsys, "--model", str(tiny_model), "--context", "32", "-p", "word " * 100)
-    assert_one_line_error(code, err, "but the context holds 32")
+    assert_one_line_error(code, err, "with the preamble, but the context holds 32: shorten it (or the preamble)")
     code, _, err = run_cli(capsys, "--model", str(tiny_model), "--context", "4096", "-p", "Hi")
     assert_one_line_error(code, err, "--context 4096 is out of range: this model allows 2 to 128 tokens")
     code, _, err = run_cli(capsys, "--model", str(tiny_model), "--context", "0", "-p", "Hi")

@@ -22,28 +22,81 @@ import time
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from opt_tpu_tui.chat import Conversation, TranscriptSession, Turn
 from opt_tpu_tui.devices import DeviceSample
 from opt_tpu_tui.errors import UserError
-from opt_tpu_tui.generation import GenerationStats
+from opt_tpu_tui.generation import GenerationStats, check_prompt_length
 from opt_tpu_tui.sampling import SamplingSettings
 from opt_tpu_tui.tokenizer import Tokenizer
+
+try:
+    from ssl import SSLCertVerificationError, SSLError
+except ImportError:  # a Python built without ssl: no https, so none of its errors either
+    SSLError = SSLCertVerificationError = type("NoSSL", (OSError,), {})  # type: ignore[assignment,misc]
 
 KEY_VARIABLE = "OPT_TPU_TUI_API_KEY"
 TIMEOUT = 600.0  # seconds without a byte from the server (a long prefill on a slow device is minutes at most)
 FINISH_WORDS = {"length": "max_new_tokens", "stop": "stop"}  # OpenAI's finish_reason -> the stats line's stop
 
 
+@dataclass(frozen=True)
+class Origin:
+    """Where the server's address came from: ``--server``, or the saved setting ``server`` in ``setting``.
+
+    The errors name it, and say what to do instead of using this server.
+    """
+
+    setting: Path | None = None  # the settings file whose "server" it is; None: --server
+
+    def named(self, url: str) -> str:
+        return f"--server {url}" if self.setting is None else f'the setting "server" ({url}) in {self.setting}'
+
+    @property
+    def source(self) -> str:
+        """What follows the address in a message: nothing for --server, which the user just typed."""
+        return "" if self.setting is None else f' (the setting "server" in {self.setting})'
+
+    @property
+    def fix(self) -> str:
+        """What to do about an address that is not one."""
+        if self.setting is None:
+            return "give one such as http://127.0.0.1:8000"
+        return "fix it there, or give --model to run a model here"
+
+    @property
+    def instead(self) -> str:
+        """What to do about a server that does not answer, besides starting it."""
+        if self.setting is None:
+            return "Or run without --server to load a model here"
+        return f'Or change the setting "server" in {self.setting}, or give --model to run a model here'
+
+
+FLAG = Origin()
+
+
+class Unreachable(UserError):
+    """No answer from the server at all: ``reason`` is what the connection said, the message adds what to do."""
+
+    def __init__(self, url: str, reason: str, origin: Origin = FLAG) -> None:
+        self.url, self.reason = url, reason
+        super().__init__(
+            f"cannot reach the server at {url}{origin.source}: {reason}; is `opt-tpu-tui serve` running there "
+            f"(over SSH: is the `ssh -L` tunnel open)? {origin.instead}"
+        )
+
+
 class ServerClient:
     """The few calls the clients make, to the server at ``url`` (``http://host:port``, with or without ``/v1``)."""
 
-    def __init__(self, url: str, key: str | None = None) -> None:
+    def __init__(self, url: str, key: str | None = None, origin: Origin = FLAG) -> None:
         parts = urllib.parse.urlsplit(url if "://" in url else "http://" + url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise UserError(f"--server {url}: not an http:// address")
+            raise UserError(f"{origin.named(url)}: not an http:// address ({origin.fix})")
         self.url = url
+        self.origin = origin
         self.https = parts.scheme == "https"
         self.host, self.port = parts.hostname, parts.port or (443 if self.https else 80)
         self.prefix = parts.path.rstrip("/")
@@ -66,12 +119,31 @@ class ServerClient:
             response = connection.getresponse()
         except (OSError, http.client.HTTPException) as error:
             connection.close()
-            raise UserError(f"cannot reach the server at {self.url}: {getattr(error, 'strerror', None) or error}") from None
+            raise self.unreachable(error) from None
         if response.status >= 400:
             raw = response.read()
             connection.close()
-            raise UserError(f"the server at {self.url} said {response.status}: {error_message(raw)}")
+            raise UserError(f"the server at {self.url} said {response.status}: {error_message(raw)}{self.advice(response.status)}")
         return connection, response
+
+    def unreachable(self, error: BaseException) -> UserError:
+        """What a request that got no answer says: why, and what to do (an https:// address to the plain-http server
+        fails its handshake: say to use http://)."""
+        if isinstance(error, SSLError) and not isinstance(error, SSLCertVerificationError):
+            plain = urllib.parse.urlunsplit(("http",) + tuple(urllib.parse.urlsplit(self.url))[1:])
+            return UserError(
+                f"the server at {self.url} does not speak https ({error}): `opt-tpu-tui serve` speaks plain http, "
+                f"so use {plain}"
+            )
+        return Unreachable(self.url, str(getattr(error, "strerror", None) or error or type(error).__name__), self.origin)
+
+    def advice(self, status: int) -> str:
+        """What to do about an error ``status`` the user can fix here ('' for the others)."""
+        if status != 401:
+            return ""
+        if self.key is None:
+            return f"; these clients send the key in the environment variable {KEY_VARIABLE}, which is not set"
+        return f"; these clients send the key in the environment variable {KEY_VARIABLE}, and the server refused that one"
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
         connection, response = self.open(method, path, body)
@@ -110,7 +182,7 @@ class ServerClient:
             while cancel is None or not cancel.is_set():
                 line = response.readline()
                 if not line:
-                    raise UserError(f"the server at {self.url} ended the reply without [DONE]")
+                    raise UserError(self.broken())
                 if not line.startswith(b"data: "):
                     continue
                 data = line[len(b"data: ") :].strip()
@@ -121,9 +193,18 @@ class ServerClient:
                     raise UserError(f"the server at {self.url} said: {chunk['error'].get('message')}")
                 yield chunk
         except (OSError, http.client.HTTPException) as error:
-            raise UserError(f"the connection to {self.url} broke: {error}") from None
+            raise UserError(self.broken(error)) from None
         finally:
             connection.close()
+
+
+    def broken(self, error: BaseException | None = None) -> str:
+        """A stream that ended before its end (the server stopped, or the tunnel to it closed)."""
+        why = f" ({error})" if error is not None and str(error) else ""
+        return (
+            f"the connection to the server at {self.url} ended in the middle of the reply{why}: "
+            "the server stopped, or the connection to it was cut"
+        )
 
 
 def error_message(raw: bytes) -> str:
@@ -255,9 +336,10 @@ class RemoteEngine:
         self.backend = ""  # the server's backend, once its figures say
 
     @classmethod
-    def connect(cls, url: str) -> RemoteEngine:
-        """The engine of the server at ``url`` (blocking: the UI calls it in its load worker)."""
-        client = ServerClient(url)
+    def connect(cls, url: str, origin: Origin = FLAG) -> RemoteEngine:
+        """The engine of the server at ``url`` (blocking: the UI calls it in its load worker); ``origin`` is where
+        the address came from, which its errors name."""
+        client = ServerClient(url, origin=origin)
         card = client.model()
         model = ServerModel(client.url, str(card.get("id", "?")), int(card.get("context_length") or 0))
         engine = cls(client, model, client.tokenizer())
@@ -285,8 +367,11 @@ class RemoteEngine:
         return RemoteSession(self.client, self.model, self.tokenizer, preamble, conversation)
 
     def complete(self, text: str, settings: SamplingSettings) -> RemoteReply:
+        """``text`` continued by the server; a prompt too long for its context is refused here, in-process words."""
+        tokens = len(self.tokenizer.encode(text))
+        check_prompt_length(tokens, self.context_length)
         body = {"model": self.model.model_name, "prompt": text, **sampling_fields(settings)}
-        return RemoteReply(self.client, "/v1/completions", body)
+        return RemoteReply(self.client, "/v1/completions", body, prompt_tokens=tokens)
 
     def sample_device(self) -> DeviceSample:
         self.backend, sample = self.client.device()
@@ -296,4 +381,4 @@ class RemoteEngine:
         """Nothing to free here: the server keeps its model for its other clients."""
 
 
-__all__ = ["RemoteEngine", "RemoteSession", "ServerClient"]
+__all__ = ["FLAG", "Origin", "RemoteEngine", "RemoteSession", "ServerClient", "Unreachable"]

@@ -67,20 +67,24 @@ def check_open_files() -> None:
         )
 
 
-def server_loader(url: str) -> Callable[[], object]:
-    """A loader that connects to a running ``opt-tpu-tui serve`` (serve/client.py's RemoteEngine), off the UI thread."""
+def server_loader(url: str, setting: Path | None = None) -> Callable[[], object]:
+    """A loader that connects to a running ``opt-tpu-tui serve`` (serve/client.py's RemoteEngine), off the UI thread;
+    ``setting``: the settings file the address is from (None: ``--server``), which its errors name."""
 
     def connect() -> object:
-        from opt_tpu_tui.serve.client import RemoteEngine
+        from opt_tpu_tui.serve.client import Origin, RemoteEngine, Unreachable
 
-        return RemoteEngine.connect(url)
+        try:
+            return RemoteEngine.connect(url, Origin(setting))
+        except Unreachable as error:  # the UI's words: it tries again when the user sends (chat_pane.reconnect)
+            raise UserError(f"Cannot connect to the server at {url}: {error.reason} (is opt-tpu-tui serve running there?)") from None
 
     return connect
 
 
 def run(
     model_dir: Path, backend: str, context: int | None, demo: bool, settings: Settings, warnings: list[str],
-    session: Overrides | None = None, server: str | None = None, device: int = 0,
+    session: Overrides | None = None, server: str | None = None, device: int = 0, server_setting: Path | None = None,
 ) -> int:
     """Start the app on ``model_dir``; returns the process exit code.
 
@@ -89,7 +93,8 @@ def run(
     values given on the command line for this run (sampling flags, ``--preamble``). The
     model is remembered as the last one used once it loads, unless it is the demo. With
     ``server`` the model is that running server's, and none is loaded here. ``device`` is
-    the TPU the model is loaded on and the stats pane reads (``--device``).
+    the TPU the model is loaded on and the stats pane reads (``--device``). ``server_setting`` is the settings
+    file the server's address is from (None: ``--server``), which the errors name.
     """
     check_terminal()
     check_open_files()
@@ -105,7 +110,7 @@ def run(
     app = OptTuiApp(
         settings=settings,
         store=store,
-        loader=server_loader(server) if server else model_loader(model_dir, backend, context, device),  # type: ignore[arg-type]
+        loader=server_loader(server, server_setting) if server else model_loader(model_dir, backend, context, device),  # type: ignore[arg-type]
         model_label=server if server else model_dir.name,
         backend_label="server" if server else backend,
         demo=demo and not server,

@@ -57,9 +57,25 @@ class ChatPane(Vertical):
         app, status = self.tui, self.query_one(StatusLine)
         status.model, status.backend, status.demo = app.model_label, app.backend_label, app.demo
         await self.query_one(Transcript).add(*[Notice(text, kind) for text, kind in app.startup_notices()])
+        self._count_load()
+
+    @property
+    def remote(self) -> bool:
+        """The app uses a server (``--server``): what it "loads" is a connection, tried again on a send."""
+        return self.tui.backend_label == "server"
+
+    def _count_load(self) -> None:
         self._load_started = time.monotonic()
-        self._load_timer = self.set_interval(1, self.update_state)  # stopped once loaded (or failed)
+        if self._load_timer is None:
+            self._load_timer = self.set_interval(1, self.update_state)  # stopped once loaded (or failed)
         self.update_state()
+
+    def reconnect(self) -> None:
+        """Try the server again (the user sent while it did not answer): the message waits in the prompt."""
+        self.tui.load_error = None
+        self._count_load()
+        self.notify("Connecting to the server…", timeout=3)
+        self.tui.load_model()
 
     def loaded(self, engine: Engine) -> None:
         """The engine answers (the controller has it): say so, with how long it took, and what it is."""
@@ -73,8 +89,12 @@ class ChatPane(Vertical):
         self.update_state()
 
     async def failed(self, error: str) -> None:
-        await self.query_one(Transcript).add(Notice(f"Model failed to load: {error}", "error"))
-        self.notify(error, title="Model failed to load", severity="error", timeout=10)
+        if self.remote:  # the loader said "Cannot connect to the server..." (tui.server_loader); a send tries again
+            await self.query_one(Transcript).add(Notice(f"{error}; sending a message tries again", "error"))
+            self.notify(error, title="Not connected", severity="error", timeout=10)
+        else:
+            await self.query_one(Transcript).add(Notice(f"Model failed to load: {error}", "error"))
+            self.notify(error, title="Model failed to load", severity="error", timeout=10)
         self.update_state()
 
     # the status line
@@ -89,11 +109,16 @@ class ChatPane(Vertical):
     def update_state(self) -> None:
         """The status line's state and, matching it, why the prompt would refuse a message now."""
         app, prompt = self.tui, self.query_one(PromptInput)
-        if app.load_error:
+        if app.load_error and self.remote:  # a message goes on to send, which connects again (_refused)
+            state, prompt.refusal = "not connected", None
+        elif app.load_error:
             state, prompt.refusal = "no model", f"Cannot reply: {app.load_error}"
         elif self.chat.session is None:
             waited = int(time.monotonic() - self._load_started)
-            state, prompt.refusal = f"loading model… {waited} s", "The model is still loading"
+            if self.remote:
+                state, prompt.refusal = f"connecting to the server… {waited} s", "Connecting to the server…"
+            else:
+                state, prompt.refusal = f"loading model… {waited} s", "The model is still loading"
         elif self.chat.streaming is not None:
             state, prompt.refusal = "replying… (esc stops)", BUSY
         else:
@@ -123,6 +148,9 @@ class ChatPane(Vertical):
         """Nothing can start now (loading, streaming, no model): the user is told why, as the prompt would."""
         if self.chat.streaming is None and self.chat.session is not None:
             return False
+        if self.tui.load_error and self.remote:
+            self.reconnect()
+            return True
         self.refuse(self.query_one(PromptInput).refusal or BUSY)
         return True
 
