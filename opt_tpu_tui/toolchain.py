@@ -14,7 +14,9 @@ to chat never does, it only looks for an unpacked toolchain (``root``).
 
 from __future__ import annotations
 
+import array
 import errno
+import fcntl
 import hashlib
 import os
 import re
@@ -22,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import termios
 import time
 import zipfile
 from collections.abc import Callable
@@ -251,12 +254,19 @@ def compile_top(
             out.write("$ " + " ".join(step) + "\n")
             out.flush()
             consumed = set(folder.glob("*.npz"))  # each step reads the weights the last one wrote
-            process = subprocess.Popen(step, cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT)
+            fifo = folder / weight_file(top_mlir) if feed is not None and step is steps[0] else None
+            if fifo is not None:
+                os.mkfifo(fifo)  # before tpuc-opt starts: it takes a missing weights file for an empty one
             try:
-                if feed is not None and step is steps[0]:
-                    feed_weights(folder / weight_file(top_mlir), feed, process)
-            finally:  # a feed that failed closed the pipe: tpuc-opt read a short file and ends
-                process.wait()
+                process = subprocess.Popen(step, cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT)
+                try:
+                    if fifo is not None:
+                        feed_weights(fifo, feed, process)  # type: ignore[arg-type]
+                finally:  # a feed that failed closed the pipe: tpuc-opt read a short file and ends
+                    process.wait()
+            finally:
+                if fifo is not None:
+                    fifo.unlink()  # read or not
             if process.returncode != 0:
                 raise UserError(f"compiling graph {name} ({mode}) failed; the log is {log}")
             if not options.keep:
@@ -277,37 +287,50 @@ def weight_file(top_mlir: Path) -> str:
 
 
 def feed_weights(fifo: Path, feed: Callable[[BinaryIO], None], reader: subprocess.Popen) -> None:  # type: ignore[type-arg]
-    """Write the weights through a named pipe at ``fifo`` that ``reader`` (tpuc-opt's first step) reads as its file.
+    """Write the weights through the named pipe ``fifo`` that ``reader`` (tpuc-opt's first step) reads as its file.
 
     tpuc-opt reads its weights file once, front to back, into memory (tpu-mlir's npz
     reader never seeks), so a pipe serves: the float32 weights, 8 times a layer's int4
     size, then never take disk, where a file of them was the largest part of a
-    conversion's scratch. The pipe is opened for writing only once the reader has opened
-    it (polled, so that a tpuc-opt that fails before reading does not leave this waiting),
-    and a reader that stops early (it failed, and says so in its log) ends the writing.
-    The pipe is removed at the end, read or not.
+    conversion's scratch. The pipe must exist before tpuc-opt starts (``compile_top``
+    makes it: a weights file that is not there yet reads as one without tensors). It is
+    opened for writing only once the reader has opened it (polled, so that a tpuc-opt
+    that fails before reading does not leave this waiting), and a reader that stops early
+    (it failed, and says so in its log) ends the writing.
     """
-    os.mkfifo(fifo)
+    while True:
+        try:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            break
+        except OSError as error:  # ENXIO: no reader yet
+            if error.errno != errno.ENXIO or reader.poll() is not None:
+                return
+            time.sleep(0.02)
+    os.set_blocking(fd, True)
     try:
-        while True:
-            try:
-                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-                break
-            except OSError as error:  # ENXIO: no reader yet
-                if error.errno != errno.ENXIO or reader.poll() is not None:
-                    return
-                time.sleep(0.02)
-        os.set_blocking(fd, True)
         with os.fdopen(fd, "wb") as pipe:
             try:
                 feed(pipe)
                 pipe.flush()
             except BrokenPipeError:
-                pass
+                return
+            while reader.poll() is None and unread(fd):  # see below
+                time.sleep(0.01)
     except BrokenPipeError:  # at the close's flush
         pass
-    finally:
-        fifo.unlink()
+
+
+def unread(fd: int) -> int:
+    """Bytes written into the pipe ``fd`` and not yet read.
+
+    tpuc-opt opens its weights file twice and reads the second: a blocking open of a
+    FIFO waits for a writer, so the writer must stay open until the second open has read
+    everything (weights smaller than the pipe's buffer were written, and the writer gone,
+    before it opened: it then waited forever).
+    """
+    count = array.array("i", [0])
+    fcntl.ioctl(fd, termios.FIONREAD, count)
+    return count[0]
 
 
 def combine(bmodels: list[Path], out: Path, scratch: Path) -> Path:
