@@ -80,7 +80,7 @@ def test_the_model_card_says_whether_the_device_picks_the_tokens(monkeypatch) ->
     assert card["greedy_only"] is True and card["context_length"] == 512
 
     class Client:  # the server's answers, without a server
-        def __init__(self, url: str) -> None:
+        def __init__(self, url: str, origin: object = None) -> None:
             self.url = url
 
         def model(self) -> dict:
