@@ -11,10 +11,11 @@ import json
 import socket
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -29,7 +30,7 @@ from opt_tpu_tui.sampling import SamplingSettings
 from opt_tpu_tui.serve.client import KEY_VARIABLE, RemoteEngine, ServerClient, ServerModel, Unreachable
 from opt_tpu_tui.tokenizer import Tokenizer
 
-Answer = Callable[[BaseHTTPRequestHandler], None]
+Answer = Callable[[BaseHTTPRequestHandler], None]  # typing's: evaluated at import, 3.8 has no abc subscripts
 
 
 @contextmanager
