@@ -24,27 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from convert_memory import make_checkpoint  # noqa: E402
-from test_convert_disk import disk_used  # noqa: E402  (the measure the test holds convert to)
+from test_convert_disk import disk_used, files_in  # noqa: E402  (the measure the test holds convert to)
 
 from opt_tpu_tui import toolchain  # noqa: E402
 from opt_tpu_tui.convert.build import convert  # noqa: E402
 
 MIB = 2**20
-
-
-def files_in(folder: Path) -> dict[str, int]:
-    """Disk each file under ``folder`` takes (allocated blocks; a file with several hard links once), by path."""
-    sizes, seen = {}, set()
-    for root, _, files in os.walk(folder):
-        for name in files:
-            try:
-                stat = os.lstat(os.path.join(root, name))
-            except FileNotFoundError:  # deleted while walking
-                continue
-            if (stat.st_dev, stat.st_ino) not in seen:
-                seen.add((stat.st_dev, stat.st_ino))
-                sizes[os.path.relpath(os.path.join(root, name), folder)] = stat.st_blocks * 512
-    return sizes
 
 
 def peak_scratch(model: Path, out: Path, mode: str, context: int, jobs: int) -> tuple[int, dict[str, int]]:

@@ -14,10 +14,10 @@ from opt_tpu_tui import demo
 from opt_tpu_tui.convert.build import convert
 
 
-def disk_used(folder: Path) -> int:
-    """Bytes of disk the files under ``folder`` take: allocated blocks (a sparse file counts what it holds),
+def files_in(folder: Path) -> dict[str, int]:
+    """Disk each file under ``folder`` takes, by path: allocated blocks (a sparse file counts what it holds),
     a file with several hard links once."""
-    total, seen = 0, set()
+    sizes, seen = {}, set()
     for root, _, files in os.walk(folder):
         for name in files:
             try:
@@ -26,8 +26,13 @@ def disk_used(folder: Path) -> int:
                 continue
             if (stat.st_dev, stat.st_ino) not in seen:
                 seen.add((stat.st_dev, stat.st_ino))
-                total += stat.st_blocks * 512
-    return total
+                sizes[os.path.relpath(os.path.join(root, name), folder)] = stat.st_blocks * 512
+    return sizes
+
+
+def disk_used(folder: Path) -> int:
+    """Bytes of disk the files under ``folder`` take (files_in)."""
+    return sum(files_in(folder).values())
 
 
 def make_checkpoint(folder: Path, hidden: int, ffn: int, heads: int, layers: int, vocab: int) -> Path:
