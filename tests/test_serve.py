@@ -555,6 +555,7 @@ def test_a_request_dropped_while_it_waits_gives_its_place_in_the_queue_up(slow_s
         ({"Origin": "null"}, 403),  # a file opened in the browser
         ({"Host": "rebound.example:8000"}, 403),  # DNS rebinding: a web name made to resolve to 127.0.0.1
         ({"Host": "localhost:8000"}, 200),  # an ssh -L tunnel's local end, by name
+        ({"Origin": "http://[::1"}, 403),  # one that does not parse
     ],
 )
 def test_without_a_key_what_a_web_page_could_send_is_refused(server: ServeProcess, headers: dict, status: int) -> None:

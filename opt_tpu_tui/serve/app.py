@@ -126,6 +126,14 @@ def header(scope: dict[str, Any], name: bytes) -> bytes:
     return next((value for key, value in scope["headers"] if key == name), b"")
 
 
+def hostname(url: str) -> str:
+    """The host name in ``url`` ("" for none, or for one that does not parse: "http://[::1")."""
+    try:
+        return urllib.parse.urlsplit(url).hostname or ""
+    except ValueError:
+        return ""
+
+
 def server_error(error: BaseException) -> oa.ApiError:
     if isinstance(error, EngineClosed):
         return oa.ApiError(503, "the server is shutting down", kind="server_error")
@@ -401,9 +409,9 @@ class Guard:
         if self.expected is not None:
             return False
         origin, host = header(scope, b"origin").decode("latin-1"), header(scope, b"host").decode("latin-1")
-        names = [urllib.parse.urlsplit(origin).hostname or ""] if origin else []  # "null": a file's page
+        names = [hostname(origin)] if origin else []  # "null": a file's page
         if host:
-            names.append(urllib.parse.urlsplit(f"//{host}").hostname or "")
+            names.append(hostname(f"//{host}"))
         return not all(is_loopback(name) for name in names)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
