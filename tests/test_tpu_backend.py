@@ -19,6 +19,7 @@ from quantized import quantized_weights
 from tiny import make_model
 
 from opt_tpu_tui import converted as converted_dir
+from opt_tpu_tui import paths
 from opt_tpu_tui.backends import Backend, open_backend, open_model, pick_backend
 from opt_tpu_tui.backends.cpu import CPUBackend
 from opt_tpu_tui.backends.sail import graph_io
@@ -363,11 +364,12 @@ def test_the_cli_converts_a_checkpoint_and_chats_with_it_on_bmrt(
 
     launched: list[str] = []  # greedy without a penalty: the tokens picked on the device by the greedy head
     launch = BmrtDriver.launch
-    monkeypatch.setattr(BmrtDriver, "launch", lambda self, net, *io: (launched.append(net), launch(self, net, *io))[1])
-    on_the_device = reply(*chat, "--repetition-penalty", "1")
+    with monkeypatch.context() as patch:  # (not monkeypatch.undo(): that undid the private settings folder too)
+        patch.setattr(BmrtDriver, "launch", lambda self, net, *io: (launched.append(net), launch(self, net, *io))[1])
+        on_the_device = reply(*chat, "--repetition-penalty", "1")
     assert picked_on_the_device(heads(launched), 6)
-    monkeypatch.undo()
     assert on_the_device == reply(*on_cpu, "--repetition-penalty", "1")
+    assert str(paths.settings_file()).startswith(str(tmp_path))  # the runs' settings stayed the test's own
 
     assert main([*chat, "-p", "word " * 40]) == 2
     error = capsys.readouterr().err.strip()
