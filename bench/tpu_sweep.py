@@ -23,6 +23,7 @@ above the bandwidth roofline goes, read from the profile's command timeline:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import re
@@ -53,19 +54,27 @@ class Variant:
     """One point of the sweep: the compile options and graph choices ``convert`` could take."""
 
     group: int = 64
-    addr_mode: str = "basic"
-    high_precision: bool = False
-    q_symmetric: bool = False
-    perchannel: bool = False
-    layer_group: int = 2
+    options: toolchain.Options = toolchain.DEFAULT_OPTIONS  # tpuc-opt's choices (the CHANGES name its fields too)
     fused_qkv: bool = False
     head_major: bool = False
     split_attention: bool = False
     activations: str = "f16"
 
-    def options(self) -> toolchain.Options:
-        return toolchain.Options(self.addr_mode, self.high_precision, self.q_symmetric, self.perchannel,
-                                 self.layer_group)  # fmt: skip
+    def changed(self, **changes: object) -> Variant:
+        """This variant with ``changes`` made, to its own fields or to its ``options``'."""
+        own = {name: value for name, value in changes.items() if name in OWN_FIELDS}
+        options = replace(self.options, **{name: value for name, value in changes.items() if name not in own})
+        return replace(self, options=options, **own)  # type: ignore[arg-type]
+
+    def flat(self) -> dict[str, object]:
+        """Its fields and its options' (but ``keep``, which moves no figure) side by side: the cache's key."""
+        fields = asdict(self)
+        options = fields.pop("options")
+        options.pop("keep")
+        return {**fields, **options}
+
+
+OWN_FIELDS = {f.name for f in dataclasses.fields(Variant)} - {"options"}
 
 
 CHANGES = {  # name: what it changes against the converter's choice at the time of writing
@@ -92,7 +101,7 @@ def variant(name: str) -> Variant:
     for part in name.split("+"):
         if part not in CHANGES:
             raise SystemExit(f"unknown variant {part!r}; known: {', '.join(CHANGES)}")
-        v = replace(v, **CHANGES[part])
+        v = v.changed(**CHANGES[part])
     return v
 
 
@@ -170,7 +179,7 @@ LATER = {"head_major": False, "split_attention": False}
 
 
 def key(graph: str, mode: str, v: Variant) -> str:
-    params = {k: value for k, value in asdict(v).items() if k not in LATER or value != LATER[k]}
+    params = {k: value for k, value in v.flat().items() if k not in LATER or value != LATER[k]}
     text = json.dumps([CACHE_VERSION, toolchain.VERSION, graph, mode, params], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -194,7 +203,7 @@ def measure(graph: str, mode: str, v: Variant) -> Breakdown | None:
         del g
         start = time.perf_counter()
         try:
-            toolchain.compile_top(path, quantization(mode, v.activations), v.group, options=v.options())
+            toolchain.compile_top(path, quantization(mode, v.activations), v.group, options=v.options)
         except Exception as error:  # noqa: BLE001 - a variant tpu-mlir cannot compile is a result too
             print(f"  {graph} {mode} {v}: failed ({error})", file=sys.stderr)
             entry.parent.mkdir(parents=True, exist_ok=True)
