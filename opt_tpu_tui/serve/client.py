@@ -1,15 +1,16 @@
-"""``-p --server URL`` and ``-c --server URL``: the headless modes as clients of a running ``opt-tpu-tui serve``.
+"""``--server URL``: the UI, ``-p`` and ``-c`` as clients of a running ``opt-tpu-tui serve`` (``RemoteEngine``).
 
 Standard library only (http.client), so the clients need no extra. A chat goes to
 ``/v1/chat/completions`` as OpenAI messages (the preamble as the system message), a
 ``--raw`` prompt to ``/v1/completions``, both streamed; stopping a reply (ctrl+c in
-``-c``) closes the stream, which stops the server's generation within a token. The
-chat history stays here: ``RemoteSession`` is a ``ChatSession`` that counts with the
-server model's own tokenizer, fetched once (``/tokenizer``: its vocab.json and
-merges.txt) and run here, so the turns left out for lack of context and the context
-meter are the same as in-process, without a round trip per count. ``RemoteEngine`` is the same for the UI (engine.py): the UI's chat
-controller runs on it as on the model loaded in-process, and its stats pane reads the
-server's ``/device``. An API key comes from the environment variable OPT_TPU_TUI_API_KEY.
+``-c``) closes the stream, which stops the server's generation within a token. The chat
+history stays here: ``RemoteSession`` is a ``ChatSession`` that counts with the server
+model's own tokenizer, fetched once (``/tokenizer``: its vocab.json and merges.txt) and
+run here, so the turns left out for lack of context and the context meter are the same
+as in-process, without a round trip per count. ``RemoteEngine`` is the same for the UI
+(engine.py): the UI's chat controller runs on it as on the model loaded in-process, and
+its stats pane reads the server's ``/device``. An API key comes from the environment
+variable OPT_TPU_TUI_API_KEY.
 """
 
 from __future__ import annotations
